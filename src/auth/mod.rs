@@ -1,0 +1,166 @@
+//! Accounts: sign-up, log-in and log-out with email and password, and the signed-in user.
+//!
+//! Passwords are hashed with Argon2id (`password-auth`); sessions live in PostgreSQL (`tower-sessions`), and the
+//! session id is replaced at every sign-in so a session fixed before sign-in is worth nothing after it.
+
+use leptos::prelude::*;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::AppError;
+
+#[cfg(feature = "ssr")]
+pub mod password;
+#[cfg(feature = "ssr")]
+pub mod session;
+#[cfg(feature = "ssr")]
+pub mod users;
+
+/// Longest email accepted (RFC 5321's path limit).
+pub const MAX_EMAIL_LEN: usize = 254;
+/// Shortest password accepted.
+pub const MIN_PASSWORD_LEN: usize = 10;
+/// Longest password accepted; bounds the hashing work one request can ask for.
+pub const MAX_PASSWORD_LEN: usize = 256;
+
+/// The signed-in user, as the pages see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CurrentUser {
+    pub id: Uuid,
+    pub email: String,
+}
+
+/// Normalises an email (trimmed, lower-case) and checks that it looks like one. Deliverability is not checked:
+/// there is no mail step in Tally.
+pub fn normalize_email(raw: &str) -> Result<String, AppError> {
+    let email = raw.trim().to_lowercase();
+    if email.is_empty() {
+        return Err(AppError::Invalid("enter your email address".into()));
+    }
+    if email.len() > MAX_EMAIL_LEN {
+        return Err(AppError::Invalid(format!(
+            "email must be at most {MAX_EMAIL_LEN} characters"
+        )));
+    }
+    let valid = match email.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && !domain.is_empty()
+                && !domain.contains('@')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+        }
+        None => false,
+    };
+    if valid {
+        Ok(email)
+    } else {
+        Err(AppError::Invalid(format!(
+            "{:?} is not a valid email address",
+            raw.trim()
+        )))
+    }
+}
+
+/// Checks a new password's length (counted in characters, not bytes).
+pub fn check_new_password(password: &str) -> Result<(), AppError> {
+    let chars = password.chars().count();
+    if chars < MIN_PASSWORD_LEN {
+        Err(AppError::Invalid(format!(
+            "password must be at least {MIN_PASSWORD_LEN} characters"
+        )))
+    } else if chars > MAX_PASSWORD_LEN {
+        Err(AppError::Invalid(format!(
+            "password must be at most {MAX_PASSWORD_LEN} characters"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+/// Creates an account with the configured default usage limit and signs it in.
+#[server(endpoint = "auth/signup")]
+pub async fn signup(email: String, password: String) -> Result<(), AppError> {
+    let state = crate::state::AppState::current()?;
+    let user_id = users::register(
+        &state.pool,
+        &email,
+        &password,
+        state.config.default_usage_limit.0,
+    )
+    .await?;
+    session::sign_in(user_id).await?;
+    leptos_axum::redirect("/");
+    Ok(())
+}
+
+/// Signs in with email and password.
+#[server(endpoint = "auth/login")]
+pub async fn login(email: String, password: String) -> Result<(), AppError> {
+    let state = crate::state::AppState::current()?;
+    let user_id = users::authenticate(&state.pool, &email, &password).await?;
+    session::sign_in(user_id).await?;
+    leptos_axum::redirect("/");
+    Ok(())
+}
+
+/// Ends the session.
+#[server(endpoint = "auth/logout")]
+pub async fn logout() -> Result<(), AppError> {
+    session::sign_out().await?;
+    leptos_axum::redirect("/login");
+    Ok(())
+}
+
+/// The signed-in user, or `None`.
+#[server(endpoint = "auth/me")]
+pub async fn get_current_user() -> Result<Option<CurrentUser>, AppError> {
+    let state = crate::state::AppState::current()?;
+    match session::user_id().await? {
+        Some(id) => Ok(users::find(&state.pool, id).await?),
+        None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_trimmed_and_lower_cased() {
+        assert_eq!(
+            normalize_email("  Ada@Example.COM ").unwrap(),
+            "ada@example.com"
+        );
+    }
+
+    #[test]
+    fn malformed_emails_are_refused_with_a_message() {
+        for raw in [
+            "",
+            "   ",
+            "ada",
+            "@example.com",
+            "ada@",
+            "ada@@example.com",
+            "a da@example.com",
+            "ada@.com",
+        ] {
+            let err = normalize_email(raw).unwrap_err();
+            assert_eq!(err.status_code(), 422, "{raw:?}");
+        }
+        let long = format!("{}@example.com", "a".repeat(250));
+        assert!(normalize_email(&long)
+            .unwrap_err()
+            .to_string()
+            .contains("at most"));
+    }
+
+    #[test]
+    fn password_length_is_counted_in_characters() {
+        assert!(check_new_password("short").is_err());
+        assert!(check_new_password("ちょうどじゅうもじです").is_ok());
+        assert!(check_new_password(&"x".repeat(MAX_PASSWORD_LEN + 1)).is_err());
+    }
+}

@@ -1,0 +1,167 @@
+//! The UsageMeter: `used / limit` for the current period and a bar that turns red at 90 %.
+
+use leptos::prelude::*;
+
+/// The share of the limit at which the bar turns red, in percent.
+pub const CRITICAL_PERCENT: i64 = 90;
+
+/// How full the bar is: its width in hundredths of a percent (0..=10 000, capped at the full bar) and whether it is
+/// in the critical (red) state. Integer arithmetic throughout, so 89.99 % is never rounded up into red.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MeterFill {
+    pub basis_points: i64,
+    pub critical: bool,
+}
+
+impl MeterFill {
+    /// The fill for `used` of `limit`; `None` when there is no (positive) limit to fill.
+    pub fn new(used: i64, limit: Option<i64>) -> Option<MeterFill> {
+        let limit = limit.filter(|limit| *limit > 0)?;
+        let used = i128::from(used.max(0));
+        let limit = i128::from(limit);
+        let basis_points = (used * 10_000 / limit).min(10_000) as i64;
+        let critical = used * 100 >= limit * i128::from(CRITICAL_PERCENT);
+        Some(MeterFill {
+            basis_points,
+            critical,
+        })
+    }
+
+    /// The CSS width, e.g. `"12.34%"`.
+    pub fn css_width(&self) -> String {
+        format!(
+            "{}.{:02}%",
+            self.basis_points / 100,
+            self.basis_points % 100
+        )
+    }
+}
+
+/// `1234567` → `"1,234,567"`.
+pub fn format_thousands(value: i64) -> String {
+    let digits = value.unsigned_abs().to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 1);
+    if value < 0 {
+        out.push('-');
+    }
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
+/// Shows `used / limit` with a progress bar; with no limit, only the number.
+#[component]
+pub fn UsageMeter(
+    /// What is measured, e.g. "AI tokens this period".
+    #[prop(into)]
+    label: String,
+    /// Units used in the period.
+    #[prop(into)]
+    used: Signal<i64>,
+    /// The period's limit, `None` for unlimited.
+    #[prop(into)]
+    limit: Signal<Option<i64>>,
+) -> impl IntoView {
+    let fill = Memo::new(move |_| MeterFill::new(used.get(), limit.get()));
+    let limit_text = move || {
+        limit
+            .get()
+            .map(format_thousands)
+            .unwrap_or_else(|| "no limit".into())
+    };
+    let value_text = move || match (fill.get(), limit.get()) {
+        (Some(fill), Some(limit)) => format!(
+            "{} of {} ({}%)",
+            format_thousands(used.get()),
+            format_thousands(limit),
+            fill.basis_points / 100
+        ),
+        _ => format!("{} used, no limit", format_thousands(used.get())),
+    };
+    let label_id = "usage-meter-label";
+
+    view! {
+        <section class="usage-meter" data-testid="usage-meter" aria-labelledby=label_id>
+            <h2 class="usage-meter__label" id=label_id>{label}</h2>
+            <p class="usage-meter__numbers">
+                <span class="usage-meter__used" data-testid="usage-used">{move || format_thousands(used.get())}</span>
+                " / "
+                <span class="usage-meter__limit" data-testid="usage-limit">{limit_text}</span>
+            </p>
+            {move || {
+                fill.get()
+                    .map(|fill| {
+                        view! {
+                            <div
+                                class="usage-meter__track"
+                                role="progressbar"
+                                aria-labelledby=label_id
+                                aria-valuemin="0"
+                                aria-valuenow=used.get().to_string()
+                                aria-valuemax=limit.get().unwrap_or_default().to_string()
+                                aria-valuetext=value_text()
+                                data-testid="usage-bar"
+                            >
+                                <div
+                                    class="usage-meter__bar"
+                                    class:usage-meter__bar--critical=fill.critical
+                                    data-critical=fill.critical.to_string()
+                                    style:width=fill.css_width()
+                                ></div>
+                            </div>
+                        }
+                    })
+            }}
+        </section>
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(format_thousands(0), "0");
+        assert_eq!(format_thousands(999), "999");
+        assert_eq!(format_thousands(1_000), "1,000");
+        assert_eq!(format_thousands(1_234_567), "1,234,567");
+        assert_eq!(format_thousands(-12_345), "-12,345");
+        assert_eq!(format_thousands(i64::MIN), "-9,223,372,036,854,775,808");
+    }
+
+    #[test]
+    fn the_bar_turns_red_at_exactly_ninety_percent() {
+        assert!(!MeterFill::new(89_999, Some(100_000)).unwrap().critical);
+        assert!(MeterFill::new(90_000, Some(100_000)).unwrap().critical);
+        // 8.99 of 10 is 89.9 %: integer maths must not round it into red.
+        assert!(!MeterFill::new(899, Some(1_000)).unwrap().critical);
+    }
+
+    #[test]
+    fn the_bar_is_capped_at_full_width() {
+        let fill = MeterFill::new(250, Some(100)).unwrap();
+        assert_eq!(fill.css_width(), "100.00%");
+        assert!(fill.critical);
+        assert_eq!(
+            MeterFill::new(1_234, Some(10_000)).unwrap().css_width(),
+            "12.34%"
+        );
+    }
+
+    #[test]
+    fn no_limit_means_no_bar() {
+        assert_eq!(MeterFill::new(5, None), None);
+        assert_eq!(MeterFill::new(5, Some(0)), None);
+    }
+
+    #[test]
+    fn huge_values_do_not_overflow() {
+        let fill = MeterFill::new(i64::MAX, Some(i64::MAX)).unwrap();
+        assert_eq!(fill.basis_points, 10_000);
+    }
+}

@@ -1,0 +1,108 @@
+//! Runtime configuration, read from the environment (and `.env` for local runs) or the same-named CLI flags.
+
+use crate::error::AppError;
+
+/// Everything the server and the CLI commands read from the environment. Secrets are never printed: `Debug` is
+/// implemented by hand below and hides the database URL.
+#[derive(clap::Args, Clone)]
+pub struct Config {
+    /// PostgreSQL connection string. `scripts/dev` and `scripts/test` start a local cluster and set it when unset.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+
+    /// Size of the connection pool of one app instance.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
+    pub database_max_connections: u32,
+
+    /// Time zone whose calendar months are the billing periods of users without a Stripe subscription.
+    #[arg(long, env = "BILLING_TIMEZONE", default_value = "Asia/Tokyo")]
+    pub billing_timezone: String,
+
+    /// Usage limit (tokens per billing period) given to accounts created by sign-up; `none` for no limit.
+    #[arg(long, env = "TALLY_DEFAULT_USAGE_LIMIT", default_value = "1000000", value_parser = parse_usage_limit)]
+    pub default_usage_limit: UsageLimit,
+
+    /// The address users reach Tally at. An `https://` URL makes the session cookie `Secure`.
+    #[arg(
+        long,
+        env = "TALLY_PUBLIC_URL",
+        default_value = "http://127.0.0.1:3000"
+    )]
+    pub public_url: String,
+}
+
+/// A usage limit as configured: `None` means unlimited. (A newtype so clap does not read `Option` as "optional".)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsageLimit(pub Option<i64>);
+
+/// Parses a usage limit: a positive integer (`_` and `,` allowed as separators) or `none`.
+pub fn parse_usage_limit(raw: &str) -> Result<UsageLimit, AppError> {
+    let raw = raw.trim();
+    if raw.eq_ignore_ascii_case("none") || raw.eq_ignore_ascii_case("unlimited") {
+        return Ok(UsageLimit(None));
+    }
+    let digits: String = raw.chars().filter(|c| !matches!(c, '_' | ',')).collect();
+    match digits.parse::<i64>() {
+        Ok(limit) if limit > 0 => Ok(UsageLimit(Some(limit))),
+        _ => Err(AppError::Invalid(format!(
+            "usage limit must be a positive whole number or \"none\", not {raw:?}"
+        ))),
+    }
+}
+
+impl Config {
+    /// Whether cookies must carry the `Secure` attribute (Tally is served over https).
+    pub fn secure_cookies(&self) -> bool {
+        self.public_url.starts_with("https://")
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("database_url", &"<hidden>")
+            .field("database_max_connections", &self.database_max_connections)
+            .field("billing_timezone", &self.billing_timezone)
+            .field("default_usage_limit", &self.default_usage_limit)
+            .field("public_url", &self.public_url)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_limits_parse_with_separators_or_none() {
+        assert_eq!(
+            parse_usage_limit("1_000_000").unwrap(),
+            UsageLimit(Some(1_000_000))
+        );
+        assert_eq!(
+            parse_usage_limit("100,000").unwrap(),
+            UsageLimit(Some(100_000))
+        );
+        assert_eq!(parse_usage_limit("none").unwrap(), UsageLimit(None));
+    }
+
+    #[test]
+    fn zero_negative_and_garbage_limits_are_refused() {
+        for raw in ["0", "-5", "ten", "", "99999999999999999999"] {
+            assert!(parse_usage_limit(raw).is_err(), "{raw:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn debug_output_hides_the_database_url() {
+        let config = Config {
+            database_url: "postgres://tally:s3cret@db/tally".into(),
+            database_max_connections: 5,
+            billing_timezone: "Asia/Tokyo".into(),
+            default_usage_limit: UsageLimit(None),
+            public_url: "https://tally.example".into(),
+        };
+        assert!(!format!("{config:?}").contains("s3cret"));
+        assert!(config.secure_cookies());
+    }
+}

@@ -1,0 +1,254 @@
+//! The one error type of Tally's server functions and HTTP routes.
+//!
+//! Every variant carries only text that is safe to show a user: database errors, stack traces and secrets are
+//! logged on the server by [`AppError::internal`] and reach the client as the generic [`AppError::Internal`].
+//! The HTTP status of each variant is decided in one place, [`AppError::status_code`].
+
+use leptos::server_fn::codec::JsonEncoding;
+use leptos::server_fn::error::{FromServerFnError, ServerFnErrorErr};
+use serde::{Deserialize, Serialize};
+
+/// An error with a short, user-facing message and a fixed HTTP status.
+///
+/// On the wire (server functions and JSON routes alike) it is `{"error": "<message>", "code": "<code>"}`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(into = "WireError", try_from = "WireError")]
+pub enum AppError {
+    /// The request is well-formed but a value is not acceptable (a bad email, a short password…).
+    #[error("{0}")]
+    Invalid(String),
+    /// The request could not be read at all (missing or mistyped arguments, malformed body).
+    #[error("{BAD_REQUEST_PREFIX}{0}")]
+    BadRequest(String),
+    /// No signed-in user (or no valid API key) where one is required.
+    #[error("please sign in")]
+    Unauthorized,
+    /// A sign-in attempt with an unknown email or a wrong password; deliberately does not say which.
+    #[error("email or password is incorrect")]
+    InvalidCredentials,
+    /// The request was refused for what it is, not for who sent it (a cross-site POST, for instance).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The request conflicts with what is stored (an email that already has an account).
+    #[error("{0}")]
+    Conflict(String),
+    /// Something failed on the server; the details are in the server log only.
+    #[error("something went wrong on our side; please try again")]
+    Internal,
+    /// The server function call itself failed (network, serialization): seen on the client side.
+    #[error("{TRANSPORT_PREFIX}{0}")]
+    Transport(String),
+}
+
+impl AppError {
+    /// The HTTP status this error is answered with, for server functions and plain routes alike.
+    pub fn status_code(&self) -> u16 {
+        match self {
+            AppError::BadRequest(_) => 400,
+            AppError::Unauthorized | AppError::InvalidCredentials => 401,
+            AppError::Forbidden(_) => 403,
+            AppError::Conflict(_) => 409,
+            AppError::Invalid(_) => 422,
+            AppError::Internal => 500,
+            AppError::Transport(_) => 502,
+        }
+    }
+
+    /// A short machine-readable name of the variant, for JSON error bodies and tests.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AppError::Invalid(_) => "invalid",
+            AppError::BadRequest(_) => "bad_request",
+            AppError::Unauthorized => "unauthorized",
+            AppError::InvalidCredentials => "invalid_credentials",
+            AppError::Forbidden(_) => "forbidden",
+            AppError::Conflict(_) => "conflict",
+            AppError::Internal => "internal",
+            AppError::Transport(_) => "transport",
+        }
+    }
+}
+
+/// The JSON shape of an [`AppError`].
+#[derive(Serialize, Deserialize)]
+struct WireError {
+    error: String,
+    code: String,
+}
+
+const BAD_REQUEST_PREFIX: &str = "malformed request: ";
+const TRANSPORT_PREFIX: &str = "could not reach Tally: ";
+
+impl From<AppError> for WireError {
+    fn from(err: AppError) -> Self {
+        WireError {
+            error: err.to_string(),
+            code: err.code().to_owned(),
+        }
+    }
+}
+
+impl TryFrom<WireError> for AppError {
+    type Error = String;
+
+    fn try_from(wire: WireError) -> Result<Self, String> {
+        let strip = |prefix: &str| {
+            wire.error
+                .strip_prefix(prefix)
+                .unwrap_or(&wire.error)
+                .to_owned()
+        };
+        Ok(match wire.code.as_str() {
+            "invalid" => AppError::Invalid(wire.error),
+            "bad_request" => AppError::BadRequest(strip(BAD_REQUEST_PREFIX)),
+            "unauthorized" => AppError::Unauthorized,
+            "invalid_credentials" => AppError::InvalidCredentials,
+            "forbidden" => AppError::Forbidden(wire.error),
+            "conflict" => AppError::Conflict(wire.error),
+            "internal" => AppError::Internal,
+            "transport" => AppError::Transport(strip(TRANSPORT_PREFIX)),
+            other => return Err(format!("unknown error code {other:?}")),
+        })
+    }
+}
+
+impl FromServerFnError for AppError {
+    type Encoder = JsonEncoding;
+
+    fn from_server_fn_error(value: ServerFnErrorErr) -> Self {
+        match value {
+            ServerFnErrorErr::Args(msg)
+            | ServerFnErrorErr::MissingArg(msg)
+            | ServerFnErrorErr::Deserialization(msg)
+            | ServerFnErrorErr::UnsupportedRequestMethod(msg) => AppError::BadRequest(msg),
+            ServerFnErrorErr::Request(msg) | ServerFnErrorErr::Response(msg) => {
+                AppError::Transport(msg)
+            }
+            // Registration, middleware, serialization and server errors are faults of ours, not of the caller.
+            other => AppError::internal(other),
+        }
+    }
+}
+
+#[cfg(feature = "ssr")]
+mod ssr {
+    use axum::body::Body;
+    use axum::extract::Request;
+    use axum::http::{header, HeaderValue, StatusCode};
+    use axum::middleware::Next;
+    use axum::response::{IntoResponse, Response};
+    use leptos::server_fn::error::{FromServerFnError, SERVER_FN_ERROR_HEADER};
+
+    use super::AppError;
+
+    impl AppError {
+        /// Logs `cause` on the server and returns the generic [`AppError::Internal`], so the cause (SQL, paths,
+        /// secrets) never reaches a response body.
+        pub fn internal(cause: impl std::fmt::Display) -> Self {
+            tracing::error!(%cause, "internal error");
+            AppError::Internal
+        }
+
+        /// The status as an [`axum::http::StatusCode`].
+        pub fn http_status(&self) -> StatusCode {
+            StatusCode::from_u16(self.status_code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+        }
+    }
+
+    impl From<sqlx::Error> for AppError {
+        fn from(err: sqlx::Error) -> Self {
+            AppError::internal(err)
+        }
+    }
+
+    /// JSON routes answer errors in the same shape as server functions, with the variant's status.
+    impl IntoResponse for AppError {
+        fn into_response(self) -> Response {
+            (self.http_status(), axum::Json(self)).into_response()
+        }
+    }
+
+    /// Largest server function error body this layer decodes (real ones are well under 1 KiB).
+    const MAX_ERROR_BODY: usize = 64 * 1024;
+
+    /// Middleware: gives server function error responses the status of their [`AppError`]. The server function
+    /// machinery answers every error with 500, including the argument errors it raises before our code runs;
+    /// this puts a 400, 401, 422… on them, from [`AppError::status_code`].
+    pub async fn server_fn_error_status(request: Request, next: Next) -> Response {
+        let response = next.run(request).await;
+        if response.status() != StatusCode::INTERNAL_SERVER_ERROR
+            || !response.headers().contains_key(SERVER_FN_ERROR_HEADER)
+        {
+            return response;
+        }
+        let (mut parts, body) = response.into_parts();
+        let Ok(bytes) = axum::body::to_bytes(body, MAX_ERROR_BODY).await else {
+            return AppError::internal("unreadable server function error body").into_response();
+        };
+        let error = AppError::de(bytes.clone());
+        parts.status = error.http_status();
+        parts.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        Response::from_parts(parts, Body::from(bytes))
+    }
+}
+
+#[cfg(feature = "ssr")]
+pub use ssr::server_fn_error_status;
+
+#[cfg(not(feature = "ssr"))]
+impl AppError {
+    /// On the client there is nothing to log to; the cause stays out of the message all the same.
+    pub fn internal(_cause: impl std::fmt::Display) -> Self {
+        AppError::Internal
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_errors_never_show_their_cause() {
+        let err = AppError::internal(
+            "duplicate key value violates unique constraint \"users_email_key\"",
+        );
+        assert_eq!(err, AppError::Internal);
+        assert!(!err.to_string().contains("users_email_key"));
+        assert_eq!(err.status_code(), 500);
+    }
+
+    #[test]
+    fn argument_errors_are_bad_requests() {
+        let err = AppError::from_server_fn_error(ServerFnErrorErr::MissingArg("email".into()));
+        assert_eq!(err.status_code(), 400);
+        assert_eq!(err.code(), "bad_request");
+    }
+
+    #[test]
+    fn every_variant_round_trips_through_the_wire_format() {
+        for err in [
+            AppError::Invalid("quantity must be positive".into()),
+            AppError::BadRequest("missing field `password`".into()),
+            AppError::Unauthorized,
+            AppError::InvalidCredentials,
+            AppError::Forbidden("cross-site request refused".into()),
+            AppError::Conflict("an account for a@b.c already exists".into()),
+            AppError::Internal,
+            AppError::Transport("connection refused".into()),
+        ] {
+            assert_eq!(AppError::de(err.ser()), err);
+        }
+    }
+
+    #[test]
+    fn the_wire_format_carries_the_message_and_code() {
+        let json = serde_json::to_value(AppError::InvalidCredentials).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"error": "email or password is incorrect", "code": "invalid_credentials"})
+        );
+    }
+}

@@ -1,0 +1,30 @@
+//! Tally: usage-based billing on Stripe Billing Meters, as one Leptos SSR crate.
+//!
+//! Shared modules (pages, components, domain types and their server functions) compile for the server (`ssr`)
+//! and the browser (`hydrate`); the modules below the `ssr` gate exist only on the server.
+
+pub mod app;
+pub mod auth;
+pub mod components;
+pub mod error;
+pub mod pages;
+pub mod usage;
+
+#[cfg(feature = "ssr")]
+pub mod cli;
+#[cfg(feature = "ssr")]
+pub mod config;
+#[cfg(feature = "ssr")]
+pub mod db;
+#[cfg(feature = "ssr")]
+pub mod server;
+#[cfg(feature = "ssr")]
+pub mod state;
+
+/// Entry point of the browser bundle: hydrates the server-rendered page.
+#[cfg(feature = "hydrate")]
+#[wasm_bindgen::prelude::wasm_bindgen]
+pub fn hydrate() {
+    console_error_panic_hook::set_once();
+    leptos::mount::hydrate_body(app::App);
+}

@@ -1,0 +1,24 @@
+//! The `tally` binary: parse the command line and hand over to [`tally::cli`].
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    // `.env` is for local runs; real environment variables win over it.
+    let _ = dotenvy::dotenv();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,tower_sessions=warn,sqlx=warn".into()),
+        )
+        .init();
+
+    let cli = tally::cli::Cli::parse();
+    match tally::cli::run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

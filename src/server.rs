@@ -1,0 +1,213 @@
+//! The axum application: leptos pages and server functions, sessions, and the guards in front of them.
+
+use std::sync::Arc;
+
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, Method};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use leptos::prelude::*;
+use leptos_axum::{generate_route_list, AxumRouteListing, LeptosRoutes};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_sessions::cookie::SameSite;
+use tower_sessions::{Expiry, SessionManagerLayer};
+use tower_sessions_sqlx_store::PostgresStore;
+
+use crate::app::{shell, App};
+use crate::config::Config;
+use crate::error::AppError;
+use crate::state::AppState;
+
+/// Largest request body accepted anywhere (server functions included).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Name of the session cookie.
+pub const SESSION_COOKIE: &str = "tally_session";
+/// A session ends after this long without a request.
+const SESSION_IDLE_DAYS: i64 = 14;
+
+/// The route list of the app. Build it once per process: generating it briefly suppresses resource loading
+/// process-wide, which would stall a page being rendered at the same moment.
+pub fn routes() -> Vec<AxumRouteListing> {
+    generate_route_list(App)
+}
+
+/// The complete application router for `state`, with the routes from [`routes`].
+pub fn router(state: AppState, routes: Vec<AxumRouteListing>) -> Router {
+    let sessions = SessionManagerLayer::new(PostgresStore::new(state.pool.clone()))
+        .with_name(SESSION_COOKIE)
+        .with_http_only(true)
+        .with_same_site(SameSite::Lax)
+        .with_secure(state.config.secure_cookies())
+        .with_expiry(Expiry::OnInactivity(time::Duration::days(
+            SESSION_IDLE_DAYS,
+        )));
+
+    Router::new()
+        .leptos_routes(&state, routes, {
+            let options = state.leptos_options.clone();
+            move || shell(options.clone())
+        })
+        .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
+        .layer(sessions)
+        .layer(middleware::from_fn(crate::error::server_fn_error_status))
+        .layer(middleware::from_fn(refuse_cross_site_writes))
+        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("same-origin"),
+        ))
+        .with_state(state)
+}
+
+/// Refuses state-changing requests that a browser marks as coming from another site. SameSite=Lax cookies already
+/// keep the session off such requests; this also stops cross-site form posts to sign-up and log-in (login CSRF).
+/// Requests without these headers (curl, services with API keys) are not browsers and pass.
+async fn refuse_cross_site_writes(request: Request, next: Next) -> Response {
+    if is_cross_site_write(request.method(), request.headers()) {
+        return AppError::Forbidden("cross-site request refused".into()).into_response();
+    }
+    next.run(request).await
+}
+
+fn is_cross_site_write(method: &Method, headers: &axum::http::HeaderMap) -> bool {
+    if method.is_safe() {
+        return false;
+    }
+    if headers
+        .get("sec-fetch-site")
+        .is_some_and(|site| site == "cross-site")
+    {
+        return true;
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return false;
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok());
+    let origin_host = origin
+        .to_str()
+        .ok()
+        .and_then(|origin| origin.split_once("://"))
+        .map(|(_, host)| host);
+    match (origin_host, host) {
+        (Some(origin_host), Some(host)) => !origin_host.eq_ignore_ascii_case(host),
+        // `Origin: null` (sandboxed frames, some redirects) or an unreadable header: not provably same-site.
+        _ => true,
+    }
+}
+
+/// Reads the leptos settings: `Leptos.toml` in the working directory when present, then `LEPTOS_*` variables.
+pub fn leptos_options() -> Result<LeptosOptions, leptos_config::errors::LeptosConfigError> {
+    let file = std::path::Path::new("Leptos.toml");
+    Ok(get_configuration(file.exists().then_some("Leptos.toml"))?.leptos_options)
+}
+
+/// Connects, migrates and serves until Ctrl-C or SIGTERM.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let leptos_options = leptos_options()?;
+    let pool = crate::db::connect(&config).await?;
+    crate::db::migrate(&pool).await?;
+    crate::db::check_timezone(&pool, &config.billing_timezone).await?;
+
+    let addr = leptos_options.site_addr;
+    let state = AppState {
+        leptos_options,
+        pool: pool.clone(),
+        config: Arc::new(config),
+    };
+    let app = router(state, routes());
+
+    // Expired sessions are deleted in the background, every hour.
+    let deletion = tokio::spawn(
+        tower_sessions::session_store::ExpiredDeletion::continuously_delete_expired(
+            PostgresStore::new(pool),
+            tokio::time::Duration::from_secs(3600),
+        ),
+    );
+
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!("Tally listening on http://{addr}");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    deletion.abort();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderMap;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.parse().unwrap(), HeaderValue::from_static(v)))
+            .collect()
+    }
+
+    #[test]
+    fn same_origin_posts_pass() {
+        let h = headers(&[
+            ("host", "127.0.0.1:3000"),
+            ("origin", "http://127.0.0.1:3000"),
+        ]);
+        assert!(!is_cross_site_write(&Method::POST, &h));
+    }
+
+    #[test]
+    fn cross_origin_posts_are_refused() {
+        let h = headers(&[
+            ("host", "127.0.0.1:3000"),
+            ("origin", "http://evil.example"),
+        ]);
+        assert!(is_cross_site_write(&Method::POST, &h));
+        let h = headers(&[("host", "127.0.0.1:3000"), ("sec-fetch-site", "cross-site")]);
+        assert!(is_cross_site_write(&Method::POST, &h));
+        let h = headers(&[("host", "127.0.0.1:3000"), ("origin", "null")]);
+        assert!(is_cross_site_write(&Method::POST, &h));
+    }
+
+    #[test]
+    fn reads_and_non_browser_clients_pass() {
+        let h = headers(&[
+            ("host", "127.0.0.1:3000"),
+            ("origin", "http://evil.example"),
+        ]);
+        assert!(!is_cross_site_write(&Method::GET, &h));
+        assert!(!is_cross_site_write(
+            &Method::POST,
+            &headers(&[("host", "127.0.0.1:3000")])
+        ));
+    }
+}

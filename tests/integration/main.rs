@@ -1,0 +1,11 @@
+//! Integration tests: the real router, against a real PostgreSQL (one fresh database per test, from
+//! `#[sqlx::test]`; `scripts/test` starts a throwaway cluster and sets DATABASE_URL).
+
+mod support;
+
+mod auth;
+mod cli;
+mod config_files;
+mod pages;
+mod security;
+mod usage;

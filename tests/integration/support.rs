@@ -1,0 +1,235 @@
+//! The test harness: the app router on a test database, and a small HTTP client for it.
+
+use std::sync::{Arc, OnceLock};
+
+use axum::body::Body;
+use axum::http::{header, Request, Response, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use leptos::prelude::LeptosOptions;
+use leptos_axum::AxumRouteListing;
+use sqlx::PgPool;
+use tally::config::{Config, UsageLimit};
+use tally::state::AppState;
+use tower::ServiceExt;
+use uuid::Uuid;
+
+/// The default usage limit of accounts created by sign-up in these tests.
+pub const DEFAULT_LIMIT: i64 = 50_000;
+/// A password that passes validation.
+pub const PASSWORD: &str = "correct horse battery";
+
+/// The route list, generated once per test binary: generating it suppresses resource loading process-wide for a
+/// moment, which would hang a page rendered by a concurrent test.
+fn routes() -> Vec<AxumRouteListing> {
+    static ROUTES: OnceLock<Vec<AxumRouteListing>> = OnceLock::new();
+    ROUTES.get_or_init(tally::server::routes).clone()
+}
+
+/// Configuration of the app under test; the database URL is unused because the pool is handed over directly.
+pub fn config() -> Config {
+    Config {
+        database_url: "postgres://unused".into(),
+        database_max_connections: 5,
+        billing_timezone: "Asia/Tokyo".into(),
+        default_usage_limit: UsageLimit(Some(DEFAULT_LIMIT)),
+        public_url: "http://127.0.0.1:3000".into(),
+    }
+}
+
+/// The app, as `tally serve` builds it, on `pool`.
+pub fn app(pool: PgPool) -> TestApp {
+    let leptos_options = LeptosOptions::builder()
+        .output_name("tally")
+        .site_root("target/site")
+        .build();
+    let state = AppState {
+        leptos_options,
+        pool: pool.clone(),
+        config: Arc::new(config()),
+    };
+    TestApp {
+        router: tally::server::router(state, routes()),
+        pool,
+    }
+}
+
+/// The router under test plus its pool, with helpers that speak HTTP to it.
+pub struct TestApp {
+    pub router: Router,
+    pub pool: PgPool,
+}
+
+/// A response with its body read.
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: axum::http::HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    /// The `name=value` pair of the session cookie this response sets, if any.
+    pub fn session_cookie(&self) -> Option<String> {
+        self.headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with(tally::server::SESSION_COOKIE))
+            .map(|v| v.split(';').next().unwrap_or_default().to_owned())
+    }
+
+    /// The whole `Set-Cookie` header of the session cookie.
+    pub fn session_cookie_header(&self) -> Option<String> {
+        self.headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with(tally::server::SESSION_COOKIE))
+            .map(str::to_owned)
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+impl TestApp {
+    pub async fn send(&self, request: Request<Body>) -> Reply {
+        let response: Response<Body> = self
+            .router
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("router is infallible");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        Reply {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+
+    /// POSTs a form to a server function (`/api/<endpoint>`), with an optional cookie.
+    pub async fn post_form(
+        &self,
+        path: &str,
+        form: &[(&str, &str)],
+        cookie: Option<&str>,
+    ) -> Reply {
+        let body = form
+            .iter()
+            .map(|(k, v)| format!("{}={}", urlencode(k), urlencode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let mut request = Request::post(path)
+            .header(header::HOST, "127.0.0.1:3000")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        if let Some(cookie) = cookie {
+            request = request.header(header::COOKIE, cookie);
+        }
+        self.send(request.body(Body::from(body)).unwrap()).await
+    }
+
+    pub async fn get(&self, path: &str, cookie: Option<&str>) -> Reply {
+        // As a browser navigating: redirects are only real 302s for requests that accept HTML.
+        let mut request = Request::get(path)
+            .header(header::HOST, "127.0.0.1:3000")
+            .header(header::ACCEPT, "text/html");
+        if let Some(cookie) = cookie {
+            request = request.header(header::COOKIE, cookie);
+        }
+        self.send(request.body(Body::empty()).unwrap()).await
+    }
+
+    /// Signs up `email` and returns the session cookie.
+    pub async fn signup(&self, email: &str) -> String {
+        let reply = self
+            .post_form(
+                "/api/auth/signup",
+                &[("email", email), ("password", PASSWORD)],
+                None,
+            )
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "signup failed: {}",
+            reply.body
+        );
+        reply
+            .session_cookie()
+            .expect("signup sets a session cookie")
+    }
+
+    pub async fn user_id(&self, email: &str) -> Uuid {
+        sqlx::query_scalar("SELECT id FROM users WHERE email = $1")
+            .bind(email)
+            .fetch_one(&self.pool)
+            .await
+            .expect("user exists")
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Inserts a usage event directly (the recording API is tested on its own).
+    pub async fn insert_usage(
+        &self,
+        user_id: Uuid,
+        event_type: &str,
+        quantity: i64,
+        occurred_at: &str,
+    ) {
+        sqlx::query(
+            "INSERT INTO usage_events (id, user_id, event_type, quantity, occurred_at)
+             VALUES ($1, $2, $3, $4, $5::timestamptz)",
+        )
+        .bind(Uuid::new_v4())
+        .bind(user_id)
+        .bind(event_type)
+        .bind(quantity)
+        .bind(occurred_at)
+        .execute(&self.pool)
+        .await
+        .unwrap();
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            b' ' => "+".into(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// No response body may leak SQL, a Rust panic or a stack trace.
+pub fn assert_no_internals(body: &str) {
+    for needle in [
+        "SELECT",
+        "INSERT",
+        "constraint",
+        "sqlx",
+        "panicked",
+        "stack backtrace",
+        "src/",
+        "postgres://",
+    ] {
+        assert!(!body.contains(needle), "response leaks {needle:?}: {body}");
+    }
+}
