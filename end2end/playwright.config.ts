@@ -1,0 +1,57 @@
+import { defineConfig, devices } from "@playwright/test";
+
+// scripts/test sets E2E_PORT and E2E_DATABASE_URL (a fresh database) and builds target/debug/tally first.
+// Run by hand against a server you started yourself: E2E_BASE_URL=http://127.0.0.1:3000 npx playwright test
+const port = process.env.E2E_PORT ?? "3000";
+const baseURL = process.env.E2E_BASE_URL ?? `http://127.0.0.1:${port}`;
+const startServer = !process.env.E2E_BASE_URL;
+
+export default defineConfig({
+  testDir: "./tests",
+  timeout: 30_000,
+  expect: { timeout: 5_000 },
+  fullyParallel: false,
+  workers: 1,
+  forbidOnly: !!process.env.CI,
+  reporter: [["list"]],
+  use: { baseURL, trace: "retain-on-failure" },
+  webServer: startServer
+    ? {
+        command: "./target/debug/tally serve",
+        cwd: "..",
+        url: `${baseURL}/login`,
+        timeout: 60_000,
+        stdout: "pipe",
+        stderr: "pipe",
+        env: {
+          DATABASE_URL: process.env.E2E_DATABASE_URL ?? "",
+          LEPTOS_SITE_ADDR: `127.0.0.1:${port}`,
+          TALLY_PUBLIC_URL: baseURL,
+          TALLY_DEFAULT_USAGE_LIMIT: "100000",
+          BILLING_TIMEZONE: "Asia/Tokyo",
+          RUST_LOG: "warn",
+        },
+      }
+    : undefined,
+  projects: [
+    {
+      name: "chromium",
+      use: {
+        ...devices["Desktop Chrome"],
+        launchOptions: {
+          // Debian's Chromium: a Playwright browser download is impossible on this network.
+          executablePath: process.env.CHROMIUM_PATH ?? "/usr/bin/chromium",
+          args: [
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+          ],
+        },
+      },
+    },
+  ],
+});
