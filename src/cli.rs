@@ -24,6 +24,28 @@ pub enum Command {
     /// Manage accounts.
     #[command(subcommand)]
     User(UserCommand),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Apikey(ApiKeyCommand),
+}
+
+/// `tally apikey …`
+#[derive(Subcommand, Debug)]
+pub enum ApiKeyCommand {
+    /// Create a key for an account and print it (it is shown only this once).
+    Create {
+        #[arg(long)]
+        email: String,
+        #[arg(long, default_value = "default")]
+        name: String,
+    },
+    /// List an account's keys.
+    List {
+        #[arg(long)]
+        email: String,
+    },
+    /// Revoke a key, by the prefix that `list` shows (e.g. tly_live_Ab12) or by id; it stops working at once.
+    Revoke { key: String },
 }
 
 /// `tally user …`
@@ -54,31 +76,64 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("database is up to date");
             Ok(())
         }
-        Command::User(UserCommand::Create {
-            email,
-            password,
-            limit,
-            if_missing,
-        }) => {
+        Command::User(UserCommand::Create { email, password, limit, if_missing }) => {
             let pool = crate::db::connect(&cli.config).await?;
             crate::db::migrate(&pool).await?;
             if if_missing {
                 if let Some(id) = crate::auth::users::find_id_by_email(&pool, &email).await? {
-                    println!(
-                        "account {} already exists ({id})",
-                        email.trim().to_lowercase()
-                    );
+                    println!("account {} already exists ({id})", email.trim().to_lowercase());
                     return Ok(());
                 }
             }
             let limit = limit.unwrap_or(cli.config.default_usage_limit).0;
             let id = crate::auth::users::register(&pool, &email, &password, limit).await?;
             let limit = limit.map_or("no limit".to_owned(), |l| format!("limit {l} per period"));
-            println!(
-                "created account {} ({id}), {limit}",
-                email.trim().to_lowercase()
-            );
+            println!("created account {} ({id}), {limit}", email.trim().to_lowercase());
             Ok(())
         }
+        Command::Apikey(command) => {
+            let pool = crate::db::connect(&cli.config).await?;
+            crate::db::migrate(&pool).await?;
+            api_key_command(&pool, command).await
+        }
     }
+}
+
+async fn api_key_command(pool: &sqlx::PgPool, command: ApiKeyCommand) -> anyhow::Result<()> {
+    use crate::auth::{api_key, users};
+
+    let user_of = |email: String| async move {
+        users::find_id_by_email(pool, &email).await?.ok_or_else(|| anyhow::anyhow!("no account for {email}"))
+    };
+    match command {
+        ApiKeyCommand::Create { email, name } => {
+            let (info, secret) = api_key::create(pool, user_of(email).await?, &name).await?;
+            eprintln!("created API key {:?} ({}); store it now, it is not shown again:", info.name, info.id);
+            println!("{secret}");
+        }
+        ApiKeyCommand::List { email } => {
+            for key in api_key::list(pool, user_of(email).await?).await? {
+                let state = match (key.revoked_at, key.last_used_at) {
+                    (Some(at), _) => format!("revoked {}", at.format("%Y-%m-%d %H:%M UTC")),
+                    (None, Some(at)) => format!("last used {}", at.format("%Y-%m-%d %H:%M UTC")),
+                    (None, None) => "never used".to_owned(),
+                };
+                println!(
+                    "{}…  {}  {:?}  created {}  {state}",
+                    key.display_prefix,
+                    key.id,
+                    key.name,
+                    key.created_at.format("%Y-%m-%d")
+                );
+            }
+        }
+        ApiKeyCommand::Revoke { key } => {
+            let id = match key.parse::<uuid::Uuid>() {
+                Ok(id) => api_key::revoke_by_id(pool, id).await?,
+                Err(_) => api_key::revoke_by_prefix(pool, key.trim_end_matches('…')).await?,
+            };
+            println!("revoked API key {id}");
+        }
+    }
+    Ok(())
 }

@@ -23,12 +23,28 @@ pub struct Config {
     pub default_usage_limit: UsageLimit,
 
     /// The address users reach Tally at. An `https://` URL makes the session cookie `Secure`.
-    #[arg(
-        long,
-        env = "TALLY_PUBLIC_URL",
-        default_value = "http://127.0.0.1:3000"
-    )]
+    #[arg(long, env = "TALLY_PUBLIC_URL", default_value = "http://127.0.0.1:3000")]
     pub public_url: String,
+
+    /// Event types that may be recorded (comma-separated); anything else is refused with 422.
+    #[arg(long, env = "TALLY_EVENT_TYPES", default_value = "ai_token_consumed", value_delimiter = ',')]
+    pub event_types: Vec<String>,
+
+    /// Concurrent ingestion transactions (group-commit writers) per app instance.
+    #[arg(long, env = "TALLY_INGEST_WRITERS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub ingest_writers: u16,
+
+    /// API key of an OpenAI-compatible chat completions service; without it the AI route uses its offline model.
+    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
+    pub openai_api_key: Option<String>,
+
+    /// Base URL of the OpenAI-compatible service.
+    #[arg(long, env = "OPENAI_BASE_URL", default_value = "https://api.openai.com/v1")]
+    pub openai_base_url: String,
+
+    /// Model asked for by the AI route.
+    #[arg(long, env = "OPENAI_MODEL", default_value = "gpt-4o-mini")]
+    pub openai_model: String,
 }
 
 /// A usage limit as configured: `None` means unlimited. (A newtype so clap does not read `Option` as "optional".)
@@ -44,9 +60,7 @@ pub fn parse_usage_limit(raw: &str) -> Result<UsageLimit, AppError> {
     let digits: String = raw.chars().filter(|c| !matches!(c, '_' | ',')).collect();
     match digits.parse::<i64>() {
         Ok(limit) if limit > 0 => Ok(UsageLimit(Some(limit))),
-        _ => Err(AppError::Invalid(format!(
-            "usage limit must be a positive whole number or \"none\", not {raw:?}"
-        ))),
+        _ => Err(AppError::Invalid(format!("usage limit must be a positive whole number or \"none\", not {raw:?}"))),
     }
 }
 
@@ -65,6 +79,11 @@ impl std::fmt::Debug for Config {
             .field("billing_timezone", &self.billing_timezone)
             .field("default_usage_limit", &self.default_usage_limit)
             .field("public_url", &self.public_url)
+            .field("event_types", &self.event_types)
+            .field("ingest_writers", &self.ingest_writers)
+            .field("openai_api_key", &self.openai_api_key.as_ref().map(|_| "<hidden>"))
+            .field("openai_base_url", &self.openai_base_url)
+            .field("openai_model", &self.openai_model)
             .finish()
     }
 }
@@ -75,14 +94,8 @@ mod tests {
 
     #[test]
     fn usage_limits_parse_with_separators_or_none() {
-        assert_eq!(
-            parse_usage_limit("1_000_000").unwrap(),
-            UsageLimit(Some(1_000_000))
-        );
-        assert_eq!(
-            parse_usage_limit("100,000").unwrap(),
-            UsageLimit(Some(100_000))
-        );
+        assert_eq!(parse_usage_limit("1_000_000").unwrap(), UsageLimit(Some(1_000_000)));
+        assert_eq!(parse_usage_limit("100,000").unwrap(), UsageLimit(Some(100_000)));
         assert_eq!(parse_usage_limit("none").unwrap(), UsageLimit(None));
     }
 
@@ -101,6 +114,11 @@ mod tests {
             billing_timezone: "Asia/Tokyo".into(),
             default_usage_limit: UsageLimit(None),
             public_url: "https://tally.example".into(),
+            event_types: vec!["ai_token_consumed".into()],
+            ingest_writers: 2,
+            openai_api_key: Some("sk-s3cret".into()),
+            openai_base_url: "http://127.0.0.1:9".into(),
+            openai_model: "gpt-4o-mini".into(),
         };
         assert!(!format!("{config:?}").contains("s3cret"));
         assert!(config.secure_cookies());

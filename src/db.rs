@@ -11,15 +11,11 @@ pub static MIGRATOR: Migrator = sqlx::migrate!();
 /// Errors of connecting to and preparing the database at start-up.
 #[derive(Debug, thiserror::Error)]
 pub enum DbSetupError {
-    #[error(
-        "could not connect to PostgreSQL (is DATABASE_URL right and the server running?): {0}"
-    )]
+    #[error("could not connect to PostgreSQL (is DATABASE_URL right and the server running?): {0}")]
     Connect(#[source] sqlx::Error),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error(
-        "BILLING_TIMEZONE {0:?} is not a time zone PostgreSQL knows (try e.g. Asia/Tokyo or UTC)"
-    )]
+    #[error("BILLING_TIMEZONE {0:?} is not a time zone PostgreSQL knows (try e.g. Asia/Tokyo or UTC)")]
     UnknownTimezone(String),
     #[error("database query failed: {0}")]
     Query(#[source] sqlx::Error),
@@ -43,12 +39,11 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbSetupError> {
 /// Fails early, with a clear message, when PostgreSQL does not know the configured billing time zone; otherwise
 /// every period computation would fail later, request by request.
 pub async fn check_timezone(pool: &PgPool, timezone: &str) -> Result<(), DbSetupError> {
-    let known: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = $1)")
-            .bind(timezone)
-            .fetch_one(pool)
-            .await
-            .map_err(DbSetupError::Query)?;
+    let known: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = $1)")
+        .bind(timezone)
+        .fetch_one(pool)
+        .await
+        .map_err(DbSetupError::Query)?;
     if known {
         Ok(())
     } else {

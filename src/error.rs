@@ -32,6 +32,15 @@ pub enum AppError {
     /// The request conflicts with what is stored (an email that already has an account).
     #[error("{0}")]
     Conflict(String),
+    /// Some events of a batch are invalid; nothing of the batch was stored.
+    #[error("{} of the events are invalid; nothing was recorded", .0.len())]
+    InvalidEvents(Vec<EventProblem>),
+    /// Recording would take the user past their hard usage limit for the period; nothing was recorded.
+    #[error("usage limit reached: {remaining} of {limit} remain this period")]
+    LimitExceeded { limit: i64, remaining: i64 },
+    /// A service Tally depends on (the AI provider) failed or answered nonsense.
+    #[error("{0}")]
+    Upstream(String),
     /// Something failed on the server; the details are in the server log only.
     #[error("something went wrong on our side; please try again")]
     Internal,
@@ -48,9 +57,10 @@ impl AppError {
             AppError::Unauthorized | AppError::InvalidCredentials => 401,
             AppError::Forbidden(_) => 403,
             AppError::Conflict(_) => 409,
-            AppError::Invalid(_) => 422,
+            AppError::Invalid(_) | AppError::InvalidEvents(_) => 422,
+            AppError::LimitExceeded { .. } => 429,
             AppError::Internal => 500,
-            AppError::Transport(_) => 502,
+            AppError::Upstream(_) | AppError::Transport(_) => 502,
         }
     }
 
@@ -63,10 +73,21 @@ impl AppError {
             AppError::InvalidCredentials => "invalid_credentials",
             AppError::Forbidden(_) => "forbidden",
             AppError::Conflict(_) => "conflict",
+            AppError::InvalidEvents(_) => "invalid_events",
+            AppError::LimitExceeded { .. } => "limit_exceeded",
+            AppError::Upstream(_) => "upstream",
             AppError::Internal => "internal",
             AppError::Transport(_) => "transport",
         }
     }
+}
+
+/// What is wrong with one event of a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventProblem {
+    /// Position of the event in the request's `events` array.
+    pub index: usize,
+    pub error: String,
 }
 
 /// The JSON shape of an [`AppError`].
@@ -74,6 +95,14 @@ impl AppError {
 struct WireError {
     error: String,
     code: String,
+    /// Per-event problems of a rejected batch.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    events: Vec<EventProblem>,
+    /// Limit and allowance left, when a hard limit refused the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    limit: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    remaining: Option<i64>,
 }
 
 const BAD_REQUEST_PREFIX: &str = "malformed request: ";
@@ -81,9 +110,14 @@ const TRANSPORT_PREFIX: &str = "could not reach Tally: ";
 
 impl From<AppError> for WireError {
     fn from(err: AppError) -> Self {
-        WireError {
-            error: err.to_string(),
-            code: err.code().to_owned(),
+        let error = err.to_string();
+        let code = err.code().to_owned();
+        match err {
+            AppError::InvalidEvents(events) => WireError { error, code, events, limit: None, remaining: None },
+            AppError::LimitExceeded { limit, remaining } => {
+                WireError { error, code, events: Vec::new(), limit: Some(limit), remaining: Some(remaining) }
+            }
+            _ => WireError { error, code, events: Vec::new(), limit: None, remaining: None },
         }
     }
 }
@@ -92,12 +126,7 @@ impl TryFrom<WireError> for AppError {
     type Error = String;
 
     fn try_from(wire: WireError) -> Result<Self, String> {
-        let strip = |prefix: &str| {
-            wire.error
-                .strip_prefix(prefix)
-                .unwrap_or(&wire.error)
-                .to_owned()
-        };
+        let strip = |prefix: &str| wire.error.strip_prefix(prefix).unwrap_or(&wire.error).to_owned();
         Ok(match wire.code.as_str() {
             "invalid" => AppError::Invalid(wire.error),
             "bad_request" => AppError::BadRequest(strip(BAD_REQUEST_PREFIX)),
@@ -105,6 +134,12 @@ impl TryFrom<WireError> for AppError {
             "invalid_credentials" => AppError::InvalidCredentials,
             "forbidden" => AppError::Forbidden(wire.error),
             "conflict" => AppError::Conflict(wire.error),
+            "invalid_events" => AppError::InvalidEvents(wire.events),
+            "limit_exceeded" => AppError::LimitExceeded {
+                limit: wire.limit.ok_or("limit_exceeded without limit")?,
+                remaining: wire.remaining.ok_or("limit_exceeded without remaining")?,
+            },
+            "upstream" => AppError::Upstream(wire.error),
             "internal" => AppError::Internal,
             "transport" => AppError::Transport(strip(TRANSPORT_PREFIX)),
             other => return Err(format!("unknown error code {other:?}")),
@@ -121,9 +156,7 @@ impl FromServerFnError for AppError {
             | ServerFnErrorErr::MissingArg(msg)
             | ServerFnErrorErr::Deserialization(msg)
             | ServerFnErrorErr::UnsupportedRequestMethod(msg) => AppError::BadRequest(msg),
-            ServerFnErrorErr::Request(msg) | ServerFnErrorErr::Response(msg) => {
-                AppError::Transport(msg)
-            }
+            ServerFnErrorErr::Request(msg) | ServerFnErrorErr::Response(msg) => AppError::Transport(msg),
             // Registration, middleware, serialization and server errors are faults of ours, not of the caller.
             other => AppError::internal(other),
         }
@@ -187,10 +220,7 @@ mod ssr {
         };
         let error = AppError::de(bytes.clone());
         parts.status = error.http_status();
-        parts.headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         Response::from_parts(parts, Body::from(bytes))
     }
 }
@@ -212,9 +242,7 @@ mod tests {
 
     #[test]
     fn internal_errors_never_show_their_cause() {
-        let err = AppError::internal(
-            "duplicate key value violates unique constraint \"users_email_key\"",
-        );
+        let err = AppError::internal("duplicate key value violates unique constraint \"users_email_key\"");
         assert_eq!(err, AppError::Internal);
         assert!(!err.to_string().contains("users_email_key"));
         assert_eq!(err.status_code(), 500);
@@ -236,6 +264,9 @@ mod tests {
             AppError::InvalidCredentials,
             AppError::Forbidden("cross-site request refused".into()),
             AppError::Conflict("an account for a@b.c already exists".into()),
+            AppError::InvalidEvents(vec![EventProblem { index: 3, error: "quantity must be positive".into() }]),
+            AppError::LimitExceeded { limit: 1_000, remaining: 12 },
+            AppError::Upstream("the AI provider answered 500".into()),
             AppError::Internal,
             AppError::Transport("connection refused".into()),
         ] {
@@ -246,9 +277,6 @@ mod tests {
     #[test]
     fn the_wire_format_carries_the_message_and_code() {
         let json = serde_json::to_value(AppError::InvalidCredentials).unwrap();
-        assert_eq!(
-            json,
-            serde_json::json!({"error": "email or password is incorrect", "code": "invalid_credentials"})
-        );
+        assert_eq!(json, serde_json::json!({"error": "email or password is incorrect", "code": "invalid_credentials"}));
     }
 }

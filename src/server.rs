@@ -1,7 +1,5 @@
 //! The axum application: leptos pages and server functions, sessions, and the guards in front of them.
 
-use std::sync::Arc;
-
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, Method};
 use axum::middleware::{self, Next};
@@ -40,9 +38,7 @@ pub fn router(state: AppState, routes: Vec<AxumRouteListing>) -> Router {
         .with_http_only(true)
         .with_same_site(SameSite::Lax)
         .with_secure(state.config.secure_cookies())
-        .with_expiry(Expiry::OnInactivity(time::Duration::days(
-            SESSION_IDLE_DAYS,
-        )));
+        .with_expiry(Expiry::OnInactivity(time::Duration::days(SESSION_IDLE_DAYS)));
 
     Router::new()
         .leptos_routes(&state, routes, {
@@ -54,18 +50,9 @@ pub fn router(state: AppState, routes: Vec<AxumRouteListing>) -> Router {
         .layer(middleware::from_fn(crate::error::server_fn_error_status))
         .layer(middleware::from_fn(refuse_cross_site_writes))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
-        .layer(SetResponseHeaderLayer::overriding(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        ))
-        .layer(SetResponseHeaderLayer::overriding(
-            header::X_FRAME_OPTIONS,
-            HeaderValue::from_static("DENY"),
-        ))
-        .layer(SetResponseHeaderLayer::overriding(
-            header::REFERRER_POLICY,
-            HeaderValue::from_static("same-origin"),
-        ))
+        .layer(SetResponseHeaderLayer::overriding(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
+        .layer(SetResponseHeaderLayer::overriding(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")))
+        .layer(SetResponseHeaderLayer::overriding(header::REFERRER_POLICY, HeaderValue::from_static("same-origin")))
         .with_state(state)
 }
 
@@ -83,23 +70,14 @@ fn is_cross_site_write(method: &Method, headers: &axum::http::HeaderMap) -> bool
     if method.is_safe() {
         return false;
     }
-    if headers
-        .get("sec-fetch-site")
-        .is_some_and(|site| site == "cross-site")
-    {
+    if headers.get("sec-fetch-site").is_some_and(|site| site == "cross-site") {
         return true;
     }
     let Some(origin) = headers.get(header::ORIGIN) else {
         return false;
     };
-    let host = headers
-        .get(header::HOST)
-        .and_then(|host| host.to_str().ok());
-    let origin_host = origin
-        .to_str()
-        .ok()
-        .and_then(|origin| origin.split_once("://"))
-        .map(|(_, host)| host);
+    let host = headers.get(header::HOST).and_then(|host| host.to_str().ok());
+    let origin_host = origin.to_str().ok().and_then(|origin| origin.split_once("://")).map(|(_, host)| host);
     match (origin_host, host) {
         (Some(origin_host), Some(host)) => !origin_host.eq_ignore_ascii_case(host),
         // `Origin: null` (sandboxed frames, some redirects) or an unreadable header: not provably same-site.
@@ -121,26 +99,18 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     crate::db::check_timezone(&pool, &config.billing_timezone).await?;
 
     let addr = leptos_options.site_addr;
-    let state = AppState {
-        leptos_options,
-        pool: pool.clone(),
-        config: Arc::new(config),
-    };
+    let state = AppState::new(leptos_options, pool.clone(), config);
     let app = router(state, routes());
 
     // Expired sessions are deleted in the background, every hour.
-    let deletion = tokio::spawn(
-        tower_sessions::session_store::ExpiredDeletion::continuously_delete_expired(
-            PostgresStore::new(pool),
-            tokio::time::Duration::from_secs(3600),
-        ),
-    );
+    let deletion = tokio::spawn(tower_sessions::session_store::ExpiredDeletion::continuously_delete_expired(
+        PostgresStore::new(pool),
+        tokio::time::Duration::from_secs(3600),
+    ));
 
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!("Tally listening on http://{addr}");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
     deletion.abort();
     Ok(())
 }
@@ -170,27 +140,18 @@ mod tests {
     use axum::http::HeaderMap;
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.parse().unwrap(), HeaderValue::from_static(v)))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.parse().unwrap(), HeaderValue::from_static(v))).collect()
     }
 
     #[test]
     fn same_origin_posts_pass() {
-        let h = headers(&[
-            ("host", "127.0.0.1:3000"),
-            ("origin", "http://127.0.0.1:3000"),
-        ]);
+        let h = headers(&[("host", "127.0.0.1:3000"), ("origin", "http://127.0.0.1:3000")]);
         assert!(!is_cross_site_write(&Method::POST, &h));
     }
 
     #[test]
     fn cross_origin_posts_are_refused() {
-        let h = headers(&[
-            ("host", "127.0.0.1:3000"),
-            ("origin", "http://evil.example"),
-        ]);
+        let h = headers(&[("host", "127.0.0.1:3000"), ("origin", "http://evil.example")]);
         assert!(is_cross_site_write(&Method::POST, &h));
         let h = headers(&[("host", "127.0.0.1:3000"), ("sec-fetch-site", "cross-site")]);
         assert!(is_cross_site_write(&Method::POST, &h));
@@ -200,14 +161,8 @@ mod tests {
 
     #[test]
     fn reads_and_non_browser_clients_pass() {
-        let h = headers(&[
-            ("host", "127.0.0.1:3000"),
-            ("origin", "http://evil.example"),
-        ]);
+        let h = headers(&[("host", "127.0.0.1:3000"), ("origin", "http://evil.example")]);
         assert!(!is_cross_site_write(&Method::GET, &h));
-        assert!(!is_cross_site_write(
-            &Method::POST,
-            &headers(&[("host", "127.0.0.1:3000")])
-        ));
+        assert!(!is_cross_site_write(&Method::POST, &headers(&[("host", "127.0.0.1:3000")])));
     }
 }

@@ -8,6 +8,8 @@ use sqlx::PgPool;
 
 use crate::config::Config;
 use crate::error::AppError;
+use crate::usage::period::PeriodClock;
+use crate::usage::writer::UsageWriter;
 
 /// Shared state of one app instance. `leptos_axum` provides it as context to server functions and SSR.
 #[derive(Clone, FromRef)]
@@ -15,9 +17,23 @@ pub struct AppState {
     pub leptos_options: LeptosOptions,
     pub pool: PgPool,
     pub config: Arc<Config>,
+    /// The billing period clock, shared by the writer and the meter.
+    pub clock: Arc<PeriodClock>,
+    /// The group-commit writer every recorded event goes through.
+    pub writer: UsageWriter,
+    /// Outbound HTTP (the AI provider); one client, so connections are reused.
+    pub http: reqwest::Client,
 }
 
 impl AppState {
+    /// Builds the state and starts the usage writer tasks (on the current tokio runtime).
+    pub fn new(leptos_options: LeptosOptions, pool: PgPool, config: Config) -> AppState {
+        let clock = Arc::new(PeriodClock::new(pool.clone(), config.billing_timezone.clone()));
+        let writer = UsageWriter::start(pool.clone(), clock.clone(), config.ingest_writers);
+        let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60)).build().unwrap_or_default();
+        AppState { leptos_options, pool, config: Arc::new(config), clock, writer, http }
+    }
+
     /// The state of the request being served (inside a server function or an SSR render).
     pub fn current() -> Result<AppState, AppError> {
         leptos::prelude::use_context::<AppState>()

@@ -3,12 +3,17 @@
 //! Passwords are hashed with Argon2id (`password-auth`); sessions live in PostgreSQL (`tower-sessions`), and the
 //! session id is replaced at every sign-in so a session fixed before sign-in is worth nothing after it.
 
+use chrono::{DateTime, Utc};
 use leptos::prelude::*;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::error::AppError;
 
+#[cfg(feature = "ssr")]
+pub mod api_key;
+#[cfg(feature = "ssr")]
+pub mod caller;
 #[cfg(feature = "ssr")]
 pub mod password;
 #[cfg(feature = "ssr")]
@@ -30,6 +35,27 @@ pub struct CurrentUser {
     pub email: String,
 }
 
+/// An API key as lists show it (never the key itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyInfo {
+    pub id: Uuid,
+    pub name: String,
+    /// The key's first characters, e.g. `tly_live_Ab12`.
+    pub display_prefix: String,
+    pub created_at: DateTime<Utc>,
+    /// When the key was last used (to the minute).
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// A key just created: the only moment its secret is known.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedApiKey {
+    pub info: ApiKeyInfo,
+    pub secret: String,
+}
+
 /// Normalises an email (trimmed, lower-case) and checks that it looks like one. Deliverability is not checked:
 /// there is no mail step in Tally.
 pub fn normalize_email(raw: &str) -> Result<String, AppError> {
@@ -38,9 +64,7 @@ pub fn normalize_email(raw: &str) -> Result<String, AppError> {
         return Err(AppError::Invalid("enter your email address".into()));
     }
     if email.len() > MAX_EMAIL_LEN {
-        return Err(AppError::Invalid(format!(
-            "email must be at most {MAX_EMAIL_LEN} characters"
-        )));
+        return Err(AppError::Invalid(format!("email must be at most {MAX_EMAIL_LEN} characters")));
     }
     let valid = match email.split_once('@') {
         Some((local, domain)) => {
@@ -56,10 +80,7 @@ pub fn normalize_email(raw: &str) -> Result<String, AppError> {
     if valid {
         Ok(email)
     } else {
-        Err(AppError::Invalid(format!(
-            "{:?} is not a valid email address",
-            raw.trim()
-        )))
+        Err(AppError::Invalid(format!("{:?} is not a valid email address", raw.trim())))
     }
 }
 
@@ -67,13 +88,9 @@ pub fn normalize_email(raw: &str) -> Result<String, AppError> {
 pub fn check_new_password(password: &str) -> Result<(), AppError> {
     let chars = password.chars().count();
     if chars < MIN_PASSWORD_LEN {
-        Err(AppError::Invalid(format!(
-            "password must be at least {MIN_PASSWORD_LEN} characters"
-        )))
+        Err(AppError::Invalid(format!("password must be at least {MIN_PASSWORD_LEN} characters")))
     } else if chars > MAX_PASSWORD_LEN {
-        Err(AppError::Invalid(format!(
-            "password must be at most {MAX_PASSWORD_LEN} characters"
-        )))
+        Err(AppError::Invalid(format!("password must be at most {MAX_PASSWORD_LEN} characters")))
     } else {
         Ok(())
     }
@@ -83,13 +100,7 @@ pub fn check_new_password(password: &str) -> Result<(), AppError> {
 #[server(endpoint = "auth/signup")]
 pub async fn signup(email: String, password: String) -> Result<(), AppError> {
     let state = crate::state::AppState::current()?;
-    let user_id = users::register(
-        &state.pool,
-        &email,
-        &password,
-        state.config.default_usage_limit.0,
-    )
-    .await?;
+    let user_id = users::register(&state.pool, &email, &password, state.config.default_usage_limit.0).await?;
     session::sign_in(user_id).await?;
     leptos_axum::redirect("/");
     Ok(())
@@ -123,38 +134,48 @@ pub async fn get_current_user() -> Result<Option<CurrentUser>, AppError> {
     }
 }
 
+/// The signed-in user's API keys.
+#[server(endpoint = "keys/list")]
+pub async fn list_api_keys() -> Result<Vec<ApiKeyInfo>, AppError> {
+    let state = crate::state::AppState::current()?;
+    let user_id = session::require_user_id().await?;
+    api_key::list(&state.pool, user_id).await
+}
+
+/// Creates an API key for the signed-in user; the answer holds the secret, which is never shown again.
+#[server(endpoint = "keys/create")]
+pub async fn create_api_key(name: String) -> Result<CreatedApiKey, AppError> {
+    let state = crate::state::AppState::current()?;
+    let user_id = session::require_user_id().await?;
+    let (info, secret) = api_key::create(&state.pool, user_id, &name).await?;
+    Ok(CreatedApiKey { info, secret })
+}
+
+/// Revokes one of the signed-in user's API keys; it stops working at once.
+#[server(endpoint = "keys/revoke")]
+pub async fn revoke_api_key(id: Uuid) -> Result<(), AppError> {
+    let state = crate::state::AppState::current()?;
+    let user_id = session::require_user_id().await?;
+    api_key::revoke(&state.pool, user_id, id).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn emails_are_trimmed_and_lower_cased() {
-        assert_eq!(
-            normalize_email("  Ada@Example.COM ").unwrap(),
-            "ada@example.com"
-        );
+        assert_eq!(normalize_email("  Ada@Example.COM ").unwrap(), "ada@example.com");
     }
 
     #[test]
     fn malformed_emails_are_refused_with_a_message() {
-        for raw in [
-            "",
-            "   ",
-            "ada",
-            "@example.com",
-            "ada@",
-            "ada@@example.com",
-            "a da@example.com",
-            "ada@.com",
-        ] {
+        for raw in ["", "   ", "ada", "@example.com", "ada@", "ada@@example.com", "a da@example.com", "ada@.com"] {
             let err = normalize_email(raw).unwrap_err();
             assert_eq!(err.status_code(), 422, "{raw:?}");
         }
         let long = format!("{}@example.com", "a".repeat(250));
-        assert!(normalize_email(&long)
-            .unwrap_err()
-            .to_string()
-            .contains("at most"));
+        assert!(normalize_email(&long).unwrap_err().to_string().contains("at most"));
     }
 
     #[test]

@@ -6,9 +6,7 @@ use crate::error::AppError;
 
 /// Hashes a new password (Argon2id with `password-auth`'s default parameters, random salt, PHC string).
 pub async fn hash(password: String) -> Result<String, AppError> {
-    tokio::task::spawn_blocking(move || password_auth::generate_hash(password))
-        .await
-        .map_err(AppError::internal)
+    tokio::task::spawn_blocking(move || password_auth::generate_hash(password)).await.map_err(AppError::internal)
 }
 
 /// Whether `password` matches `hash`. With `hash == None` (unknown email) a dummy hash is checked instead, so the
@@ -33,20 +31,12 @@ mod tests {
     async fn a_hash_verifies_its_password_and_no_other() {
         let hash = hash("correct horse battery staple".into()).await.unwrap();
         assert!(hash.starts_with("$argon2id$"));
-        assert!(
-            verify("correct horse battery staple".into(), Some(hash.clone()))
-                .await
-                .unwrap()
-        );
-        assert!(!verify("correct horse battery stapler".into(), Some(hash))
-            .await
-            .unwrap());
+        assert!(verify("correct horse battery staple".into(), Some(hash.clone())).await.unwrap());
+        assert!(!verify("correct horse battery stapler".into(), Some(hash)).await.unwrap());
     }
 
     #[tokio::test]
     async fn an_unknown_account_never_verifies() {
-        assert!(!verify("not the password of any account".into(), None)
-            .await
-            .unwrap());
+        assert!(!verify("not the password of any account".into(), None).await.unwrap());
     }
 }

@@ -10,18 +10,12 @@ const USER_ID_KEY: &str = "user_id";
 
 /// The session of the request being served.
 async fn current() -> Result<Session, AppError> {
-    leptos_axum::extract::<Session>()
-        .await
-        .map_err(AppError::internal)
+    leptos_axum::extract::<Session>().await.map_err(AppError::internal)
 }
 
 /// The signed-in user's id, if any.
 pub async fn user_id() -> Result<Option<Uuid>, AppError> {
-    current()
-        .await?
-        .get::<Uuid>(USER_ID_KEY)
-        .await
-        .map_err(AppError::internal)
+    current().await?.get::<Uuid>(USER_ID_KEY).await.map_err(AppError::internal)
 }
 
 /// The signed-in user's id, or [`AppError::Unauthorized`].
@@ -33,10 +27,7 @@ pub async fn require_user_id() -> Result<Uuid, AppError> {
 pub async fn sign_in(user_id: Uuid) -> Result<(), AppError> {
     let session = current().await?;
     session.cycle_id().await.map_err(AppError::internal)?;
-    session
-        .insert(USER_ID_KEY, user_id)
-        .await
-        .map_err(AppError::internal)
+    session.insert(USER_ID_KEY, user_id).await.map_err(AppError::internal)
 }
 
 /// Ends the session: its row is deleted and the cookie cleared.

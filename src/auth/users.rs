@@ -20,23 +20,17 @@ pub async fn register(
     }
     let password_hash = password::hash(new_password.to_owned()).await?;
     let id = Uuid::new_v4();
-    sqlx::query(
-        "INSERT INTO users (id, email, password_hash, usage_limit) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(id)
-    .bind(&email)
-    .bind(password_hash)
-    .bind(usage_limit)
-    .execute(pool)
-    .await
-    .map_err(
-        |err| match err.as_database_error().and_then(|db| db.constraint()) {
-            Some("users_email_key") => {
-                AppError::Conflict(format!("an account for {email} already exists"))
-            }
+    sqlx::query("INSERT INTO users (id, email, password_hash, usage_limit) VALUES ($1, $2, $3, $4)")
+        .bind(id)
+        .bind(&email)
+        .bind(password_hash)
+        .bind(usage_limit)
+        .execute(pool)
+        .await
+        .map_err(|err| match err.as_database_error().and_then(|db| db.constraint()) {
+            Some("users_email_key") => AppError::Conflict(format!("an account for {email} already exists")),
             _ => AppError::internal(err),
-        },
-    )?;
+        })?;
     Ok(id)
 }
 
@@ -44,11 +38,10 @@ pub async fn register(
 pub async fn authenticate(pool: &PgPool, email: &str, candidate: &str) -> Result<Uuid, AppError> {
     // A malformed email cannot have an account; answer as for a wrong password, after the same hashing work.
     let email = normalize_email(email).unwrap_or_default();
-    let row: Option<(Uuid, String)> =
-        sqlx::query_as("SELECT id, password_hash FROM users WHERE email = $1")
-            .bind(&email)
-            .fetch_optional(pool)
-            .await?;
+    let row: Option<(Uuid, String)> = sqlx::query_as("SELECT id, password_hash FROM users WHERE email = $1")
+        .bind(&email)
+        .fetch_optional(pool)
+        .await?;
     let (id, hash) = row.unzip();
     if password::verify(candidate.to_owned(), hash).await? {
         id.ok_or(AppError::InvalidCredentials)
@@ -59,18 +52,13 @@ pub async fn authenticate(pool: &PgPool, email: &str, candidate: &str) -> Result
 
 /// The account with this id, if it still exists.
 pub async fn find(pool: &PgPool, id: Uuid) -> Result<Option<CurrentUser>, AppError> {
-    let row: Option<(Uuid, String)> = sqlx::query_as("SELECT id, email FROM users WHERE id = $1")
-        .bind(id)
-        .fetch_optional(pool)
-        .await?;
+    let row: Option<(Uuid, String)> =
+        sqlx::query_as("SELECT id, email FROM users WHERE id = $1").bind(id).fetch_optional(pool).await?;
     Ok(row.map(|(id, email)| CurrentUser { id, email }))
 }
 
 /// The id of the account with this email, if any.
 pub async fn find_id_by_email(pool: &PgPool, email: &str) -> Result<Option<Uuid>, AppError> {
     let email = normalize_email(email)?;
-    Ok(sqlx::query_scalar("SELECT id FROM users WHERE email = $1")
-        .bind(email)
-        .fetch_optional(pool)
-        .await?)
+    Ok(sqlx::query_scalar("SELECT id FROM users WHERE email = $1").bind(email).fetch_optional(pool).await?)
 }

@@ -21,19 +21,12 @@ impl MeterFill {
         let limit = i128::from(limit);
         let basis_points = (used * 10_000 / limit).min(10_000) as i64;
         let critical = used * 100 >= limit * i128::from(CRITICAL_PERCENT);
-        Some(MeterFill {
-            basis_points,
-            critical,
-        })
+        Some(MeterFill { basis_points, critical })
     }
 
     /// The CSS width, e.g. `"12.34%"`.
     pub fn css_width(&self) -> String {
-        format!(
-            "{}.{:02}%",
-            self.basis_points / 100,
-            self.basis_points % 100
-        )
+        format!("{}.{:02}%", self.basis_points / 100, self.basis_points % 100)
     }
 }
 
@@ -67,19 +60,11 @@ pub fn UsageMeter(
     limit: Signal<Option<i64>>,
 ) -> impl IntoView {
     let fill = Memo::new(move |_| MeterFill::new(used.get(), limit.get()));
-    let limit_text = move || {
-        limit
-            .get()
-            .map(format_thousands)
-            .unwrap_or_else(|| "no limit".into())
-    };
+    let limit_text = move || limit.get().map(format_thousands).unwrap_or_else(|| "no limit".into());
     let value_text = move || match (fill.get(), limit.get()) {
-        (Some(fill), Some(limit)) => format!(
-            "{} of {} ({}%)",
-            format_thousands(used.get()),
-            format_thousands(limit),
-            fill.basis_points / 100
-        ),
+        (Some(fill), Some(limit)) => {
+            format!("{} of {} ({}%)", format_thousands(used.get()), format_thousands(limit), fill.basis_points / 100)
+        }
         _ => format!("{} used, no limit", format_thousands(used.get())),
     };
     let label_id = "usage-meter-label";
@@ -147,10 +132,7 @@ mod tests {
         let fill = MeterFill::new(250, Some(100)).unwrap();
         assert_eq!(fill.css_width(), "100.00%");
         assert!(fill.critical);
-        assert_eq!(
-            MeterFill::new(1_234, Some(10_000)).unwrap().css_width(),
-            "12.34%"
-        );
+        assert_eq!(MeterFill::new(1_234, Some(10_000)).unwrap().css_width(), "12.34%");
     }
 
     #[test]

@@ -68,10 +68,8 @@ fn Dashboard(email: String) -> impl IntoView {
 
 #[component]
 fn UsageCard(summary: UsageSummary) -> impl IntoView {
-    let period = format!(
-        "Billing period {} – {} ({})",
-        summary.period_first_day, summary.period_last_day, summary.timezone
-    );
+    let period =
+        format!("Billing period {} – {} ({})", summary.period_first_day, summary.period_last_day, summary.timezone);
     view! {
         <UsageMeter label="AI tokens this period" used=summary.used limit=summary.limit />
         <p class="usage-period" data-testid="usage-period">{period}</p>

@@ -3,6 +3,8 @@
 //! Until a user has a Stripe subscription, a period is a calendar month in `BILLING_TIMEZONE`. The month is cut
 //! by PostgreSQL's time zone database, the same one the `usage_monthly` view uses, so server and view agree.
 
+use std::sync::RwLock;
+
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
@@ -18,12 +20,15 @@ pub struct BillingPeriod {
     pub timezone: String,
 }
 
+impl BillingPeriod {
+    /// Whether `at` falls inside the period.
+    pub fn contains(&self, at: DateTime<Utc>) -> bool {
+        self.start <= at && at < self.end
+    }
+}
+
 /// The calendar month in `timezone` that contains the instant `at`.
-pub async fn containing(
-    pool: &PgPool,
-    at: DateTime<Utc>,
-    timezone: &str,
-) -> Result<BillingPeriod, AppError> {
+pub async fn containing(pool: &PgPool, at: DateTime<Utc>, timezone: &str) -> Result<BillingPeriod, AppError> {
     // `m` is local wall-clock time (timestamp without time zone), so `+ interval '1 month'` is calendar
     // arithmetic that no session TimeZone setting can bend.
     Ok(sqlx::query_as(
@@ -38,4 +43,33 @@ pub async fn containing(
     .bind(timezone)
     .fetch_one(pool)
     .await?)
+}
+
+/// [`containing`] with the latest period remembered, so the hot paths (every recorded event, every meter read)
+/// ask PostgreSQL only when time crosses into a new period.
+pub struct PeriodClock {
+    pool: PgPool,
+    timezone: String,
+    latest: RwLock<Option<BillingPeriod>>,
+}
+
+impl PeriodClock {
+    pub fn new(pool: PgPool, timezone: String) -> Self {
+        PeriodClock { pool, timezone, latest: RwLock::new(None) }
+    }
+
+    /// The period containing `at`.
+    pub async fn containing(&self, at: DateTime<Utc>) -> Result<BillingPeriod, AppError> {
+        if let Some(period) = self.latest.read().ok().and_then(|p| p.clone()).filter(|p| p.contains(at)) {
+            return Ok(period);
+        }
+        let period = containing(&self.pool, at, &self.timezone).await?;
+        if let Ok(mut latest) = self.latest.write() {
+            // Keep the newest period: a late event from last month must not evict the current one.
+            if latest.as_ref().is_none_or(|current| current.start <= period.start) {
+                *latest = Some(period.clone());
+            }
+        }
+        Ok(period)
+    }
 }

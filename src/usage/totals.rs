@@ -1,4 +1,14 @@
-//! Period totals, summed in SQL on the server: the browser never receives event rows to add up.
+//! Period totals: what the meter shows and the hard limit checks, without summing a heavy user's events.
+//!
+//! Design: `usage_period_totals` holds one counter per (user, event type, billing period, writer slot), updated
+//! in the same transaction as the events it counts (see `writer.rs`). A read sums a user's slots for one period:
+//! a handful of rows through the primary key, however many events the period holds, so the meter's cost does not
+//! grow with usage. Two choices keep writes fast:
+//! - group commit adds a whole transaction's events of a user with one `UPDATE`, not one per event, so a busy
+//!   user's counter is updated once per commit instead of being the hot row every request waits on;
+//! - each writer task owns a slot, so concurrent writers never wait for each other's row locks (only users with a
+//!   hard limit are serialised, on purpose, by the limit check's lock).
+//! The counters are exact, not estimates: an integration test compares them with `sum(quantity)` of the events.
 
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -16,17 +26,15 @@ pub async fn summary(
 ) -> Result<Option<UsageSummary>, AppError> {
     let row: Option<(Option<i64>, i64)> = sqlx::query_as(
         "SELECT u.usage_limit,
-                COALESCE((SELECT sum(e.quantity)
-                          FROM usage_events e
-                          WHERE e.user_id = u.id AND e.event_type = $2
-                            AND e.occurred_at >= $3 AND e.occurred_at < $4), 0)::bigint
+                COALESCE((SELECT sum(t.quantity)
+                          FROM usage_period_totals t
+                          WHERE t.user_id = u.id AND t.event_type = $2 AND t.period_start = $3), 0)::bigint
          FROM users u
          WHERE u.id = $1",
     )
     .bind(user_id)
     .bind(event_type)
     .bind(period.start)
-    .bind(period.end)
     .fetch_optional(pool)
     .await?;
     Ok(row.map(|(limit, used)| UsageSummary {
@@ -39,4 +47,19 @@ pub async fn summary(
         period_last_day: period.last_day.clone(),
         timezone: period.timezone.clone(),
     }))
+}
+
+/// The exact sum of `user_id`'s events of `event_type` in `period`, from the events themselves. The slow,
+/// obviously right answer that the counters are checked against (tests and the ingest benchmark).
+pub async fn recount(pool: &PgPool, user_id: Uuid, event_type: &str, period: &BillingPeriod) -> Result<i64, AppError> {
+    Ok(sqlx::query_scalar(
+        "SELECT COALESCE(sum(quantity), 0)::bigint FROM usage_events
+         WHERE user_id = $1 AND event_type = $2 AND occurred_at >= $3 AND occurred_at < $4",
+    )
+    .bind(user_id)
+    .bind(event_type)
+    .bind(period.start)
+    .bind(period.end)
+    .fetch_one(pool)
+    .await?)
 }

@@ -8,35 +8,21 @@ use crate::support::{app, assert_no_internals, DEFAULT_LIMIT, PASSWORD};
 #[sqlx::test(migrator = "tally::db::MIGRATOR")]
 async fn signup_creates_an_account_with_a_hashed_password_and_signs_in(pool: PgPool) {
     let app = app(pool);
-    let reply = app
-        .post_form(
-            "/api/auth/signup",
-            &[("email", " Ada@Example.com "), ("password", PASSWORD)],
-            None,
-        )
-        .await;
+    let reply =
+        app.post_form("/api/auth/signup", &[("email", " Ada@Example.com "), ("password", PASSWORD)], None).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
 
     let (email, hash, limit): (String, String, Option<i64>) =
-        sqlx::query_as("SELECT email, password_hash, usage_limit FROM users")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+        sqlx::query_as("SELECT email, password_hash, usage_limit FROM users").fetch_one(&app.pool).await.unwrap();
     assert_eq!(email, "ada@example.com");
-    assert!(
-        hash.starts_with("$argon2id$"),
-        "stored hash is Argon2id: {hash}"
-    );
+    assert!(hash.starts_with("$argon2id$"), "stored hash is Argon2id: {hash}");
     assert!(!hash.contains(PASSWORD));
     assert_eq!(limit, Some(DEFAULT_LIMIT));
 
     let cookie = reply.session_cookie_header().expect("session cookie");
     assert!(cookie.contains("HttpOnly"), "{cookie}");
     assert!(cookie.contains("SameSite=Lax"), "{cookie}");
-    assert!(
-        !cookie.contains("Secure"),
-        "plain-http deployments get no Secure flag: {cookie}"
-    );
+    assert!(!cookie.contains("Secure"), "plain-http deployments get no Secure flag: {cookie}");
     assert_eq!(app.count("tower_sessions.session").await, 1);
 }
 
@@ -44,46 +30,19 @@ async fn signup_creates_an_account_with_a_hashed_password_and_signs_in(pool: PgP
 async fn bad_signups_get_a_clear_message_and_store_nothing(pool: PgPool) {
     let app = app(pool);
     let cases: &[(&str, &str, StatusCode, &str)] = &[
-        (
-            "",
-            PASSWORD,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "enter your email",
-        ),
-        (
-            "not-an-email",
-            PASSWORD,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "not a valid email",
-        ),
-        (
-            "ada@example.com",
-            "short",
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "at least 10 characters",
-        ),
+        ("", PASSWORD, StatusCode::UNPROCESSABLE_ENTITY, "enter your email"),
+        ("not-an-email", PASSWORD, StatusCode::UNPROCESSABLE_ENTITY, "not a valid email"),
+        ("ada@example.com", "short", StatusCode::UNPROCESSABLE_ENTITY, "at least 10 characters"),
     ];
     for (email, password, status, message) in cases {
-        let reply = app
-            .post_form(
-                "/api/auth/signup",
-                &[("email", email), ("password", password)],
-                None,
-            )
-            .await;
-        assert_eq!(
-            reply.status, *status,
-            "{email:?}/{password:?}: {}",
-            reply.body
-        );
+        let reply = app.post_form("/api/auth/signup", &[("email", email), ("password", password)], None).await;
+        assert_eq!(reply.status, *status, "{email:?}/{password:?}: {}", reply.body);
         assert!(reply.body.contains(message), "{email:?}: {}", reply.body);
         assert!(reply.session_cookie().is_none());
         assert_no_internals(&reply.body);
     }
     // A missing field is a malformed request.
-    let reply = app
-        .post_form("/api/auth/signup", &[("email", "ada@example.com")], None)
-        .await;
+    let reply = app.post_form("/api/auth/signup", &[("email", "ada@example.com")], None).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.body);
 
     assert_eq!(app.count("users").await, 0);
@@ -95,14 +54,7 @@ async fn a_duplicate_email_is_a_conflict_whatever_its_case(pool: PgPool) {
     let app = app(pool);
     app.signup("ada@example.com").await;
     let reply = app
-        .post_form(
-            "/api/auth/signup",
-            &[
-                ("email", "ADA@example.com"),
-                ("password", "another password"),
-            ],
-            None,
-        )
+        .post_form("/api/auth/signup", &[("email", "ADA@example.com"), ("password", "another password")], None)
         .await;
     assert_eq!(reply.status, StatusCode::CONFLICT);
     assert!(reply.body.contains("already exists"), "{}", reply.body);
@@ -116,27 +68,16 @@ async fn login_with_the_right_password_starts_a_new_session(pool: PgPool) {
     let signup_cookie = app.signup("ada@example.com").await;
 
     let reply = app
-        .post_form(
-            "/api/auth/login",
-            &[("email", "ada@example.com"), ("password", PASSWORD)],
-            Some(&signup_cookie),
-        )
+        .post_form("/api/auth/login", &[("email", "ada@example.com"), ("password", PASSWORD)], Some(&signup_cookie))
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     let login_cookie = reply.session_cookie().expect("login sets a session cookie");
-    assert_ne!(
-        login_cookie, signup_cookie,
-        "the session id is cycled at login"
-    );
+    assert_ne!(login_cookie, signup_cookie, "the session id is cycled at login");
 
-    let me = app
-        .post_form("/api/auth/me", &[], Some(&login_cookie))
-        .await;
+    let me = app.post_form("/api/auth/me", &[], Some(&login_cookie)).await;
     assert_eq!(me.json()["email"], "ada@example.com");
     // The old id no longer signs anybody in.
-    let stale = app
-        .post_form("/api/auth/me", &[], Some(&signup_cookie))
-        .await;
+    let stale = app.post_form("/api/auth/me", &[], Some(&signup_cookie)).await;
     assert_eq!(stale.json(), serde_json::Value::Null);
 }
 
@@ -146,33 +87,11 @@ async fn wrong_password_and_unknown_email_get_the_same_answer_and_no_session(poo
     app.signup("ada@example.com").await;
     let sessions_before = app.count("tower_sessions.session").await;
 
-    for (email, password) in [
-        ("ada@example.com", "wrong password!"),
-        ("nobody@example.com", PASSWORD),
-        ("", ""),
-    ] {
-        let reply = app
-            .post_form(
-                "/api/auth/login",
-                &[("email", email), ("password", password)],
-                None,
-            )
-            .await;
-        assert_eq!(
-            reply.status,
-            StatusCode::UNAUTHORIZED,
-            "{email:?}: {}",
-            reply.body
-        );
-        assert!(
-            reply.body.contains("email or password is incorrect"),
-            "{}",
-            reply.body
-        );
-        assert!(
-            reply.session_cookie().is_none(),
-            "no session for a failed login"
-        );
+    for (email, password) in [("ada@example.com", "wrong password!"), ("nobody@example.com", PASSWORD), ("", "")] {
+        let reply = app.post_form("/api/auth/login", &[("email", email), ("password", password)], None).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{email:?}: {}", reply.body);
+        assert!(reply.body.contains("email or password is incorrect"), "{}", reply.body);
+        assert!(reply.session_cookie().is_none(), "no session for a failed login");
     }
     assert_eq!(app.count("tower_sessions.session").await, sessions_before);
 }

@@ -7,17 +7,9 @@ use sqlx::PgPool;
 /// DATABASE_URL pointed at the test's own database.
 fn database_url(pool: &PgPool) -> String {
     let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
-    let database = pool
-        .connect_options()
-        .get_database()
-        .expect("test database name")
-        .to_owned();
-    let (without_query, query) = base
-        .split_once('?')
-        .map_or((base.as_str(), None), |(a, q)| (a, Some(q)));
-    let server = without_query
-        .rsplit_once('/')
-        .map_or(without_query, |(server, _)| server);
+    let database = pool.connect_options().get_database().expect("test database name").to_owned();
+    let (without_query, query) = base.split_once('?').map_or((base.as_str(), None), |(a, q)| (a, Some(q)));
+    let server = without_query.rsplit_once('/').map_or(without_query, |(server, _)| server);
     match query {
         Some(query) => format!("{server}/{database}?{query}"),
         None => format!("{server}/{database}"),
@@ -34,71 +26,35 @@ fn tally(pool: &PgPool, args: &[&str]) -> Output {
 }
 
 fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
 }
 
 #[sqlx::test(migrator = "tally::db::MIGRATOR")]
 async fn user_create_stores_an_account_with_its_limit(pool: PgPool) {
     let out = tally(
         &pool,
-        &[
-            "user",
-            "create",
-            "--email",
-            "Ops@Example.com",
-            "--password",
-            "operator password",
-            "--limit",
-            "1_000",
-        ],
+        &["user", "create", "--email", "Ops@Example.com", "--password", "operator password", "--limit", "1_000"],
     );
     assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        text(&out).contains("created account ops@example.com"),
-        "{}",
-        text(&out)
-    );
-    let limit: Option<i64> =
-        sqlx::query_scalar("SELECT usage_limit FROM users WHERE email = 'ops@example.com'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    assert!(text(&out).contains("created account ops@example.com"), "{}", text(&out));
+    let limit: Option<i64> = sqlx::query_scalar("SELECT usage_limit FROM users WHERE email = 'ops@example.com'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(limit, Some(1_000));
 
-    let out = tally(
-        &pool,
-        &[
-            "user",
-            "create",
-            "--email",
-            "default@example.com",
-            "--password",
-            "operator password",
-        ],
-    );
+    let out = tally(&pool, &["user", "create", "--email", "default@example.com", "--password", "operator password"]);
     assert!(out.status.success(), "{}", text(&out));
-    let limit: Option<i64> =
-        sqlx::query_scalar("SELECT usage_limit FROM users WHERE email = 'default@example.com'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let limit: Option<i64> = sqlx::query_scalar("SELECT usage_limit FROM users WHERE email = 'default@example.com'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(limit, Some(25_000), "TALLY_DEFAULT_USAGE_LIMIT applies");
 }
 
 #[sqlx::test(migrator = "tally::db::MIGRATOR")]
 async fn user_create_refuses_duplicates_unless_asked_to_skip_them(pool: PgPool) {
-    let args = [
-        "user",
-        "create",
-        "--email",
-        "ops@example.com",
-        "--password",
-        "operator password",
-    ];
+    let args = ["user", "create", "--email", "ops@example.com", "--password", "operator password"];
     assert!(tally(&pool, &args).status.success());
 
     let again = tally(&pool, &args);
@@ -109,33 +65,17 @@ async fn user_create_refuses_duplicates_unless_asked_to_skip_them(pool: PgPool) 
     if_missing.push("--if-missing");
     let skipped = tally(&pool, &if_missing);
     assert!(skipped.status.success(), "{}", text(&skipped));
-    let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&pool).await.unwrap();
     assert_eq!(users, 1);
 }
 
 #[sqlx::test(migrator = "tally::db::MIGRATOR")]
 async fn user_create_rejects_bad_input_with_a_message(pool: PgPool) {
     for (args, message) in [
+        (vec!["--email", "ops@example.com", "--password", "short"], "at least 10 characters"),
+        (vec!["--email", "nope", "--password", "operator password"], "not a valid email"),
         (
-            vec!["--email", "ops@example.com", "--password", "short"],
-            "at least 10 characters",
-        ),
-        (
-            vec!["--email", "nope", "--password", "operator password"],
-            "not a valid email",
-        ),
-        (
-            vec![
-                "--email",
-                "ops@example.com",
-                "--password",
-                "operator password",
-                "--limit",
-                "0",
-            ],
+            vec!["--email", "ops@example.com", "--password", "operator password", "--limit", "0"],
             "positive whole number",
         ),
     ] {
@@ -145,9 +85,6 @@ async fn user_create_rejects_bad_input_with_a_message(pool: PgPool) {
         assert!(!out.status.success());
         assert!(text(&out).contains(message), "{}", text(&out));
     }
-    let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&pool).await.unwrap();
     assert_eq!(users, 0);
 }

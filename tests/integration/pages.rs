@@ -20,8 +20,7 @@ async fn the_dashboard_html_carries_the_meter_numbers(pool: PgPool) {
     let app = app(pool);
     let cookie = app.signup("ada@example.com").await;
     let ada = app.user_id("ada@example.com").await;
-    app.insert_usage(ada, AI_TOKENS_EVENT, 1_234, &Utc::now().to_rfc3339())
-        .await;
+    app.insert_usage(ada, AI_TOKENS_EVENT, 1_234, &Utc::now().to_rfc3339()).await;
 
     let reply = app.get("/", Some(&cookie)).await;
     assert_eq!(reply.status, StatusCode::OK);
@@ -32,10 +31,7 @@ async fn the_dashboard_html_carries_the_meter_numbers(pool: PgPool) {
     assert!(html.contains(r#"aria-valuenow="1234""#));
     assert!(html.contains(r#"aria-valuemin="0""#));
     assert!(html.contains(r#"aria-valuemax="50000""#));
-    assert!(
-        html.contains("width: 2.46%") || html.contains("width:2.46%"),
-        "bar width 1234/50000"
-    );
+    assert!(html.contains("width: 2.46%") || html.contains("width:2.46%"), "bar width 1234/50000");
     assert!(html.contains(r#"data-critical="false""#));
     assert!(html.contains("ada@example.com"));
 }
@@ -45,18 +41,10 @@ async fn the_bar_is_red_from_ninety_percent(pool: PgPool) {
     let app = app(pool);
     let cookie = app.signup("ada@example.com").await;
     let ada = app.user_id("ada@example.com").await;
-    app.insert_usage(ada, AI_TOKENS_EVENT, 44_999, &Utc::now().to_rfc3339())
-        .await;
-    assert!(
-        app.get("/", Some(&cookie))
-            .await
-            .body
-            .contains(r#"data-critical="false""#),
-        "89.998 % is not red"
-    );
+    app.insert_usage(ada, AI_TOKENS_EVENT, 44_999, &Utc::now().to_rfc3339()).await;
+    assert!(app.get("/", Some(&cookie)).await.body.contains(r#"data-critical="false""#), "89.998 % is not red");
 
-    app.insert_usage(ada, AI_TOKENS_EVENT, 1, &Utc::now().to_rfc3339())
-        .await;
+    app.insert_usage(ada, AI_TOKENS_EVENT, 1, &Utc::now().to_rfc3339()).await;
     let html = app.get("/", Some(&cookie)).await.body;
     assert!(html.contains(r#"data-critical="true""#), "90 % is red");
     assert!(html.contains("usage-meter__bar--critical"));
@@ -66,10 +54,7 @@ async fn the_bar_is_red_from_ninety_percent(pool: PgPool) {
 async fn an_unlimited_account_has_no_bar(pool: PgPool) {
     let app = app(pool);
     let cookie = app.signup("ada@example.com").await;
-    sqlx::query("UPDATE users SET usage_limit = NULL")
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    sqlx::query("UPDATE users SET usage_limit = NULL").execute(&app.pool).await.unwrap();
     let html = app.get("/", Some(&cookie)).await.body;
     assert!(html.contains("no limit"));
     assert!(!html.contains(r#"role="progressbar""#));
@@ -79,10 +64,7 @@ async fn an_unlimited_account_has_no_bar(pool: PgPool) {
 async fn a_session_of_a_deleted_account_is_sent_to_login(pool: PgPool) {
     let app = app(pool);
     let cookie = app.signup("ada@example.com").await;
-    sqlx::query("DELETE FROM users")
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    sqlx::query("DELETE FROM users").execute(&app.pool).await.unwrap();
     let reply = app.get("/", Some(&cookie)).await;
     assert_eq!(reply.status, StatusCode::FOUND);
     assert_eq!(reply.headers[header::LOCATION], "/login");
@@ -94,13 +76,8 @@ async fn login_and_signup_pages_render_their_forms(pool: PgPool) {
     for (path, button) in [("/login", "Sign in"), ("/signup", "Create account")] {
         let reply = app.get(path, None).await;
         assert_eq!(reply.status, StatusCode::OK, "{path}");
-        assert!(
-            reply.body.contains(r#"name="email""#) && reply.body.contains(r#"name="password""#)
-        );
+        assert!(reply.body.contains(r#"name="email""#) && reply.body.contains(r#"name="password""#));
         assert!(reply.body.contains(button), "{path}");
     }
-    assert_eq!(
-        app.get("/no-such-page", None).await.status,
-        StatusCode::NOT_FOUND
-    );
+    assert_eq!(app.get("/no-such-page", None).await.status, StatusCode::NOT_FOUND);
 }

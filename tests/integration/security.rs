@@ -13,10 +13,7 @@ async fn a_cross_site_signup_is_refused_and_stores_nothing(pool: PgPool) {
         .header(header::HOST, "127.0.0.1:3000")
         .header(header::ORIGIN, "https://evil.example")
         .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .body(Body::from(format!(
-            "email=ada%40example.com&password={}",
-            PASSWORD.replace(' ', "+")
-        )))
+        .body(Body::from(format!("email=ada%40example.com&password={}", PASSWORD.replace(' ', "+"))))
         .unwrap();
     let reply = app.send(request).await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN);
@@ -27,17 +24,8 @@ async fn a_cross_site_signup_is_refused_and_stores_nothing(pool: PgPool) {
 #[sqlx::test(migrator = "tally::db::MIGRATOR")]
 async fn state_changing_server_functions_refuse_get(pool: PgPool) {
     let app = app(pool);
-    let reply = app
-        .get(
-            "/api/auth/signup?email=ada%40example.com&password=long+enough+pw",
-            None,
-        )
-        .await;
-    assert!(
-        reply.status.is_client_error(),
-        "GET must not create accounts: {}",
-        reply.status
-    );
+    let reply = app.get("/api/auth/signup?email=ada%40example.com&password=long+enough+pw", None).await;
+    assert!(reply.status.is_client_error(), "GET must not create accounts: {}", reply.status);
     assert_eq!(app.count("users").await, 0);
 }
 
@@ -51,10 +39,7 @@ async fn oversized_bodies_are_refused(pool: PgPool) {
         .header(header::CONTENT_LENGTH, huge.len())
         .body(Body::from(format!("email={huge}")))
         .unwrap();
-    assert_eq!(
-        app.send(request).await.status,
-        StatusCode::PAYLOAD_TOO_LARGE
-    );
+    assert_eq!(app.send(request).await.status, StatusCode::PAYLOAD_TOO_LARGE);
 }
 
 #[sqlx::test(migrator = "tally::db::MIGRATOR")]

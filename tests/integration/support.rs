@@ -39,19 +39,9 @@ pub fn config() -> Config {
 
 /// The app, as `tally serve` builds it, on `pool`.
 pub fn app(pool: PgPool) -> TestApp {
-    let leptos_options = LeptosOptions::builder()
-        .output_name("tally")
-        .site_root("target/site")
-        .build();
-    let state = AppState {
-        leptos_options,
-        pool: pool.clone(),
-        config: Arc::new(config()),
-    };
-    TestApp {
-        router: tally::server::router(state, routes()),
-        pool,
-    }
+    let leptos_options = LeptosOptions::builder().output_name("tally").site_root("target/site").build();
+    let state = AppState { leptos_options, pool: pool.clone(), config: Arc::new(config()) };
+    TestApp { router: tally::server::router(state, routes()), pool }
 }
 
 /// The router under test plus its pool, with helpers that speak HTTP to it.
@@ -95,39 +85,16 @@ impl Reply {
 
 impl TestApp {
     pub async fn send(&self, request: Request<Body>) -> Reply {
-        let response: Response<Body> = self
-            .router
-            .clone()
-            .oneshot(request)
-            .await
-            .expect("router is infallible");
+        let response: Response<Body> = self.router.clone().oneshot(request).await.expect("router is infallible");
         let status = response.status();
         let headers = response.headers().clone();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        Reply {
-            status,
-            headers,
-            body: String::from_utf8_lossy(&bytes).into_owned(),
-        }
+        let bytes = response.into_body().collect().await.expect("body").to_bytes();
+        Reply { status, headers, body: String::from_utf8_lossy(&bytes).into_owned() }
     }
 
     /// POSTs a form to a server function (`/api/<endpoint>`), with an optional cookie.
-    pub async fn post_form(
-        &self,
-        path: &str,
-        form: &[(&str, &str)],
-        cookie: Option<&str>,
-    ) -> Reply {
-        let body = form
-            .iter()
-            .map(|(k, v)| format!("{}={}", urlencode(k), urlencode(v)))
-            .collect::<Vec<_>>()
-            .join("&");
+    pub async fn post_form(&self, path: &str, form: &[(&str, &str)], cookie: Option<&str>) -> Reply {
+        let body = form.iter().map(|(k, v)| format!("{}={}", urlencode(k), urlencode(v))).collect::<Vec<_>>().join("&");
         let mut request = Request::post(path)
             .header(header::HOST, "127.0.0.1:3000")
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
@@ -139,9 +106,7 @@ impl TestApp {
 
     pub async fn get(&self, path: &str, cookie: Option<&str>) -> Reply {
         // As a browser navigating: redirects are only real 302s for requests that accept HTML.
-        let mut request = Request::get(path)
-            .header(header::HOST, "127.0.0.1:3000")
-            .header(header::ACCEPT, "text/html");
+        let mut request = Request::get(path).header(header::HOST, "127.0.0.1:3000").header(header::ACCEPT, "text/html");
         if let Some(cookie) = cookie {
             request = request.header(header::COOKIE, cookie);
         }
@@ -150,22 +115,9 @@ impl TestApp {
 
     /// Signs up `email` and returns the session cookie.
     pub async fn signup(&self, email: &str) -> String {
-        let reply = self
-            .post_form(
-                "/api/auth/signup",
-                &[("email", email), ("password", PASSWORD)],
-                None,
-            )
-            .await;
-        assert_eq!(
-            reply.status,
-            StatusCode::OK,
-            "signup failed: {}",
-            reply.body
-        );
-        reply
-            .session_cookie()
-            .expect("signup sets a session cookie")
+        let reply = self.post_form("/api/auth/signup", &[("email", email), ("password", PASSWORD)], None).await;
+        assert_eq!(reply.status, StatusCode::OK, "signup failed: {}", reply.body);
+        reply.session_cookie().expect("signup sets a session cookie")
     }
 
     pub async fn user_id(&self, email: &str) -> Uuid {
@@ -177,20 +129,11 @@ impl TestApp {
     }
 
     pub async fn count(&self, table: &str) -> i64 {
-        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
-            .fetch_one(&self.pool)
-            .await
-            .unwrap()
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(&self.pool).await.unwrap()
     }
 
     /// Inserts a usage event directly (the recording API is tested on its own).
-    pub async fn insert_usage(
-        &self,
-        user_id: Uuid,
-        event_type: &str,
-        quantity: i64,
-        occurred_at: &str,
-    ) {
+    pub async fn insert_usage(&self, user_id: Uuid, event_type: &str, quantity: i64, occurred_at: &str) {
         sqlx::query(
             "INSERT INTO usage_events (id, user_id, event_type, quantity, occurred_at)
              VALUES ($1, $2, $3, $4, $5::timestamptz)",
@@ -209,9 +152,7 @@ impl TestApp {
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
             b' ' => "+".into(),
             _ => format!("%{b:02X}"),
         })
@@ -220,16 +161,7 @@ fn urlencode(s: &str) -> String {
 
 /// No response body may leak SQL, a Rust panic or a stack trace.
 pub fn assert_no_internals(body: &str) {
-    for needle in [
-        "SELECT",
-        "INSERT",
-        "constraint",
-        "sqlx",
-        "panicked",
-        "stack backtrace",
-        "src/",
-        "postgres://",
-    ] {
+    for needle in ["SELECT", "INSERT", "constraint", "sqlx", "panicked", "stack backtrace", "src/", "postgres://"] {
         assert!(!body.contains(needle), "response leaks {needle:?}: {body}");
     }
 }

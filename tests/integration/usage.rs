@@ -14,34 +14,23 @@ fn at(rfc3339: &str) -> DateTime<Utc> {
 #[sqlx::test(migrator = "tally::db::MIGRATOR")]
 async fn periods_are_calendar_months_of_the_billing_timezone(pool: PgPool) {
     // 15:00 UTC on 30 November is already 1 December in Tokyo.
-    let december = period::containing(&pool, at("2026-11-30T15:00:00Z"), "Asia/Tokyo")
-        .await
-        .unwrap();
+    let december = period::containing(&pool, at("2026-11-30T15:00:00Z"), "Asia/Tokyo").await.unwrap();
     assert_eq!(december.start, at("2026-11-30T15:00:00Z"));
     assert_eq!(december.end, at("2026-12-31T15:00:00Z"));
-    assert_eq!(
-        (december.first_day.as_str(), december.last_day.as_str()),
-        ("2026-12-01", "2026-12-31")
-    );
+    assert_eq!((december.first_day.as_str(), december.last_day.as_str()), ("2026-12-01", "2026-12-31"));
 
-    let november = period::containing(&pool, at("2026-11-30T14:59:59.999Z"), "Asia/Tokyo")
-        .await
-        .unwrap();
+    let november = period::containing(&pool, at("2026-11-30T14:59:59.999Z"), "Asia/Tokyo").await.unwrap();
     assert_eq!(november.start, at("2026-10-31T15:00:00Z"));
     assert_eq!(november.end, december.start, "periods are contiguous");
 
-    let leap = period::containing(&pool, at("2028-02-10T00:00:00Z"), "UTC")
-        .await
-        .unwrap();
+    let leap = period::containing(&pool, at("2028-02-10T00:00:00Z"), "UTC").await.unwrap();
     assert_eq!(leap.last_day, "2028-02-29");
 }
 
 #[sqlx::test(migrator = "tally::db::MIGRATOR")]
 async fn periods_survive_daylight_saving_changes(pool: PgPool) {
     // New York leaves daylight saving time on 1 November 2026: the month starts at UTC-4 and ends at UTC-5.
-    let november = period::containing(&pool, at("2026-11-15T12:00:00Z"), "America/New_York")
-        .await
-        .unwrap();
+    let november = period::containing(&pool, at("2026-11-15T12:00:00Z"), "America/New_York").await.unwrap();
     assert_eq!(november.start, at("2026-11-01T04:00:00Z"));
     assert_eq!(november.end, at("2026-12-01T05:00:00Z"));
 }
@@ -53,34 +42,21 @@ async fn totals_count_only_this_users_events_of_this_type_inside_the_period(pool
     app.signup("bob@example.com").await;
     let ada = app.user_id("ada@example.com").await;
     let bob = app.user_id("bob@example.com").await;
-    let november = period::containing(&app.pool, at("2026-11-15T00:00:00Z"), "Asia/Tokyo")
-        .await
-        .unwrap();
+    let november = period::containing(&app.pool, at("2026-11-15T00:00:00Z"), "Asia/Tokyo").await.unwrap();
 
-    app.insert_usage(ada, AI_TOKENS_EVENT, 1_000, "2026-10-31T15:00:00Z")
-        .await; // first instant: in
-    app.insert_usage(ada, AI_TOKENS_EVENT, 234, "2026-11-20T09:30:00Z")
-        .await; // in
-    app.insert_usage(ada, AI_TOKENS_EVENT, 7, "2026-10-31T14:59:59Z")
-        .await; // October in Tokyo: out
-    app.insert_usage(ada, AI_TOKENS_EVENT, 9, "2026-11-30T15:00:00Z")
-        .await; // December in Tokyo: out
-    app.insert_usage(ada, "image_generated", 50, "2026-11-20T09:30:00Z")
-        .await; // other type: out
-    app.insert_usage(bob, AI_TOKENS_EVENT, 5_000, "2026-11-20T09:30:00Z")
-        .await; // other user: out
+    app.insert_usage(ada, AI_TOKENS_EVENT, 1_000, "2026-10-31T15:00:00Z").await; // first instant: in
+    app.insert_usage(ada, AI_TOKENS_EVENT, 234, "2026-11-20T09:30:00Z").await; // in
+    app.insert_usage(ada, AI_TOKENS_EVENT, 7, "2026-10-31T14:59:59Z").await; // October in Tokyo: out
+    app.insert_usage(ada, AI_TOKENS_EVENT, 9, "2026-11-30T15:00:00Z").await; // December in Tokyo: out
+    app.insert_usage(ada, "image_generated", 50, "2026-11-20T09:30:00Z").await; // other type: out
+    app.insert_usage(bob, AI_TOKENS_EVENT, 5_000, "2026-11-20T09:30:00Z").await; // other user: out
 
-    let summary = totals::summary(&app.pool, ada, AI_TOKENS_EVENT, &november)
-        .await
-        .unwrap()
-        .unwrap();
+    let summary = totals::summary(&app.pool, ada, AI_TOKENS_EVENT, &november).await.unwrap().unwrap();
     assert_eq!(summary.used, 1_234);
     assert_eq!(summary.limit, Some(DEFAULT_LIMIT));
     assert_eq!(summary.period_first_day, "2026-11-01");
 
-    let nobody = totals::summary(&app.pool, uuid::Uuid::new_v4(), AI_TOKENS_EVENT, &november)
-        .await
-        .unwrap();
+    let nobody = totals::summary(&app.pool, uuid::Uuid::new_v4(), AI_TOKENS_EVENT, &november).await.unwrap();
     assert_eq!(nobody, None);
 }
 
@@ -91,16 +67,10 @@ async fn totals_are_bigint_sums_beyond_32_bits(pool: PgPool) {
     let heavy = app.user_id("heavy@example.com").await;
     let now = Utc::now().to_rfc3339();
     for _ in 0..3 {
-        app.insert_usage(heavy, AI_TOKENS_EVENT, 3_000_000_000, &now)
-            .await;
+        app.insert_usage(heavy, AI_TOKENS_EVENT, 3_000_000_000, &now).await;
     }
-    let current = period::containing(&app.pool, Utc::now(), "Asia/Tokyo")
-        .await
-        .unwrap();
-    let summary = totals::summary(&app.pool, heavy, AI_TOKENS_EVENT, &current)
-        .await
-        .unwrap()
-        .unwrap();
+    let current = period::containing(&app.pool, Utc::now(), "Asia/Tokyo").await.unwrap();
+    let summary = totals::summary(&app.pool, heavy, AI_TOKENS_EVENT, &current).await.unwrap().unwrap();
     assert_eq!(summary.used, 9_000_000_000);
 }
 
@@ -112,20 +82,14 @@ async fn the_summary_server_function_answers_the_signed_in_user_only(pool: PgPoo
 
     let cookie = app.signup("ada@example.com").await;
     let ada = app.user_id("ada@example.com").await;
-    app.insert_usage(ada, AI_TOKENS_EVENT, 4_321, &Utc::now().to_rfc3339())
-        .await;
-    let reply = app
-        .post_form("/api/usage/summary", &[], Some(&cookie))
-        .await;
+    app.insert_usage(ada, AI_TOKENS_EVENT, 4_321, &Utc::now().to_rfc3339()).await;
+    let reply = app.post_form("/api/usage/summary", &[], Some(&cookie)).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     let summary = reply.json();
     assert_eq!(summary["used"], 4_321);
     assert_eq!(summary["limit"], DEFAULT_LIMIT);
     assert_eq!(summary["timezone"], "Asia/Tokyo");
-    assert!(
-        summary["periodStart"].is_string() && summary["periodEnd"].is_string(),
-        "{summary}"
-    );
+    assert!(summary["periodStart"].is_string() && summary["periodEnd"].is_string(), "{summary}");
 }
 
 #[sqlx::test(migrator = "tally::db::MIGRATOR")]
@@ -134,20 +98,15 @@ async fn the_database_refuses_non_positive_quantities(pool: PgPool) {
     app.signup("ada@example.com").await;
     let ada = app.user_id("ada@example.com").await;
     for quantity in [0_i64, -5] {
-        let err = sqlx::query(
-            "INSERT INTO usage_events (id, user_id, event_type, quantity) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(uuid::Uuid::new_v4())
-        .bind(ada)
-        .bind(AI_TOKENS_EVENT)
-        .bind(quantity)
-        .execute(&app.pool)
-        .await
-        .unwrap_err();
-        assert_eq!(
-            err.as_database_error().unwrap().constraint(),
-            Some("usage_events_quantity_positive")
-        );
+        let err = sqlx::query("INSERT INTO usage_events (id, user_id, event_type, quantity) VALUES ($1, $2, $3, $4)")
+            .bind(uuid::Uuid::new_v4())
+            .bind(ada)
+            .bind(AI_TOKENS_EVENT)
+            .bind(quantity)
+            .execute(&app.pool)
+            .await
+            .unwrap_err();
+        assert_eq!(err.as_database_error().unwrap().constraint(), Some("usage_events_quantity_positive"));
     }
 }
 
@@ -156,10 +115,8 @@ async fn the_monthly_view_groups_by_tokyo_month(pool: PgPool) {
     let app = app(pool);
     app.signup("ada@example.com").await;
     let ada = app.user_id("ada@example.com").await;
-    app.insert_usage(ada, AI_TOKENS_EVENT, 10, "2026-11-30T14:00:00Z")
-        .await; // 23:00 on 30 Nov in Tokyo
-    app.insert_usage(ada, AI_TOKENS_EVENT, 20, "2026-11-30T16:00:00Z")
-        .await; // 01:00 on 1 Dec in Tokyo
+    app.insert_usage(ada, AI_TOKENS_EVENT, 10, "2026-11-30T14:00:00Z").await; // 23:00 on 30 Nov in Tokyo
+    app.insert_usage(ada, AI_TOKENS_EVENT, 20, "2026-11-30T16:00:00Z").await; // 01:00 on 1 Dec in Tokyo
     let rows: Vec<(String, i64)> = sqlx::query_as(
         "SELECT to_char(month, 'YYYY-MM'), total_quantity FROM usage_monthly WHERE user_id = $1 ORDER BY month",
     )
@@ -167,8 +124,5 @@ async fn the_monthly_view_groups_by_tokyo_month(pool: PgPool) {
     .fetch_all(&app.pool)
     .await
     .unwrap();
-    assert_eq!(
-        rows,
-        vec![("2026-11".to_owned(), 10), ("2026-12".to_owned(), 20)]
-    );
+    assert_eq!(rows, vec![("2026-11".to_owned(), 10), ("2026-12".to_owned(), 20)]);
 }

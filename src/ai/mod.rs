@@ -1,0 +1,70 @@
+//! The example AI route: a prompt in, a completion out, its tokens recorded as `ai_token_consumed`.
+
+use leptos::prelude::*;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::AppError;
+
+#[cfg(feature = "ssr")]
+pub mod generate;
+
+/// Longest prompt accepted, in characters.
+pub const MAX_PROMPT_CHARS: usize = 8_000;
+
+/// A completion and what it cost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Generation {
+    pub text: String,
+    pub model: String,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub total_tokens: i64,
+    /// The usage event the tokens were recorded as.
+    pub usage_event_id: Uuid,
+}
+
+/// Answers `prompt` for the caller (session or API key) and records the tokens used: `POST /api/ai/generate`
+/// with `{"prompt": "..."}`.
+#[server(endpoint = "ai/generate", input = server_fn::codec::Json)]
+pub async fn generate(prompt: String) -> Result<Generation, AppError> {
+    use crate::usage::writer::{LimitPolicy, NewEvent};
+    use crate::usage::AI_TOKENS_EVENT;
+
+    let state = crate::state::AppState::current()?;
+    let user_id = crate::auth::caller::user_id(&state.pool).await?;
+    let prompt = prompt.trim();
+    if prompt.is_empty() {
+        return Err(AppError::Invalid("write a prompt first".into()));
+    }
+    if prompt.chars().count() > MAX_PROMPT_CHARS {
+        return Err(AppError::Invalid(format!("a prompt may have at most {MAX_PROMPT_CHARS} characters")));
+    }
+    // Refuse before spending tokens when nothing is left. Once the model has answered, its tokens are recorded
+    // even past the limit: they were consumed, and an unbilled unit is a lost unit.
+    generate::ensure_allowance(&state, user_id).await?;
+    let completion = generate::complete(&state.config, &state.http, prompt).await?;
+    let event = NewEvent {
+        event_type: AI_TOKENS_EVENT.to_owned(),
+        quantity: completion.total_tokens,
+        metadata: serde_json::json!({
+            "model": completion.model,
+            "promptTokens": completion.prompt_tokens,
+            "completionTokens": completion.completion_tokens,
+        }),
+        // The completion's id: if this request is retried after the model answered, the tokens count once.
+        idempotency_key: Some(format!("ai:{}", completion.request_id)),
+        occurred_at: chrono::Utc::now(),
+    };
+    let outcome = state.writer.submit(user_id, vec![event], LimitPolicy::RecordAnyway).await?;
+    let recorded = outcome.events.first().ok_or(AppError::Internal)?;
+    Ok(Generation {
+        text: completion.text,
+        model: completion.model,
+        prompt_tokens: completion.prompt_tokens,
+        completion_tokens: completion.completion_tokens,
+        total_tokens: completion.total_tokens,
+        usage_event_id: recorded.id,
+    })
+}

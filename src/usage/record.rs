@@ -1,0 +1,122 @@
+//! Recording usage: validation of what callers send, then the group-commit writer.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Number, Value};
+
+use super::writer::NewEvent;
+use super::EventInput;
+
+/// Largest quantity one event may carry (10^12 tokens is far beyond any single AI call).
+pub const MAX_QUANTITY: i64 = 1_000_000_000_000;
+/// Largest metadata object, serialized.
+pub const MAX_METADATA_BYTES: usize = 4 * 1024;
+/// Longest idempotency key (Stripe's limit for its own keys).
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+/// Most events in one batch request.
+pub const MAX_BATCH_EVENTS: usize = 1_000;
+
+/// Checks one event and turns it into a [`NewEvent`] stamped `occurred_at`; the error is a user-facing sentence.
+pub fn validate(input: EventInput, allowed_types: &[String], occurred_at: DateTime<Utc>) -> Result<NewEvent, String> {
+    if !allowed_types.iter().any(|t| *t == input.event_type) {
+        return Err(format!("unknown event type {:?} (accepted: {})", input.event_type, allowed_types.join(", ")));
+    }
+    Ok(NewEvent {
+        quantity: quantity(&input.quantity)?,
+        metadata: metadata(input.metadata)?,
+        idempotency_key: idempotency_key(input.idempotency_key)?,
+        event_type: input.event_type,
+        occurred_at,
+    })
+}
+
+/// A positive whole number up to [`MAX_QUANTITY`]. JSON numbers such as `1.5` or `1e3` are refused rather than
+/// rounded: a billing system must not guess.
+pub fn quantity(raw: &Number) -> Result<i64, String> {
+    match raw.as_i64() {
+        Some(q) if q <= 0 => Err(format!("quantity must be positive, not {q}")),
+        Some(q) if q > MAX_QUANTITY => Err(format!("quantity must be at most {MAX_QUANTITY}, not {q}")),
+        Some(q) => Ok(q),
+        None if raw.is_u64() => Err(format!("quantity must be at most {MAX_QUANTITY}, not {raw}")),
+        None => Err(format!("quantity must be a whole number, not {raw}")),
+    }
+}
+
+/// A JSON object (or nothing) of at most [`MAX_METADATA_BYTES`].
+pub fn metadata(raw: Option<Value>) -> Result<Value, String> {
+    match raw {
+        None | Some(Value::Null) => Ok(Value::Object(Default::default())),
+        Some(value @ Value::Object(_)) => {
+            let size = serde_json::to_vec(&value).map(|v| v.len()).unwrap_or(usize::MAX);
+            if size > MAX_METADATA_BYTES {
+                Err(format!("metadata must be at most {MAX_METADATA_BYTES} bytes of JSON, not {size}"))
+            } else {
+                Ok(value)
+            }
+        }
+        Some(_) => Err("metadata must be a JSON object".into()),
+    }
+}
+
+/// 1 to [`MAX_IDEMPOTENCY_KEY_LEN`] printable ASCII characters, or none.
+pub fn idempotency_key(raw: Option<String>) -> Result<Option<String>, String> {
+    match raw {
+        None => Ok(None),
+        Some(key) if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN => {
+            Err(format!("idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} characters"))
+        }
+        Some(key) if !key.bytes().all(|b| b.is_ascii_graphic()) => {
+            Err("idempotency key must be printable ASCII without spaces".into())
+        }
+        Some(key) => Ok(Some(key)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(json: &str) -> Number {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn quantities_must_be_positive_whole_and_sane() {
+        assert_eq!(quantity(&n("1234")), Ok(1234));
+        assert_eq!(quantity(&n("1000000000000")), Ok(MAX_QUANTITY));
+        for bad in ["0", "-5", "1.5", "1e3", "1000000000001", "18446744073709551615", "1e300"] {
+            assert!(quantity(&n(bad)).is_err(), "{bad} must be refused");
+        }
+        assert!(quantity(&n("1.5")).unwrap_err().contains("whole number"));
+    }
+
+    #[test]
+    fn metadata_must_be_a_small_object() {
+        assert_eq!(metadata(None).unwrap(), serde_json::json!({}));
+        assert!(metadata(Some(serde_json::json!({"model": "gpt"}))).is_ok());
+        assert!(metadata(Some(serde_json::json!([1, 2]))).is_err());
+        assert!(metadata(Some(serde_json::json!("text"))).is_err());
+        let big = serde_json::json!({ "blob": "x".repeat(MAX_METADATA_BYTES) });
+        assert!(metadata(Some(big)).unwrap_err().contains("at most"));
+    }
+
+    #[test]
+    fn idempotency_keys_are_bounded_printable_ascii() {
+        assert_eq!(idempotency_key(Some("req_123".into())), Ok(Some("req_123".into())));
+        assert!(idempotency_key(Some(String::new())).is_err());
+        assert!(idempotency_key(Some("a b".into())).is_err());
+        assert!(idempotency_key(Some("é".into())).is_err());
+        assert!(idempotency_key(Some("k".repeat(256))).is_err());
+    }
+
+    #[test]
+    fn unknown_event_types_are_refused_by_name() {
+        let input = EventInput {
+            event_type: "image_generated".into(),
+            quantity: n("1"),
+            metadata: None,
+            idempotency_key: None,
+        };
+        let err = validate(input, &["ai_token_consumed".into()], Utc::now()).unwrap_err();
+        assert!(err.contains("unknown event type \"image_generated\""), "{err}");
+    }
+}

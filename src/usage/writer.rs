@@ -1,0 +1,500 @@
+//! Group commit: concurrent recording requests share transactions.
+//!
+//! Every commit waits for PostgreSQL's WAL flush (0.1–3 ms here), so one transaction per request caps a small
+//! machine at a few thousand events per second. Requests therefore hand their events to a queue, and a few writer
+//! tasks each take everything queued, write it in one transaction, and answer every request only after that
+//! transaction committed: an acknowledged event is always durable, and a failed commit is never acknowledged.
+//!
+//! One transaction writes, for all its events at once: the `usage_events` rows, their `meter_event_outbox` rows
+//! and the `usage_period_totals` increments (see `totals.rs`). Hard limits are checked inside the transaction,
+//! under a row lock on each limited user, so two writers can never both let through events that together pass a
+//! limit.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+use sqlx::{PgPool, Postgres, Transaction};
+use tokio::sync::{mpsc, oneshot, Mutex};
+use uuid::Uuid;
+
+use super::period::{BillingPeriod, PeriodClock};
+use super::AI_TOKENS_EVENT;
+use crate::error::AppError;
+
+/// Most events one transaction takes (a group always takes at least one whole submission).
+const MAX_GROUP_EVENTS: usize = 2_000;
+/// Submissions that may wait for a writer before `submit` itself waits (back-pressure, not an error).
+const QUEUE_CAPACITY: usize = 8_192;
+
+/// A validated event, ready to be stored.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub event_type: String,
+    pub quantity: i64,
+    pub metadata: serde_json::Value,
+    pub idempotency_key: Option<String>,
+    /// When the usage happened: the moment Tally received it.
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// What happened to one submitted event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    pub id: Uuid,
+    /// The idempotency key was seen before; `id` is the first event's and nothing was stored.
+    pub duplicate: bool,
+}
+
+/// Where a user with a hard limit stands after a submission, in the period of its last event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allowance {
+    pub limit: i64,
+    pub used: i64,
+    pub warning_percent: i16,
+}
+
+impl Allowance {
+    pub fn remaining(&self) -> i64 {
+        (self.limit - self.used).max(0)
+    }
+
+    /// Whether the user has reached the warning share of their limit.
+    pub fn warning(&self) -> bool {
+        i128::from(self.used) * 100 >= i128::from(self.limit) * i128::from(self.warning_percent)
+    }
+}
+
+/// The result of a submission.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// One entry per submitted event, in order.
+    pub events: Vec<Recorded>,
+    /// Present when the user has a hard limit on the limited event type.
+    pub allowance: Option<Allowance>,
+}
+
+/// Whether a submission may be refused for passing the user's hard limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitPolicy {
+    /// Refuse the whole submission if it would pass the limit (the recording API).
+    Enforce,
+    /// Record regardless: the usage already happened and must be billed (tokens an AI call consumed).
+    RecordAnyway,
+}
+
+struct Submission {
+    user_id: Uuid,
+    events: Vec<NewEvent>,
+    policy: LimitPolicy,
+    reply: oneshot::Sender<Result<Outcome, AppError>>,
+}
+
+/// Handle to the writer tasks of one app instance.
+#[derive(Clone)]
+pub struct UsageWriter {
+    queue: mpsc::Sender<Submission>,
+}
+
+impl UsageWriter {
+    /// Starts `writers` writer tasks on the current tokio runtime.
+    pub fn start(pool: PgPool, clock: Arc<PeriodClock>, writers: u16) -> UsageWriter {
+        let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
+        let receiver = Arc::new(Mutex::new(receiver));
+        for slot in 0..writers {
+            let writer = Writer { slot: slot as i16, pool: pool.clone(), clock: clock.clone() };
+            tokio::spawn(writer.run(receiver.clone()));
+        }
+        UsageWriter { queue }
+    }
+
+    /// Records `events` for `user_id`, all or nothing, and answers once they are committed.
+    pub async fn submit(&self, user_id: Uuid, events: Vec<NewEvent>, policy: LimitPolicy) -> Result<Outcome, AppError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Submission { user_id, events, policy, reply })
+            .await
+            .map_err(|_| AppError::internal("usage writer queue closed"))?;
+        answer.await.map_err(|_| AppError::internal("usage writer dropped a submission"))?
+    }
+}
+
+struct Writer {
+    /// This writer's counter slot in `usage_period_totals`.
+    slot: i16,
+    pool: PgPool,
+    clock: Arc<PeriodClock>,
+}
+
+impl Writer {
+    async fn run(self, receiver: Arc<Mutex<mpsc::Receiver<Submission>>>) {
+        loop {
+            let group = {
+                let mut receiver = receiver.lock().await;
+                let Some(first) = receiver.recv().await else { return };
+                let mut events = first.events.len();
+                let mut group = vec![first];
+                while events < MAX_GROUP_EVENTS {
+                    match receiver.try_recv() {
+                        Ok(next) => {
+                            events += next.events.len();
+                            group.push(next);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                group
+            };
+            self.commit_group(group).await;
+        }
+    }
+
+    async fn commit_group(&self, group: Vec<Submission>) {
+        match self.commit(&group).await {
+            Ok(results) => {
+                for (submission, result) in group.into_iter().zip(results) {
+                    let _ = submission.reply.send(result);
+                }
+            }
+            // One submission's failure (its user was just deleted, say) must not fail the others: retry each alone.
+            Err(err) if group.len() > 1 => {
+                tracing::warn!(%err, submissions = group.len(), "group commit failed; retrying one by one");
+                for submission in group {
+                    let result = match self.commit(std::slice::from_ref(&submission)).await {
+                        Ok(mut results) => results.pop().unwrap_or(Err(AppError::Internal)),
+                        Err(err) => Err(commit_error(err)),
+                    };
+                    let _ = submission.reply.send(result);
+                }
+            }
+            Err(err) => {
+                for submission in group {
+                    let _ = submission.reply.send(Err(commit_error(err.clone())));
+                }
+            }
+        }
+    }
+
+    /// Writes `group` in one transaction. The outer error means nothing was committed; the inner results are the
+    /// per-submission answers of a committed transaction (a refused submission stored nothing).
+    async fn commit(&self, group: &[Submission]) -> Result<Vec<Result<Outcome, AppError>>, CommitError> {
+        let mut periods = HashMap::new();
+        for event in group.iter().flat_map(|s| &s.events) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = periods.entry(event.occurred_at) {
+                slot.insert(self.clock.containing(event.occurred_at).await.map_err(CommitError::Period)?);
+            }
+        }
+        let period_of = |event: &NewEvent| &periods[&event.occurred_at];
+
+        let mut tx = self.pool.begin().await?;
+        let limits = lock_limited_users(&mut tx, group).await?;
+        let mut used = period_usage(&mut tx, &limits, group, &period_of).await?;
+        let mut known = existing_keys(&mut tx, group).await?;
+
+        let mut rows = EventRows::default();
+        let mut results = Vec::with_capacity(group.len());
+        for submission in group {
+            let limit = limits.get(&submission.user_id).copied();
+            results.push(plan(submission, limit, &mut used, &mut known, &period_of, &mut rows));
+        }
+
+        if !rows.ids.is_empty() {
+            let lost = rows.insert(&mut tx, self.slot).await?;
+            if !lost.is_empty() {
+                // A concurrent writer committed the same idempotency keys first: answer with its events.
+                let winners = keys_to_ids(&mut tx, &lost).await?;
+                for outcome in results.iter_mut().flatten() {
+                    for event in &mut outcome.events {
+                        if let Some(key) = rows.key_of(event.id).filter(|key| lost.contains(key)) {
+                            *event = Recorded { id: winners.get(&key).copied().unwrap_or(event.id), duplicate: true };
+                        }
+                    }
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(results)
+    }
+}
+
+/// A user's hard limit, as locked for this transaction.
+#[derive(Debug, Clone, Copy)]
+struct Limit {
+    limit: i64,
+    warning_percent: i16,
+}
+
+type UserKey = (Uuid, String);
+
+/// Locks the group's users that have a hard limit, in id order (no deadlocks between writers), and reads it.
+/// Users without a limit are not locked, so their events never wait for another writer.
+async fn lock_limited_users(
+    tx: &mut Transaction<'_, Postgres>,
+    group: &[Submission],
+) -> Result<HashMap<Uuid, Limit>, sqlx::Error> {
+    let users: Vec<Uuid> = group.iter().map(|s| s.user_id).collect::<BTreeSet<_>>().into_iter().collect();
+    let rows: Vec<(Uuid, i64, i16)> = sqlx::query_as(
+        "SELECT id, usage_limit, usage_warning_percent FROM users
+         WHERE id = ANY($1) AND usage_limit IS NOT NULL
+         ORDER BY id
+         FOR NO KEY UPDATE",
+    )
+    .bind(&users)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows.into_iter().map(|(id, limit, warning_percent)| (id, Limit { limit, warning_percent })).collect())
+}
+
+/// Current totals of the limited event type for the limited users, per (user, period start). Read after the
+/// locks are held, so they include every commit of the other writers.
+async fn period_usage<'a>(
+    tx: &mut Transaction<'_, Postgres>,
+    limits: &HashMap<Uuid, Limit>,
+    group: &'a [Submission],
+    period_of: &impl Fn(&NewEvent) -> &'a BillingPeriod,
+) -> Result<HashMap<(Uuid, DateTime<Utc>), i64>, sqlx::Error> {
+    let mut users = Vec::new();
+    let mut starts = Vec::new();
+    for submission in group.iter().filter(|s| limits.contains_key(&s.user_id)) {
+        for event in submission.events.iter().filter(|e| e.event_type == AI_TOKENS_EVENT) {
+            users.push(submission.user_id);
+            starts.push(period_of(event).start);
+        }
+    }
+    if users.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(Uuid, DateTime<Utc>, i64)> = sqlx::query_as(
+        "SELECT t.user_id, t.period_start, sum(t.quantity)::bigint
+         FROM usage_period_totals t
+         JOIN (SELECT DISTINCT * FROM unnest($1::uuid[], $2::timestamptz[])) AS wanted (user_id, period_start)
+           USING (user_id, period_start)
+         WHERE t.event_type = $3
+         GROUP BY t.user_id, t.period_start",
+    )
+    .bind(&users)
+    .bind(&starts)
+    .bind(AI_TOKENS_EVENT)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows.into_iter().map(|(user, start, used)| ((user, start), used)).collect())
+}
+
+/// Events already stored under the group's idempotency keys.
+async fn existing_keys(
+    tx: &mut Transaction<'_, Postgres>,
+    group: &[Submission],
+) -> Result<HashMap<UserKey, Uuid>, sqlx::Error> {
+    let (users, keys): (Vec<Uuid>, Vec<String>) = group
+        .iter()
+        .flat_map(|s| s.events.iter().filter_map(|e| Some((s.user_id, e.idempotency_key.clone()?))))
+        .unzip();
+    if users.is_empty() {
+        return Ok(HashMap::new());
+    }
+    keys_to_ids(tx, &users.into_iter().zip(keys).collect()).await
+}
+
+async fn keys_to_ids(
+    tx: &mut Transaction<'_, Postgres>,
+    wanted: &BTreeSet<UserKey>,
+) -> Result<HashMap<UserKey, Uuid>, sqlx::Error> {
+    let (users, keys): (Vec<Uuid>, Vec<String>) = wanted.iter().cloned().unzip();
+    let rows: Vec<(Uuid, String, Uuid)> = sqlx::query_as(
+        "SELECT e.user_id, e.idempotency_key, e.id
+         FROM usage_events e
+         JOIN unnest($1::uuid[], $2::text[]) AS wanted (user_id, idempotency_key)
+           USING (user_id, idempotency_key)",
+    )
+    .bind(&users)
+    .bind(&keys)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows.into_iter().map(|(user, key, id)| ((user, key), id)).collect())
+}
+
+/// Decides one submission: duplicates are answered with their first event, the rest is accepted whole (its
+/// rows added to `rows`, its usage to `used`) or refused whole for passing the user's limit.
+fn plan<'a>(
+    submission: &'a Submission,
+    limit: Option<Limit>,
+    used: &mut HashMap<(Uuid, DateTime<Utc>), i64>,
+    known: &mut HashMap<UserKey, Uuid>,
+    period_of: &impl Fn(&NewEvent) -> &'a BillingPeriod,
+    rows: &mut EventRows,
+) -> Result<Outcome, AppError> {
+    let user = submission.user_id;
+    let mut recorded = Vec::with_capacity(submission.events.len());
+    let mut fresh = Vec::new();
+    let mut keys_in_submission = HashMap::new();
+    for event in &submission.events {
+        let key = event.idempotency_key.clone().map(|k| (user, k));
+        let earlier = key.as_ref().and_then(|k| known.get(k).or_else(|| keys_in_submission.get(k)));
+        match earlier {
+            Some(id) => recorded.push(Recorded { id: *id, duplicate: true }),
+            None => {
+                let id = Uuid::new_v4();
+                if let Some(key) = key {
+                    keys_in_submission.insert(key, id);
+                }
+                recorded.push(Recorded { id, duplicate: false });
+                fresh.push((id, event));
+            }
+        }
+    }
+
+    // The hard limit: the new usage of each period must fit in what is left of it.
+    let mut added: HashMap<(Uuid, DateTime<Utc>), i64> = HashMap::new();
+    for (_, event) in fresh.iter().filter(|(_, e)| e.event_type == AI_TOKENS_EVENT) {
+        *added.entry((user, period_of(event).start)).or_default() += event.quantity;
+    }
+    let mut allowance = None;
+    if let Some(Limit { limit, warning_percent }) = limit {
+        for (period, quantity) in &added {
+            let before = used.get(period).copied().unwrap_or(0);
+            if submission.policy == LimitPolicy::Enforce && before.saturating_add(*quantity) > limit {
+                return Err(AppError::LimitExceeded { limit, remaining: (limit - before).max(0) });
+            }
+        }
+        let current = submission.events.last().map(|e| (user, period_of(e).start));
+        let used_now = current.map_or(0, |p| used.get(&p).copied().unwrap_or(0) + added.get(&p).copied().unwrap_or(0));
+        allowance = Some(Allowance { limit, used: used_now, warning_percent });
+    }
+
+    for (period, quantity) in added {
+        *used.entry(period).or_default() += quantity;
+    }
+    known.extend(keys_in_submission);
+    for (id, event) in fresh {
+        rows.push(id, user, event, period_of(event));
+    }
+    Ok(Outcome { events: recorded, allowance })
+}
+
+/// Column arrays of the events to insert, for one `unnest` statement.
+#[derive(Default)]
+struct EventRows {
+    ids: Vec<Uuid>,
+    users: Vec<Uuid>,
+    types: Vec<String>,
+    quantities: Vec<i64>,
+    metadata: Vec<Json<serde_json::Value>>,
+    keys: Vec<Option<String>>,
+    occurred: Vec<DateTime<Utc>>,
+    period_starts: Vec<DateTime<Utc>>,
+    period_ends: Vec<DateTime<Utc>>,
+}
+
+impl EventRows {
+    fn push(&mut self, id: Uuid, user: Uuid, event: &NewEvent, period: &BillingPeriod) {
+        self.ids.push(id);
+        self.users.push(user);
+        self.types.push(event.event_type.clone());
+        self.quantities.push(event.quantity);
+        self.metadata.push(Json(event.metadata.clone()));
+        self.keys.push(event.idempotency_key.clone());
+        self.occurred.push(event.occurred_at);
+        self.period_starts.push(period.start);
+        self.period_ends.push(period.end);
+    }
+
+    fn key_of(&self, id: Uuid) -> Option<UserKey> {
+        let i = self.ids.iter().position(|x| *x == id)?;
+        Some((self.users[i], self.keys[i].clone()?))
+    }
+
+    /// Inserts the events with their outbox rows and adds them to this writer's totals slot, in one statement.
+    /// Returns the idempotency keys whose events were not inserted because a concurrent writer stored them first.
+    async fn insert(&self, tx: &mut Transaction<'_, Postgres>, slot: i16) -> Result<BTreeSet<UserKey>, sqlx::Error> {
+        let inserted: Vec<Uuid> = sqlx::query_scalar(
+            "WITH input AS (
+                 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::jsonb[], $6::text[],
+                                      $7::timestamptz[], $8::timestamptz[], $9::timestamptz[])
+                   AS t (id, user_id, event_type, quantity, metadata, idempotency_key, occurred_at,
+                         period_start, period_end)
+             ), inserted AS (
+                 INSERT INTO usage_events (id, user_id, event_type, quantity, metadata, idempotency_key, occurred_at)
+                 SELECT id, user_id, event_type, quantity, metadata, idempotency_key, occurred_at
+                 FROM input
+                 -- One insertion order for all writers, so two writers with the same keys cannot deadlock.
+                 ORDER BY user_id, idempotency_key
+                 ON CONFLICT (user_id, idempotency_key) DO NOTHING
+                 RETURNING id, user_id
+             ), outbox AS (
+                 INSERT INTO meter_event_outbox (usage_event_id, user_id, status)
+                 SELECT i.id, i.user_id,
+                        CASE WHEN u.stripe_customer_id IS NULL THEN 'awaiting_customer' ELSE 'pending' END
+                 FROM inserted i JOIN users u ON u.id = i.user_id
+             ), totals AS (
+                 INSERT INTO usage_period_totals
+                     (user_id, event_type, period_start, period_end, slot, quantity, event_count)
+                 SELECT input.user_id, input.event_type, input.period_start, input.period_end, $10,
+                        sum(input.quantity), count(*)
+                 FROM input JOIN inserted USING (id)
+                 GROUP BY input.user_id, input.event_type, input.period_start, input.period_end
+                 ON CONFLICT (user_id, event_type, period_start, slot) DO UPDATE
+                     SET quantity = usage_period_totals.quantity + EXCLUDED.quantity,
+                         event_count = usage_period_totals.event_count + EXCLUDED.event_count
+             )
+             SELECT id FROM inserted",
+        )
+        .bind(&self.ids)
+        .bind(&self.users)
+        .bind(&self.types)
+        .bind(&self.quantities)
+        .bind(&self.metadata)
+        .bind(&self.keys)
+        .bind(&self.occurred)
+        .bind(&self.period_starts)
+        .bind(&self.period_ends)
+        .bind(slot)
+        .fetch_all(&mut **tx)
+        .await?;
+        if inserted.len() == self.ids.len() {
+            return Ok(BTreeSet::new());
+        }
+        let inserted: BTreeSet<Uuid> = inserted.into_iter().collect();
+        Ok((0..self.ids.len())
+            .filter(|i| !inserted.contains(&self.ids[*i]))
+            .filter_map(|i| Some((self.users[i], self.keys[i].clone()?)))
+            .collect())
+    }
+}
+
+/// Why a group could not be committed.
+#[derive(Debug, Clone)]
+enum CommitError {
+    Database(Arc<sqlx::Error>),
+    Period(AppError),
+}
+
+impl From<sqlx::Error> for CommitError {
+    fn from(err: sqlx::Error) -> Self {
+        CommitError::Database(Arc::new(err))
+    }
+}
+
+impl std::fmt::Display for CommitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CommitError::Database(err) => write!(f, "{err}"),
+            CommitError::Period(err) => write!(f, "{err}"),
+        }
+    }
+}
+
+/// The answer for a submission whose transaction failed: nothing of it was stored.
+fn commit_error(err: CommitError) -> AppError {
+    match err {
+        CommitError::Database(db) if is_missing_user(&db) => AppError::Unauthorized,
+        CommitError::Period(err) => err,
+        other => AppError::internal(format!("usage commit failed: {other}")),
+    }
+}
+
+fn is_missing_user(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .and_then(|db| db.constraint())
+        .is_some_and(|c| c == "usage_events_user_id_fkey" || c == "meter_event_outbox_user_id_fkey")
+}
