@@ -3,9 +3,11 @@
 
 mod support;
 
+mod ai;
 mod auth;
 mod cli;
 mod config_files;
+mod ingest;
 mod pages;
 mod security;
 mod usage;

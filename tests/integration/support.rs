@@ -1,6 +1,6 @@
 //! The test harness: the app router on a test database, and a small HTTP client for it.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use axum::body::Body;
 use axum::http::{header, Request, Response, StatusCode};
@@ -11,6 +11,8 @@ use leptos_axum::AxumRouteListing;
 use sqlx::PgPool;
 use tally::config::{Config, UsageLimit};
 use tally::state::AppState;
+use tally::usage::writer::{LimitPolicy, NewEvent};
+use tally::usage::AI_TOKENS_EVENT;
 use tower::ServiceExt;
 use uuid::Uuid;
 
@@ -34,20 +36,31 @@ pub fn config() -> Config {
         billing_timezone: "Asia/Tokyo".into(),
         default_usage_limit: UsageLimit(Some(DEFAULT_LIMIT)),
         public_url: "http://127.0.0.1:3000".into(),
+        event_types: vec![AI_TOKENS_EVENT.into(), "image_generated".into()],
+        ingest_writers: 2,
+        openai_api_key: None,
+        openai_base_url: "http://127.0.0.1:9/v1".into(),
+        openai_model: "gpt-4o-mini".into(),
     }
 }
 
 /// The app, as `tally serve` builds it, on `pool`.
 pub fn app(pool: PgPool) -> TestApp {
+    app_with(pool, config())
+}
+
+/// The app with a configuration of the test's choosing.
+pub fn app_with(pool: PgPool, config: Config) -> TestApp {
     let leptos_options = LeptosOptions::builder().output_name("tally").site_root("target/site").build();
-    let state = AppState { leptos_options, pool: pool.clone(), config: Arc::new(config()) };
-    TestApp { router: tally::server::router(state, routes()), pool }
+    let state = AppState::new(leptos_options, pool.clone(), config);
+    TestApp { router: tally::server::router(state.clone(), routes()), pool, state }
 }
 
 /// The router under test plus its pool, with helpers that speak HTTP to it.
 pub struct TestApp {
     pub router: Router,
     pub pool: PgPool,
+    pub state: AppState,
 }
 
 /// A response with its body read.
@@ -132,20 +145,35 @@ impl TestApp {
         sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(&self.pool).await.unwrap()
     }
 
-    /// Inserts a usage event directly (the recording API is tested on its own).
+    /// Records usage through the writer (as the API does, minus HTTP), at a chosen time.
     pub async fn insert_usage(&self, user_id: Uuid, event_type: &str, quantity: i64, occurred_at: &str) {
-        sqlx::query(
-            "INSERT INTO usage_events (id, user_id, event_type, quantity, occurred_at)
-             VALUES ($1, $2, $3, $4, $5::timestamptz)",
-        )
-        .bind(Uuid::new_v4())
-        .bind(user_id)
-        .bind(event_type)
-        .bind(quantity)
-        .bind(occurred_at)
-        .execute(&self.pool)
-        .await
-        .unwrap();
+        let event = NewEvent {
+            event_type: event_type.into(),
+            quantity,
+            metadata: serde_json::json!({}),
+            idempotency_key: None,
+            occurred_at: occurred_at.parse().expect("RFC 3339 time"),
+        };
+        self.state.writer.submit(user_id, vec![event], LimitPolicy::RecordAnyway).await.expect("recorded");
+    }
+
+    /// Creates an API key for `email`'s account and returns its secret.
+    pub async fn api_key(&self, email: &str) -> String {
+        let user = self.user_id(email).await;
+        tally::auth::api_key::create(&self.pool, user, "test").await.expect("key").1
+    }
+
+    /// POSTs JSON to `path` with optional extra headers.
+    pub async fn post_json(&self, path: &str, body: &str, headers: &[(&str, &str)]) -> Reply {
+        // As an HTTP client sends it: with its length, which is what the body size limit answers 413 on.
+        let mut request = Request::post(path)
+            .header(header::HOST, "127.0.0.1:3000")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_LENGTH, body.len());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        self.send(request.body(Body::from(body.to_owned())).unwrap()).await
     }
 }
 
