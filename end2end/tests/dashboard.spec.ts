@@ -1,5 +1,5 @@
 import { expect, test } from "@playwright/test";
-import { PASSWORD, insertUsage, logIn, tally, uniqueEmail, waitForHydration } from "./support";
+import { PASSWORD, logIn, recordUsage, tally, uniqueEmail, waitForHydration } from "./support";
 
 test.describe("with JavaScript", () => {
   test.beforeEach(async ({ page }) => {
@@ -23,7 +23,7 @@ test.describe("with JavaScript", () => {
     await expect(page.getByRole("progressbar")).toHaveAttribute("aria-valuenow", "0");
   });
 
-  test("refresh re-reads the total without reloading the page", async ({ page }) => {
+  test("refresh re-reads the total without reloading the page", async ({ page, request }) => {
     const email = uniqueEmail("refresh");
     tally("user", "create", "--email", email, "--password", PASSWORD, "--limit", "100000");
     await logIn(page, email);
@@ -32,7 +32,7 @@ test.describe("with JavaScript", () => {
 
     // A marker on window survives only if the page is not reloaded.
     await page.evaluate(() => ((window as unknown as { marker: string }).marker = "same page"));
-    insertUsage(email, 12_345);
+    await recordUsage(request, email, 12_345);
     await page.getByTestId("refresh-usage").click();
 
     await expect(page.getByTestId("usage-used")).toHaveText("12,345");
@@ -60,15 +60,15 @@ test.describe("with JavaScript", () => {
     await expect(page.getByRole("heading", { name: "Sign in to Tally" })).toBeVisible();
   });
 
-  test("the bar turns red at 90 % of the limit", async ({ page }) => {
+  test("the bar turns red at 90 % of the limit", async ({ page, request }) => {
     const email = uniqueEmail("red");
     tally("user", "create", "--email", email, "--password", PASSWORD, "--limit", "1000");
-    insertUsage(email, 899);
+    await recordUsage(request, email, 899);
     await logIn(page, email);
     const bar = page.locator(".usage-meter__bar");
     await expect(bar).toHaveAttribute("data-critical", "false");
 
-    insertUsage(email, 1);
+    await recordUsage(request, email, 1);
     await waitForHydration(page);
     await page.getByTestId("refresh-usage").click();
     await expect(page.getByTestId("usage-used")).toHaveText("900");
@@ -90,13 +90,56 @@ test.describe("with JavaScript", () => {
   });
 });
 
+test.describe("AI route and API keys", () => {
+  test("a prompt on the dashboard records its tokens and the meter moves", async ({ page }) => {
+    const email = uniqueEmail("prompt");
+    tally("user", "create", "--email", email, "--password", PASSWORD, "--limit", "100000");
+    await logIn(page, email);
+    await expect(page.getByTestId("usage-used")).toHaveText("0");
+    await waitForHydration(page);
+
+    await page.getByTestId("ai-prompt").fill("How does Tally cut billing periods?");
+    await page.getByTestId("ai-submit").click();
+    await expect(page.getByTestId("ai-answer")).toContainText("offline model");
+    const tokens = (await page.getByTestId("ai-tokens").textContent())!.match(/^([\d,]+) tokens/)![1];
+    expect(Number(tokens.replace(/,/g, ""))).toBeGreaterThan(10);
+    await expect(page.getByTestId("usage-used")).toHaveText(tokens);
+  });
+
+  test("an API key made on the dashboard records usage until it is revoked", async ({ page, request }) => {
+    const email = uniqueEmail("keys");
+    tally("user", "create", "--email", email, "--password", PASSWORD);
+    await logIn(page, email);
+    await waitForHydration(page);
+    await page.getByTestId("key-name").fill("billing job");
+    await page.getByTestId("key-create").click();
+    const secret = (await page.getByTestId("key-secret").textContent())!.trim();
+    expect(secret).toMatch(/^tly_live_[0-9A-Za-z]{46}$/);
+    await expect(page.getByTestId("key-row")).toHaveCount(1);
+    await expect(page.getByTestId("key-table")).not.toContainText(secret);
+
+    const record = () =>
+      request.post("/api/usage/record", {
+        headers: { authorization: `Bearer ${secret}` },
+        data: { eventType: "ai_token_consumed", quantity: 42 },
+      });
+    expect((await record()).status()).toBe(200);
+    await page.getByTestId("refresh-usage").click();
+    await expect(page.getByTestId("usage-used")).toHaveText("42");
+
+    await page.getByTestId("key-revoke").click();
+    await expect(page.getByTestId("key-row")).toContainText("revoked");
+    expect((await record()).status()).toBe(401);
+  });
+});
+
 test.describe("with JavaScript disabled", () => {
   test.use({ javaScriptEnabled: false });
 
-  test("sign-in works and the meter is right from the server HTML alone", async ({ page }) => {
+  test("sign-in works and the meter is right from the server HTML alone", async ({ page, request }) => {
     const email = uniqueEmail("nojs");
     tally("user", "create", "--email", email, "--password", PASSWORD, "--limit", "250000");
-    insertUsage(email, 234_567);
+    await recordUsage(request, email, 234_567);
 
     await page.goto("/login");
     await page.getByTestId("email").fill(email);

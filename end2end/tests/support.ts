@@ -1,6 +1,6 @@
 import { execFileSync } from "node:child_process";
 import { resolve } from "node:path";
-import { expect, type Page } from "@playwright/test";
+import { expect, type APIRequestContext, type Page } from "@playwright/test";
 
 const databaseUrl = () => {
   const url = process.env.E2E_DATABASE_URL;
@@ -8,17 +8,11 @@ const databaseUrl = () => {
   return url;
 };
 
-/** Runs SQL against the app's database and returns psql's unaligned output. */
-export function sql(statement: string): string {
-  return execFileSync("psql", [databaseUrl(), "-v", "ON_ERROR_STOP=1", "-qAtc", statement], {
-    encoding: "utf8",
-  }).trim();
-}
-
 /** Runs the tally CLI against the app's database, as an operator would. */
 export function tally(...args: string[]): string {
   return execFileSync(resolve(__dirname, "../../target/debug/tally"), args, {
     encoding: "utf8",
+    stdio: ["ignore", "pipe", "pipe"],
     env: { ...process.env, DATABASE_URL: databaseUrl(), RUST_LOG: "warn" },
   });
 }
@@ -32,12 +26,25 @@ export function uniqueEmail(label: string): string {
   return `${label}-${Date.now()}-${counter}@e2e.test`;
 }
 
-/** Records usage for `email` straight into the database (the recording API has tests of its own). */
-export function insertUsage(email: string, quantity: number): void {
-  sql(
-    `INSERT INTO usage_events (id, user_id, event_type, quantity)
-     SELECT gen_random_uuid(), id, 'ai_token_consumed', ${quantity} FROM users WHERE email = '${email}'`,
-  );
+const apiKeys = new Map<string, string>();
+
+/** An API key for `email`'s account, created once through the CLI (`tally apikey create`). */
+export function apiKeyFor(email: string): string {
+  let key = apiKeys.get(email);
+  if (!key) {
+    key = tally("apikey", "create", "--email", email, "--name", "e2e").trim();
+    apiKeys.set(email, key);
+  }
+  return key;
+}
+
+/** Records usage for `email` the way a service does: POST /api/usage/record with an API key. */
+export async function recordUsage(request: APIRequestContext, email: string, quantity: number): Promise<void> {
+  const response = await request.post("/api/usage/record", {
+    headers: { authorization: `Bearer ${apiKeyFor(email)}` },
+    data: { eventType: "ai_token_consumed", quantity },
+  });
+  expect(response.status(), await response.text()).toBe(200);
 }
 
 /** Waits until the page is hydrated: a click before that is silently lost. */

@@ -126,25 +126,13 @@ pub async fn authenticate(pool: &PgPool, secret: &str) -> Result<Uuid, AppError>
 
 /// The user's keys, newest first, revoked ones included.
 pub async fn list(pool: &PgPool, user_id: Uuid) -> Result<Vec<ApiKeyInfo>, AppError> {
-    let rows: Vec<(Uuid, String, String, DateTime<Utc>, Option<DateTime<Utc>>, Option<DateTime<Utc>>)> =
-        sqlx::query_as(
-            "SELECT id, name, display_prefix, created_at, last_used_at, revoked_at
-             FROM api_keys WHERE user_id = $1 ORDER BY created_at DESC, id",
-        )
-        .bind(user_id)
-        .fetch_all(pool)
-        .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, name, display_prefix, created_at, last_used_at, revoked_at)| ApiKeyInfo {
-            id,
-            name,
-            display_prefix,
-            created_at,
-            last_used_at,
-            revoked_at,
-        })
-        .collect())
+    Ok(sqlx::query_as(
+        "SELECT id, name, display_prefix, created_at, last_used_at, revoked_at
+         FROM api_keys WHERE user_id = $1 ORDER BY created_at DESC, id",
+    )
+    .bind(user_id)
+    .fetch_all(pool)
+    .await?)
 }
 
 /// Revokes one of `user_id`'s keys, by id. Revoking twice is not an error; another user's key is "not found".

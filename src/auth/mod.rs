@@ -37,6 +37,7 @@ pub struct CurrentUser {
 
 /// An API key as lists show it (never the key itself).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(sqlx::FromRow))]
 #[serde(rename_all = "camelCase")]
 pub struct ApiKeyInfo {
     pub id: Uuid,

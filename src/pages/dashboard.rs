@@ -4,7 +4,7 @@ use leptos::prelude::*;
 use leptos_router::components::Redirect;
 
 use crate::auth::{get_current_user, Logout};
-use crate::components::UsageMeter;
+use crate::components::{AiPrompt, ApiKeys, UsageMeter};
 use crate::error::AppError;
 use crate::usage::{get_usage_summary, UsageSummary};
 
@@ -63,6 +63,10 @@ fn Dashboard(email: String) -> impl IntoView {
                 {move || if refreshing.get() { "Refreshing…" } else { "Refresh" }}
             </button>
         </section>
+        <section class="card">
+            <AiPrompt on_answer=move |_| summary.refetch() />
+        </section>
+        <ApiKeys />
     }
 }
 

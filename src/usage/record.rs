@@ -17,7 +17,7 @@ pub const MAX_BATCH_EVENTS: usize = 1_000;
 
 /// Checks one event and turns it into a [`NewEvent`] stamped `occurred_at`; the error is a user-facing sentence.
 pub fn validate(input: EventInput, allowed_types: &[String], occurred_at: DateTime<Utc>) -> Result<NewEvent, String> {
-    if !allowed_types.iter().any(|t| *t == input.event_type) {
+    if !allowed_types.contains(&input.event_type) {
         return Err(format!("unknown event type {:?} (accepted: {})", input.event_type, allowed_types.join(", ")));
     }
     Ok(NewEvent {

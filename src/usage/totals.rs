@@ -8,6 +8,7 @@
 //!   user's counter is updated once per commit instead of being the hot row every request waits on;
 //! - each writer task owns a slot, so concurrent writers never wait for each other's row locks (only users with a
 //!   hard limit are serialised, on purpose, by the limit check's lock).
+//!
 //! The counters are exact, not estimates: an integration test compares them with `sum(quantity)` of the events.
 
 use sqlx::PgPool;

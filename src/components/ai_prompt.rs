@@ -1,0 +1,71 @@
+//! A prompt box that calls the AI route; the caller refreshes the meter when an answer arrives.
+
+use leptos::prelude::*;
+
+use crate::ai::Generate;
+use crate::components::usage_meter::format_thousands;
+
+/// Prompt box. `on_answer` runs after each successful generation (the dashboard re-reads the meter then).
+#[component]
+pub fn AiPrompt(#[prop(into)] on_answer: Callback<()>) -> impl IntoView {
+    let generate = ServerAction::<Generate>::new();
+    let prompt = RwSignal::new(String::new());
+    Effect::new(move |_| {
+        if let Some(Ok(_)) = generate.value().get() {
+            on_answer.run(());
+        }
+    });
+    let submit = move |ev: leptos::ev::SubmitEvent| {
+        ev.prevent_default();
+        generate.dispatch(Generate { prompt: prompt.get_untracked() });
+    };
+    view! {
+        <form class="ai-prompt" on:submit=submit>
+            <label for="ai-prompt-text">"Ask the AI (its tokens are recorded as usage)"</label>
+            <textarea
+                id="ai-prompt-text"
+                name="prompt"
+                rows="3"
+                maxlength=crate::ai::MAX_PROMPT_CHARS
+                data-testid="ai-prompt"
+                prop:value=move || prompt.get()
+                on:input=move |ev| prompt.set(event_target_value(&ev))
+            ></textarea>
+            <button type="submit" data-testid="ai-submit" disabled=move || generate.pending().get()>
+                {move || if generate.pending().get() { "Thinking…" } else { "Generate" }}
+            </button>
+            {move || {
+                generate
+                    .value()
+                    .get()
+                    .map(|result| match result {
+                        Ok(answer) => {
+                            view! {
+                                <div class="ai-prompt__answer" data-testid="ai-answer">
+                                    <p>{answer.text}</p>
+                                    <p class="ai-prompt__tokens" data-testid="ai-tokens">
+                                        {format!(
+                                            "{} tokens ({} prompt + {} completion) · {}",
+                                            format_thousands(answer.total_tokens),
+                                            format_thousands(answer.prompt_tokens),
+                                            format_thousands(answer.completion_tokens),
+                                            answer.model,
+                                        )}
+                                    </p>
+                                </div>
+                            }
+                                .into_any()
+                        }
+                        Err(err) => {
+                            view! {
+                                <p class="form-error" role="alert" data-testid="ai-error">
+                                    {err.to_string()}
+                                </p>
+                            }
+                                .into_any()
+                        }
+                    })
+            }}
+        </form>
+    }
+}

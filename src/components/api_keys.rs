@@ -1,0 +1,114 @@
+//! The user's API keys: list, create (the secret is shown once), revoke.
+
+use leptos::prelude::*;
+
+use crate::auth::{list_api_keys, ApiKeyInfo, CreateApiKey, RevokeApiKey};
+
+/// Manages the signed-in user's API keys.
+#[component]
+pub fn ApiKeys() -> impl IntoView {
+    let create = ServerAction::<CreateApiKey>::new();
+    let revoke = ServerAction::<RevokeApiKey>::new();
+    let keys = Resource::new(move || (create.version().get(), revoke.version().get()), |_| list_api_keys());
+
+    view! {
+        <section class="card api-keys" aria-labelledby="api-keys-title">
+            <h2 id="api-keys-title">"API keys"</h2>
+            <p class="muted">
+                "Services record usage with "
+                <code>"Authorization: Bearer <key>"</code>
+                " on "
+                <code>"POST /api/usage/record"</code>
+                "."
+            </p>
+            <ActionForm action=create attr:class="api-keys__create">
+                <label>
+                    "Name"
+                    <input type="text" name="name" required maxlength="100" placeholder="e.g. production" data-testid="key-name" />
+                </label>
+                <button type="submit" data-testid="key-create">"Create key"</button>
+            </ActionForm>
+            {move || {
+                create
+                    .value()
+                    .get()
+                    .map(|result| match result {
+                        Ok(created) => {
+                            view! {
+                                <div class="api-keys__secret" role="status">
+                                    <p>"Copy this key now: it is not shown again."</p>
+                                    <code data-testid="key-secret">{created.secret}</code>
+                                </div>
+                            }
+                                .into_any()
+                        }
+                        Err(err) => view! { <p class="form-error" role="alert">{err.to_string()}</p> }.into_any(),
+                    })
+            }}
+            <Transition fallback=|| view! { <p class="loading">"Loading keys…"</p> }>
+                {move || Suspend::new(async move {
+                    match keys.await {
+                        Ok(list) if list.is_empty() => view! { <p class="muted">"No keys yet."</p> }.into_any(),
+                        Ok(list) => view! { <KeyTable keys=list revoke /> }.into_any(),
+                        Err(err) => view! { <p class="form-error" role="alert">{err.to_string()}</p> }.into_any(),
+                    }
+                })}
+            </Transition>
+        </section>
+    }
+}
+
+#[component]
+fn KeyTable(keys: Vec<ApiKeyInfo>, revoke: ServerAction<RevokeApiKey>) -> impl IntoView {
+    let when = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string()).unwrap_or_else(|| "never".into())
+    };
+    view! {
+        <table class="api-keys__table" data-testid="key-table">
+            <thead>
+                <tr>
+                    <th scope="col">"Name"</th>
+                    <th scope="col">"Key"</th>
+                    <th scope="col">"Created"</th>
+                    <th scope="col">"Last used"</th>
+                    <th scope="col">
+                        <span class="visually-hidden">"Actions"</span>
+                    </th>
+                </tr>
+            </thead>
+            <tbody>
+                {keys
+                    .into_iter()
+                    .map(|key| {
+                        let revoked = key.revoked_at.is_some();
+                        view! {
+                            <tr data-testid="key-row" class:revoked=revoked>
+                                <td>{key.name.clone()}</td>
+                                <td>
+                                    <code>{format!("{}…", key.display_prefix)}</code>
+                                </td>
+                                <td>{key.created_at.format("%Y-%m-%d").to_string()}</td>
+                                <td>{when(key.last_used_at)}</td>
+                                <td>
+                                    {if revoked {
+                                        view! { <span class="muted">"revoked"</span> }.into_any()
+                                    } else {
+                                        view! {
+                                            <ActionForm action=revoke>
+                                                <input type="hidden" name="id" value=key.id.to_string() />
+                                                <button type="submit" class="button-danger" data-testid="key-revoke">
+                                                    "Revoke"
+                                                </button>
+                                            </ActionForm>
+                                        }
+                                            .into_any()
+                                    }}
+                                </td>
+                            </tr>
+                        }
+                    })
+                    .collect_view()}
+            </tbody>
+        </table>
+    }
+}
