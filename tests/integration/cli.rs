@@ -88,3 +88,29 @@ async fn user_create_rejects_bad_input_with_a_message(pool: PgPool) {
     let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&pool).await.unwrap();
     assert_eq!(users, 0);
 }
+
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn apikey_create_list_and_revoke(pool: PgPool) {
+    assert!(tally(&pool, &["user", "create", "--email", "ops@example.com", "--password", "operator password"])
+        .status
+        .success());
+    let created = tally(&pool, &["apikey", "create", "--email", "ops@example.com", "--name", "etl"]);
+    assert!(created.status.success(), "{}", text(&created));
+    let secret = String::from_utf8_lossy(&created.stdout).trim().to_owned();
+    assert!(tally::auth::api_key::is_well_formed(&secret), "stdout is exactly the key: {secret:?}");
+    let user: uuid::Uuid = sqlx::query_scalar("SELECT id FROM users").fetch_one(&pool).await.unwrap();
+    assert_eq!(tally::auth::api_key::authenticate(&pool, &secret).await.unwrap(), user);
+
+    let listed = tally(&pool, &["apikey", "list", "--email", "ops@example.com"]);
+    let listing = text(&listed);
+    assert!(listing.contains(&secret[..13]) && listing.contains("\"etl\"") && listing.contains("last used"), "{listing}");
+    assert!(!listing.contains(&secret), "the secret is never listed");
+
+    let revoked = tally(&pool, &["apikey", "revoke", &secret[..13]]);
+    assert!(revoked.status.success(), "{}", text(&revoked));
+    assert!(tally::auth::api_key::authenticate(&pool, &secret).await.is_err(), "a revoked key stops working");
+
+    let unknown = tally(&pool, &["apikey", "create", "--email", "nobody@example.com"]);
+    assert!(!unknown.status.success());
+    assert!(text(&unknown).contains("no account for nobody@example.com"));
+}
