@@ -155,13 +155,12 @@ async fn phase(
     // The database must hold exactly what was acknowledged: per customer, the same count and the same sum.
     let mut mismatches = 0;
     for (customer, result) in customers.iter().zip(&results) {
-        let (count, sum): (i64, i64) = sqlx::query_as(
-            "SELECT count(*), COALESCE(sum(quantity), 0)::bigint FROM usage_events WHERE user_id = $1",
-        )
-        .bind(customer.user_id)
-        .fetch_one(pool)
-        .await
-        .expect("count events");
+        let (count, sum): (i64, i64) =
+            sqlx::query_as("SELECT count(*), COALESCE(sum(quantity), 0)::bigint FROM usage_events WHERE user_id = $1")
+                .bind(customer.user_id)
+                .fetch_one(pool)
+                .await
+                .expect("count events");
         let counters: i64 =
             sqlx::query_scalar("SELECT COALESCE(sum(quantity), 0)::bigint FROM usage_period_totals WHERE user_id = $1")
                 .bind(customer.user_id)

@@ -57,7 +57,8 @@ pub async fn generate(prompt: String) -> Result<Generation, AppError> {
         idempotency_key: Some(format!("ai:{}", completion.request_id)),
         occurred_at: chrono::Utc::now(),
     };
-    let outcome = state.writer.submit(user_id, vec![event], LimitPolicy::RecordAnyway).await?;
+    let caller = crate::auth::caller::Caller::User(user_id);
+    let outcome = state.writer.submit(caller, vec![event], LimitPolicy::RecordAnyway).await?;
     let recorded = outcome.events.first().ok_or(AppError::Internal)?;
     Ok(Generation {
         text: completion.text,

@@ -65,8 +65,41 @@ pub fn is_well_formed(candidate: &str) -> bool {
     checksum(random) == sum
 }
 
-fn hash(secret: &str) -> [u8; 32] {
+/// The SHA-256 of a key: what is stored and looked up.
+pub type KeyHash = [u8; 32];
+
+fn hash(secret: &str) -> KeyHash {
     Sha256::digest(secret.as_bytes()).into()
+}
+
+/// The hash to look `candidate` up by, or `None` when it cannot be a Tally key (no database work for garbage).
+pub fn lookup_hash(candidate: &str) -> Option<KeyHash> {
+    is_well_formed(candidate).then(|| hash(candidate))
+}
+
+/// The owners of the live (unrevoked) keys among `hashes`, in one statement; at most once a minute per key it also
+/// notes that the key was used. Unknown and revoked keys are simply absent from the answer.
+pub async fn owners<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    hashes: &[KeyHash],
+) -> Result<std::collections::HashMap<KeyHash, Uuid>, sqlx::Error> {
+    let hashes: Vec<&[u8]> = hashes.iter().map(|h| &h[..]).collect();
+    let rows: Vec<(Vec<u8>, Uuid)> = sqlx::query_as(
+        "WITH live AS (
+             SELECT id, user_id, key_hash FROM api_keys WHERE key_hash = ANY($1) AND revoked_at IS NULL
+         ), touched AS (
+             UPDATE api_keys SET last_used_at = now()
+             FROM live
+             WHERE api_keys.id = live.id
+               AND (api_keys.last_used_at IS NULL OR api_keys.last_used_at < now() - make_interval(secs => $2))
+         )
+         SELECT key_hash, user_id FROM live",
+    )
+    .bind(&hashes)
+    .bind(LAST_USED_RESOLUTION_SECONDS)
+    .fetch_all(executor)
+    .await?;
+    Ok(rows.into_iter().filter_map(|(hash, user)| Some((KeyHash::try_from(hash.as_slice()).ok()?, user))).collect())
 }
 
 /// Stores a new key for `user_id` and returns it with its secret.
@@ -102,26 +135,8 @@ pub async fn create(pool: &PgPool, user_id: Uuid, name: &str) -> Result<(ApiKeyI
 /// The user a key belongs to, or [`AppError::Unauthorized`] for malformed, unknown or revoked keys (one answer
 /// for all three, so the answer does not tell an attacker which keys exist).
 pub async fn authenticate(pool: &PgPool, secret: &str) -> Result<Uuid, AppError> {
-    if !is_well_formed(secret) {
-        return Err(AppError::Unauthorized);
-    }
-    // One statement: find the live key and, at most once a minute, note that it was used.
-    let user_id: Option<Uuid> = sqlx::query_scalar(
-        "WITH key AS (
-             SELECT id, user_id, last_used_at FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL
-         ), touched AS (
-             UPDATE api_keys SET last_used_at = now()
-             FROM key
-             WHERE api_keys.id = key.id
-               AND (key.last_used_at IS NULL OR key.last_used_at < now() - make_interval(secs => $2))
-         )
-         SELECT user_id FROM key",
-    )
-    .bind(&hash(secret)[..])
-    .bind(LAST_USED_RESOLUTION_SECONDS)
-    .fetch_optional(pool)
-    .await?;
-    user_id.ok_or(AppError::Unauthorized)
+    let hash = lookup_hash(secret).ok_or(AppError::Unauthorized)?;
+    owners(pool, &[hash]).await?.get(&hash).copied().ok_or(AppError::Unauthorized)
 }
 
 /// The user's keys, newest first, revoked ones included.

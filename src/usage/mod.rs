@@ -105,11 +105,11 @@ pub async fn record_usage(
     #[server(default)] metadata: Option<serde_json::Value>,
 ) -> Result<RecordReceipt, AppError> {
     let state = crate::state::AppState::current()?;
-    let user_id = crate::auth::caller::user_id(&state.pool).await?;
+    let caller = crate::auth::caller::identify().await?;
     let idempotency_key = crate::auth::caller::header_value("idempotency-key").await?;
     let input = EventInput { event_type, quantity, metadata, idempotency_key };
     let event = record::validate(input, &state.config.event_types, Utc::now()).map_err(AppError::Invalid)?;
-    let outcome = state.writer.submit(user_id, vec![event], writer::LimitPolicy::Enforce).await?;
+    let outcome = state.writer.submit(caller, vec![event], writer::LimitPolicy::Enforce).await?;
     let recorded = outcome.events.first().ok_or(AppError::Internal)?;
     Ok(RecordReceipt {
         ok: true,
@@ -126,7 +126,7 @@ pub async fn record_usage_batch(events: Vec<EventInput>) -> Result<BatchReceipt,
     use crate::error::EventProblem;
 
     let state = crate::state::AppState::current()?;
-    let user_id = crate::auth::caller::user_id(&state.pool).await?;
+    let caller = crate::auth::caller::identify().await?;
     if events.is_empty() || events.len() > record::MAX_BATCH_EVENTS {
         return Err(AppError::Invalid(format!(
             "a batch holds 1 to {} events, not {}",
@@ -146,7 +146,7 @@ pub async fn record_usage_batch(events: Vec<EventInput>) -> Result<BatchReceipt,
     if !problems.is_empty() {
         return Err(AppError::InvalidEvents(problems));
     }
-    let outcome = state.writer.submit(user_id, valid, writer::LimitPolicy::Enforce).await?;
+    let outcome = state.writer.submit(caller, valid, writer::LimitPolicy::Enforce).await?;
     Ok(BatchReceipt {
         ok: true,
         results: outcome

@@ -21,6 +21,8 @@ use uuid::Uuid;
 
 use super::period::{BillingPeriod, PeriodClock};
 use super::AI_TOKENS_EVENT;
+use crate::auth::api_key;
+use crate::auth::caller::Caller;
 use crate::error::AppError;
 
 /// Most events one transaction takes (a group always takes at least one whole submission).
@@ -85,7 +87,7 @@ pub enum LimitPolicy {
 }
 
 struct Submission {
-    user_id: Uuid,
+    caller: Caller,
     events: Vec<NewEvent>,
     policy: LimitPolicy,
     reply: oneshot::Sender<Result<Outcome, AppError>>,
@@ -109,11 +111,17 @@ impl UsageWriter {
         UsageWriter { queue }
     }
 
-    /// Records `events` for `user_id`, all or nothing, and answers once they are committed.
-    pub async fn submit(&self, user_id: Uuid, events: Vec<NewEvent>, policy: LimitPolicy) -> Result<Outcome, AppError> {
+    /// Records `events` for `caller`, all or nothing, and answers once they are committed. An API key caller is
+    /// resolved inside the transaction: an unknown or revoked key gets [`AppError::Unauthorized`].
+    pub async fn submit(
+        &self,
+        caller: Caller,
+        events: Vec<NewEvent>,
+        policy: LimitPolicy,
+    ) -> Result<Outcome, AppError> {
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send(Submission { user_id, events, policy, reply })
+            .send(Submission { caller, events, policy, reply })
             .await
             .map_err(|_| AppError::internal("usage writer queue closed"))?;
         answer.await.map_err(|_| AppError::internal("usage writer dropped a submission"))?
@@ -188,15 +196,15 @@ impl Writer {
         let period_of = |event: &NewEvent| &periods[&event.occurred_at];
 
         let mut tx = self.pool.begin().await?;
-        let limits = lock_limited_users(&mut tx, group).await?;
-        let mut used = period_usage(&mut tx, &limits, group, &period_of).await?;
-        let mut known = existing_keys(&mut tx, group).await?;
+        let (resolved, mut results) = resolve_callers(&mut tx, group).await?;
+        let limits = lock_limited_users(&mut tx, &resolved).await?;
+        let mut used = period_usage(&mut tx, &limits, &resolved, &period_of).await?;
+        let mut known = existing_keys(&mut tx, &resolved).await?;
 
         let mut rows = EventRows::default();
-        let mut results = Vec::with_capacity(group.len());
-        for submission in group {
-            let limit = limits.get(&submission.user_id).copied();
-            results.push(plan(submission, limit, &mut used, &mut known, &period_of, &mut rows));
+        for entry in &resolved {
+            let limit = limits.get(&entry.user_id).copied();
+            results[entry.index] = plan(entry, limit, &mut used, &mut known, &period_of, &mut rows);
         }
 
         if !rows.ids.is_empty() {
@@ -227,12 +235,54 @@ struct Limit {
 
 type UserKey = (Uuid, String);
 
+/// A submission whose caller is known to be `user_id`.
+struct Resolved<'a> {
+    /// Position in the group (and in its results).
+    index: usize,
+    user_id: Uuid,
+    submission: &'a Submission,
+}
+
+/// Finds each submission's user; API keys are looked up all at once. Submissions with an unknown or revoked key
+/// are answered [`AppError::Unauthorized`] in the returned results and take no further part.
+async fn resolve_callers<'a>(
+    tx: &mut Transaction<'_, Postgres>,
+    group: &'a [Submission],
+) -> Result<(Vec<Resolved<'a>>, Vec<Result<Outcome, AppError>>), sqlx::Error> {
+    let hashes: Vec<_> = group
+        .iter()
+        .filter_map(|s| match s.caller {
+            Caller::ApiKey(hash) => Some(hash),
+            Caller::User(_) => None,
+        })
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let owners = if hashes.is_empty() { HashMap::new() } else { api_key::owners(&mut **tx, &hashes).await? };
+    let mut resolved = Vec::with_capacity(group.len());
+    let mut results = Vec::with_capacity(group.len());
+    for (index, submission) in group.iter().enumerate() {
+        let user_id = match submission.caller {
+            Caller::User(id) => Some(id),
+            Caller::ApiKey(hash) => owners.get(&hash).copied(),
+        };
+        results.push(Err(AppError::Unauthorized));
+        if let Some(user_id) = user_id {
+            resolved.push(Resolved { index, user_id, submission });
+        }
+    }
+    Ok((resolved, results))
+}
+
 /// Locks the group's users that have a hard limit, in id order (no deadlocks between writers), and reads it.
 /// Users without a limit are not locked, so their events never wait for another writer.
 async fn lock_limited_users(
     tx: &mut Transaction<'_, Postgres>,
-    group: &[Submission],
+    group: &[Resolved<'_>],
 ) -> Result<HashMap<Uuid, Limit>, sqlx::Error> {
+    if group.is_empty() {
+        return Ok(HashMap::new());
+    }
     let users: Vec<Uuid> = group.iter().map(|s| s.user_id).collect::<BTreeSet<_>>().into_iter().collect();
     let rows: Vec<(Uuid, i64, i16)> = sqlx::query_as(
         "SELECT id, usage_limit, usage_warning_percent FROM users
@@ -251,14 +301,14 @@ async fn lock_limited_users(
 async fn period_usage<'a>(
     tx: &mut Transaction<'_, Postgres>,
     limits: &HashMap<Uuid, Limit>,
-    group: &'a [Submission],
+    group: &[Resolved<'a>],
     period_of: &impl Fn(&NewEvent) -> &'a BillingPeriod,
 ) -> Result<HashMap<(Uuid, DateTime<Utc>), i64>, sqlx::Error> {
     let mut users = Vec::new();
     let mut starts = Vec::new();
-    for submission in group.iter().filter(|s| limits.contains_key(&s.user_id)) {
-        for event in submission.events.iter().filter(|e| e.event_type == AI_TOKENS_EVENT) {
-            users.push(submission.user_id);
+    for entry in group.iter().filter(|s| limits.contains_key(&s.user_id)) {
+        for event in entry.submission.events.iter().filter(|e| e.event_type == AI_TOKENS_EVENT) {
+            users.push(entry.user_id);
             starts.push(period_of(event).start);
         }
     }
@@ -284,11 +334,11 @@ async fn period_usage<'a>(
 /// Events already stored under the group's idempotency keys.
 async fn existing_keys(
     tx: &mut Transaction<'_, Postgres>,
-    group: &[Submission],
+    group: &[Resolved<'_>],
 ) -> Result<HashMap<UserKey, Uuid>, sqlx::Error> {
     let (users, keys): (Vec<Uuid>, Vec<String>) = group
         .iter()
-        .flat_map(|s| s.events.iter().filter_map(|e| Some((s.user_id, e.idempotency_key.clone()?))))
+        .flat_map(|s| s.submission.events.iter().filter_map(|e| Some((s.user_id, e.idempotency_key.clone()?))))
         .unzip();
     if users.is_empty() {
         return Ok(HashMap::new());
@@ -317,14 +367,14 @@ async fn keys_to_ids(
 /// Decides one submission: duplicates are answered with their first event, the rest is accepted whole (its
 /// rows added to `rows`, its usage to `used`) or refused whole for passing the user's limit.
 fn plan<'a>(
-    submission: &'a Submission,
+    entry: &Resolved<'a>,
     limit: Option<Limit>,
     used: &mut HashMap<(Uuid, DateTime<Utc>), i64>,
     known: &mut HashMap<UserKey, Uuid>,
     period_of: &impl Fn(&NewEvent) -> &'a BillingPeriod,
     rows: &mut EventRows,
 ) -> Result<Outcome, AppError> {
-    let user = submission.user_id;
+    let (user, submission) = (entry.user_id, entry.submission);
     let mut recorded = Vec::with_capacity(submission.events.len());
     let mut fresh = Vec::new();
     let mut keys_in_submission = HashMap::new();

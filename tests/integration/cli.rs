@@ -103,7 +103,10 @@ async fn apikey_create_list_and_revoke(pool: PgPool) {
 
     let listed = tally(&pool, &["apikey", "list", "--email", "ops@example.com"]);
     let listing = text(&listed);
-    assert!(listing.contains(&secret[..13]) && listing.contains("\"etl\"") && listing.contains("last used"), "{listing}");
+    assert!(
+        listing.contains(&secret[..13]) && listing.contains("\"etl\"") && listing.contains("last used"),
+        "{listing}"
+    );
     assert!(!listing.contains(&secret), "the secret is never listed");
 
     let revoked = tally(&pool, &["apikey", "revoke", &secret[..13]]);

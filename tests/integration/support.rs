@@ -154,7 +154,8 @@ impl TestApp {
             idempotency_key: None,
             occurred_at: occurred_at.parse().expect("RFC 3339 time"),
         };
-        self.state.writer.submit(user_id, vec![event], LimitPolicy::RecordAnyway).await.expect("recorded");
+        let caller = tally::auth::caller::Caller::User(user_id);
+        self.state.writer.submit(caller, vec![event], LimitPolicy::RecordAnyway).await.expect("recorded");
     }
 
     /// Creates an API key for `email`'s account and returns its secret.
