@@ -31,7 +31,7 @@ pub struct Config {
     pub event_types: Vec<String>,
 
     /// Concurrent ingestion transactions (group-commit writers) per app instance.
-    #[arg(long, env = "TALLY_INGEST_WRITERS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[arg(long, env = "TALLY_INGEST_WRITERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub ingest_writers: u16,
 
     /// API key of an OpenAI-compatible chat completions service; without it the AI route uses its offline model.
