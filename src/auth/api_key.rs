@@ -135,7 +135,11 @@ pub async fn create(pool: &PgPool, user_id: Uuid, name: &str) -> Result<(ApiKeyI
 /// The user a key belongs to, or [`AppError::Unauthorized`] for malformed, unknown or revoked keys (one answer
 /// for all three, so the answer does not tell an attacker which keys exist).
 pub async fn authenticate(pool: &PgPool, secret: &str) -> Result<Uuid, AppError> {
-    let hash = lookup_hash(secret).ok_or(AppError::Unauthorized)?;
+    owner(pool, lookup_hash(secret).ok_or(AppError::Unauthorized)?).await
+}
+
+/// The owner of the live key with this hash, or [`AppError::Unauthorized`].
+pub async fn owner(pool: &PgPool, hash: KeyHash) -> Result<Uuid, AppError> {
     owners(pool, &[hash]).await?.get(&hash).copied().ok_or(AppError::Unauthorized)
 }
 

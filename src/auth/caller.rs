@@ -38,7 +38,7 @@ pub async fn identify() -> Result<Caller, AppError> {
 pub async fn user_id(pool: &PgPool) -> Result<Uuid, AppError> {
     match identify().await? {
         Caller::User(id) => Ok(id),
-        Caller::ApiKey(hash) => api_key::owners(pool, &[hash]).await?.get(&hash).copied().ok_or(AppError::Unauthorized),
+        Caller::ApiKey(hash) => api_key::owner(pool, hash).await,
     }
 }
 

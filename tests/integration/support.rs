@@ -73,12 +73,7 @@ pub struct Reply {
 impl Reply {
     /// The `name=value` pair of the session cookie this response sets, if any.
     pub fn session_cookie(&self) -> Option<String> {
-        self.headers
-            .get_all(header::SET_COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find(|v| v.starts_with(tally::server::SESSION_COOKIE))
-            .map(|v| v.split(';').next().unwrap_or_default().to_owned())
+        self.session_cookie_header().map(|v| v.split(';').next().unwrap_or_default().to_owned())
     }
 
     /// The whole `Set-Cookie` header of the session cookie.
