@@ -45,6 +45,14 @@ pub struct Config {
     /// Model asked for by the AI route.
     #[arg(long, env = "OPENAI_MODEL", default_value = "gpt-4o-mini")]
     pub openai_model: String,
+
+    /// Signing secret(s) of the Stripe webhook endpoint (`whsec_…`), comma-separated while a secret is rolled.
+    #[arg(long, env = "STRIPE_WEBHOOK_SECRET", hide_env_values = true)]
+    pub stripe_webhook_secret: Option<String>,
+
+    /// How far a webhook signature's timestamp may be from now, in seconds (either way).
+    #[arg(long, env = "STRIPE_WEBHOOK_TOLERANCE_SECONDS", default_value_t = 300)]
+    pub stripe_webhook_tolerance_seconds: i64,
 }
 
 /// A usage limit as configured: `None` means unlimited. (A newtype so clap does not read `Option` as "optional".)
@@ -65,6 +73,18 @@ pub fn parse_usage_limit(raw: &str) -> Result<UsageLimit, AppError> {
 }
 
 impl Config {
+    /// The configured webhook secrets, trimmed, without empty entries.
+    pub fn stripe_webhook_secrets(&self) -> Vec<String> {
+        self.stripe_webhook_secret
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Whether cookies must carry the `Secure` attribute (Tally is served over https).
     pub fn secure_cookies(&self) -> bool {
         self.public_url.starts_with("https://")
@@ -84,6 +104,8 @@ impl std::fmt::Debug for Config {
             .field("openai_api_key", &self.openai_api_key.as_ref().map(|_| "<hidden>"))
             .field("openai_base_url", &self.openai_base_url)
             .field("openai_model", &self.openai_model)
+            .field("stripe_webhook_secret", &self.stripe_webhook_secret.as_ref().map(|_| "<hidden>"))
+            .field("stripe_webhook_tolerance_seconds", &self.stripe_webhook_tolerance_seconds)
             .finish()
     }
 }
@@ -119,7 +141,11 @@ mod tests {
             openai_api_key: Some("sk-s3cret".into()),
             openai_base_url: "http://127.0.0.1:9".into(),
             openai_model: "gpt-4o-mini".into(),
+            stripe_webhook_secret: Some(" whsec_a , whsec_b,".into()),
+            stripe_webhook_tolerance_seconds: 300,
         };
+        assert_eq!(config.stripe_webhook_secrets(), ["whsec_a", "whsec_b"]);
+        assert!(!format!("{config:?}").contains("whsec_"));
         assert!(!format!("{config:?}").contains("s3cret"));
         assert!(config.secure_cookies());
     }

@@ -38,6 +38,9 @@ pub enum AppError {
     /// Recording would take the user past their hard usage limit for the period; nothing was recorded.
     #[error("usage limit reached: {remaining} of {limit} remain this period")]
     LimitExceeded { limit: i64, remaining: i64 },
+    /// A feature is not configured or a dependency is down; worth retrying later.
+    #[error("{0}")]
+    Unavailable(String),
     /// A service Tally depends on (the AI provider) failed or answered nonsense.
     #[error("{0}")]
     Upstream(String),
@@ -61,6 +64,7 @@ impl AppError {
             AppError::LimitExceeded { .. } => 429,
             AppError::Internal => 500,
             AppError::Upstream(_) | AppError::Transport(_) => 502,
+            AppError::Unavailable(_) => 503,
         }
     }
 
@@ -76,6 +80,7 @@ impl AppError {
             AppError::InvalidEvents(_) => "invalid_events",
             AppError::LimitExceeded { .. } => "limit_exceeded",
             AppError::Upstream(_) => "upstream",
+            AppError::Unavailable(_) => "unavailable",
             AppError::Internal => "internal",
             AppError::Transport(_) => "transport",
         }
@@ -140,6 +145,7 @@ impl TryFrom<WireError> for AppError {
                 remaining: wire.remaining.ok_or("limit_exceeded without remaining")?,
             },
             "upstream" => AppError::Upstream(wire.error),
+            "unavailable" => AppError::Unavailable(wire.error),
             "internal" => AppError::Internal,
             "transport" => AppError::Transport(strip(TRANSPORT_PREFIX)),
             other => return Err(format!("unknown error code {other:?}")),
@@ -267,6 +273,7 @@ mod tests {
             AppError::InvalidEvents(vec![EventProblem { index: 3, error: "quantity must be positive".into() }]),
             AppError::LimitExceeded { limit: 1_000, remaining: 12 },
             AppError::Upstream("the AI provider answered 500".into()),
+            AppError::Unavailable("Stripe webhooks are not configured".into()),
             AppError::Internal,
             AppError::Transport("connection refused".into()),
         ] {

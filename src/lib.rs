@@ -6,6 +6,7 @@
 pub mod ai;
 pub mod app;
 pub mod auth;
+pub mod billing;
 pub mod components;
 pub mod error;
 pub mod pages;

@@ -41,6 +41,7 @@ pub fn router(state: AppState, routes: Vec<AxumRouteListing>) -> Router {
         .with_expiry(Expiry::OnInactivity(time::Duration::days(SESSION_IDLE_DAYS)));
 
     Router::new()
+        .route(crate::billing::webhook::PATH, axum::routing::post(crate::billing::webhook::receive))
         .leptos_routes(&state, routes, {
             let options = state.leptos_options.clone();
             move || shell(options.clone())

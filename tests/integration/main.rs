@@ -11,3 +11,4 @@ mod ingest;
 mod pages;
 mod security;
 mod usage;
+mod webhooks;

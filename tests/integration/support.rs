@@ -18,6 +18,8 @@ use uuid::Uuid;
 
 /// The default usage limit of accounts created by sign-up in these tests.
 pub const DEFAULT_LIMIT: i64 = 50_000;
+/// The Stripe webhook secret the app under test is configured with.
+pub const WEBHOOK_SECRET: &str = "whsec_test_secret";
 /// A password that passes validation.
 pub const PASSWORD: &str = "correct horse battery";
 
@@ -41,6 +43,8 @@ pub fn config() -> Config {
         openai_api_key: None,
         openai_base_url: "http://127.0.0.1:9/v1".into(),
         openai_model: "gpt-4o-mini".into(),
+        stripe_webhook_secret: Some(WEBHOOK_SECRET.into()),
+        stripe_webhook_tolerance_seconds: 300,
     }
 }
 

@@ -1,0 +1,254 @@
+//! What each Stripe event does to the database. Every function runs inside the webhook's transaction, after the
+//! event id was claimed in `stripe_events`, and returns the outcome recorded there.
+//!
+//! Shapes handled: snapshot events (`{"object": "event", "data": {"object": …}}`) of current API versions (basil
+//! and later: `parent.subscription_details`, subscription periods on `items.data[]`) and older ones (top-level
+//! `subscription`, top-level `current_period_*`), and thin v2 event notifications (`"object": "v2.core.event"`).
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{Postgres, Transaction};
+use uuid::Uuid;
+
+/// What an event did, as recorded in `stripe_events.outcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    /// A type Tally does not act on.
+    Ignored,
+    /// No user has the event's customer; visible to operators.
+    Unmatched,
+    /// Older than the state already stored for the object.
+    Stale,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Ignored => "ignored",
+            Outcome::Unmatched => "unmatched",
+            Outcome::Stale => "stale",
+        }
+    }
+}
+
+/// An event's envelope, read from either shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    pub id: String,
+    pub kind: String,
+    pub created: DateTime<Utc>,
+    pub livemode: bool,
+    pub api_version: Option<String>,
+    /// `data.object` of snapshot events; `Value::Null` for thin events.
+    pub object: Value,
+    /// `related_object.id` of thin events.
+    pub related_object: Option<String>,
+}
+
+/// Reads the envelope; `Err` is a short reason for a 400.
+pub fn envelope(event: &Value) -> Result<Envelope, String> {
+    let id = event["id"].as_str().filter(|id| !id.is_empty()).ok_or("event has no id")?.to_owned();
+    let kind = event["type"].as_str().ok_or("event has no type")?.to_owned();
+    let created = match &event["created"] {
+        Value::Number(n) => n.as_i64().and_then(|s| DateTime::from_timestamp(s, 0)),
+        Value::String(s) => DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc)),
+        _ => None,
+    }
+    .ok_or("event has no valid created time")?;
+    let thin = event["object"] == "v2.core.event";
+    let object = if thin { Value::Null } else { event["data"]["object"].clone() };
+    if !thin && !object.is_object() {
+        return Err("event has no data.object".into());
+    }
+    Ok(Envelope {
+        id,
+        kind,
+        created,
+        livemode: event["livemode"].as_bool().unwrap_or(false),
+        api_version: event["api_version"].as_str().map(str::to_owned),
+        object,
+        related_object: event["related_object"]["id"].as_str().map(str::to_owned),
+    })
+}
+
+/// The customer id an event is about, when it is about one (expanded objects carry it as `customer.id`).
+pub fn customer_of(envelope: &Envelope) -> Option<String> {
+    let customer = &envelope.object["customer"];
+    customer.as_str().or_else(|| customer["id"].as_str()).map(str::to_owned)
+}
+
+/// Applies `envelope` and says what it did.
+pub async fn apply(tx: &mut Transaction<'_, Postgres>, envelope: &Envelope) -> Result<Outcome, sqlx::Error> {
+    match envelope.kind.as_str() {
+        "invoice.paid" | "invoice.payment_succeeded" => invoice(tx, envelope, "paid").await,
+        "invoice.payment_failed" => invoice(tx, envelope, "payment_failed").await,
+        "customer.subscription.created" | "customer.subscription.updated" | "customer.subscription.deleted" => {
+            subscription(tx, envelope).await
+        }
+        "checkout.session.completed" => checkout_completed(tx, envelope).await,
+        "v1.billing.meter.error_report_triggered" => meter_error_report(tx, envelope).await,
+        _ => Ok(Outcome::Ignored),
+    }
+}
+
+async fn user_of_customer(tx: &mut Transaction<'_, Postgres>, customer: &str) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM users WHERE stripe_customer_id = $1")
+        .bind(customer)
+        .fetch_optional(&mut **tx)
+        .await
+}
+
+fn timestamp(value: &Value) -> Option<DateTime<Utc>> {
+    value.as_i64().and_then(|s| DateTime::from_timestamp(s, 0))
+}
+
+/// The id of an object field that may be a string id or an expanded object.
+fn id_of(value: &Value) -> Option<String> {
+    value.as_str().or_else(|| value["id"].as_str()).map(str::to_owned)
+}
+
+/// The service period an invoice bills: the span of its lines' periods. The invoice's own `period_start/end` look
+/// one period back on renewals (and are a single instant on a first invoice), so they are not used.
+fn billed_period(invoice: &Value) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+    let lines = invoice["lines"]["data"].as_array()?;
+    let start = lines.iter().filter_map(|l| timestamp(&l["period"]["start"])).min()?;
+    let end = lines.iter().filter_map(|l| timestamp(&l["period"]["end"])).max()?;
+    Some((start, end))
+}
+
+async fn invoice(
+    tx: &mut Transaction<'_, Postgres>,
+    envelope: &Envelope,
+    status: &str,
+) -> Result<Outcome, sqlx::Error> {
+    let invoice = &envelope.object;
+    let (Some(invoice_id), Some(customer)) = (invoice["id"].as_str(), customer_of(envelope)) else {
+        return Ok(Outcome::Ignored);
+    };
+    let Some(user_id) = user_of_customer(tx, &customer).await? else {
+        return Ok(Outcome::Unmatched);
+    };
+    let (period_start, period_end) = billed_period(invoice)
+        .or_else(|| Some((timestamp(&invoice["period_start"])?, timestamp(&invoice["period_end"])?)))
+        .unwrap_or((envelope.created, envelope.created));
+    // basil and later: parent.subscription_details.subscription; before: a top-level `subscription`.
+    let subscription =
+        id_of(&invoice["parent"]["subscription_details"]["subscription"]).or_else(|| id_of(&invoice["subscription"]));
+    let amount_paid = if status == "paid" { invoice["amount_paid"].as_i64().unwrap_or(0) } else { 0 };
+    let currency = invoice["currency"].as_str().unwrap_or("usd").to_lowercase();
+    let paid_at = if status == "paid" {
+        timestamp(&invoice["status_transitions"]["paid_at"]).or(Some(envelope.created))
+    } else {
+        None
+    };
+    // invoice.paid and invoice.payment_succeeded describe the same payment: one row per invoice. A failure never
+    // overwrites a payment that was already recorded.
+    sqlx::query(
+        "INSERT INTO billing_cycles (id, user_id, stripe_invoice_id, stripe_subscription_id, period_start, period_end,
+                                     amount_paid, currency, paid_at, status)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         ON CONFLICT (stripe_invoice_id) DO UPDATE
+           SET amount_paid = EXCLUDED.amount_paid, paid_at = EXCLUDED.paid_at, status = EXCLUDED.status,
+               period_start = EXCLUDED.period_start, period_end = EXCLUDED.period_end
+           WHERE billing_cycles.status <> 'paid' OR EXCLUDED.status = 'paid'",
+    )
+    .bind(Uuid::new_v4())
+    .bind(user_id)
+    .bind(invoice_id)
+    .bind(subscription)
+    .bind(period_start)
+    .bind(period_end.max(period_start))
+    .bind(amount_paid.max(0))
+    .bind(currency)
+    .bind(paid_at)
+    .bind(status)
+    .execute(&mut **tx)
+    .await?;
+    Ok(Outcome::Applied)
+}
+
+async fn subscription(tx: &mut Transaction<'_, Postgres>, envelope: &Envelope) -> Result<Outcome, sqlx::Error> {
+    let sub = &envelope.object;
+    let (Some(id), Some(customer)) = (sub["id"].as_str(), customer_of(envelope)) else {
+        return Ok(Outcome::Ignored);
+    };
+    let status = if envelope.kind == "customer.subscription.deleted" {
+        "canceled"
+    } else {
+        sub["status"].as_str().unwrap_or("incomplete")
+    };
+    // Current API versions keep the period on the subscription items; older ones on the subscription.
+    let item = &sub["items"]["data"][0];
+    let period_start = timestamp(&item["current_period_start"]).or_else(|| timestamp(&sub["current_period_start"]));
+    let period_end = timestamp(&item["current_period_end"]).or_else(|| timestamp(&sub["current_period_end"]));
+    let user_id = user_of_customer(tx, &customer).await?;
+    // Applied only when newer than the stored state; at the same second, a cancellation is never undone.
+    let written = sqlx::query(
+        "INSERT INTO subscriptions (stripe_subscription_id, stripe_customer_id, user_id, status, current_period_start,
+                                    current_period_end, cancel_at_period_end, state_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (stripe_subscription_id) DO UPDATE
+           SET status = EXCLUDED.status, user_id = COALESCE(EXCLUDED.user_id, subscriptions.user_id),
+               current_period_start = EXCLUDED.current_period_start, current_period_end = EXCLUDED.current_period_end,
+               cancel_at_period_end = EXCLUDED.cancel_at_period_end, state_at = EXCLUDED.state_at, updated_at = now()
+           WHERE EXCLUDED.state_at > subscriptions.state_at
+              OR (EXCLUDED.state_at = subscriptions.state_at AND subscriptions.status <> 'canceled')",
+    )
+    .bind(id)
+    .bind(&customer)
+    .bind(user_id)
+    .bind(status)
+    .bind(period_start)
+    .bind(period_end)
+    .bind(sub["cancel_at_period_end"].as_bool().unwrap_or(false))
+    .bind(envelope.created)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    Ok(match (written, user_id) {
+        (0, _) => Outcome::Stale,
+        (_, None) => Outcome::Unmatched,
+        _ => Outcome::Applied,
+    })
+}
+
+/// Links the Checkout's customer to the user named by `client_reference_id` (a user id set when the session was
+/// created), unless the user already has another customer.
+async fn checkout_completed(tx: &mut Transaction<'_, Postgres>, envelope: &Envelope) -> Result<Outcome, sqlx::Error> {
+    let session = &envelope.object;
+    let user = session["client_reference_id"].as_str().and_then(|id| id.parse::<Uuid>().ok());
+    let (Some(user), Some(customer)) = (user, customer_of(envelope)) else {
+        return Ok(Outcome::Unmatched);
+    };
+    let linked = sqlx::query(
+        "UPDATE users SET stripe_customer_id = $2 WHERE id = $1 AND (stripe_customer_id IS NULL OR stripe_customer_id = $2)",
+    )
+    .bind(user)
+    .bind(&customer)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if linked == 0 {
+        return Ok(Outcome::Unmatched);
+    }
+    // Subscription events that arrived before the link now belong to the user.
+    sqlx::query("UPDATE subscriptions SET user_id = $1 WHERE stripe_customer_id = $2 AND user_id IS NULL")
+        .bind(user)
+        .bind(&customer)
+        .execute(&mut **tx)
+        .await?;
+    Ok(Outcome::Applied)
+}
+
+/// Thin events carry no details (they are fetched from Stripe later, outside the request); the report is stored.
+async fn meter_error_report(tx: &mut Transaction<'_, Postgres>, envelope: &Envelope) -> Result<Outcome, sqlx::Error> {
+    sqlx::query("INSERT INTO meter_error_reports (stripe_event_id, meter_id, reported_at) VALUES ($1, $2, $3)")
+        .bind(&envelope.id)
+        .bind(&envelope.related_object)
+        .bind(envelope.created)
+        .execute(&mut **tx)
+        .await?;
+    Ok(Outcome::Applied)
+}

@@ -1,0 +1,65 @@
+//! `POST /api/stripe/webhook`: a plain axum route over the raw body (the signature covers the exact bytes).
+//!
+//! Order of work: verify the signature, parse, then in one transaction claim the event id in `stripe_events` and
+//! apply the event's effect. A redelivery (or a concurrent duplicate, which waits on the id's unique index) finds
+//! the id taken and is answered 200 without changing anything. No Stripe API call happens inside the request.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::{events, signature};
+use crate::error::AppError;
+use crate::state::AppState;
+
+/// Where Stripe delivers events.
+pub const PATH: &str = "/api/stripe/webhook";
+
+/// Receives one Stripe event.
+pub async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>, AppError> {
+    let secrets = state.config.stripe_webhook_secrets();
+    if secrets.is_empty() {
+        tracing::error!("a Stripe webhook arrived but STRIPE_WEBHOOK_SECRET is not set");
+        return Err(AppError::Unavailable("Stripe webhooks are not configured".into()));
+    }
+    let header = headers.get("stripe-signature").and_then(|v| v.to_str().ok());
+    let now = chrono::Utc::now().timestamp();
+    signature::verify(&body, header, &secrets, now, state.config.stripe_webhook_tolerance_seconds)
+        .map_err(|err| AppError::BadRequest(format!("invalid Stripe signature: {err}")))?;
+    let event: Value =
+        serde_json::from_slice(&body).map_err(|_| AppError::BadRequest("event payload is not JSON".into()))?;
+    let envelope = events::envelope(&event).map_err(AppError::BadRequest)?;
+
+    let mut tx = state.pool.begin().await?;
+    let claimed: Option<String> = sqlx::query_scalar(
+        "INSERT INTO stripe_events (id, type, created, livemode, api_version, stripe_customer_id, outcome, payload)
+         VALUES ($1, $2, $3, $4, $5, $6, 'ignored', $7)
+         ON CONFLICT (id) DO NOTHING
+         RETURNING id",
+    )
+    .bind(&envelope.id)
+    .bind(&envelope.kind)
+    .bind(envelope.created)
+    .bind(envelope.livemode)
+    .bind(&envelope.api_version)
+    .bind(events::customer_of(&envelope))
+    .bind(sqlx::types::Json(&event))
+    .fetch_optional(&mut *tx)
+    .await?;
+    if claimed.is_none() {
+        return Ok(Json(json!({ "received": true, "duplicate": true })));
+    }
+    let outcome = events::apply(&mut tx, &envelope).await?;
+    sqlx::query("UPDATE stripe_events SET outcome = $2 WHERE id = $1")
+        .bind(&envelope.id)
+        .bind(outcome.as_str())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    if outcome == events::Outcome::Unmatched {
+        tracing::warn!(event = %envelope.id, kind = %envelope.kind, "Stripe event for a customer no user has");
+    }
+    Ok(Json(json!({ "received": true, "duplicate": false, "outcome": outcome.as_str() })))
+}
