@@ -27,6 +27,23 @@ pub enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Apikey(ApiKeyCommand),
+    /// Stripe: sync state and customer links.
+    #[command(subcommand)]
+    Stripe(StripeCommand),
+}
+
+/// `tally stripe …`
+#[derive(Subcommand, Debug)]
+pub enum StripeCommand {
+    /// Undelivered meter events by state, webhook events no user matched, meter error reports.
+    Status,
+    /// Link an account to an existing Stripe customer.
+    Link {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        customer: String,
+    },
 }
 
 /// `tally apikey …`
@@ -91,12 +108,50 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("created account {} ({id}), {limit}", email.trim().to_lowercase());
             Ok(())
         }
+        Command::Stripe(command) => {
+            let pool = crate::db::connect(&cli.config).await?;
+            crate::db::migrate(&pool).await?;
+            stripe_command(&pool, command).await
+        }
         Command::Apikey(command) => {
             let pool = crate::db::connect(&cli.config).await?;
             crate::db::migrate(&pool).await?;
             api_key_command(&pool, command).await
         }
     }
+}
+
+async fn stripe_command(pool: &sqlx::PgPool, command: StripeCommand) -> anyhow::Result<()> {
+    use crate::billing::status;
+
+    match command {
+        StripeCommand::Status => {
+            let state = status::read(pool).await?;
+            println!("meter events (outbox):");
+            if state.outbox.is_empty() {
+                println!("  none recorded yet");
+            }
+            for (outbox_status, count) in &state.outbox {
+                let why = match outbox_status.as_str() {
+                    "awaiting_customer" => "  (the user has no Stripe customer yet: `tally stripe link`)",
+                    "pending" => "  (not yet sent to Stripe: delivery is not built yet, see issue #4)",
+                    _ => "",
+                };
+                println!("  {outbox_status:<18} {count:>10}{why}");
+            }
+            println!("webhook events no user matched: {}", state.unmatched_events);
+            for (id, kind, customer, received) in &state.latest_unmatched {
+                let customer = customer.as_deref().unwrap_or("-");
+                println!("  {id}  {kind}  customer {customer}  received {}", received.format("%Y-%m-%d %H:%M UTC"));
+            }
+            println!("meter error reports from Stripe: {}", state.meter_error_reports);
+        }
+        StripeCommand::Link { email, customer } => {
+            status::link_customer(pool, &email, &customer).await?;
+            println!("linked {} to {customer}", email.trim().to_lowercase());
+        }
+    }
+    Ok(())
 }
 
 async fn api_key_command(pool: &sqlx::PgPool, command: ApiKeyCommand) -> anyhow::Result<()> {

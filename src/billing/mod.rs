@@ -1,8 +1,112 @@
-//! Billing: Stripe webhooks (signature, dedupe, subscriptions, paid invoices).
+//! Billing: Stripe webhooks (signature, dedupe, subscriptions, paid invoices) and the billing history users see.
+
+use chrono::{DateTime, Utc};
+use leptos::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::error::AppError;
 
 #[cfg(feature = "ssr")]
 pub mod events;
 #[cfg(feature = "ssr")]
+pub mod history;
+#[cfg(feature = "ssr")]
 pub mod signature;
 #[cfg(feature = "ssr")]
+pub mod status;
+#[cfg(feature = "ssr")]
 pub mod webhook;
+
+/// The user's Stripe subscription as last reported by Stripe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(sqlx::FromRow))]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionInfo {
+    pub status: String,
+    pub current_period_start: Option<DateTime<Utc>>,
+    pub current_period_end: Option<DateTime<Utc>>,
+    pub cancel_at_period_end: bool,
+}
+
+/// One invoice: paid, or a failed payment attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(sqlx::FromRow))]
+#[serde(rename_all = "camelCase")]
+pub struct BillingCycle {
+    pub stripe_invoice_id: String,
+    /// First and last day of the billed period in the billing time zone (`YYYY-MM-DD`).
+    pub first_day: String,
+    pub last_day: String,
+    /// Minor units of `currency`.
+    pub amount_paid: i64,
+    pub currency: String,
+    /// `paid` or `payment_failed`.
+    pub status: String,
+}
+
+/// What the dashboard shows about billing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BillingOverview {
+    pub subscription: Option<SubscriptionInfo>,
+    /// Newest first.
+    pub cycles: Vec<BillingCycle>,
+}
+
+/// The signed-in user's subscription and invoices.
+#[server(endpoint = "billing/overview")]
+pub async fn get_billing_overview() -> Result<BillingOverview, AppError> {
+    let state = crate::state::AppState::current()?;
+    let user_id = crate::auth::session::require_user_id().await?;
+    history::overview(&state.pool, user_id, &state.config.billing_timezone).await
+}
+
+/// Currencies whose amounts have no minor unit (Stripe's zero-decimal list).
+const ZERO_DECIMAL: &[&str] =
+    &["bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv", "xaf", "xof", "xpf"];
+/// Currencies with three decimals.
+const THREE_DECIMAL: &[&str] = &["bhd", "jod", "kwd", "omr", "tnd"];
+
+/// Formats an amount in minor units for its currency: `190 usd` → `$1.90`, `1500 jpy` → `¥1,500`.
+pub fn format_money(amount_minor: i64, currency: &str) -> String {
+    let currency = currency.to_ascii_lowercase();
+    let decimals: u32 = if ZERO_DECIMAL.contains(&currency.as_str()) {
+        0
+    } else if THREE_DECIMAL.contains(&currency.as_str()) {
+        3
+    } else {
+        2
+    };
+    let scale = 10_i64.pow(decimals);
+    let whole = crate::components::usage_meter::format_thousands(amount_minor.abs() / scale);
+    let sign = if amount_minor < 0 { "-" } else { "" };
+    let number = if decimals == 0 {
+        whole
+    } else {
+        format!("{whole}.{:0width$}", amount_minor.abs() % scale, width = decimals as usize)
+    };
+    match currency.as_str() {
+        "jpy" => format!("{sign}¥{number}"),
+        "usd" => format!("{sign}${number}"),
+        "eur" => format!("{sign}€{number}"),
+        "gbp" => format!("{sign}£{number}"),
+        other => format!("{sign}{number} {}", other.to_uppercase()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_money;
+
+    #[test]
+    fn money_is_formatted_by_its_currencys_minor_unit() {
+        assert_eq!(format_money(190, "usd"), "$1.90");
+        assert_eq!(format_money(123_456_789, "usd"), "$1,234,567.89");
+        assert_eq!(format_money(1_500, "jpy"), "¥1,500");
+        assert_eq!(format_money(5, "JPY"), "¥5");
+        assert_eq!(format_money(1_234, "kwd"), "1.234 KWD");
+        assert_eq!(format_money(7, "eur"), "€0.07");
+        assert_eq!(format_money(-250, "gbp"), "-£2.50");
+        assert_eq!(format_money(100, "krw"), "100 KRW");
+    }
+}

@@ -4,7 +4,7 @@ use leptos::prelude::*;
 use leptos_router::components::Redirect;
 
 use crate::auth::{get_current_user, Logout};
-use crate::components::{AiPrompt, ApiKeys, UsageMeter};
+use crate::components::{AiPrompt, ApiKeys, BillingHistory, UsageMeter};
 use crate::error::AppError;
 use crate::usage::{get_usage_summary, UsageSummary};
 
@@ -66,6 +66,7 @@ fn Dashboard(email: String) -> impl IntoView {
         <section class="card">
             <AiPrompt on_answer=move |_| summary.refetch() />
         </section>
+        <BillingHistory />
         <ApiKeys />
     }
 }

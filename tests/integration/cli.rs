@@ -117,3 +117,37 @@ async fn apikey_create_list_and_revoke(pool: PgPool) {
     assert!(!unknown.status.success());
     assert!(text(&unknown).contains("no account for nobody@example.com"));
 }
+
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn stripe_link_moves_waiting_events_and_status_reports_them(pool: PgPool) {
+    assert!(tally(&pool, &["user", "create", "--email", "ops@example.com", "--password", "operator password"])
+        .status
+        .success());
+    let user: uuid::Uuid = sqlx::query_scalar("SELECT id FROM users").fetch_one(&pool).await.unwrap();
+    let event = uuid::Uuid::new_v4();
+    sqlx::query("INSERT INTO usage_events (id, user_id, event_type, quantity) VALUES ($1, $2, 'ai_token_consumed', 5)")
+        .bind(event)
+        .bind(user)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO meter_event_outbox (usage_event_id, user_id, status) VALUES ($1, $2, 'awaiting_customer')",
+    )
+    .bind(event)
+    .bind(user)
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let status = text(&tally(&pool, &["stripe", "status"]));
+    assert!(status.contains("awaiting_customer") && status.contains("tally stripe link"), "{status}");
+
+    let bad = tally(&pool, &["stripe", "link", "--email", "ops@example.com", "--customer", "acct_123"]);
+    assert!(!bad.status.success() && text(&bad).contains("not a Stripe customer id"));
+    let linked = tally(&pool, &["stripe", "link", "--email", "ops@example.com", "--customer", "cus_ops1"]);
+    assert!(linked.status.success(), "{}", text(&linked));
+    let outbox: String = sqlx::query_scalar("SELECT status FROM meter_event_outbox").fetch_one(&pool).await.unwrap();
+    assert_eq!(outbox, "pending");
+    assert!(text(&tally(&pool, &["stripe", "status"])).contains("pending"));
+}

@@ -283,3 +283,37 @@ async fn without_a_secret_the_webhook_is_unavailable(pool: PgPool) {
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(app.count("stripe_events").await, 0);
 }
+
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn the_dashboard_shows_the_billing_history_and_a_failed_payment(pool: PgPool) {
+    let app = app(pool);
+    let cookie = app.signup("ada@example.com").await;
+    let user = app.user_id("ada@example.com").await;
+    sqlx::query("UPDATE users SET stripe_customer_id = 'cus_TESTfixture0001' WHERE id = $1")
+        .bind(user)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    deliver(&app, &fixture("event.invoice.payment_succeeded.basil.json")).await;
+    let mut failed = fixture_json("event.invoice.payment_succeeded.acacia-pre-basil.json");
+    failed["id"] = json!("evt_failed");
+    failed["type"] = json!("invoice.payment_failed");
+    failed["data"]["object"]["id"] = json!("in_failed");
+    failed["data"]["object"]["currency"] = json!("jpy");
+    failed["data"]["object"]["lines"]["data"][0]["period"] = json!({"start": 1_749_500_000, "end": 1_752_100_000});
+    deliver(&app, failed.to_string().as_bytes()).await;
+
+    let overview = app.post_form("/api/billing/overview", &[], Some(&cookie)).await.json();
+    let cycles = overview["cycles"].as_array().unwrap();
+    assert_eq!(cycles.len(), 2);
+    assert_eq!((cycles[0]["status"].as_str(), cycles[0]["amountPaid"].as_i64()), (Some("payment_failed"), Some(0)));
+    // 1746800000 is 2025-05-09 23:13 in Tokyo; the period ends (exclusive) at 2025-05-10 23:13.
+    assert_eq!(
+        (cycles[1]["firstDay"].as_str(), cycles[1]["lastDay"].as_str()),
+        (Some("2025-05-09"), Some("2025-05-10"))
+    );
+
+    let html = app.get("/", Some(&cookie)).await.body;
+    assert!(html.contains("$1.90"), "paid amount in its currency");
+    assert!(html.contains("payment failed"));
+}
