@@ -29,6 +29,7 @@ export default defineConfig({
           TALLY_PUBLIC_URL: baseURL,
           TALLY_DEFAULT_USAGE_LIMIT: "100000",
           BILLING_TIMEZONE: "Asia/Tokyo",
+          STRIPE_WEBHOOK_SECRET: "whsec_e2e_endpoint_secret",
           RUST_LOG: "warn",
         },
       }
