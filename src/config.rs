@@ -50,6 +50,18 @@ pub struct Config {
     #[arg(long, env = "STRIPE_WEBHOOK_SECRET", hide_env_values = true)]
     pub stripe_webhook_secret: Option<String>,
 
+    /// Stripe secret key (`sk_…`); without it nothing is sent to Stripe and Checkout is not offered.
+    #[arg(long, env = "STRIPE_SECRET_KEY", hide_env_values = true)]
+    pub stripe_secret_key: Option<String>,
+
+    /// Stripe's API address (a test double's in tests).
+    #[arg(long, env = "STRIPE_API_BASE", default_value = "https://api.stripe.com")]
+    pub stripe_api_base: String,
+
+    /// The metered price new subscriptions get (`price_…`, printed by the Stripe setup).
+    #[arg(long, env = "STRIPE_PRICE_ID")]
+    pub stripe_price_id: Option<String>,
+
     /// How far a webhook signature's timestamp may be from now, in seconds (either way).
     #[arg(long, env = "STRIPE_WEBHOOK_TOLERANCE_SECONDS", default_value_t = 300)]
     pub stripe_webhook_tolerance_seconds: i64,
@@ -106,6 +118,9 @@ impl std::fmt::Debug for Config {
             .field("openai_model", &self.openai_model)
             .field("stripe_webhook_secret", &self.stripe_webhook_secret.as_ref().map(|_| "<hidden>"))
             .field("stripe_webhook_tolerance_seconds", &self.stripe_webhook_tolerance_seconds)
+            .field("stripe_secret_key", &self.stripe_secret_key.as_ref().map(|_| "<hidden>"))
+            .field("stripe_api_base", &self.stripe_api_base)
+            .field("stripe_price_id", &self.stripe_price_id)
             .finish()
     }
 }
@@ -143,6 +158,9 @@ mod tests {
             openai_model: "gpt-4o-mini".into(),
             stripe_webhook_secret: Some(" whsec_a , whsec_b,".into()),
             stripe_webhook_tolerance_seconds: 300,
+            stripe_secret_key: Some("sk_test_s3cret".into()),
+            stripe_api_base: "http://127.0.0.1:12111".into(),
+            stripe_price_id: None,
         };
         assert_eq!(config.stripe_webhook_secrets(), ["whsec_a", "whsec_b"]);
         assert!(!format!("{config:?}").contains("whsec_"));

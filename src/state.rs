@@ -23,6 +23,8 @@ pub struct AppState {
     pub writer: UsageWriter,
     /// Outbound HTTP (the AI provider); one client, so connections are reused.
     pub http: reqwest::Client,
+    /// The Stripe API, when `STRIPE_SECRET_KEY` is set.
+    pub stripe: Option<crate::billing::stripe::StripeClient>,
 }
 
 impl AppState {
@@ -31,7 +33,11 @@ impl AppState {
         let clock = Arc::new(PeriodClock::new(pool.clone(), config.billing_timezone.clone()));
         let writer = UsageWriter::start(pool.clone(), clock.clone(), config.ingest_writers);
         let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60)).build().unwrap_or_default();
-        AppState { leptos_options, pool, config: Arc::new(config), clock, writer, http }
+        let stripe = config
+            .stripe_secret_key
+            .as_deref()
+            .map(|key| crate::billing::stripe::StripeClient::new(http.clone(), &config.stripe_api_base, key));
+        AppState { leptos_options, pool, config: Arc::new(config), clock, writer, http, stripe }
     }
 
     /// The state of the request being served (inside a server function or an SSR render).

@@ -34,5 +34,14 @@ pub async fn overview(pool: &PgPool, user_id: Uuid, timezone: &str) -> Result<Bi
     .bind(SHOWN_CYCLES)
     .fetch_all(pool)
     .await?;
-    Ok(BillingOverview { subscription, cycles })
+    Ok(BillingOverview { subscription, can_subscribe: false, cycles })
+}
+
+/// The email and Stripe customer (if linked) Checkout is opened for.
+pub async fn checkout_identity(pool: &PgPool, user_id: Uuid) -> Result<(String, Option<String>), AppError> {
+    sqlx::query_as("SELECT email, stripe_customer_id FROM users WHERE id = $1")
+        .bind(user_id)
+        .fetch_optional(pool)
+        .await?
+        .ok_or(AppError::Unauthorized)
 }

@@ -15,6 +15,8 @@ pub mod signature;
 #[cfg(feature = "ssr")]
 pub mod status;
 #[cfg(feature = "ssr")]
+pub mod stripe;
+#[cfg(feature = "ssr")]
 pub mod webhook;
 
 /// The user's Stripe subscription as last reported by Stripe.
@@ -49,6 +51,8 @@ pub struct BillingCycle {
 #[serde(rename_all = "camelCase")]
 pub struct BillingOverview {
     pub subscription: Option<SubscriptionInfo>,
+    /// Stripe Checkout is configured and the user has no live subscription: offer "Subscribe".
+    pub can_subscribe: bool,
     /// Newest first.
     pub cycles: Vec<BillingCycle>,
 }
@@ -58,7 +62,43 @@ pub struct BillingOverview {
 pub async fn get_billing_overview() -> Result<BillingOverview, AppError> {
     let state = crate::state::AppState::current()?;
     let user_id = crate::auth::session::require_user_id().await?;
-    history::overview(&state.pool, user_id, &state.config.billing_timezone).await
+    let mut overview = history::overview(&state.pool, user_id, &state.config.billing_timezone).await?;
+    let live = overview.subscription.as_ref().is_some_and(|s| LIVE_STATUSES.contains(&s.status.as_str()));
+    overview.can_subscribe = state.stripe.is_some() && state.config.stripe_price_id.is_some() && !live;
+    Ok(overview)
+}
+
+/// Subscription statuses that bill: a user in one of them is not offered another subscription.
+pub const LIVE_STATUSES: &[&str] = &["active", "trialing", "past_due", "unpaid", "incomplete"];
+
+/// Starts Stripe Checkout for the signed-in user's subscription and redirects the browser to it.
+#[server(endpoint = "billing/checkout")]
+pub async fn start_checkout() -> Result<(), AppError> {
+    let state = crate::state::AppState::current()?;
+    let user_id = crate::auth::session::require_user_id().await?;
+    let (Some(stripe), Some(price_id)) = (state.stripe.as_ref(), state.config.stripe_price_id.as_deref()) else {
+        return Err(AppError::Unavailable("subscriptions are not available: Stripe is not configured".into()));
+    };
+    let (email, customer) = history::checkout_identity(&state.pool, user_id).await?;
+    let base = state.config.public_url.trim_end_matches('/');
+    let (success_url, cancel_url) = (format!("{base}/?checkout=success"), format!("{base}/?checkout=cancelled"));
+    // One session per user and minute: a double click opens the same Checkout.
+    let idempotency_key = format!("checkout:{user_id}:{}", chrono::Utc::now().timestamp() / 60);
+    let checkout = stripe::Checkout {
+        user_id: &user_id.to_string(),
+        email: &email,
+        customer: customer.as_deref(),
+        price_id,
+        success_url: &success_url,
+        cancel_url: &cancel_url,
+        idempotency_key: &idempotency_key,
+    };
+    let url = stripe.create_checkout_session(&checkout).await.map_err(|err| {
+        tracing::warn!(%err, "Stripe Checkout failed");
+        AppError::Upstream("Stripe could not start the checkout; try again in a moment".into())
+    })?;
+    leptos_axum::redirect(&url);
+    Ok(())
 }
 
 /// Currencies whose amounts have no minor unit (Stripe's zero-decimal list).

@@ -2,7 +2,7 @@
 
 use leptos::prelude::*;
 
-use crate::billing::{format_money, get_billing_overview, BillingOverview};
+use crate::billing::{format_money, get_billing_overview, BillingOverview, StartCheckout};
 
 /// Subscription status and billing history.
 #[component]
@@ -76,8 +76,30 @@ fn Overview(overview: BillingOverview) -> impl IntoView {
         }
         .into_any()
     };
+    let subscribe = overview.can_subscribe.then(|| view! { <Subscribe /> });
     view! {
         {subscription}
+        {subscribe}
         {cycles}
+    }
+}
+
+/// Opens Stripe Checkout (the server answers with a redirect; without JavaScript the form posts and follows it).
+#[component]
+fn Subscribe() -> impl IntoView {
+    let checkout = ServerAction::<StartCheckout>::new();
+    view! {
+        <ActionForm action=checkout attr:class="billing__subscribe">
+            <button type="submit" data-testid="subscribe" disabled=move || checkout.pending().get()>
+                "Subscribe"
+            </button>
+            {move || {
+                checkout
+                    .value()
+                    .get()
+                    .and_then(Result::err)
+                    .map(|err| view! { <p class="form-error" role="alert">{err.to_string()}</p> })
+            }}
+        </ActionForm>
     }
 }

@@ -5,6 +5,7 @@ mod support;
 
 mod ai;
 mod auth;
+mod checkout;
 mod cli;
 mod config_files;
 mod ingest;

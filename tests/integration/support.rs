@@ -45,6 +45,9 @@ pub fn config() -> Config {
         openai_model: "gpt-4o-mini".into(),
         stripe_webhook_secret: Some(WEBHOOK_SECRET.into()),
         stripe_webhook_tolerance_seconds: 300,
+        stripe_secret_key: None,
+        stripe_api_base: "http://127.0.0.1:9".into(),
+        stripe_price_id: None,
     }
 }
 
