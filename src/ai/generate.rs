@@ -26,7 +26,7 @@ pub struct Completion {
 
 /// Refuses with [`AppError::LimitExceeded`] when the user has a hard limit and nothing of it is left.
 pub async fn ensure_allowance(state: &AppState, user_id: Uuid) -> Result<(), AppError> {
-    let period = state.clock.containing(chrono::Utc::now()).await?;
+    let period = crate::usage::period::for_user(&state.pool, &state.clock, user_id, chrono::Utc::now()).await?;
     let summary =
         totals::summary(&state.pool, user_id, AI_TOKENS_EVENT, &period).await?.ok_or(AppError::Unauthorized)?;
     match summary.limit {

@@ -10,6 +10,8 @@ use serde_json::Value;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
+use crate::usage::period::Span;
+
 /// What an event did, as recorded in `stripe_events.outcome`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -184,6 +186,10 @@ async fn subscription(tx: &mut Transaction<'_, Postgres>, envelope: &Envelope) -
     let period_start = timestamp(&item["current_period_start"]).or_else(|| timestamp(&sub["current_period_start"]));
     let period_end = timestamp(&item["current_period_end"]).or_else(|| timestamp(&sub["current_period_end"]));
     let user_id = user_of_customer(tx, &customer).await?;
+    if let Some(user) = user_id {
+        // Before anything is read or written: wait for the user's in-flight usage writes, keep new ones out.
+        crate::usage::period::lock_user_exclusive(tx, user).await?;
+    }
     // Applied only when newer than the stored state; at the same second, a cancellation is never undone.
     let written = sqlx::query(
         "INSERT INTO subscriptions (stripe_subscription_id, stripe_customer_id, user_id, status, current_period_start,
@@ -207,11 +213,37 @@ async fn subscription(tx: &mut Transaction<'_, Postgres>, envelope: &Envelope) -
     .execute(&mut **tx)
     .await?
     .rows_affected();
+    if let (1, Some(user), Some(start), Some(end)) = (written, user_id, period_start, period_end) {
+        if end > start {
+            crate::usage::totals::rebuild(tx, user, Span { start, end }).await?;
+        }
+    }
     Ok(match (written, user_id) {
         (0, _) => Outcome::Stale,
         (_, None) => Outcome::Unmatched,
         _ => Outcome::Applied,
     })
+}
+
+/// Recounts the current periods of `customer`'s subscriptions, once they belong to `user`.
+pub async fn rebuild_linked_periods(
+    tx: &mut Transaction<'_, Postgres>,
+    user: Uuid,
+    customer: &str,
+) -> Result<(), sqlx::Error> {
+    let spans: Vec<(DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT current_period_start, current_period_end FROM subscriptions
+         WHERE stripe_customer_id = $1 AND user_id = $2
+           AND current_period_start IS NOT NULL AND current_period_end > current_period_start",
+    )
+    .bind(customer)
+    .bind(user)
+    .fetch_all(&mut **tx)
+    .await?;
+    for (start, end) in spans {
+        crate::usage::totals::rebuild(tx, user, Span { start, end }).await?;
+    }
+    Ok(())
 }
 
 /// Links the Checkout's customer to the user named by `client_reference_id` (a user id set when the session was
@@ -222,6 +254,8 @@ async fn checkout_completed(tx: &mut Transaction<'_, Postgres>, envelope: &Envel
     let (Some(user), Some(customer)) = (user, customer_of(envelope)) else {
         return Ok(Outcome::Unmatched);
     };
+    // Period lock first, row lock second: the order usage writers take them in.
+    crate::usage::period::lock_user_exclusive(tx, user).await?;
     let linked = sqlx::query(
         "UPDATE users SET stripe_customer_id = $2 WHERE id = $1 AND (stripe_customer_id IS NULL OR stripe_customer_id = $2)",
     )
@@ -233,12 +267,13 @@ async fn checkout_completed(tx: &mut Transaction<'_, Postgres>, envelope: &Envel
     if linked == 0 {
         return Ok(Outcome::Unmatched);
     }
-    // Subscription events that arrived before the link now belong to the user.
+    // Subscription events that arrived before the link now belong to the user, and so do their periods.
     sqlx::query("UPDATE subscriptions SET user_id = $1 WHERE stripe_customer_id = $2 AND user_id IS NULL")
         .bind(user)
         .bind(&customer)
         .execute(&mut **tx)
         .await?;
+    rebuild_linked_periods(tx, user, &customer).await?;
     Ok(Outcome::Applied)
 }
 

@@ -171,7 +171,7 @@ impl From<writer::Allowance> for AllowanceInfo {
 pub async fn get_usage_summary() -> Result<UsageSummary, AppError> {
     let state = crate::state::AppState::current()?;
     let user_id = crate::auth::session::require_user_id().await?;
-    let period = state.clock.containing(Utc::now()).await?;
+    let period = period::for_user(&state.pool, &state.clock, user_id, Utc::now()).await?;
     // A session whose account was deleted is no session.
     totals::summary(&state.pool, user_id, AI_TOKENS_EVENT, &period).await?.ok_or(AppError::Unauthorized)
 }

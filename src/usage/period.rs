@@ -1,14 +1,110 @@
 //! Billing periods: the one clock that the meter, the totals and (later) Stripe agree on.
 //!
-//! Until a user has a Stripe subscription, a period is a calendar month in `BILLING_TIMEZONE`. The month is cut
-//! by PostgreSQL's time zone database, the same one the `usage_monthly` view uses, so server and view agree.
+//! A user with a live Stripe subscription is billed for the subscription's current period, as Stripe reports it
+//! in webhooks. Everyone else (and any instant outside a known subscription period) falls in a calendar month of
+//! `BILLING_TIMEZONE`, cut by PostgreSQL's time zone database, the same one the `usage_monthly` view uses.
+//!
+//! Usage counters are kept per period (see `totals.rs`), so a period must never change under a writer: writers
+//! hold a shared per-user advisory lock ([`lock_users_shared`]) while they pick periods and count, and a webhook
+//! that changes a user's period holds it exclusively ([`lock_user_exclusive`]) while it recounts the new period.
 
+use std::collections::HashMap;
 use std::sync::RwLock;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
 
+use crate::billing::LIVE_STATUSES;
 use crate::error::AppError;
+
+/// `[start, end)` of a billing period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Span {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+}
+
+impl Span {
+    pub fn contains(&self, at: DateTime<Utc>) -> bool {
+        self.start <= at && at < self.end
+    }
+}
+
+/// The advisory lock key of a user's billing period (the high 64 bits of the id; a collision only adds waiting).
+fn lock_key(user_id: Uuid) -> i64 {
+    (user_id.as_u128() >> 64) as i64
+}
+
+/// Takes the shared period lock of `users` for the rest of the transaction (writers: many at once).
+pub async fn lock_users_shared(tx: &mut Transaction<'_, Postgres>, users: &[Uuid]) -> Result<(), sqlx::Error> {
+    let mut keys: Vec<i64> = users.iter().map(|u| lock_key(*u)).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    sqlx::query(
+        "SELECT count(pg_advisory_xact_lock_shared(k)) FROM (SELECT unnest($1::bigint[]) AS k ORDER BY 1) AS keys",
+    )
+    .bind(&keys)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Takes the exclusive period lock of `user_id` for the rest of the transaction: waits for writers in flight.
+pub async fn lock_user_exclusive(tx: &mut Transaction<'_, Postgres>, user_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(lock_key(user_id)).execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// The current periods of the live subscriptions of `users`.
+pub async fn subscription_spans(
+    tx: &mut Transaction<'_, Postgres>,
+    users: &[Uuid],
+) -> Result<HashMap<Uuid, Vec<Span>>, sqlx::Error> {
+    let rows: Vec<(Uuid, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT user_id, current_period_start, current_period_end FROM subscriptions
+         WHERE user_id = ANY($1) AND status = ANY($2)
+           AND current_period_start IS NOT NULL AND current_period_end > current_period_start",
+    )
+    .bind(users)
+    .bind(LIVE_STATUSES)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut spans: HashMap<Uuid, Vec<Span>> = HashMap::new();
+    for (user, start, end) in rows {
+        spans.entry(user).or_default().push(Span { start, end });
+    }
+    Ok(spans)
+}
+
+/// The period `user_id` is billed for at `at`: the live subscription's current period containing it, else the
+/// calendar month from `clock`.
+pub async fn for_user(
+    pool: &PgPool,
+    clock: &PeriodClock,
+    user_id: Uuid,
+    at: DateTime<Utc>,
+) -> Result<BillingPeriod, AppError> {
+    let subscription: Option<BillingPeriod> = sqlx::query_as(
+        "SELECT current_period_start AS start, current_period_end AS \"end\",
+                to_char(current_period_start AT TIME ZONE $3, 'YYYY-MM-DD') AS first_day,
+                to_char((current_period_end - interval '1 microsecond') AT TIME ZONE $3, 'YYYY-MM-DD') AS last_day,
+                $3 AS timezone
+         FROM subscriptions
+         WHERE user_id = $1 AND status = ANY($4) AND current_period_start <= $2 AND $2 < current_period_end
+         ORDER BY state_at DESC LIMIT 1",
+    )
+    .bind(user_id)
+    .bind(at)
+    .bind(&clock.timezone)
+    .bind(LIVE_STATUSES)
+    .fetch_optional(pool)
+    .await?;
+    match subscription {
+        Some(period) => Ok(period),
+        None => clock.containing(at).await,
+    }
+}
 
 /// A billing period: `[start, end)`, with its first and last day in the billing time zone.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -23,7 +119,11 @@ pub struct BillingPeriod {
 impl BillingPeriod {
     /// Whether `at` falls inside the period.
     pub fn contains(&self, at: DateTime<Utc>) -> bool {
-        self.start <= at && at < self.end
+        self.span().contains(at)
+    }
+
+    pub fn span(&self) -> Span {
+        Span { start: self.start, end: self.end }
     }
 }
 

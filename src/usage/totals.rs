@@ -11,10 +11,10 @@
 //!
 //! The counters are exact, not estimates: an integration test compares them with `sum(quantity)` of the events.
 
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use super::period::BillingPeriod;
+use super::period::{self, BillingPeriod, Span};
 use super::UsageSummary;
 use crate::error::AppError;
 
@@ -63,4 +63,30 @@ pub async fn recount(pool: &PgPool, user_id: Uuid, event_type: &str, period: &Bi
     .bind(period.end)
     .fetch_one(pool)
     .await?)
+}
+
+/// Recounts `user_id`'s counters for `span` from the events, after the user's billing period changed (a new
+/// subscription period): events recorded before Stripe told us about the period were counted under the calendar
+/// month. Holds the user's exclusive period lock, so no writer counts into the old or new period meanwhile. Costs
+/// one index range scan of the period's events, once per period change.
+pub async fn rebuild(tx: &mut Transaction<'_, Postgres>, user_id: Uuid, span: Span) -> Result<(), sqlx::Error> {
+    period::lock_user_exclusive(tx, user_id).await?;
+    sqlx::query("DELETE FROM usage_period_totals WHERE user_id = $1 AND period_start = $2")
+        .bind(user_id)
+        .bind(span.start)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO usage_period_totals (user_id, event_type, period_start, period_end, slot, quantity, event_count)
+         SELECT user_id, event_type, $2, $3, 0, sum(quantity), count(*)
+         FROM usage_events
+         WHERE user_id = $1 AND occurred_at >= $2 AND occurred_at < $3
+         GROUP BY user_id, event_type",
+    )
+    .bind(user_id)
+    .bind(span.start)
+    .bind(span.end)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }

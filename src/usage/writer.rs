@@ -19,7 +19,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 use tokio::sync::{mpsc, oneshot, Mutex};
 use uuid::Uuid;
 
-use super::period::{BillingPeriod, PeriodClock};
+use super::period::{self, PeriodClock, Span};
 use super::AI_TOKENS_EVENT;
 use crate::auth::api_key;
 use crate::auth::caller::Caller;
@@ -187,17 +187,26 @@ impl Writer {
     /// Writes `group` in one transaction. The outer error means nothing was committed; the inner results are the
     /// per-submission answers of a committed transaction (a refused submission stored nothing).
     async fn commit(&self, group: &[Submission]) -> Result<Vec<Result<Outcome, AppError>>, CommitError> {
-        let mut periods = HashMap::new();
+        // Calendar periods come from the clock (cached); subscription periods are read under the period lock.
+        let mut calendar = HashMap::new();
         for event in group.iter().flat_map(|s| &s.events) {
-            if let std::collections::hash_map::Entry::Vacant(slot) = periods.entry(event.occurred_at) {
-                slot.insert(self.clock.containing(event.occurred_at).await.map_err(CommitError::Period)?);
+            if let std::collections::hash_map::Entry::Vacant(slot) = calendar.entry(event.occurred_at) {
+                slot.insert(self.clock.containing(event.occurred_at).await.map_err(CommitError::Period)?.span());
             }
         }
-        let period_of = |event: &NewEvent| &periods[&event.occurred_at];
 
         let mut tx = self.pool.begin().await?;
         let (resolved, mut results) = resolve_callers(&mut tx, group).await?;
-        let limits = lock_limited_users(&mut tx, &resolved).await?;
+        let users: Vec<Uuid> = resolved.iter().map(|r| r.user_id).collect::<BTreeSet<_>>().into_iter().collect();
+        period::lock_users_shared(&mut tx, &users).await?;
+        let subscriptions = period::subscription_spans(&mut tx, &users).await?;
+        let period_of = |user: Uuid, event: &NewEvent| -> Span {
+            subscriptions
+                .get(&user)
+                .and_then(|spans| spans.iter().find(|s| s.contains(event.occurred_at)).copied())
+                .unwrap_or(calendar[&event.occurred_at])
+        };
+        let limits = lock_limited_users(&mut tx, &users).await?;
         let mut used = period_usage(&mut tx, &limits, &resolved, &period_of).await?;
         let mut known = existing_keys(&mut tx, &resolved).await?;
 
@@ -278,19 +287,18 @@ async fn resolve_callers<'a>(
 /// Users without a limit are not locked, so their events never wait for another writer.
 async fn lock_limited_users(
     tx: &mut Transaction<'_, Postgres>,
-    group: &[Resolved<'_>],
+    users: &[Uuid],
 ) -> Result<HashMap<Uuid, Limit>, sqlx::Error> {
-    if group.is_empty() {
+    if users.is_empty() {
         return Ok(HashMap::new());
     }
-    let users: Vec<Uuid> = group.iter().map(|s| s.user_id).collect::<BTreeSet<_>>().into_iter().collect();
     let rows: Vec<(Uuid, i64, i16)> = sqlx::query_as(
         "SELECT id, usage_limit, usage_warning_percent FROM users
          WHERE id = ANY($1) AND usage_limit IS NOT NULL
          ORDER BY id
          FOR NO KEY UPDATE",
     )
-    .bind(&users)
+    .bind(users)
     .fetch_all(&mut **tx)
     .await?;
     Ok(rows.into_iter().map(|(id, limit, warning_percent)| (id, Limit { limit, warning_percent })).collect())
@@ -298,18 +306,18 @@ async fn lock_limited_users(
 
 /// Current totals of the limited event type for the limited users, per (user, period start). Read after the
 /// locks are held, so they include every commit of the other writers.
-async fn period_usage<'a>(
+async fn period_usage(
     tx: &mut Transaction<'_, Postgres>,
     limits: &HashMap<Uuid, Limit>,
-    group: &[Resolved<'a>],
-    period_of: &impl Fn(&NewEvent) -> &'a BillingPeriod,
+    group: &[Resolved<'_>],
+    period_of: &impl Fn(Uuid, &NewEvent) -> Span,
 ) -> Result<HashMap<(Uuid, DateTime<Utc>), i64>, sqlx::Error> {
     let mut users = Vec::new();
     let mut starts = Vec::new();
     for entry in group.iter().filter(|s| limits.contains_key(&s.user_id)) {
         for event in entry.submission.events.iter().filter(|e| e.event_type == AI_TOKENS_EVENT) {
             users.push(entry.user_id);
-            starts.push(period_of(event).start);
+            starts.push(period_of(entry.user_id, event).start);
         }
     }
     if users.is_empty() {
@@ -366,12 +374,12 @@ async fn keys_to_ids(
 
 /// Decides one submission: duplicates are answered with their first event, the rest is accepted whole (its
 /// rows added to `rows`, its usage to `used`) or refused whole for passing the user's limit.
-fn plan<'a>(
-    entry: &Resolved<'a>,
+fn plan(
+    entry: &Resolved<'_>,
     limit: Option<Limit>,
     used: &mut HashMap<(Uuid, DateTime<Utc>), i64>,
     known: &mut HashMap<UserKey, Uuid>,
-    period_of: &impl Fn(&NewEvent) -> &'a BillingPeriod,
+    period_of: &impl Fn(Uuid, &NewEvent) -> Span,
     rows: &mut EventRows,
 ) -> Result<Outcome, AppError> {
     let (user, submission) = (entry.user_id, entry.submission);
@@ -397,7 +405,7 @@ fn plan<'a>(
     // The hard limit: the new usage of each period must fit in what is left of it.
     let mut added: HashMap<(Uuid, DateTime<Utc>), i64> = HashMap::new();
     for (_, event) in fresh.iter().filter(|(_, e)| e.event_type == AI_TOKENS_EVENT) {
-        *added.entry((user, period_of(event).start)).or_default() += event.quantity;
+        *added.entry((user, period_of(user, event).start)).or_default() += event.quantity;
     }
     let mut allowance = None;
     if let Some(Limit { limit, warning_percent }) = limit {
@@ -407,7 +415,7 @@ fn plan<'a>(
                 return Err(AppError::LimitExceeded { limit, remaining: (limit - before).max(0) });
             }
         }
-        let current = submission.events.last().map(|e| (user, period_of(e).start));
+        let current = submission.events.last().map(|e| (user, period_of(user, e).start));
         let used_now = current.map_or(0, |p| used.get(&p).copied().unwrap_or(0) + added.get(&p).copied().unwrap_or(0));
         allowance = Some(Allowance { limit, used: used_now, warning_percent });
     }
@@ -417,7 +425,7 @@ fn plan<'a>(
     }
     known.extend(keys_in_submission);
     for (id, event) in fresh {
-        rows.push(id, user, event, period_of(event));
+        rows.push(id, user, event, period_of(user, event));
     }
     Ok(Outcome { events: recorded, allowance })
 }
@@ -437,7 +445,7 @@ struct EventRows {
 }
 
 impl EventRows {
-    fn push(&mut self, id: Uuid, user: Uuid, event: &NewEvent, period: &BillingPeriod) {
+    fn push(&mut self, id: Uuid, user: Uuid, event: &NewEvent, period: Span) {
         self.ids.push(id);
         self.users.push(user);
         self.types.push(event.event_type.clone());

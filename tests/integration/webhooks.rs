@@ -317,3 +317,106 @@ async fn the_dashboard_shows_the_billing_history_and_a_failed_payment(pool: PgPo
     assert!(html.contains("$1.90"), "paid amount in its currency");
     assert!(html.contains("payment failed"));
 }
+
+/// A `customer.subscription.updated` for `cus_period` with the given current period.
+fn period_event(id: &str, created: i64, period: (DateTime<Utc>, DateTime<Utc>)) -> Vec<u8> {
+    let mut event: Value = serde_json::from_slice(&subscription_event(
+        id,
+        created,
+        "active",
+        (period.0.timestamp(), period.1.timestamp()),
+    ))
+    .unwrap();
+    event["data"]["object"]["customer"] = json!("cus_period");
+    event.to_string().into_bytes()
+}
+
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn the_meter_follows_the_subscription_period_and_its_rollover(pool: PgPool) {
+    let app = app(pool);
+    let cookie = app.signup("ada@example.com").await;
+    let user = app.user_id("ada@example.com").await;
+    sqlx::query("UPDATE users SET stripe_customer_id = 'cus_period' WHERE id = $1")
+        .bind(user)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let now = Utc::now();
+    let day = chrono::Duration::days(1);
+    let (first_start, second_start) = (now - day * 40, now - day * 10);
+
+    // Usage before Stripe told us about any period: counted in calendar months for now.
+    app.insert_usage(user, "ai_token_consumed", 7, &(first_start - day).to_rfc3339()).await;
+    app.insert_usage(user, "ai_token_consumed", 100, &(second_start - day).to_rfc3339()).await;
+    app.insert_usage(user, "ai_token_consumed", 20, &(second_start + chrono::Duration::hours(1)).to_rfc3339()).await;
+
+    deliver(&app, &period_event("evt_p1", 1_900_000_000, (first_start, second_start))).await;
+    // The current period is not the subscription's first one yet: the calendar month still applies today.
+    let summary = app.post_form("/api/usage/summary", &[], Some(&cookie)).await.json();
+    assert_ne!(summary["periodStart"].as_str().unwrap(), second_start.to_rfc3339());
+
+    // Renewal: the new period is counted from the events already recorded in it…
+    deliver(&app, &period_event("evt_p2", 1_900_000_100, (second_start, now + day * 20))).await;
+    let summary = app.post_form("/api/usage/summary", &[], Some(&cookie)).await.json();
+    let start: DateTime<Utc> = summary["periodStart"].as_str().unwrap().parse().unwrap();
+    assert_eq!(start.timestamp(), second_start.timestamp());
+    assert_eq!(summary["used"], 20);
+
+    // …and new usage goes to it.
+    let key = app.api_key("ada@example.com").await;
+    let reply = app
+        .post_json(
+            "/api/usage/record",
+            r#"{"eventType": "ai_token_consumed", "quantity": 5}"#,
+            &[("authorization", &format!("Bearer {key}"))],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(app.post_form("/api/usage/summary", &[], Some(&cookie)).await.json()["used"], 25);
+    let period = tally::usage::period::for_user(&app.pool, &app.state.clock, user, Utc::now()).await.unwrap();
+    let recount = tally::usage::totals::recount(&app.pool, user, "ai_token_consumed", &period).await.unwrap();
+    assert_eq!(recount, 25);
+
+    // The first period's counter was rebuilt too (the 100 tokens of its last day).
+    let first: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(sum(quantity), 0)::bigint FROM usage_period_totals WHERE user_id = $1 AND period_start = $2",
+    )
+    .bind(user)
+    .bind(DateTime::from_timestamp(first_start.timestamp(), 0).unwrap())
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(first, 100);
+}
+
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn the_hard_limit_counts_the_subscription_period(pool: PgPool) {
+    let app = app(pool);
+    app.signup("ada@example.com").await;
+    let user = app.user_id("ada@example.com").await;
+    sqlx::query("UPDATE users SET stripe_customer_id = 'cus_period', usage_limit = 100 WHERE id = $1")
+        .bind(user)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let now = Utc::now();
+    let start = now - chrono::Duration::hours(2);
+    app.insert_usage(user, "ai_token_consumed", 90, &(start - chrono::Duration::minutes(1)).to_rfc3339()).await;
+    deliver(&app, &period_event("evt_limit", 1_900_000_000, (start, now + chrono::Duration::days(30)))).await;
+
+    let auth = format!("Bearer {}", app.api_key("ada@example.com").await);
+    let body = r#"{"eventType": "ai_token_consumed", "quantity": 100}"#;
+    assert_eq!(
+        app.post_json("/api/usage/record", body, &[("authorization", &auth)]).await.status,
+        StatusCode::OK,
+        "the 90 were last period"
+    );
+    let reply = app
+        .post_json(
+            "/api/usage/record",
+            r#"{"eventType": "ai_token_consumed", "quantity": 1}"#,
+            &[("authorization", &auth)],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+}
