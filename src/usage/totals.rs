@@ -9,7 +9,9 @@
 //! - each writer task owns a slot, so concurrent writers never wait for each other's row locks (only users with a
 //!   hard limit are serialised, on purpose, by the limit check's lock).
 //!
-//! The counters are exact, not estimates: an integration test compares them with `sum(quantity)` of the events.
+//! The counters are exact, not estimates: integration tests compare them with `sum(quantity)` of the events. When
+//! a user's period changes (a subscription period announced by Stripe), [`rebuild`] recounts the new period from
+//! the events under the user's exclusive period lock.
 
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
