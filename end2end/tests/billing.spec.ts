@@ -15,7 +15,7 @@ test("an invoice signed by Stripe's own SDK shows up in the billing history", as
   tally("stripe", "link", "--email", email, "--customer", customer);
 
   // The real basil-era invoice.payment_succeeded payload, for this customer.
-  const fixture = resolve(__dirname, "../../../shared/stripe/event.invoice.payment_succeeded.basil.json");
+  const fixture = resolve(__dirname, "../../tests/fixtures/stripe/event.invoice.payment_succeeded.basil.json");
   const event = JSON.parse(readFileSync(fixture, "utf8"));
   event.id = `evt_e2e${suffix}`;
   event.data.object.id = `in_e2e${suffix}`;

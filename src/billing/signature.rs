@@ -95,10 +95,10 @@ mod tests {
     use super::*;
     use serde_json::Value;
 
-    /// The vectors of `shared/stripe/webhook-signature-test-vectors.json` (official SDK tests and computed ones).
+    /// The vectors of `tests/fixtures/stripe/webhook-signature-test-vectors.json` (official SDK tests and computed ones).
     fn vectors() -> Value {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/stripe/webhook-signature-test-vectors.json");
-        serde_json::from_str(&std::fs::read_to_string(path).expect("shared/stripe test vectors")).unwrap()
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/stripe/webhook-signature-test-vectors.json");
+        serde_json::from_str(&std::fs::read_to_string(path).expect("tests/fixtures/stripe test vectors")).unwrap()
     }
 
     fn vector(id: &str) -> Value {
@@ -138,7 +138,7 @@ mod tests {
     #[test]
     fn the_basil_invoice_fixture_verifies_byte_for_byte() {
         let v = vector("basil-invoice-fixture-file");
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/stripe/event.invoice.payment_succeeded.basil.json");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/stripe/event.invoice.payment_succeeded.basil.json");
         let payload = std::fs::read(path).unwrap();
         let secrets = vec!["whsec_test_secret".to_owned()];
         assert_eq!(verify(&payload, v["header"].as_str(), &secrets, 1_746_800_000, 300), Ok(1_746_800_000));

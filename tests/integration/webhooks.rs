@@ -1,4 +1,4 @@
-//! `POST /api/stripe/webhook` with Stripe's real payloads (shared/stripe), signed at test time.
+//! `POST /api/stripe/webhook` with Stripe's real payloads (tests/fixtures/stripe), signed at test time.
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
@@ -13,7 +13,7 @@ use crate::support::{app, app_with, config, Reply, TestApp, WEBHOOK_SECRET};
 const WEBHOOK: &str = "/api/stripe/webhook";
 
 fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(format!("{}/../shared/stripe/{name}", env!("CARGO_MANIFEST_DIR"))).expect("shared/stripe fixture")
+    std::fs::read(format!("{}/tests/fixtures/stripe/{name}", env!("CARGO_MANIFEST_DIR"))).expect("Stripe fixture")
 }
 
 fn fixture_json(name: &str) -> Value {
