@@ -138,7 +138,8 @@ mod tests {
     #[test]
     fn the_basil_invoice_fixture_verifies_byte_for_byte() {
         let v = vector("basil-invoice-fixture-file");
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/stripe/event.invoice.payment_succeeded.basil.json");
+        let path =
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/stripe/event.invoice.payment_succeeded.basil.json");
         let payload = std::fs::read(path).unwrap();
         let secrets = vec!["whsec_test_secret".to_owned()];
         assert_eq!(verify(&payload, v["header"].as_str(), &secrets, 1_746_800_000, 300), Ok(1_746_800_000));
