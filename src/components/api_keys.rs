@@ -64,7 +64,7 @@ fn KeyTable(keys: Vec<ApiKeyInfo>, revoke: ServerAction<RevokeApiKey>) -> impl I
         t.map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string()).unwrap_or_else(|| "never".into())
     };
     view! {
-        <table class="api-keys__table" data-testid="key-table">
+        <table class="data-table api-keys__table" data-testid="key-table">
             <thead>
                 <tr>
                     <th scope="col">"Name"</th>

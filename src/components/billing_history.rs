@@ -48,7 +48,7 @@ fn Overview(overview: BillingOverview) -> impl IntoView {
         view! { <p class="muted">"No invoices yet."</p> }.into_any()
     } else {
         view! {
-            <table class="billing__table" data-testid="billing-history">
+            <table class="data-table" data-testid="billing-history">
                 <thead>
                     <tr>
                         <th scope="col">"Period"</th>
