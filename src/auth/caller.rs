@@ -42,6 +42,14 @@ pub async fn user_id(pool: &PgPool) -> Result<Uuid, AppError> {
     }
 }
 
+/// Checks that `caller` is a live user or key, without recording anything.
+pub async fn confirm(pool: &PgPool, caller: Caller) -> Result<(), AppError> {
+    match caller {
+        Caller::User(_) => Ok(()),
+        Caller::ApiKey(hash) => api_key::owner(pool, hash).await.map(|_| ()),
+    }
+}
+
 /// The value of a request header of the current request, if present and valid UTF-8.
 pub async fn header_value(name: &str) -> Result<Option<String>, AppError> {
     let headers: HeaderMap = leptos_axum::extract().await.map_err(AppError::internal)?;

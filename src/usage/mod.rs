@@ -108,7 +108,10 @@ pub async fn record_usage(
     let caller = crate::auth::caller::identify().await?;
     let idempotency_key = crate::auth::caller::header_value("idempotency-key").await?;
     let input = EventInput { event_type, quantity, metadata, idempotency_key };
-    let event = record::validate(input, &state.config.event_types, Utc::now()).map_err(AppError::Invalid)?;
+    let event = match record::validate(input, &state.config.event_types, Utc::now()) {
+        Ok(event) => event,
+        Err(problem) => return Err(refusal(&state, caller, AppError::Invalid(problem)).await),
+    };
     let outcome = state.writer.submit(caller, vec![event], writer::LimitPolicy::Enforce).await?;
     let recorded = outcome.events.first().ok_or(AppError::Internal)?;
     Ok(RecordReceipt {
@@ -128,11 +131,8 @@ pub async fn record_usage_batch(events: Vec<EventInput>) -> Result<BatchReceipt,
     let state = crate::state::AppState::current()?;
     let caller = crate::auth::caller::identify().await?;
     if events.is_empty() || events.len() > record::MAX_BATCH_EVENTS {
-        return Err(AppError::Invalid(format!(
-            "a batch holds 1 to {} events, not {}",
-            record::MAX_BATCH_EVENTS,
-            events.len()
-        )));
+        let problem = format!("a batch holds 1 to {} events, not {}", record::MAX_BATCH_EVENTS, events.len());
+        return Err(refusal(&state, caller, AppError::Invalid(problem)).await);
     }
     let now = Utc::now();
     let mut valid = Vec::with_capacity(events.len());
@@ -144,7 +144,7 @@ pub async fn record_usage_batch(events: Vec<EventInput>) -> Result<BatchReceipt,
         }
     }
     if !problems.is_empty() {
-        return Err(AppError::InvalidEvents(problems));
+        return Err(refusal(&state, caller, AppError::InvalidEvents(problems)).await);
     }
     let outcome = state.writer.submit(caller, valid, writer::LimitPolicy::Enforce).await?;
     Ok(BatchReceipt {
@@ -157,6 +157,16 @@ pub async fn record_usage_batch(events: Vec<EventInput>) -> Result<BatchReceipt,
             .collect(),
         allowance: outcome.allowance.map(AllowanceInfo::from),
     })
+}
+
+/// The answer to a request refused for its content: `invalid`, unless the API key is not a live key, which is
+/// answered 401 first (keys are normally resolved in the writing transaction, which a refused request never reaches).
+#[cfg(feature = "ssr")]
+async fn refusal(state: &crate::state::AppState, caller: crate::auth::caller::Caller, invalid: AppError) -> AppError {
+    match crate::auth::caller::confirm(&state.pool, caller).await {
+        Ok(()) => invalid,
+        Err(err) => err,
+    }
 }
 
 #[cfg(feature = "ssr")]

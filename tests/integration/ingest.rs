@@ -94,6 +94,11 @@ async fn missing_wrong_and_revoked_credentials_are_401_and_store_nothing(pool: P
         let reply = app.post_json(RECORD, &body, &headers).await;
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{headers:?}: {}", reply.body);
         assert_eq!(reply.json()["code"], "unauthorized");
+        // A bad credential is reported before a bad body.
+        let invalid = r#"{"eventType": "ai_token_consumed", "quantity": -1}"#;
+        assert_eq!(app.post_json(RECORD, invalid, &headers).await.status, StatusCode::UNAUTHORIZED, "{headers:?}");
+        let batch = r#"{"events": [{"eventType": "nope", "quantity": 1}]}"#;
+        assert_eq!(app.post_json(BATCH, batch, &headers).await.status, StatusCode::UNAUTHORIZED, "{headers:?}");
     }
     assert_eq!(stored_events(&app).await, 0);
     assert_eq!(period_total(&app, user).await, (0, 0));
