@@ -68,6 +68,17 @@ pub enum ApiKeyCommand {
 /// `tally user …`
 #[derive(Subcommand, Debug)]
 pub enum UserCommand {
+    /// Change an account's usage limit (and the share of it at which warnings start).
+    SetLimit {
+        #[arg(long)]
+        email: String,
+        /// Tokens per billing period, or `none`.
+        #[arg(long, value_parser = parse_usage_limit)]
+        limit: UsageLimit,
+        /// Percent of the limit from which record answers carry `warning: true` (1–100).
+        #[arg(long, value_parser = clap::value_parser!(i16).range(1..=100))]
+        warning_percent: Option<i16>,
+    },
     /// Create an account.
     Create {
         #[arg(long)]
@@ -91,6 +102,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let pool = crate::db::connect(&cli.config).await?;
             crate::db::migrate(&pool).await?;
             println!("database is up to date");
+            Ok(())
+        }
+        Command::User(UserCommand::SetLimit { email, limit, warning_percent }) => {
+            let pool = crate::db::connect(&cli.config).await?;
+            crate::db::migrate(&pool).await?;
+            crate::auth::users::set_limit(&pool, &email, limit.0, warning_percent).await?;
+            let shown = limit.0.map_or("no limit".to_owned(), |l| format!("limit {l} per period"));
+            println!("{}: {shown}", email.trim().to_lowercase());
             Ok(())
         }
         Command::User(UserCommand::Create { email, password, limit, if_missing }) => {

@@ -57,6 +57,31 @@ pub async fn find(pool: &PgPool, id: Uuid) -> Result<Option<CurrentUser>, AppErr
     Ok(row.map(|(id, email)| CurrentUser { id, email }))
 }
 
+/// Sets an account's usage limit (`None`: unlimited) and, when given, its warning share.
+pub async fn set_limit(
+    pool: &PgPool,
+    email: &str,
+    usage_limit: Option<i64>,
+    warning_percent: Option<i16>,
+) -> Result<(), AppError> {
+    let email = normalize_email(email)?;
+    let updated = sqlx::query(
+        "UPDATE users SET usage_limit = $2, usage_warning_percent = COALESCE($3, usage_warning_percent)
+         WHERE email = $1",
+    )
+    .bind(&email)
+    .bind(usage_limit)
+    .bind(warning_percent)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    if updated == 1 {
+        Ok(())
+    } else {
+        Err(AppError::Invalid(format!("no account for {email}")))
+    }
+}
+
 /// The id of the account with this email, if any.
 pub async fn find_id_by_email(pool: &PgPool, email: &str) -> Result<Option<Uuid>, AppError> {
     let email = normalize_email(email)?;

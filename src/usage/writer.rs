@@ -8,7 +8,9 @@
 //! One transaction writes, for all its events at once: the `usage_events` rows, their `meter_event_outbox` rows
 //! and the `usage_period_totals` increments (see `totals.rs`). Hard limits are checked inside the transaction,
 //! under a row lock on each limited user, so two writers can never both let through events that together pass a
-//! limit.
+//! limit. Each event is counted in the billing period containing it (the user's subscription period, else the
+//! calendar month), chosen under the users' shared period lock so that a period change (`period.rs`) never races a
+//! writer.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;

@@ -151,3 +151,29 @@ async fn stripe_link_moves_waiting_events_and_status_reports_them(pool: PgPool) 
     assert_eq!(outbox, "pending");
     assert!(text(&tally(&pool, &["stripe", "status"])).contains("pending"));
 }
+
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn user_set_limit_changes_the_limit_and_warning_share(pool: PgPool) {
+    assert!(tally(&pool, &["user", "create", "--email", "ops@example.com", "--password", "operator password"])
+        .status
+        .success());
+    let out = tally(
+        &pool,
+        &["user", "set-limit", "--email", "ops@example.com", "--limit", "5000", "--warning-percent", "95"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let row: (Option<i64>, i16) =
+        sqlx::query_as("SELECT usage_limit, usage_warning_percent FROM users").fetch_one(&pool).await.unwrap();
+    assert_eq!(row, (Some(5000), 95));
+
+    assert!(tally(&pool, &["user", "set-limit", "--email", "ops@example.com", "--limit", "none"]).status.success());
+    let row: (Option<i64>, i16) =
+        sqlx::query_as("SELECT usage_limit, usage_warning_percent FROM users").fetch_one(&pool).await.unwrap();
+    assert_eq!(row, (None, 95), "the warning share stays unless given");
+
+    let bad =
+        tally(&pool, &["user", "set-limit", "--email", "ops@example.com", "--limit", "5", "--warning-percent", "0"]);
+    assert!(!bad.status.success());
+    let nobody = tally(&pool, &["user", "set-limit", "--email", "nobody@example.com", "--limit", "5"]);
+    assert!(!nobody.status.success() && text(&nobody).contains("no account for nobody@example.com"));
+}
