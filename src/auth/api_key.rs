@@ -156,27 +156,28 @@ pub async fn list(pool: &PgPool, user_id: Uuid) -> Result<Vec<ApiKeyInfo>, AppEr
 
 /// Revokes one of `user_id`'s keys, by id. Revoking twice is not an error; another user's key is "not found".
 pub async fn revoke(pool: &PgPool, user_id: Uuid, key_id: Uuid) -> Result<(), AppError> {
-    let found =
-        sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now()) WHERE id = $1 AND user_id = $2")
-            .bind(key_id)
-            .bind(user_id)
-            .execute(pool)
-            .await?
-            .rows_affected();
-    if found == 1 {
-        Ok(())
-    } else {
-        Err(AppError::Invalid("no such API key".into()))
-    }
+    revoke_where(pool, key_id, Some(user_id))
+        .await?
+        .map(|_| ())
+        .ok_or_else(|| AppError::Invalid("no such API key".into()))
+}
+
+/// Revokes key `key_id` (only if `owner` owns it, when given); `None` when there is no such key.
+async fn revoke_where(pool: &PgPool, key_id: Uuid, owner: Option<Uuid>) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now())
+         WHERE id = $1 AND ($2::uuid IS NULL OR user_id = $2)
+         RETURNING id",
+    )
+    .bind(key_id)
+    .bind(owner)
+    .fetch_optional(pool)
+    .await
 }
 
 /// Revokes the key with this id, whoever owns it (operators, through the CLI).
 pub async fn revoke_by_id(pool: &PgPool, key_id: Uuid) -> Result<Uuid, AppError> {
-    sqlx::query_scalar("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now()) WHERE id = $1 RETURNING id")
-        .bind(key_id)
-        .fetch_optional(pool)
-        .await?
-        .ok_or_else(|| AppError::Invalid(format!("no API key with id {key_id}")))
+    revoke_where(pool, key_id, None).await?.ok_or_else(|| AppError::Invalid(format!("no API key with id {key_id}")))
 }
 
 /// Revokes the key with this display prefix (as `tally apikey list` shows it). Several matches are refused.

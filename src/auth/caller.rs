@@ -21,7 +21,16 @@ pub enum Caller {
 /// Identifies the caller: `Authorization: Bearer <api key>` when the header is present (a bad key is refused,
 /// never silently replaced by the session), else the session's user.
 pub async fn identify() -> Result<Caller, AppError> {
-    let headers: HeaderMap = leptos_axum::extract().await.map_err(AppError::internal)?;
+    identify_by(&request_headers().await?).await
+}
+
+/// The current request's headers (one copy; extract them once when several are needed).
+pub async fn request_headers() -> Result<HeaderMap, AppError> {
+    leptos_axum::extract().await.map_err(AppError::internal)
+}
+
+/// [`identify`] with headers already extracted.
+pub async fn identify_by(headers: &HeaderMap) -> Result<Caller, AppError> {
     match headers.get(header::AUTHORIZATION) {
         Some(value) => value
             .to_str()
@@ -50,9 +59,8 @@ pub async fn confirm(pool: &PgPool, caller: Caller) -> Result<(), AppError> {
     }
 }
 
-/// The value of a request header of the current request, if present and valid UTF-8.
-pub async fn header_value(name: &str) -> Result<Option<String>, AppError> {
-    let headers: HeaderMap = leptos_axum::extract().await.map_err(AppError::internal)?;
+/// The value of header `name`, if present; a value that is not text is a bad request.
+pub fn header_value(headers: &HeaderMap, name: &str) -> Result<Option<String>, AppError> {
     match headers.get(name) {
         None => Ok(None),
         Some(value) => value

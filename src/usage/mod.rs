@@ -105,8 +105,9 @@ pub async fn record_usage(
     #[server(default)] metadata: Option<serde_json::Value>,
 ) -> Result<RecordReceipt, AppError> {
     let state = crate::state::AppState::current()?;
-    let caller = crate::auth::caller::identify().await?;
-    let idempotency_key = crate::auth::caller::header_value("idempotency-key").await?;
+    let headers = crate::auth::caller::request_headers().await?;
+    let caller = crate::auth::caller::identify_by(&headers).await?;
+    let idempotency_key = crate::auth::caller::header_value(&headers, "idempotency-key")?;
     let input = EventInput { event_type, quantity, metadata, idempotency_key };
     let event = match record::validate(input, &state.config.event_types, Utc::now()) {
         Ok(event) => event,
