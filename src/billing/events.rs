@@ -77,8 +77,7 @@ pub fn envelope(event: &Value) -> Result<Envelope, String> {
 
 /// The customer id an event is about, when it is about one (expanded objects carry it as `customer.id`).
 pub fn customer_of(envelope: &Envelope) -> Option<String> {
-    let customer = &envelope.object["customer"];
-    customer.as_str().or_else(|| customer["id"].as_str()).map(str::to_owned)
+    id_of(&envelope.object["customer"])
 }
 
 /// Applies `envelope` and says what it did.
@@ -225,8 +224,52 @@ async fn subscription(tx: &mut Transaction<'_, Postgres>, envelope: &Envelope) -
     })
 }
 
+/// Links `customer` to `user` and hands the user what waited for that link: the subscriptions already received
+/// for the customer (and their periods' counters) and the meter events held as `awaiting_customer`. Returns
+/// `false`, changing nothing, when the user does not exist, another user has the customer, or (unless `replace`)
+/// the user already has a different customer.
+pub async fn attach_customer(
+    tx: &mut Transaction<'_, Postgres>,
+    user: Uuid,
+    customer: &str,
+    replace: bool,
+) -> Result<bool, sqlx::Error> {
+    // Period lock first, row lock second: the order usage writers take them in.
+    crate::usage::period::lock_user_exclusive(tx, user).await?;
+    let linked = sqlx::query(
+        "UPDATE users SET stripe_customer_id = $2
+         WHERE id = $1
+           AND ($3 OR stripe_customer_id IS NULL OR stripe_customer_id = $2)
+           AND NOT EXISTS (SELECT 1 FROM users other WHERE other.stripe_customer_id = $2 AND other.id <> $1)",
+    )
+    .bind(user)
+    .bind(customer)
+    .bind(replace)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if linked == 0 {
+        return Ok(false);
+    }
+    sqlx::query("UPDATE subscriptions SET user_id = $1 WHERE stripe_customer_id = $2")
+        .bind(user)
+        .bind(customer)
+        .execute(&mut **tx)
+        .await?;
+    rebuild_linked_periods(tx, user, customer).await?;
+    // Events waiting for a customer can now be delivered.
+    sqlx::query(
+        "UPDATE meter_event_outbox SET status = 'pending', updated_at = now()
+         WHERE user_id = $1 AND status = 'awaiting_customer'",
+    )
+    .bind(user)
+    .execute(&mut **tx)
+    .await?;
+    Ok(true)
+}
+
 /// Recounts the current periods of `customer`'s subscriptions, once they belong to `user`.
-pub async fn rebuild_linked_periods(
+async fn rebuild_linked_periods(
     tx: &mut Transaction<'_, Postgres>,
     user: Uuid,
     customer: &str,
@@ -254,26 +297,9 @@ async fn checkout_completed(tx: &mut Transaction<'_, Postgres>, envelope: &Envel
     let (Some(user), Some(customer)) = (user, customer_of(envelope)) else {
         return Ok(Outcome::Unmatched);
     };
-    // Period lock first, row lock second: the order usage writers take them in.
-    crate::usage::period::lock_user_exclusive(tx, user).await?;
-    let linked = sqlx::query(
-        "UPDATE users SET stripe_customer_id = $2 WHERE id = $1 AND (stripe_customer_id IS NULL OR stripe_customer_id = $2)",
-    )
-    .bind(user)
-    .bind(&customer)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    if linked == 0 {
+    if !attach_customer(tx, user, &customer, false).await? {
         return Ok(Outcome::Unmatched);
     }
-    // Subscription events that arrived before the link now belong to the user, and so do their periods.
-    sqlx::query("UPDATE subscriptions SET user_id = $1 WHERE stripe_customer_id = $2 AND user_id IS NULL")
-        .bind(user)
-        .bind(&customer)
-        .execute(&mut **tx)
-        .await?;
-    rebuild_linked_periods(tx, user, &customer).await?;
     Ok(Outcome::Applied)
 }
 

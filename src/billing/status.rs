@@ -43,30 +43,9 @@ pub async fn link_customer(pool: &PgPool, email: &str, customer: &str) -> Result
     let user: Option<uuid::Uuid> =
         sqlx::query_scalar("SELECT id FROM users WHERE email = $1").bind(&email).fetch_optional(&mut *tx).await?;
     let user = user.ok_or_else(|| AppError::Invalid(format!("no account for {email}")))?;
-    // Period lock first, row lock second: the order usage writers take them in.
-    crate::usage::period::lock_user_exclusive(&mut tx, user).await?;
-    sqlx::query("UPDATE users SET stripe_customer_id = $2 WHERE id = $1")
-        .bind(user)
-        .bind(customer)
-        .execute(&mut *tx)
-        .await
-        .map_err(|err| match err.as_database_error().and_then(|db| db.constraint()) {
-            Some("users_stripe_customer_id_key") => {
-                AppError::Conflict(format!("{customer} is already linked to another account"))
-            }
-            _ => AppError::internal(err),
-        })?;
-    sqlx::query("UPDATE subscriptions SET user_id = $1 WHERE stripe_customer_id = $2")
-        .bind(user)
-        .bind(customer)
-        .execute(&mut *tx)
-        .await?;
-    crate::billing::events::rebuild_linked_periods(&mut tx, user, customer).await?;
-    // Events waiting for a customer can now be delivered.
-    sqlx::query("UPDATE meter_event_outbox SET status = 'pending', updated_at = now() WHERE user_id = $1 AND status = 'awaiting_customer'")
-        .bind(user)
-        .execute(&mut *tx)
-        .await?;
+    if !crate::billing::events::attach_customer(&mut tx, user, customer, true).await? {
+        return Err(AppError::Conflict(format!("{customer} is already linked to another account")));
+    }
     tx.commit().await?;
     Ok(())
 }

@@ -233,6 +233,7 @@ async fn checkout_links_the_customer_and_earlier_subscription_events(pool: PgPoo
     app.signup("ada@example.com").await;
     let user = app.user_id("ada@example.com").await;
     deliver(&app, &subscription_event("evt_sub", 1_900_000_000, "active", (1_900_000_000, 1_902_600_000))).await;
+    app.insert_usage(user, "ai_token_consumed", 5, &Utc::now().to_rfc3339()).await;
     let checkout = json!({
         "id": "evt_checkout", "object": "event", "type": "checkout.session.completed", "created": 1_900_000_001,
         "livemode": false,
@@ -246,6 +247,22 @@ async fn checkout_links_the_customer_and_earlier_subscription_events(pool: PgPoo
         .await
         .unwrap();
     assert_eq!(linked.as_deref(), Some("cus_sub_1"));
+    assert_eq!(subscription_state(&app).await.3, Some(user));
+    let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM meter_event_outbox WHERE status = 'awaiting_customer'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(waiting, 0, "events that waited for a customer are released");
+
+    // The same customer claimed for another user: acknowledged, unmatched, nothing changed.
+    app.signup("bob@example.com").await;
+    let bob = app.user_id("bob@example.com").await;
+    let mut stolen = checkout.clone();
+    stolen["id"] = json!("evt_checkout_bob");
+    stolen["data"]["object"]["client_reference_id"] = json!(bob.to_string());
+    let reply = deliver(&app, stolen.to_string().as_bytes()).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.json()["outcome"], "unmatched");
     assert_eq!(subscription_state(&app).await.3, Some(user));
 }
 
