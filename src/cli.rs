@@ -27,9 +27,17 @@ pub enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Apikey(ApiKeyCommand),
-    /// Stripe: sync state and customer links.
+    /// Stripe: sync state, customer links, setup, reconciliation.
     #[command(subcommand)]
     Stripe(StripeCommand),
+    /// Deliver recorded usage to Stripe's meter (the same worker `serve` runs; any number may run at once).
+    Worker {
+        /// Deliver what is due, wait for retries, and exit when nothing is pending (or after --timeout-seconds).
+        #[arg(long)]
+        drain: bool,
+        #[arg(long, default_value_t = 600)]
+        timeout_seconds: u64,
+    },
 }
 
 /// `tally stripe …`
@@ -44,6 +52,33 @@ pub enum StripeCommand {
         #[arg(long)]
         customer: String,
     },
+    /// Create (or find) the meter and the metered price, and print the ids for `.env`. Safe to run again.
+    Setup {
+        /// Display name of the meter (and nickname of the price).
+        #[arg(long, default_value = "AI tokens")]
+        display_name: String,
+        /// The meter's event name; defaults to the first of TALLY_EVENT_TYPES.
+        #[arg(long)]
+        event_name: Option<String>,
+        #[arg(long, default_value = "Tally AI tokens")]
+        product_name: String,
+        #[arg(long, default_value = "jpy")]
+        currency: String,
+        /// Price per token in the currency's smallest unit: ¥0.05 per 1,000 tokens = 0.00005.
+        #[arg(long, default_value = "0.00005")]
+        unit_amount_decimal: String,
+        /// The price's lookup key, by which later runs find it.
+        #[arg(long, default_value = "tally_ai_tokens")]
+        lookup_key: String,
+    },
+    /// Compare the usage delivered per customer and billing period with Stripe's meter; exit 1 on a difference.
+    Reconcile {
+        /// Periods ending after this date (YYYY-MM-DD, UTC) or instant (RFC 3339); default 35 days ago.
+        #[arg(long)]
+        since: Option<String>,
+    },
+    /// Send failed meter events again (after fixing what Stripe refused them for).
+    Retry,
 }
 
 /// `tally apikey …`
@@ -130,7 +165,34 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stripe(command) => {
             let pool = crate::db::connect(&cli.config).await?;
             crate::db::migrate(&pool).await?;
-            stripe_command(&pool, command).await
+            stripe_command(&pool, &cli.config, command).await
+        }
+        Command::Worker { drain, timeout_seconds } => {
+            let pool = crate::db::connect(&cli.config).await?;
+            crate::db::migrate(&pool).await?;
+            let worker = crate::billing::delivery::DeliveryWorker::from_config(pool, &cli.config)
+                .ok_or_else(|| anyhow::anyhow!("STRIPE_SECRET_KEY is not set: there is nowhere to deliver to"))?;
+            if !drain {
+                worker.run().await;
+                return Ok(());
+            }
+            let (progress, pending) = worker.drain(std::time::Duration::from_secs(timeout_seconds)).await?;
+            println!(
+                "{} events batched into {} meter events; {} calls: {} delivered, {} retried, {} failed; {} expired; \
+                 {} customers created; {pending} still pending",
+                progress.batched,
+                progress.deliveries,
+                progress.calls,
+                progress.delivered,
+                progress.retried,
+                progress.failed,
+                progress.expired,
+                progress.customers_created
+            );
+            if pending > 0 {
+                anyhow::bail!("{pending} events are still pending after {timeout_seconds} s");
+            }
+            Ok(())
         }
         Command::Apikey(command) => {
             let pool = crate::db::connect(&cli.config).await?;
@@ -140,9 +202,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn stripe_command(pool: &sqlx::PgPool, command: StripeCommand) -> anyhow::Result<()> {
-    use crate::billing::status;
+async fn stripe_command(pool: &sqlx::PgPool, config: &Config, command: StripeCommand) -> anyhow::Result<()> {
+    use crate::billing::{setup, status};
 
+    let stripe = || {
+        let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60)).build().unwrap_or_default();
+        config
+            .stripe_secret_key
+            .as_deref()
+            .map(|key| crate::billing::stripe::StripeClient::new(http, &config.stripe_api_base, key))
+            .ok_or_else(|| anyhow::anyhow!("STRIPE_SECRET_KEY is not set"))
+    };
     match command {
         StripeCommand::Status => {
             let state = status::read(pool).await?;
@@ -152,11 +222,27 @@ async fn stripe_command(pool: &sqlx::PgPool, command: StripeCommand) -> anyhow::
             }
             for (outbox_status, count) in &state.outbox {
                 let why = match outbox_status.as_str() {
-                    "awaiting_customer" => "  (the user has no Stripe customer yet: `tally stripe link`)",
-                    "pending" => "  (not yet sent to Stripe: delivery is not built yet, see issue #4)",
-                    _ => "",
+                    "awaiting_customer" => "  (the account has no Stripe customer yet: `tally stripe link`)".to_owned(),
+                    "pending" if config.stripe_secret_key.is_none() => {
+                        "  (not sent: STRIPE_SECRET_KEY is not set, so there is no Stripe to send to)".to_owned()
+                    }
+                    "pending" => "  (queued for the delivery worker; retries are listed below)".to_owned(),
+                    "failed" => {
+                        "  (refused by Stripe; reasons below; `tally stripe retry` sends them again)".to_owned()
+                    }
+                    "expired" => "  (older than the 35 days Stripe accepts; not sent)".to_owned(),
+                    _ => String::new(),
                 };
                 println!("  {outbox_status:<18} {count:>10}{why}");
+            }
+            for (reason, count) in &state.failures {
+                println!("  failed: {count} events: {reason}");
+            }
+            for (identifier, attempts, error, next) in &state.retrying {
+                println!(
+                    "  retrying {identifier} after {attempts} attempts (next {}): {error}",
+                    next.format("%Y-%m-%d %H:%M:%S UTC")
+                );
             }
             println!("webhook events no user matched: {}", state.unmatched_events);
             for (id, kind, customer, received) in &state.latest_unmatched {
@@ -169,8 +255,71 @@ async fn stripe_command(pool: &sqlx::PgPool, command: StripeCommand) -> anyhow::
             status::link_customer(pool, &email, &customer).await?;
             println!("linked {} to {customer}", email.trim().to_lowercase());
         }
+        StripeCommand::Retry => {
+            let requeued = status::retry_failed(pool).await?;
+            println!("{requeued} failed events queued for delivery again");
+        }
+        StripeCommand::Setup { display_name, event_name, product_name, currency, unit_amount_decimal, lookup_key } => {
+            let event_name = event_name
+                .or_else(|| config.event_types.first().cloned())
+                .ok_or_else(|| anyhow::anyhow!("no event name: pass --event-name or set TALLY_EVENT_TYPES"))?;
+            let plan = setup::SetupPlan {
+                event_name,
+                meter_display_name: display_name,
+                product_name,
+                currency: currency.to_lowercase(),
+                unit_amount_decimal,
+                lookup_key,
+            };
+            let done = setup::setup(&stripe()?, &plan).await?;
+            let verb = |created: bool| if created { "created" } else { "found" };
+            eprintln!("meter {} ({}) for event {:?}", done.meter_id, verb(done.meter_created), plan.event_name);
+            eprintln!("price {} of product {} ({})", done.price_id, done.product_id, verb(done.price_created));
+            eprintln!("put this in .env:");
+            println!("STRIPE_PRICE_ID={}", done.price_id);
+        }
+        StripeCommand::Reconcile { since } => {
+            let since = match since {
+                Some(raw) => parse_since(&raw)?,
+                None => chrono::Utc::now() - chrono::Duration::days(35),
+            };
+            let lines = setup::reconcile(pool, &stripe()?, since).await?;
+            let mut differing = 0;
+            println!("customer                        event              period (UTC)                      tally      stripe  undelivered");
+            for line in &lines {
+                let mark = if line.matches() { "" } else { "  DIFFERS" };
+                differing += usize::from(!line.matches());
+                println!(
+                    "{:<31} {:<18} {} – {} {:>10} {:>11} {:>12}{mark}",
+                    line.customer,
+                    line.event_name,
+                    line.period_start.format("%Y-%m-%d %H:%M"),
+                    line.period_end.format("%Y-%m-%d %H:%M"),
+                    line.delivered,
+                    line.stripe,
+                    line.undelivered
+                );
+            }
+            println!("{} periods compared, {differing} differ", lines.len());
+            if differing > 0 {
+                anyhow::bail!(
+                    "{differing} periods differ (Stripe aggregates asynchronously: recent deliveries may take a few \
+                     minutes to show)"
+                );
+            }
+        }
     }
     Ok(())
+}
+
+/// `2026-11-01` (midnight UTC) or an RFC 3339 instant.
+fn parse_since(raw: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    if let Ok(at) = chrono::DateTime::parse_from_rfc3339(raw) {
+        return Ok(at.with_timezone(&chrono::Utc));
+    }
+    let day = chrono::NaiveDate::parse_from_str(raw, "%Y-%m-%d")
+        .map_err(|_| anyhow::anyhow!("--since takes YYYY-MM-DD or an RFC 3339 instant, not {raw:?}"))?;
+    Ok(day.and_time(chrono::NaiveTime::MIN).and_utc())
 }
 
 async fn api_key_command(pool: &sqlx::PgPool, command: ApiKeyCommand) -> anyhow::Result<()> {

@@ -65,6 +65,63 @@ pub struct Config {
     /// How far a webhook signature's timestamp may be from now, in seconds (either way).
     #[arg(long, env = "STRIPE_WEBHOOK_TOLERANCE_SECONDS", default_value_t = 300)]
     pub stripe_webhook_tolerance_seconds: i64,
+    /// How usage is delivered to Stripe's meter.
+    #[command(flatten)]
+    pub delivery: DeliveryConfig,
+}
+
+/// Settings of the meter event delivery worker (`src/billing/delivery.rs`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct DeliveryConfig {
+    /// Run the delivery worker inside `tally serve` (it also runs alone as `tally worker`).
+    #[arg(long = "stripe-worker", env = "STRIPE_WORKER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub run_in_server: bool,
+    /// Meter event calls per second, per worker process. Unset: 1,000 with a live key, 25 with a test key
+    /// (Stripe's documented limits); divide by the number of worker processes.
+    #[arg(long, env = "STRIPE_CALLS_PER_SECOND", value_parser = clap::value_parser!(u32).range(1..))]
+    pub calls_per_second: Option<u32>,
+    /// Meter event calls in flight at once, per worker process (never more than one per customer and meter).
+    #[arg(long, env = "STRIPE_MAX_IN_FLIGHT", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_in_flight: u32,
+    /// Most usage events summed into one meter event; 1 sends every event on its own.
+    #[arg(long, env = "STRIPE_BATCH_MAX_EVENTS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub batch_max_events: u32,
+    /// First retry delay after a 429, a 5xx or a timeout, in milliseconds; it doubles per attempt, with jitter.
+    #[arg(long, env = "STRIPE_RETRY_BASE_MS", default_value_t = 1_000)]
+    pub retry_base_ms: u64,
+    /// Longest retry delay, in milliseconds.
+    #[arg(long, env = "STRIPE_RETRY_MAX_MS", default_value_t = 600_000)]
+    pub retry_max_ms: u64,
+    /// Time one Stripe call may take before it counts as failed (and is retried), in milliseconds.
+    #[arg(long, env = "STRIPE_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    pub request_timeout_ms: u64,
+    /// How long a worker holds a claimed delivery before another worker may take it over, in milliseconds
+    /// (a worker that died mid-call leaves its lease behind).
+    #[arg(long, env = "STRIPE_LEASE_MS", default_value_t = 90_000)]
+    pub lease_ms: u64,
+    /// How often an idle worker looks for due work, in milliseconds.
+    #[arg(long, env = "STRIPE_POLL_MS", default_value_t = 500)]
+    pub poll_ms: u64,
+    /// Create a Stripe customer for every account that has none (at sign-up, and by the worker for the rest).
+    #[arg(long = "stripe-create-customers", env = "STRIPE_CREATE_CUSTOMERS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub create_customers: bool,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            run_in_server: true,
+            calls_per_second: None,
+            max_in_flight: 32,
+            batch_max_events: 10_000,
+            retry_base_ms: 1_000,
+            retry_max_ms: 600_000,
+            request_timeout_ms: 30_000,
+            lease_ms: 90_000,
+            poll_ms: 500,
+            create_customers: true,
+        }
+    }
 }
 
 /// A usage limit as configured: `None` means unlimited. (A newtype so clap does not read `Option` as "optional".)
@@ -121,6 +178,7 @@ impl std::fmt::Debug for Config {
             .field("stripe_secret_key", &self.stripe_secret_key.as_ref().map(|_| "<hidden>"))
             .field("stripe_api_base", &self.stripe_api_base)
             .field("stripe_price_id", &self.stripe_price_id)
+            .field("delivery", &self.delivery)
             .finish()
     }
 }
@@ -161,6 +219,7 @@ mod tests {
             stripe_secret_key: Some("sk_test_s3cret".into()),
             stripe_api_base: "http://127.0.0.1:12111".into(),
             stripe_price_id: None,
+            delivery: DeliveryConfig::default(),
         };
         assert_eq!(config.stripe_webhook_secrets(), ["whsec_a", "whsec_b"]);
         assert!(!format!("{config:?}").contains("whsec_"));

@@ -100,6 +100,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     crate::db::check_timezone(&pool, &config.billing_timezone).await?;
 
     let addr = leptos_options.site_addr;
+    let worker = match crate::billing::delivery::DeliveryWorker::from_config(pool.clone(), &config) {
+        Some(worker) if config.delivery.run_in_server => Some(tokio::spawn(worker.run())),
+        Some(_) => None,
+        None => {
+            tracing::info!("STRIPE_SECRET_KEY is not set: usage is recorded and kept pending, not sent to Stripe");
+            None
+        }
+    };
     let state = AppState::new(leptos_options, pool.clone(), config);
     let app = router(state, routes());
 
@@ -113,6 +121,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!("Tally listening on http://{addr}");
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
     deletion.abort();
+    // In-flight calls are safe to abandon: their leases expire and the identifiers make the retries count once.
+    if let Some(worker) = worker {
+        worker.abort();
+    }
     Ok(())
 }
 

@@ -102,6 +102,12 @@ pub fn check_new_password(password: &str) -> Result<(), AppError> {
 pub async fn signup(email: String, password: String) -> Result<(), AppError> {
     let state = crate::state::AppState::current()?;
     let user_id = users::register(&state.pool, &email, &password, state.config.default_usage_limit.0).await?;
+    if let (Some(stripe), true) = (&state.stripe, state.config.delivery.create_customers) {
+        // The account exists either way; a customer Stripe could not create now is created by the worker later.
+        if let Err(err) = crate::billing::customers::ensure(&state.pool, stripe, user_id).await {
+            tracing::warn!(user = %user_id, error = %err, "no Stripe customer at sign-up; the worker will retry");
+        }
+    }
     session::sign_in(user_id).await?;
     leptos_axum::redirect("/");
     Ok(())

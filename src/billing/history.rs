@@ -34,7 +34,7 @@ pub async fn overview(pool: &PgPool, user_id: Uuid, timezone: &str) -> Result<Bi
     .bind(SHOWN_CYCLES)
     .fetch_all(pool)
     .await?;
-    Ok(BillingOverview { subscription, can_subscribe: false, cycles })
+    Ok(BillingOverview { subscription, can_subscribe: false, cycles, sync: Default::default() })
 }
 
 /// The email and Stripe customer (if linked) Checkout is opened for.

@@ -1,4 +1,5 @@
-//! Billing: Stripe webhooks (signature, dedupe, subscriptions, paid invoices) and the billing history users see.
+//! Billing: delivery of usage to Stripe's meter, Stripe customers, setup and reconciliation, webhooks (signature,
+//! dedupe, subscriptions, paid invoices) and the billing history users see.
 
 use chrono::{DateTime, Utc};
 use leptos::prelude::*;
@@ -7,9 +8,15 @@ use serde::{Deserialize, Serialize};
 use crate::error::AppError;
 
 #[cfg(feature = "ssr")]
+pub mod customers;
+#[cfg(feature = "ssr")]
+pub mod delivery;
+#[cfg(feature = "ssr")]
 pub mod events;
 #[cfg(feature = "ssr")]
 pub mod history;
+#[cfg(feature = "ssr")]
+pub mod setup;
 #[cfg(feature = "ssr")]
 pub mod signature;
 #[cfg(feature = "ssr")]
@@ -55,6 +62,25 @@ pub struct BillingOverview {
     pub can_subscribe: bool,
     /// Newest first.
     pub cycles: Vec<BillingCycle>,
+    /// How far the user's usage has reached Stripe's meter.
+    pub sync: MeterSync,
+}
+
+/// The user's usage events by delivery state, with the reasons for those not delivered.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeterSync {
+    /// The server has a Stripe key: pending events are being sent.
+    pub stripe_configured: bool,
+    pub delivered: i64,
+    pub pending: i64,
+    pub awaiting_customer: i64,
+    pub failed: i64,
+    pub expired: i64,
+    /// Stripe's answer to the latest failed event.
+    pub last_failure: Option<String>,
+    /// Stripe's answer to the latest attempt that will be retried.
+    pub last_retry_error: Option<String>,
 }
 
 /// The signed-in user's subscription and invoices.
@@ -63,6 +89,8 @@ pub async fn get_billing_overview() -> Result<BillingOverview, AppError> {
     let state = crate::state::AppState::current()?;
     let user_id = crate::auth::session::require_user_id().await?;
     let mut overview = history::overview(&state.pool, user_id, &state.config.billing_timezone).await?;
+    overview.sync = status::for_user(&state.pool, user_id).await?;
+    overview.sync.stripe_configured = state.stripe.is_some();
     let live = overview.subscription.as_ref().is_some_and(|s| LIVE_STATUSES.contains(&s.status.as_str()));
     overview.can_subscribe = state.stripe.is_some() && state.config.stripe_price_id.is_some() && !live;
     Ok(overview)

@@ -14,6 +14,10 @@ pub struct SyncStatus {
     /// The latest unmatched webhook events: id, type, customer, received.
     pub latest_unmatched: Vec<(String, String, Option<String>, DateTime<Utc>)>,
     pub meter_error_reports: i64,
+    /// Meter events Stripe refused, by reason: (Stripe's message, usage events).
+    pub failures: Vec<(String, i64)>,
+    /// Deliveries waiting for a retry: identifier, attempts, last error, next attempt.
+    pub retrying: Vec<(String, i32, String, DateTime<Utc>)>,
 }
 
 /// Reads the sync state.
@@ -30,7 +34,73 @@ pub async fn read(pool: &PgPool) -> Result<SyncStatus, AppError> {
     .fetch_all(pool)
     .await?;
     let meter_error_reports = sqlx::query_scalar("SELECT count(*) FROM meter_error_reports").fetch_one(pool).await?;
-    Ok(SyncStatus { outbox, unmatched_events, latest_unmatched, meter_error_reports })
+    let failures = sqlx::query_as(
+        "SELECT coalesce(last_error, 'no reason recorded'), count(*) FROM meter_event_outbox
+         WHERE status = 'failed' GROUP BY 1 ORDER BY 2 DESC LIMIT 10",
+    )
+    .fetch_all(pool)
+    .await?;
+    let retrying = sqlx::query_as(
+        "SELECT identifier, attempts, last_error, next_attempt_at FROM meter_deliveries
+         WHERE status = 'pending' AND last_error IS NOT NULL ORDER BY next_attempt_at LIMIT 10",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(SyncStatus { outbox, unmatched_events, latest_unmatched, meter_error_reports, failures, retrying })
+}
+
+/// One user's events by delivery state (`stripe_configured` is left for the caller, who knows the config).
+pub async fn for_user(pool: &PgPool, user_id: uuid::Uuid) -> Result<crate::billing::MeterSync, AppError> {
+    let counts: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM meter_event_outbox WHERE user_id = $1 GROUP BY status")
+            .bind(user_id)
+            .fetch_all(pool)
+            .await?;
+    let count = |status: &str| counts.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n);
+    let last_failure = sqlx::query_scalar(
+        "SELECT coalesce(last_error, 'no reason recorded') FROM meter_deliveries
+         WHERE user_id = $1 AND status = 'failed'
+         ORDER BY updated_at DESC LIMIT 1",
+    )
+    .bind(user_id)
+    .fetch_optional(pool)
+    .await?;
+    let last_retry_error = sqlx::query_scalar(
+        "SELECT last_error FROM meter_deliveries WHERE user_id = $1 AND status = 'pending' AND last_error IS NOT NULL
+         ORDER BY updated_at DESC LIMIT 1",
+    )
+    .bind(user_id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(crate::billing::MeterSync {
+        stripe_configured: false,
+        delivered: count("delivered"),
+        pending: count("pending"),
+        awaiting_customer: count("awaiting_customer"),
+        failed: count("failed"),
+        expired: count("expired"),
+        last_failure,
+        last_retry_error,
+    })
+}
+
+/// Queues every failed meter event for another attempt (e.g. after fixing the meter Stripe refused them for);
+/// returns how many usage events were re-queued.
+pub async fn retry_failed(pool: &PgPool) -> Result<u64, AppError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "UPDATE meter_deliveries SET status = 'pending', next_attempt_at = now(), updated_at = now()
+         WHERE status = 'failed'",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let requeued =
+        sqlx::query("UPDATE meter_event_outbox SET status = 'pending', updated_at = now() WHERE status = 'failed'")
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+    tx.commit().await?;
+    Ok(requeued)
 }
 
 /// Links an account to an existing Stripe customer (and the subscriptions already received for it).

@@ -22,6 +22,17 @@ pub enum StripeError {
 }
 
 impl StripeError {
+    /// Whether Stripe refused a meter event because it already holds one with this identifier: the event was
+    /// delivered before (a retry after a lost answer), so it counts as delivered.
+    pub fn is_duplicate_identifier(&self) -> bool {
+        match self {
+            StripeError::Api { status: 400, code, message, .. } => {
+                code.as_deref() == Some("duplicate_meter_event") || message.contains("already exists with identifier")
+            }
+            _ => false,
+        }
+    }
+
     /// Whether the same request may succeed later. `Stripe-Should-Retry` decides when Stripe sent it; otherwise
     /// network errors, 409 (lock or idempotency conflicts), 429 and 5xx are retryable, as in Stripe's SDKs.
     pub fn is_retryable(&self) -> bool {
@@ -47,6 +58,11 @@ impl StripeClient {
         StripeClient { http, base_url: base_url.trim_end_matches('/').to_owned(), secret_key: secret_key.to_owned() }
     }
 
+    /// Whether the key is a live-mode key (`sk_live_…`/`rk_live_…`): Stripe's rate limits differ by mode.
+    pub fn is_live(&self) -> bool {
+        self.secret_key.contains("_live_")
+    }
+
     /// POSTs `params` (bracketed keys, e.g. `line_items[0][price]`) to `path` and returns the JSON answer.
     pub async fn post(
         &self,
@@ -54,13 +70,20 @@ impl StripeClient {
         params: &[(&str, String)],
         idempotency_key: &str,
     ) -> Result<Value, StripeError> {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.base_url))
+        let request =
+            self.http.post(format!("{}{path}", self.base_url)).header("Idempotency-Key", idempotency_key).form(params);
+        self.send(request).await
+    }
+
+    /// GETs `path` with `query` and returns the JSON answer.
+    pub async fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Value, StripeError> {
+        self.send(self.http.get(format!("{}{path}", self.base_url)).query(query)).await
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, StripeError> {
+        let response = request
             .bearer_auth(&self.secret_key)
             .header("Stripe-Version", STRIPE_VERSION)
-            .header("Idempotency-Key", idempotency_key)
-            .form(params)
             .send()
             .await
             .map_err(|err| StripeError::Network(err.without_url().to_string()))?;
@@ -70,7 +93,14 @@ impl StripeClient {
             .get("stripe-should-retry")
             .and_then(|v| v.to_str().ok())
             .map(|v| v.eq_ignore_ascii_case("true"));
-        let body: Value = response.json().await.map_err(|err| StripeError::Decode(err.without_url().to_string()))?;
+        // A body cut off mid-way leaves the outcome unknown: that is a network failure (retry), not a bad answer.
+        let bytes = response.bytes().await.map_err(|err| StripeError::Network(err.without_url().to_string()))?;
+        let body: Value = match serde_json::from_slice(&bytes) {
+            Ok(body) => body,
+            // A proxy's HTML 502 is still a 502: keep the status so the retry rules apply.
+            Err(_) if !(200..300).contains(&status) => Value::Null,
+            Err(err) => return Err(StripeError::Decode(format!("HTTP {status}, body is not JSON: {err}"))),
+        };
         if (200..300).contains(&status) {
             return Ok(body);
         }
@@ -82,6 +112,104 @@ impl StripeClient {
             message: error["message"].as_str().unwrap_or("no message").to_owned(),
             should_retry,
         })
+    }
+
+    /// Reports usage to a meter (`POST /v1/billing/meter_events`). The value goes as a decimal string, the time as
+    /// unix seconds, both as Stripe's form encoding expects.
+    pub async fn create_meter_event(&self, event: &MeterEvent<'_>, idempotency_key: &str) -> Result<(), StripeError> {
+        let params = [
+            ("event_name", event.event_name.to_owned()),
+            ("payload[stripe_customer_id]", event.customer.to_owned()),
+            ("payload[value]", event.value.to_string()),
+            ("identifier", event.identifier.to_owned()),
+            ("timestamp", event.timestamp.to_string()),
+        ];
+        self.post("/v1/billing/meter_events", &params, idempotency_key).await.map(drop)
+    }
+
+    /// Creates a customer for an account (`metadata[user_id]` points back to it) and returns its id.
+    pub async fn create_customer(
+        &self,
+        email: &str,
+        user_id: &str,
+        idempotency_key: &str,
+    ) -> Result<String, StripeError> {
+        let params = [("email", email.to_owned()), ("metadata[user_id]", user_id.to_owned())];
+        let customer = self.post("/v1/customers", &params, idempotency_key).await?;
+        string_field(&customer, "id")
+    }
+
+    /// The active meters of the account.
+    pub async fn list_meters(&self) -> Result<Vec<Meter>, StripeError> {
+        let list = self.get("/v1/billing/meters", &[("status", "active".into()), ("limit", "100".into())]).await?;
+        decode(&list["data"])
+    }
+
+    /// Creates a SUM meter for `event_name`, mapping customers by `payload[stripe_customer_id]`.
+    pub async fn create_meter(&self, display_name: &str, event_name: &str, key: &str) -> Result<Meter, StripeError> {
+        let params = [
+            ("display_name", display_name.to_owned()),
+            ("event_name", event_name.to_owned()),
+            ("default_aggregation[formula]", "sum".to_owned()),
+            ("customer_mapping[type]", "by_id".to_owned()),
+            ("customer_mapping[event_payload_key]", "stripe_customer_id".to_owned()),
+            ("value_settings[event_payload_key]", "value".to_owned()),
+        ];
+        decode(&self.post("/v1/billing/meters", &params, key).await?)
+    }
+
+    /// The active price with this `lookup_key`, if there is one.
+    pub async fn find_price(&self, lookup_key: &str) -> Result<Option<Price>, StripeError> {
+        let list =
+            self.get("/v1/prices", &[("lookup_keys[0]", lookup_key.to_owned()), ("active", "true".into())]).await?;
+        let prices: Vec<Price> = decode(&list["data"])?;
+        Ok(prices.into_iter().next())
+    }
+
+    /// Creates a product.
+    pub async fn create_product(&self, name: &str, key: &str) -> Result<String, StripeError> {
+        string_field(&self.post("/v1/products", &[("name", name.to_owned())], key).await?, "id")
+    }
+
+    /// Creates a monthly metered price on `meter`.
+    pub async fn create_metered_price(&self, price: &NewMeteredPrice<'_>, key: &str) -> Result<Price, StripeError> {
+        let params = [
+            ("product", price.product.to_owned()),
+            ("currency", price.currency.to_owned()),
+            ("unit_amount_decimal", price.unit_amount_decimal.to_owned()),
+            ("recurring[interval]", "month".to_owned()),
+            ("recurring[usage_type]", "metered".to_owned()),
+            ("recurring[meter]", price.meter.to_owned()),
+            ("lookup_key", price.lookup_key.to_owned()),
+            ("nickname", price.nickname.to_owned()),
+        ];
+        decode(&self.post("/v1/prices", &params, key).await?)
+    }
+
+    /// The usage Stripe has aggregated for `customer` on `meter` in `[start, end)` (unix seconds, whole minutes).
+    pub async fn meter_usage(&self, meter: &str, customer: &str, start: i64, end: i64) -> Result<i64, StripeError> {
+        let path = format!("/v1/billing/meters/{meter}/event_summaries");
+        let mut total = 0_i64;
+        let mut after: Option<String> = None;
+        loop {
+            let mut query = vec![
+                ("customer", customer.to_owned()),
+                ("start_time", start.to_string()),
+                ("end_time", end.to_string()),
+                ("limit", "100".to_owned()),
+            ];
+            if let Some(after) = &after {
+                query.push(("starting_after", after.clone()));
+            }
+            let page = self.get(&path, &query).await?;
+            let summaries: Vec<MeterEventSummary> = decode(&page["data"])?;
+            // Stripe sends the aggregate as a JSON number; usage is whole tokens.
+            total += summaries.iter().map(|s| s.aggregated_value.round() as i64).sum::<i64>();
+            match (page["has_more"].as_bool(), summaries.last()) {
+                (Some(true), Some(last)) => after = Some(last.id.clone()),
+                _ => return Ok(total),
+            }
+        }
     }
 
     /// Creates a Checkout Session subscribing a customer to `price_id` and returns its URL. `client_reference_id`
@@ -100,11 +228,66 @@ impl StripeClient {
             None => params.push(("customer_email", checkout.email.to_owned())),
         }
         let session = self.post("/v1/checkout/sessions", &params, checkout.idempotency_key).await?;
-        session["url"]
-            .as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| StripeError::Decode("checkout session without url".into()))
+        string_field(&session, "url")
     }
+}
+
+fn string_field(object: &Value, field: &str) -> Result<String, StripeError> {
+    object[field]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| StripeError::Decode(format!("answer without {field}: {object}")))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(value: &Value) -> Result<T, StripeError> {
+    T::deserialize(value).map_err(|err| StripeError::Decode(err.to_string()))
+}
+
+/// One meter event, as [`StripeClient::create_meter_event`] sends it.
+pub struct MeterEvent<'a> {
+    pub event_name: &'a str,
+    pub customer: &'a str,
+    pub value: i64,
+    /// Stripe refuses a second event with the same identifier (for at least 24 hours).
+    pub identifier: &'a str,
+    /// Unix seconds; Stripe accepts the past 35 days up to 5 minutes ahead.
+    pub timestamp: i64,
+}
+
+/// A Stripe billing meter.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Meter {
+    pub id: String,
+    pub event_name: String,
+    #[serde(default)]
+    pub status: String,
+}
+
+/// A Stripe price.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Price {
+    pub id: String,
+    pub product: String,
+    #[serde(default)]
+    pub lookup_key: Option<String>,
+}
+
+/// What [`StripeClient::create_metered_price`] creates.
+pub struct NewMeteredPrice<'a> {
+    pub product: &'a str,
+    pub meter: &'a str,
+    /// Lower-case ISO 4217, e.g. `jpy`.
+    pub currency: &'a str,
+    /// Per unit (token), in the currency's smallest unit, as a decimal string (e.g. `0.00005` yen).
+    pub unit_amount_decimal: &'a str,
+    pub lookup_key: &'a str,
+    pub nickname: &'a str,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct MeterEventSummary {
+    id: String,
+    aggregated_value: f64,
 }
 
 /// What a Checkout Session is created from.

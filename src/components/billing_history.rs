@@ -2,7 +2,8 @@
 
 use leptos::prelude::*;
 
-use crate::billing::{format_money, get_billing_overview, BillingOverview, StartCheckout};
+use crate::billing::{format_money, get_billing_overview, BillingOverview, MeterSync, StartCheckout};
+use crate::components::usage_meter::format_thousands;
 
 /// Subscription status and billing history.
 #[component]
@@ -80,7 +81,49 @@ fn Overview(overview: BillingOverview) -> impl IntoView {
     view! {
         {subscription}
         {subscribe}
+        <SyncState sync=overview.sync />
         {cycles}
+    }
+}
+
+/// How much of the user's usage has reached Stripe, and why the rest has not.
+#[component]
+fn SyncState(sync: MeterSync) -> impl IntoView {
+    let events = |n: i64| format!("{} event{}", format_thousands(n), if n == 1 { "" } else { "s" });
+    let mut lines: Vec<(&'static str, String)> = Vec::new();
+    if sync.pending > 0 {
+        let why = if !sync.stripe_configured {
+            " (Stripe is not configured on this server yet; they are kept and sent once it is)".to_owned()
+        } else if let Some(error) = &sync.last_retry_error {
+            format!(" (retrying; Stripe's last answer: {error})")
+        } else {
+            " (being sent)".to_owned()
+        };
+        lines.push(("pending", format!("{} waiting to be sent to Stripe{why}", events(sync.pending))));
+    }
+    if sync.awaiting_customer > 0 {
+        let line = format!("{} waiting for your Stripe customer account to be set up", events(sync.awaiting_customer));
+        lines.push(("awaiting", line));
+    }
+    if sync.failed > 0 {
+        let reason = sync.last_failure.as_deref().unwrap_or("no reason given");
+        lines.push(("failed", format!("{} refused by Stripe: {reason}", events(sync.failed))));
+    }
+    if sync.expired > 0 {
+        let line = format!("{} older than the 35 days Stripe accepts, not sent", events(sync.expired));
+        lines.push(("expired", line));
+    }
+    let summary = format!("Usage reported to Stripe: {}", events(sync.delivered));
+    view! {
+        <div class="billing__sync" data-testid="stripe-sync">
+            <p>{summary}</p>
+            <ul>
+                {lines
+                    .into_iter()
+                    .map(|(kind, line)| view! { <li data-sync=kind>{line}</li> })
+                    .collect_view()}
+            </ul>
+        </div>
     }
 }
 

@@ -48,6 +48,7 @@ pub fn config() -> Config {
         stripe_secret_key: None,
         stripe_api_base: "http://127.0.0.1:9".into(),
         stripe_price_id: None,
+        delivery: Default::default(),
     }
 }
 

@@ -1,0 +1,647 @@
+//! Delivery of recorded usage to Stripe's meter: every committed usage event reaches it exactly once in effect.
+//!
+//! Each usage event has a `meter_event_outbox` row, written in the transaction that recorded it. The worker
+//! ([`DeliveryWorker::step`], looped by [`DeliveryWorker::run`]; any number of processes may run it):
+//!
+//! 1. **Batches** due outbox rows into `meter_deliveries`: per customer, meter and billing period, summing up to
+//!    `STRIPE_BATCH_MAX_EVENTS` events (and at most 15 digits, Stripe's limit) into one meter event stamped with
+//!    the latest member's time, which lies inside the period. Rows are taken `FOR UPDATE SKIP LOCKED`; a customer
+//!    with a delivery still open gets no new one, so events due while a call is in flight ride together on the
+//!    next one. The batch is committed, with its members and its `identifier`, before it is ever sent.
+//! 2. **Claims** due deliveries under a lease: at most one per customer and meter across all workers (Stripe
+//!    allows one concurrent call per customer and meter), oldest first.
+//! 3. **Sends** each with its `identifier` (a single event's own id, else the batch id) at the global rate limit.
+//!    A 200, or Stripe's 400 "An event already exists with identifier …", marks it delivered; 429, 5xx, 409,
+//!    timeouts and lost answers retry later with exponential backoff and jitter; other 4xx mark it failed with
+//!    Stripe's message (shown by `tally stripe status` and on the dashboard; `tally stripe retry` re-queues).
+//!    Events too old for Stripe's 35-day window are marked expired instead of sent.
+//!
+//! Why a fresh `Idempotency-Key` per attempt: Stripe saves the first answer under a key, *including a 500*, so a
+//! key reused after a 500 would get that 500 forever. The identifier, not the key, is what makes a retry count
+//! once: a retry of a call whose answer was lost gets the "already exists" 400, which counts as delivered.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::billing::stripe::{MeterEvent, StripeClient, StripeError};
+use crate::billing::LIVE_STATUSES;
+use crate::config::DeliveryConfig;
+use crate::error::AppError;
+
+/// Stripe takes meter events from the past 35 days; older ones are expired with this margin left for the call.
+const STRIPE_WINDOW: chrono::Duration = chrono::Duration::days(35);
+const EXPIRY_MARGIN: chrono::Duration = chrono::Duration::minutes(5);
+/// Stripe refuses meter values of more than 15 digits.
+const MAX_METER_VALUE: i64 = 999_999_999_999_999;
+/// Outbox rows batched per step, and customers considered per step.
+const ROWS_PER_STEP: i64 = 100_000;
+const CUSTOMERS_PER_STEP: i64 = 2_000;
+/// How often the worker looks for accounts without a Stripe customer.
+const CUSTOMER_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+/// Serialises claims across workers so that "no call in flight for this customer and meter" is read and acted
+/// on atomically (the claim is one short statement).
+const CLAIM_LOCK: i64 = 0x7461_6c6c_7964_6c76;
+
+/// What one or more steps did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Outbox rows put into new deliveries.
+    pub batched: u64,
+    /// Deliveries created.
+    pub deliveries: u64,
+    /// Meter event calls made.
+    pub calls: u64,
+    pub delivered: u64,
+    pub retried: u64,
+    pub failed: u64,
+    /// Outbox rows and deliveries marked expired.
+    pub expired: u64,
+    pub customers_created: u64,
+}
+
+impl Progress {
+    fn did_work(&self) -> bool {
+        self.batched + self.calls + self.expired + self.customers_created > 0
+    }
+
+    fn add(&mut self, other: Progress) {
+        self.batched += other.batched;
+        self.deliveries += other.deliveries;
+        self.calls += other.calls;
+        self.delivered += other.delivered;
+        self.retried += other.retried;
+        self.failed += other.failed;
+        self.expired += other.expired;
+        self.customers_created += other.customers_created;
+    }
+}
+
+/// Reports usage from the outbox to Stripe. Cheap to clone; clones share the rate limiter.
+#[derive(Clone)]
+pub struct DeliveryWorker {
+    pool: PgPool,
+    stripe: StripeClient,
+    settings: DeliveryConfig,
+    timezone: String,
+    limiter: Arc<DefaultDirectRateLimiter>,
+    last_customer_sweep: Arc<Mutex<Option<Instant>>>,
+}
+
+/// A delivery this worker holds the lease of.
+#[derive(Debug, sqlx::FromRow)]
+struct Claimed {
+    id: Uuid,
+    identifier: String,
+    stripe_customer_id: String,
+    event_name: String,
+    quantity: i64,
+    event_timestamp: DateTime<Utc>,
+    attempts: i32,
+    lease_token: Uuid,
+}
+
+/// How one call ended, for the books.
+enum Outcome {
+    Delivered,
+    Retry,
+    Failed,
+    Expired,
+}
+
+impl DeliveryWorker {
+    /// A worker for `stripe`. Its HTTP client gives every call `request_timeout_ms`.
+    pub fn new(
+        pool: PgPool,
+        stripe_api_base: &str,
+        secret_key: &str,
+        settings: DeliveryConfig,
+        timezone: &str,
+    ) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(settings.request_timeout_ms))
+            .build()
+            .unwrap_or_default();
+        let stripe = StripeClient::new(http, stripe_api_base, secret_key);
+        let rate = settings.calls_per_second.unwrap_or(if stripe.is_live() { 1_000 } else { 25 });
+        let limiter = RateLimiter::direct(Quota::per_second(NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN)));
+        DeliveryWorker {
+            pool,
+            stripe,
+            settings,
+            timezone: timezone.to_owned(),
+            limiter: Arc::new(limiter),
+            last_customer_sweep: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// The worker the configuration asks for; `None` without `STRIPE_SECRET_KEY`.
+    pub fn from_config(pool: PgPool, config: &crate::config::Config) -> Option<DeliveryWorker> {
+        let key = config.stripe_secret_key.as_deref()?;
+        Some(DeliveryWorker::new(pool, &config.stripe_api_base, key, config.delivery.clone(), &config.billing_timezone))
+    }
+
+    /// The Stripe client the worker calls with.
+    pub fn stripe(&self) -> &StripeClient {
+        &self.stripe
+    }
+
+    /// Delivers forever: steps while there is work, sleeps `poll_ms` when there is none.
+    pub async fn run(self) {
+        tracing::info!(
+            calls_per_second = self.settings.calls_per_second,
+            max_in_flight = self.settings.max_in_flight,
+            "meter event delivery worker started"
+        );
+        loop {
+            match self.step().await {
+                Ok(progress) if progress.did_work() => continue,
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %err, "meter event delivery step failed; retrying"),
+            }
+            tokio::time::sleep(Duration::from_millis(self.settings.poll_ms)).await;
+        }
+    }
+
+    /// Steps until nothing is left to send (deliveries waiting for a retry included) or `deadline` passes.
+    /// Returns what was done and how many outbox rows are still pending.
+    pub async fn drain(&self, deadline: Duration) -> Result<(Progress, i64), AppError> {
+        let started = Instant::now();
+        let mut total = Progress::default();
+        loop {
+            let progress = self.step().await?;
+            total.add(progress);
+            if progress.did_work() {
+                continue;
+            }
+            let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM meter_event_outbox WHERE status = 'pending'")
+                .fetch_one(&self.pool)
+                .await?;
+            if pending == 0 || started.elapsed() >= deadline {
+                return Ok((total, pending));
+            }
+            tokio::time::sleep(Duration::from_millis(self.settings.poll_ms.min(50))).await;
+        }
+    }
+
+    /// One round: create missing customers (now and then), expire what Stripe would refuse, batch due rows, then
+    /// claim and send up to `max_in_flight` deliveries at once.
+    pub async fn step(&self) -> Result<Progress, AppError> {
+        let mut progress = Progress::default();
+        if self.settings.create_customers && self.customer_sweep_due() {
+            progress.customers_created = super::customers::create_missing(&self.pool, &self.stripe, 100).await?;
+        }
+        progress.expired = self.expire_old_rows().await?;
+        let (batched, deliveries) = self.form_batches().await?;
+        progress.batched = batched;
+        progress.deliveries = deliveries;
+
+        let claimed = self.claim().await?;
+        let outcomes = futures::future::join_all(claimed.into_iter().map(|d| self.deliver(d))).await;
+        for outcome in outcomes {
+            progress.calls += 1;
+            match outcome? {
+                Outcome::Delivered => progress.delivered += 1,
+                Outcome::Retry => progress.retried += 1,
+                Outcome::Failed => progress.failed += 1,
+                Outcome::Expired => {
+                    progress.calls -= 1;
+                    progress.expired += 1;
+                }
+            }
+        }
+        Ok(progress)
+    }
+
+    fn customer_sweep_due(&self) -> bool {
+        let Ok(mut last) = self.last_customer_sweep.lock() else { return false };
+        if last.is_some_and(|at| at.elapsed() < CUSTOMER_SWEEP_INTERVAL) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
+    }
+
+    /// Marks unsent rows older than Stripe's window as expired: Stripe would refuse them, so they are kept, with
+    /// the reason, instead of sent.
+    async fn expire_old_rows(&self) -> Result<u64, AppError> {
+        let expired = sqlx::query(
+            "UPDATE meter_event_outbox o
+             SET status = 'expired', updated_at = now(),
+                 last_error = 'older than the 35 days Stripe accepts meter events for'
+             FROM usage_events e
+             WHERE e.id = o.usage_event_id AND o.status IN ('pending', 'awaiting_customer')
+               AND o.delivery_id IS NULL AND e.occurred_at < $1",
+        )
+        .bind(Utc::now() - STRIPE_WINDOW + EXPIRY_MARGIN)
+        .execute(&self.pool)
+        .await?;
+        Ok(expired.rows_affected())
+    }
+
+    /// Puts due outbox rows of customers without an open delivery into new deliveries; returns (rows, deliveries).
+    async fn form_batches(&self) -> Result<(u64, u64), AppError> {
+        let mut tx = self.pool.begin().await?;
+        let users: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT DISTINCT o.user_id FROM meter_event_outbox o
+             WHERE o.status = 'pending' AND o.delivery_id IS NULL AND o.next_attempt_at <= now()
+               AND NOT EXISTS (SELECT 1 FROM meter_deliveries d WHERE d.user_id = o.user_id AND d.status = 'pending')
+             LIMIT $1",
+        )
+        .bind(CUSTOMERS_PER_STEP)
+        .fetch_all(&mut *tx)
+        .await?;
+        if users.is_empty() {
+            return Ok((0, 0));
+        }
+        // Periods must not move while they are read: the same shared lock usage writers take.
+        crate::usage::period::lock_users_shared(&mut tx, &users).await?;
+        let rows: Vec<DueRow> = sqlx::query_as(
+            "SELECT o.usage_event_id, o.user_id, u.stripe_customer_id, e.event_type, e.quantity, e.occurred_at,
+                    p.period_start, p.period_end
+             FROM meter_event_outbox o
+             JOIN usage_events e ON e.id = o.usage_event_id
+             JOIN users u ON u.id = o.user_id
+             CROSS JOIN LATERAL billing_period_of(o.user_id, e.occurred_at, $3, $4) AS p
+             WHERE o.user_id = ANY($1) AND o.status = 'pending' AND o.delivery_id IS NULL
+               AND o.next_attempt_at <= now() AND u.stripe_customer_id IS NOT NULL
+             ORDER BY o.user_id, e.occurred_at, o.usage_event_id
+             LIMIT $2
+             FOR UPDATE OF o SKIP LOCKED",
+        )
+        .bind(&users)
+        .bind(ROWS_PER_STEP)
+        .bind(&self.timezone)
+        .bind(LIVE_STATUSES)
+        .fetch_all(&mut *tx)
+        .await?;
+        let batches = plan_batches(rows, self.settings.batch_max_events as usize);
+        let mut deliveries = NewDeliveries::default();
+        for batch in &batches {
+            deliveries.push(batch);
+        }
+        deliveries.insert(&mut tx).await?;
+        tx.commit().await?;
+        Ok((deliveries.members.len() as u64, batches.len() as u64))
+    }
+
+    /// Leases up to `max_in_flight` due deliveries, one per customer and meter, none whose customer and meter
+    /// already has a call in flight anywhere.
+    async fn claim(&self) -> Result<Vec<Claimed>, AppError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(CLAIM_LOCK).execute(&mut *tx).await?;
+        let claimed: Vec<Claimed> = sqlx::query_as(
+            "UPDATE meter_deliveries d
+             SET leased_until = now() + $2 * interval '1 millisecond', lease_token = gen_random_uuid(),
+                 attempts = d.attempts + 1, updated_at = now()
+             WHERE d.id IN (
+                 SELECT id FROM (
+                     SELECT DISTINCT ON (c.stripe_customer_id, c.event_name) c.id, c.next_attempt_at
+                     FROM meter_deliveries c
+                     WHERE c.status = 'pending' AND c.next_attempt_at <= now()
+                       AND (c.leased_until IS NULL OR c.leased_until <= now())
+                       AND NOT EXISTS (
+                           SELECT 1 FROM meter_deliveries f
+                           WHERE f.status = 'pending' AND f.stripe_customer_id = c.stripe_customer_id
+                             AND f.event_name = c.event_name AND f.leased_until > now())
+                     ORDER BY c.stripe_customer_id, c.event_name, c.next_attempt_at, c.created_at
+                 ) AS one_per_customer
+                 ORDER BY next_attempt_at
+                 LIMIT $1)
+             RETURNING d.id, d.identifier, d.stripe_customer_id, d.event_name, d.quantity, d.event_timestamp,
+                       d.attempts, d.lease_token",
+        )
+        .bind(i64::from(self.settings.max_in_flight))
+        .bind(self.settings.lease_ms as f64)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    /// Sends one claimed delivery and records how it ended.
+    async fn deliver(&self, delivery: Claimed) -> Result<Outcome, AppError> {
+        if delivery.event_timestamp < Utc::now() - STRIPE_WINDOW + chrono::Duration::minutes(1) {
+            self.settle(&delivery, "expired", Some("older than the 35 days Stripe accepts meter events for")).await?;
+            return Ok(Outcome::Expired);
+        }
+        self.limiter.until_ready().await;
+        let event = MeterEvent {
+            event_name: &delivery.event_name,
+            customer: &delivery.stripe_customer_id,
+            value: delivery.quantity,
+            identifier: &delivery.identifier,
+            timestamp: delivery.event_timestamp.timestamp(),
+        };
+        let idempotency_key = format!("{}-attempt-{}", delivery.identifier, delivery.attempts);
+        match self.stripe.create_meter_event(&event, &idempotency_key).await {
+            Ok(()) => {
+                self.settle(&delivery, "delivered", None).await?;
+                Ok(Outcome::Delivered)
+            }
+            Err(err) if err.is_duplicate_identifier() => {
+                // An earlier attempt reached Stripe but its answer did not reach us.
+                self.settle(&delivery, "delivered", Some("Stripe already held this identifier")).await?;
+                Ok(Outcome::Delivered)
+            }
+            Err(err) if should_retry(&err) => {
+                self.retry_later(&delivery, &err).await?;
+                Ok(Outcome::Retry)
+            }
+            Err(err) => {
+                tracing::warn!(
+                    identifier = %delivery.identifier,
+                    customer = %delivery.stripe_customer_id,
+                    error = %err,
+                    "Stripe refused a meter event; marked failed"
+                );
+                self.settle(&delivery, "failed", Some(&err.to_string())).await?;
+                Ok(Outcome::Failed)
+            }
+        }
+    }
+
+    /// Ends a delivery and its outbox rows in `status`. Only a pending delivery changes: a second worker that
+    /// took over an expired lease may have settled it already.
+    async fn settle(&self, delivery: &Claimed, status: &str, note: Option<&str>) -> Result<(), AppError> {
+        let mut tx = self.pool.begin().await?;
+        let settled = sqlx::query(
+            "UPDATE meter_deliveries
+             SET status = $2, last_error = $3, leased_until = NULL, updated_at = now(),
+                 delivered_at = CASE WHEN $2 = 'delivered' THEN now() END
+             WHERE id = $1 AND status = 'pending'",
+        )
+        .bind(delivery.id)
+        .bind(status)
+        .bind(note)
+        .execute(&mut *tx)
+        .await?;
+        if settled.rows_affected() == 1 {
+            sqlx::query(
+                "UPDATE meter_event_outbox SET status = $2, last_error = $3, updated_at = now()
+                 WHERE delivery_id = $1",
+            )
+            .bind(delivery.id)
+            .bind(status)
+            .bind(if status == "delivered" { None } else { note })
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Releases the lease and schedules the next attempt: exponential backoff with jitter.
+    async fn retry_later(&self, delivery: &Claimed, err: &StripeError) -> Result<(), AppError> {
+        let delay = backoff(
+            delivery.attempts,
+            Duration::from_millis(self.settings.retry_base_ms),
+            Duration::from_millis(self.settings.retry_max_ms),
+            random_unit(),
+        );
+        tracing::debug!(identifier = %delivery.identifier, attempts = delivery.attempts, error = %err, ?delay, "meter event retry");
+        sqlx::query(
+            "UPDATE meter_deliveries
+             SET next_attempt_at = now() + $3 * interval '1 millisecond', leased_until = NULL, last_error = $4,
+                 updated_at = now()
+             WHERE id = $1 AND lease_token = $2 AND status = 'pending'",
+        )
+        .bind(delivery.id)
+        .bind(delivery.lease_token)
+        .bind(delay.as_millis() as f64)
+        .bind(err.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Whether a refused call should be tried again later. Besides Stripe's own rule ([`StripeError::is_retryable`]),
+/// authentication and permission errors wait for the operator to fix the key instead of failing the usage.
+fn should_retry(err: &StripeError) -> bool {
+    err.is_retryable() || matches!(err, StripeError::Api { status: 401 | 403, .. })
+}
+
+/// The delay before attempt `attempts + 1`: `base × 2^(attempts − 1)`, at most `max`, scaled into its upper
+/// half by `unit` (0–1) so that workers retrying together spread out.
+pub fn backoff(attempts: i32, base: Duration, max: Duration, unit: f64) -> Duration {
+    let exponent = attempts.saturating_sub(1).clamp(0, 30) as u32;
+    let full = base.saturating_mul(2_u32.saturating_pow(exponent)).min(max);
+    full.mul_f64(0.5 + 0.5 * unit.clamp(0.0, 1.0))
+}
+
+fn random_unit() -> f64 {
+    let mut bytes = [0_u8; 8];
+    getrandom::fill(&mut bytes).unwrap_or_default();
+    (u64::from_le_bytes(bytes) >> 11) as f64 / (1_u64 << 53) as f64
+}
+
+/// A due outbox row with what batching needs.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DueRow {
+    pub usage_event_id: Uuid,
+    pub user_id: Uuid,
+    pub stripe_customer_id: String,
+    pub event_type: String,
+    pub quantity: i64,
+    pub occurred_at: DateTime<Utc>,
+    pub period_start: DateTime<Utc>,
+    pub period_end: DateTime<Utc>,
+}
+
+/// Rows that go out as one meter event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    pub members: Vec<Uuid>,
+    pub user_id: Uuid,
+    pub stripe_customer_id: String,
+    pub event_name: String,
+    pub period_start: DateTime<Utc>,
+    pub period_end: DateTime<Utc>,
+    pub quantity: i64,
+    /// The latest member's time: inside the period, so Stripe bills the sum in the members' period.
+    pub timestamp: DateTime<Utc>,
+}
+
+/// Groups rows by customer, meter and billing period (never across a period boundary), each group cut into
+/// batches of at most `max_events` members and [`MAX_METER_VALUE`].
+pub fn plan_batches(rows: Vec<DueRow>, max_events: usize) -> Vec<Batch> {
+    type Key = (Uuid, String, String, DateTime<Utc>, DateTime<Utc>);
+    let mut groups: BTreeMap<Key, Vec<DueRow>> = BTreeMap::new();
+    for row in rows {
+        let key =
+            (row.user_id, row.stripe_customer_id.clone(), row.event_type.clone(), row.period_start, row.period_end);
+        groups.entry(key).or_default().push(row);
+    }
+    let mut batches = Vec::new();
+    for ((user_id, customer, event_name, period_start, period_end), rows) in groups {
+        let mut current: Option<Batch> = None;
+        for row in rows {
+            let fits = current.as_ref().is_some_and(|b| {
+                b.members.len() < max_events.max(1) && b.quantity.saturating_add(row.quantity) <= MAX_METER_VALUE
+            });
+            if !fits {
+                batches.extend(current.take());
+                current = Some(Batch {
+                    members: Vec::new(),
+                    user_id,
+                    stripe_customer_id: customer.clone(),
+                    event_name: event_name.clone(),
+                    period_start,
+                    period_end,
+                    quantity: 0,
+                    timestamp: row.occurred_at,
+                });
+            }
+            let batch = current.as_mut().expect("set above");
+            batch.members.push(row.usage_event_id);
+            batch.quantity += row.quantity;
+            batch.timestamp = batch.timestamp.max(row.occurred_at);
+        }
+        batches.extend(current);
+    }
+    batches
+}
+
+/// Deliveries and their members, inserted with two statements.
+#[derive(Default)]
+struct NewDeliveries {
+    ids: Vec<Uuid>,
+    identifiers: Vec<String>,
+    users: Vec<Uuid>,
+    customers: Vec<String>,
+    event_names: Vec<String>,
+    period_starts: Vec<DateTime<Utc>>,
+    period_ends: Vec<DateTime<Utc>>,
+    timestamps: Vec<DateTime<Utc>>,
+    quantities: Vec<i64>,
+    counts: Vec<i32>,
+    members: Vec<Uuid>,
+    member_deliveries: Vec<Uuid>,
+}
+
+impl NewDeliveries {
+    fn push(&mut self, batch: &Batch) {
+        let id = Uuid::new_v4();
+        // A delivery of one event is identified by that event, as Stripe's docs suggest; a sum by its batch.
+        let identifier = match batch.members.as_slice() {
+            [only] => only.to_string(),
+            _ => id.to_string(),
+        };
+        self.ids.push(id);
+        self.identifiers.push(identifier);
+        self.users.push(batch.user_id);
+        self.customers.push(batch.stripe_customer_id.clone());
+        self.event_names.push(batch.event_name.clone());
+        self.period_starts.push(batch.period_start);
+        self.period_ends.push(batch.period_end);
+        self.timestamps.push(batch.timestamp);
+        self.quantities.push(batch.quantity);
+        self.counts.push(batch.members.len() as i32);
+        self.members.extend(&batch.members);
+        self.member_deliveries.extend(std::iter::repeat_n(id, batch.members.len()));
+    }
+
+    async fn insert(&self, tx: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> Result<(), sqlx::Error> {
+        if self.ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO meter_deliveries (id, identifier, user_id, stripe_customer_id, event_name, period_start,
+                                           period_end, event_timestamp, quantity, event_count)
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::timestamptz[],
+                                  $7::timestamptz[], $8::timestamptz[], $9::bigint[], $10::int[])",
+        )
+        .bind(&self.ids)
+        .bind(&self.identifiers)
+        .bind(&self.users)
+        .bind(&self.customers)
+        .bind(&self.event_names)
+        .bind(&self.period_starts)
+        .bind(&self.period_ends)
+        .bind(&self.timestamps)
+        .bind(&self.quantities)
+        .bind(&self.counts)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "UPDATE meter_event_outbox o SET delivery_id = m.delivery_id, updated_at = now()
+             FROM unnest($1::uuid[], $2::uuid[]) AS m (usage_event_id, delivery_id)
+             WHERE o.usage_event_id = m.usage_event_id",
+        )
+        .bind(&self.members)
+        .bind(&self.member_deliveries)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(user: u128, quantity: i64, at: i64, period: (i64, i64)) -> DueRow {
+        let time = |s: i64| DateTime::from_timestamp(s, 0).unwrap();
+        DueRow {
+            usage_event_id: Uuid::new_v4(),
+            user_id: Uuid::from_u128(user),
+            stripe_customer_id: format!("cus_{user}"),
+            event_type: "ai_token_consumed".into(),
+            quantity,
+            occurred_at: time(at),
+            period_start: time(period.0),
+            period_end: time(period.1),
+        }
+    }
+
+    #[test]
+    fn one_batch_per_customer_and_period_stamped_with_its_latest_event() {
+        let rows = vec![
+            row(1, 10, 100, (0, 1000)),
+            row(1, 20, 900, (0, 1000)),
+            row(1, 5, 1000, (1000, 2000)),
+            row(2, 7, 50, (0, 1000)),
+        ];
+        let batches = plan_batches(rows, 100);
+        let summary: Vec<(String, i64, i64, usize)> = batches
+            .iter()
+            .map(|b| (b.stripe_customer_id.clone(), b.quantity, b.timestamp.timestamp(), b.members.len()))
+            .collect();
+        assert_eq!(
+            summary,
+            [("cus_1".to_owned(), 30, 900, 2), ("cus_1".to_owned(), 5, 1000, 1), ("cus_2".to_owned(), 7, 50, 1)]
+        );
+        for batch in &batches {
+            assert!(batch.period_start <= batch.timestamp && batch.timestamp < batch.period_end);
+        }
+    }
+
+    #[test]
+    fn batches_are_cut_by_member_count_and_by_stripes_fifteen_digits() {
+        let rows: Vec<DueRow> = (0..5).map(|i| row(1, 1, i, (0, 1000))).collect();
+        assert_eq!(plan_batches(rows, 2).iter().map(|b| b.members.len()).collect::<Vec<_>>(), [2, 2, 1]);
+        let big = 600_000_000_000_000;
+        let rows = vec![row(1, big, 1, (0, 1000)), row(1, big, 2, (0, 1000))];
+        let batches = plan_batches(rows, 100);
+        assert_eq!(batches.len(), 2);
+        assert!(batches.iter().all(|b| b.quantity <= MAX_METER_VALUE));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_jitter_in_the_upper_half() {
+        let base = Duration::from_millis(100);
+        let max = Duration::from_secs(1);
+        assert_eq!(backoff(1, base, max, 1.0), Duration::from_millis(100));
+        assert_eq!(backoff(3, base, max, 1.0), Duration::from_millis(400));
+        assert_eq!(backoff(3, base, max, 0.0), Duration::from_millis(200));
+        assert_eq!(backoff(30, base, max, 1.0), max);
+        assert_eq!(backoff(i32::MAX, base, max, 0.5), Duration::from_millis(750));
+    }
+}

@@ -1,0 +1,177 @@
+//! A Stripe test double: an HTTP server speaking Stripe's wire format for the endpoints Tally uses, with fault
+//! knobs. The tests run it in-process; `stripe-double --port 12111` runs it by hand, and the end-to-end suite
+//! drives it with Stripe's official Node SDK to check that it accepts exactly what a real client sends.
+//!
+//! What it models (see `../shared/stripe/FACTS.md`): form-encoded bodies with bracketed keys (encoded or not), a
+//! required `Authorization: Bearer` key, Stripe's error JSON with `Stripe-Should-Retry`, `Idempotency-Key` replay
+//! (same key and parameters → the saved answer, including a 500; other parameters → 400 `idempotency_error`),
+//! meter events with `identifier` de-duplication ("An event already exists with identifier …") and the
+//! timestamp window (35 days back, 5 minutes ahead), meter event summaries with minute-aligned windows, and
+//! customers, meters, products and prices enough for `tally stripe setup`.
+//!
+//! Faults ([`Faults`]) apply to meter event calls: 429 and 500 answers, slow answers, connections dropped before
+//! handling, and answers lost after the event was recorded. [`DoubleState`] reports what it holds, including
+//! every time two calls for one customer and meter overlapped (Stripe allows one at a time).
+
+mod api;
+mod server;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use server::serve;
+
+/// The secret key the double accepts unless told otherwise.
+pub const DEFAULT_SECRET_KEY: &str = "sk_test_tally_double";
+
+/// Fault knobs for `POST /v1/billing/meter_events`. Counters apply to the next calls, one each; ratios to every
+/// call (a storm); both may be set at once. Set them through [`StripeDouble::set_faults`] or
+/// `POST /_double/faults` with this struct as JSON.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Faults {
+    /// The next N calls are answered 429 `rate_limit` (not saved under their Idempotency-Key).
+    pub rate_limit: u32,
+    /// The next N calls are answered 500 `api_error` without recording the event; like Stripe, the answer is
+    /// saved under the call's Idempotency-Key.
+    pub server_error: u32,
+    /// The next N calls wait `slow_ms` before they are handled (a client that gives up first records nothing).
+    pub slow: u32,
+    /// The next N calls are handled (the event counts) and then wait `slow_ms` before answering: a client that
+    /// gives up, or dies, in between never learns that the event counted.
+    pub slow_answer: u32,
+    pub slow_ms: u64,
+    /// The next N calls have their connection closed before they are handled.
+    pub drop_connection: u32,
+    /// The next N calls are handled (the event counts) and then their connection is closed: the answer is lost.
+    pub lose_response: u32,
+    /// Share (0–1) of all calls answered 429.
+    pub rate_limit_ratio: f64,
+    /// Share (0–1) of all calls answered 500.
+    pub server_error_ratio: f64,
+    /// Share (0–1) of all calls whose answer is lost after the event was recorded.
+    pub lose_response_ratio: f64,
+    /// Calls per second accepted before answering 429 (Stripe: 1,000 live, 25 in test mode); 0 = no limit.
+    pub calls_per_second: u32,
+}
+
+/// A snapshot of what the double holds, for assertions and for `GET /_double/state`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DoubleState {
+    /// Calls to `POST /v1/billing/meter_events`, whatever their answer.
+    pub meter_event_calls: u64,
+    /// Meter events accepted (each identifier at most once).
+    pub accepted_events: u64,
+    /// Calls refused because the identifier was already accepted.
+    pub duplicate_identifiers: u64,
+    /// Calls answered with an injected fault.
+    pub injected_faults: u64,
+    /// Times a meter event call started while another one for the same customer and meter was in flight.
+    pub concurrent_calls_per_customer: u64,
+    /// Sum of accepted values per customer and event name.
+    pub totals: BTreeMap<String, BTreeMap<String, i64>>,
+    pub customers: u64,
+    pub meters: u64,
+    pub products: u64,
+    pub prices: u64,
+    /// Other API calls by `METHOD path`.
+    pub calls: BTreeMap<String, u64>,
+}
+
+/// One accepted meter event.
+#[derive(Debug, Clone, Serialize)]
+pub struct AcceptedEvent {
+    pub identifier: String,
+    pub event_name: String,
+    pub customer: String,
+    pub value: i64,
+    pub timestamp: i64,
+}
+
+/// A running double's shared state; cheap to clone.
+#[derive(Clone)]
+pub struct StripeDouble {
+    inner: Arc<Mutex<Inner>>,
+}
+
+/// An answer saved under an Idempotency-Key.
+#[derive(Clone)]
+struct Saved {
+    fingerprint: String,
+    status: u16,
+    body: Value,
+    should_retry: Option<bool>,
+}
+
+#[derive(Default)]
+struct Inner {
+    secret_key: String,
+    faults: Faults,
+    meters: Vec<Value>,
+    customers: Vec<Value>,
+    products: Vec<Value>,
+    prices: Vec<Value>,
+    events: Vec<AcceptedEvent>,
+    /// identifier → when accepted (unix seconds); Stripe refuses repeats for at least 24 hours.
+    identifiers: HashMap<String, i64>,
+    idempotency: HashMap<String, Saved>,
+    in_flight: HashMap<(String, String), u32>,
+    /// (unix second, calls in it) for `calls_per_second`.
+    rate_window: (i64, u32),
+    state: DoubleState,
+    next_id: u64,
+}
+
+impl Inner {
+    fn new_id(&mut self, prefix: &str) -> String {
+        self.next_id += 1;
+        format!("{prefix}_double{:014}", self.next_id)
+    }
+}
+
+impl StripeDouble {
+    /// A double accepting `secret_key`.
+    pub fn new(secret_key: &str) -> StripeDouble {
+        let inner = Inner { secret_key: secret_key.to_owned(), ..Inner::default() };
+        StripeDouble { inner: Arc::new(Mutex::new(inner)) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic elsewhere must not wedge the double; its state is plain data.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Replaces the fault knobs.
+    pub fn set_faults(&self, faults: Faults) {
+        self.lock().faults = faults;
+    }
+
+    /// The fault knobs as they are now (counters go down as faults are injected).
+    pub fn faults(&self) -> Faults {
+        self.lock().faults.clone()
+    }
+
+    /// Creates an active SUM meter for `event_name` (as `POST /v1/billing/meters` would) and returns its id.
+    pub fn add_meter(&self, event_name: &str) -> String {
+        let mut inner = self.lock();
+        api::insert_meter(&mut inner, event_name, event_name)
+    }
+
+    /// What the double holds now.
+    pub fn state(&self) -> DoubleState {
+        self.lock().state.clone()
+    }
+
+    /// Every accepted meter event, in arrival order.
+    pub fn events(&self) -> Vec<AcceptedEvent> {
+        self.lock().events.clone()
+    }
+
+    /// The sum of accepted values for `customer` and `event_name`.
+    pub fn total(&self, customer: &str, event_name: &str) -> i64 {
+        self.lock().state.totals.get(customer).and_then(|m| m.get(event_name)).copied().unwrap_or(0)
+    }
+}
