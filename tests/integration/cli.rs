@@ -17,12 +17,17 @@ fn database_url(pool: &PgPool) -> String {
 }
 
 fn tally(pool: &PgPool, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(args)
-        .env("DATABASE_URL", database_url(pool))
-        .env("TALLY_DEFAULT_USAGE_LIMIT", "25000")
-        .output()
-        .expect("run tally")
+    tally_with(pool, args, &[])
+}
+
+/// Runs `tally` with extra environment; Stripe settings a developer's shell may hold are cleared first.
+fn tally_with(pool: &PgPool, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tally"));
+    command.args(args).env("DATABASE_URL", database_url(pool)).env("TALLY_DEFAULT_USAGE_LIMIT", "25000");
+    for name in ["STRIPE_SECRET_KEY", "STRIPE_API_BASE", "STRIPE_PRICE_ID"] {
+        command.env_remove(name);
+    }
+    command.envs(env.iter().copied()).output().expect("run tally")
 }
 
 fn text(output: &Output) -> String {
@@ -176,4 +181,82 @@ async fn user_set_limit_changes_the_limit_and_warning_share(pool: PgPool) {
     assert!(!bad.status.success());
     let nobody = tally(&pool, &["user", "set-limit", "--email", "nobody@example.com", "--limit", "5"]);
     assert!(!nobody.status.success() && text(&nobody).contains("no account for nobody@example.com"));
+}
+
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn status_says_pending_events_wait_for_a_stripe_key(pool: PgPool) {
+    let app = crate::support::app(pool.clone());
+    app.signup("waiting@example.com").await;
+    tally(&pool, &["stripe", "link", "--email", "waiting@example.com", "--customer", "cus_waiting"]);
+    let user = app.user_id("waiting@example.com").await;
+    app.insert_usage(user, "ai_token_consumed", 5, &chrono::Utc::now().to_rfc3339()).await;
+    let status = text(&tally(&pool, &["stripe", "status"]));
+    assert!(status.contains("pending") && status.contains("STRIPE_SECRET_KEY is not set"), "{status}");
+    let worker = tally(&pool, &["worker", "--drain"]);
+    assert!(!worker.status.success());
+    assert!(text(&worker).contains("STRIPE_SECRET_KEY is not set"), "{}", text(&worker));
+}
+
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn setup_worker_and_reconcile_from_the_command_line(pool: PgPool) {
+    // The double runs in this process; the CLI talks to it over HTTP like it would to Stripe.
+    let double = tally::stripe_double::StripeDouble::new(tally::stripe_double::DEFAULT_SECRET_KEY);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(tally::stripe_double::serve(listener, double.clone()));
+    let env = [("STRIPE_SECRET_KEY", tally::stripe_double::DEFAULT_SECRET_KEY), ("STRIPE_API_BASE", base.as_str())];
+    let run = |args: &'static [&'static str]| {
+        let pool = pool.clone();
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        tokio::task::spawn_blocking(move || {
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            tally_with(&pool, args, &env)
+        })
+    };
+
+    let first = run(&["stripe", "setup"]).await.unwrap();
+    assert!(first.status.success(), "{}", text(&first));
+    let second = run(&["stripe", "setup"]).await.unwrap();
+    assert!(text(&second).contains("(found)"), "{}", text(&second));
+    let price = String::from_utf8_lossy(&first.stdout).trim().to_owned();
+    assert!(price.starts_with("STRIPE_PRICE_ID=price_"), "{price}");
+    assert_eq!(String::from_utf8_lossy(&second.stdout).trim(), price, "the same price both times");
+    assert_eq!((double.state().meters, double.state().prices), (1, 1));
+
+    let app = crate::support::app(pool.clone());
+    app.signup("cli-delivery@example.com").await;
+    let user = app.user_id("cli-delivery@example.com").await;
+    for quantity in [100, 200, 300] {
+        app.insert_usage(user, "ai_token_consumed", quantity, &chrono::Utc::now().to_rfc3339()).await;
+    }
+    let drained = run(&["worker", "--drain", "--timeout-seconds", "60"]).await.unwrap();
+    assert!(drained.status.success(), "{}", text(&drained));
+    assert!(text(&drained).contains("3 events batched into 1 meter events"), "{}", text(&drained));
+    let customer: String = sqlx::query_scalar("SELECT stripe_customer_id FROM users WHERE id = $1")
+        .bind(user)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(double.total(&customer, "ai_token_consumed"), 600);
+
+    let reconciled = run(&["stripe", "reconcile"]).await.unwrap();
+    assert!(reconciled.status.success(), "{}", text(&reconciled));
+    assert!(text(&reconciled).contains("1 periods compared, 0 differ"), "{}", text(&reconciled));
+    // Usage Stripe holds that Tally never sent makes the period differ, and the command fail.
+    let stripe = tally::billing::stripe::StripeClient::new(
+        reqwest::Client::new(),
+        &base,
+        tally::stripe_double::DEFAULT_SECRET_KEY,
+    );
+    let stray = tally::billing::stripe::MeterEvent {
+        event_name: "ai_token_consumed",
+        customer: &customer,
+        value: 9,
+        identifier: "stray-cli",
+        timestamp: chrono::Utc::now().timestamp(),
+    };
+    stripe.create_meter_event(&stray, "stray-cli").await.unwrap();
+    let differs = run(&["stripe", "reconcile", "--since", "2020-01-01"]).await.unwrap();
+    assert!(!differs.status.success());
+    assert!(text(&differs).contains("DIFFERS"), "{}", text(&differs));
 }

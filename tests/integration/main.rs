@@ -12,5 +12,6 @@ mod delivery;
 mod ingest;
 mod pages;
 mod security;
+mod stripe_double;
 mod usage;
 mod webhooks;
