@@ -5,6 +5,9 @@ import { defineConfig, devices } from "@playwright/test";
 const port = process.env.E2E_PORT ?? "3000";
 const baseURL = process.env.E2E_BASE_URL ?? `http://127.0.0.1:${port}`;
 const startServer = !process.env.E2E_BASE_URL;
+// The Stripe test double (target/debug/stripe-double) the app delivers usage to.
+const stripePort = process.env.E2E_STRIPE_PORT ?? "12111";
+export const STRIPE_DOUBLE_KEY = "sk_test_tally_double";
 
 export default defineConfig({
   testDir: "./tests",
@@ -16,7 +19,16 @@ export default defineConfig({
   reporter: [["list"]],
   use: { baseURL, trace: "retain-on-failure" },
   webServer: startServer
-    ? {
+    ? [
+      {
+        command: `./target/debug/stripe-double --port ${stripePort} --meter ai_token_consumed`,
+        cwd: "..",
+        url: `http://127.0.0.1:${stripePort}/_double/state`,
+        timeout: 30_000,
+        stdout: "pipe",
+        stderr: "pipe",
+      },
+      {
         command: "./target/debug/tally serve",
         cwd: "..",
         url: `${baseURL}/login`,
@@ -30,9 +42,14 @@ export default defineConfig({
           TALLY_DEFAULT_USAGE_LIMIT: "100000",
           BILLING_TIMEZONE: "Asia/Tokyo",
           STRIPE_WEBHOOK_SECRET: "whsec_e2e_endpoint_secret",
+          STRIPE_SECRET_KEY: STRIPE_DOUBLE_KEY,
+          STRIPE_API_BASE: `http://127.0.0.1:${stripePort}`,
+          STRIPE_POLL_MS: "100",
+          STRIPE_RETRY_BASE_MS: "100",
           RUST_LOG: "warn",
         },
-      }
+      },
+    ]
     : undefined,
   projects: [
     {

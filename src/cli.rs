@@ -103,6 +103,11 @@ pub enum ApiKeyCommand {
 /// `tally user …`
 #[derive(Subcommand, Debug)]
 pub enum UserCommand {
+    /// Show an account: id, limit, Stripe customer, usage events by delivery state.
+    Show {
+        #[arg(long)]
+        email: String,
+    },
     /// Change an account's usage limit (and the share of it at which warnings start).
     SetLimit {
         #[arg(long)]
@@ -137,6 +142,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let pool = crate::db::connect(&cli.config).await?;
             crate::db::migrate(&pool).await?;
             println!("database is up to date");
+            Ok(())
+        }
+        Command::User(UserCommand::Show { email }) => {
+            let pool = crate::db::connect(&cli.config).await?;
+            crate::db::migrate(&pool).await?;
+            let id = crate::auth::users::find_id_by_email(&pool, &email)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no account for {email}"))?;
+            let (limit, customer): (Option<i64>, Option<String>) =
+                sqlx::query_as("SELECT usage_limit, stripe_customer_id FROM users WHERE id = $1")
+                    .bind(id)
+                    .fetch_one(&pool)
+                    .await?;
+            let sync = crate::billing::status::for_user(&pool, id).await?;
+            println!("account {} ({id})", email.trim().to_lowercase());
+            println!("limit: {}", limit.map_or("none".to_owned(), |l| l.to_string()));
+            println!("stripe customer: {}", customer.as_deref().unwrap_or("none"));
+            println!(
+                "usage events: {} delivered, {} pending, {} awaiting a customer, {} failed, {} expired",
+                sync.delivered, sync.pending, sync.awaiting_customer, sync.failed, sync.expired
+            );
             Ok(())
         }
         Command::User(UserCommand::SetLimit { email, limit, warning_percent }) => {

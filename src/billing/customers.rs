@@ -38,9 +38,9 @@ pub async fn ensure(pool: &PgPool, stripe: &StripeClient, user_id: Uuid) -> Resu
     Ok(customer)
 }
 
-/// Creates customers for up to `limit` accounts without one; returns how many were created. A failure is
-/// logged and left for the next sweep.
-pub async fn create_missing(pool: &PgPool, stripe: &StripeClient, limit: i64) -> Result<u64, AppError> {
+/// Creates customers for up to `limit` accounts without one; returns how many were created and whether one
+/// failed (it is logged; the sweep stops there and the account is tried again later).
+pub async fn create_missing(pool: &PgPool, stripe: &StripeClient, limit: i64) -> Result<(u64, bool), AppError> {
     let users: Vec<Uuid> =
         sqlx::query_scalar("SELECT id FROM users WHERE stripe_customer_id IS NULL ORDER BY created_at LIMIT $1")
             .bind(limit)
@@ -52,9 +52,9 @@ pub async fn create_missing(pool: &PgPool, stripe: &StripeClient, limit: i64) ->
             Ok(_) => created += 1,
             Err(err) => {
                 tracing::warn!(user = %user, error = %err, "could not create a Stripe customer; will retry");
-                break;
+                return Ok((created, true));
             }
         }
     }
-    Ok(created)
+    Ok((created, false))
 }

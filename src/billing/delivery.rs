@@ -43,8 +43,8 @@ const MAX_METER_VALUE: i64 = 999_999_999_999_999;
 /// Outbox rows batched per step, and customers considered per step.
 const ROWS_PER_STEP: i64 = 100_000;
 const CUSTOMERS_PER_STEP: i64 = 2_000;
-/// How often the worker looks for accounts without a Stripe customer.
-const CUSTOMER_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+/// After Stripe failed to create a customer, how long the worker waits before trying again.
+const CUSTOMER_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// Serialises claims across workers so that "no call in flight for this customer and meter" is read and acted
 /// on atomically (the claim is one short statement).
 const CLAIM_LOCK: i64 = 0x7461_6c6c_7964_6c76;
@@ -91,7 +91,8 @@ pub struct DeliveryWorker {
     settings: DeliveryConfig,
     timezone: String,
     limiter: Arc<DefaultDirectRateLimiter>,
-    last_customer_sweep: Arc<Mutex<Option<Instant>>>,
+    /// Set after a customer could not be created: no sweep before then.
+    customer_sweep_paused_until: Arc<Mutex<Option<Instant>>>,
 }
 
 /// A delivery this worker holds the lease of.
@@ -137,7 +138,7 @@ impl DeliveryWorker {
             settings,
             timezone: timezone.to_owned(),
             limiter: Arc::new(limiter),
-            last_customer_sweep: Arc::new(Mutex::new(None)),
+            customer_sweep_paused_until: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -195,7 +196,13 @@ impl DeliveryWorker {
     pub async fn step(&self) -> Result<Progress, AppError> {
         let mut progress = Progress::default();
         if self.settings.create_customers && self.customer_sweep_due() {
-            progress.customers_created = super::customers::create_missing(&self.pool, &self.stripe, 100).await?;
+            let (created, failed) = super::customers::create_missing(&self.pool, &self.stripe, 100).await?;
+            progress.customers_created = created;
+            if failed {
+                if let Ok(mut paused) = self.customer_sweep_paused_until.lock() {
+                    *paused = Some(Instant::now() + CUSTOMER_RETRY_AFTER);
+                }
+            }
         }
         progress.expired = self.expire_old_rows().await?;
         let (batched, deliveries) = self.form_batches().await?;
@@ -219,13 +226,10 @@ impl DeliveryWorker {
         Ok(progress)
     }
 
+    /// Accounts without a customer are looked for every step (one indexed query), except for a while after
+    /// Stripe failed to create one.
     fn customer_sweep_due(&self) -> bool {
-        let Ok(mut last) = self.last_customer_sweep.lock() else { return false };
-        if last.is_some_and(|at| at.elapsed() < CUSTOMER_SWEEP_INTERVAL) {
-            return false;
-        }
-        *last = Some(Instant::now());
-        true
+        self.customer_sweep_paused_until.lock().is_ok_and(|paused| paused.is_none_or(|until| Instant::now() >= until))
     }
 
     /// Marks unsent rows older than Stripe's window as expired: Stripe would refuse them, so they are kept, with
