@@ -131,7 +131,11 @@ impl DeliveryWorker {
             .unwrap_or_default();
         let stripe = StripeClient::new(http, stripe_api_base, secret_key);
         let rate = settings.calls_per_second.unwrap_or(if stripe.is_live() { 1_000 } else { 25 });
-        let limiter = RateLimiter::direct(Quota::per_second(NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN)));
+        // Bursts of a twentieth of a second's worth: Stripe counts per second, a full second's burst at the end
+        // of one second plus the steady rate in the next would run into 429s.
+        let rate = NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(rate.get() / 20).unwrap_or(NonZeroU32::MIN);
+        let limiter = RateLimiter::direct(Quota::per_second(rate).allow_burst(burst));
         DeliveryWorker {
             pool,
             stripe,

@@ -1,0 +1,202 @@
+//! Stripe delivery benchmark: how many meter event calls a backlog of usage takes, and how fast the worker drains
+//! it into the Stripe test double held to Stripe's live limits (1,000 calls/s per account, which the double
+//! enforces with 429s, and one call in flight per customer and meter, which it counts). Prints figures; asserts
+//! only correctness (Stripe's sums equal PostgreSQL's), never timing.
+//!
+//! Run it through `scripts/bench-delivery` (release build, durable throwaway PostgreSQL), or by hand:
+//!   DATABASE_URL=postgres://… cargo bench --features ssr --bench delivery -- [--events 1000000] [--customers 1000]
+//!     [--unbatched-events 20000] [--workers 1]
+//! It creates (and drops) its own database next to DATABASE_URL's.
+
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use tally::billing::delivery::DeliveryWorker;
+use tally::config::DeliveryConfig;
+use tally::stripe_double::{Faults, StripeDouble, DEFAULT_SECRET_KEY};
+
+const EVENT: &str = "ai_token_consumed";
+
+struct Options {
+    events: i64,
+    customers: i64,
+    unbatched_events: i64,
+    workers: usize,
+    calls_per_second: u32,
+}
+
+fn options() -> Options {
+    let mut options =
+        Options { events: 1_000_000, customers: 1_000, unbatched_events: 20_000, workers: 1, calls_per_second: 1_000 };
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    for pair in args.chunks(2) {
+        let value = pair.get(1).map(String::as_str).unwrap_or_default();
+        let number = || value.parse::<i64>().unwrap_or_else(|_| panic!("{} takes a number", pair[0]));
+        match pair[0].as_str() {
+            "--events" => options.events = number(),
+            "--customers" => options.customers = number(),
+            "--unbatched-events" => options.unbatched_events = number(),
+            "--workers" => options.workers = number() as usize,
+            "--calls-per-second" => options.calls_per_second = number() as u32,
+            other => panic!("unknown option {other}"),
+        }
+    }
+    options
+}
+
+/// A fresh database next to DATABASE_URL's, migrated.
+async fn fresh_database(name: &str) -> PgPool {
+    let url = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let admin = PgPoolOptions::new().max_connections(1).connect(&url).await.expect("connect");
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&admin).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.unwrap();
+    let (server, query) = url.split_once('?').map_or((url.as_str(), ""), |(s, q)| (s, q));
+    let base = server.rsplit_once('/').map_or(server, |(b, _)| b);
+    let bench_url = if query.is_empty() { format!("{base}/{name}") } else { format!("{base}/{name}?{query}") };
+    let pool = PgPoolOptions::new().max_connections(16).connect(&bench_url).await.expect("connect bench database");
+    tally::db::MIGRATOR.run(&pool).await.expect("migrate");
+    pool
+}
+
+/// `customers` linked users and `events` usage events spread evenly over them, all due now, written in bulk
+/// (the ingest path is measured by the ingest benchmark).
+async fn backlog(pool: &PgPool, customers: i64, events: i64) {
+    sqlx::query(
+        "INSERT INTO users (id, email, password_hash, stripe_customer_id)
+         SELECT gen_random_uuid(), 'bench' || i || '@bench.test', 'x', 'cus_bench' || i FROM generate_series(1, $1) i",
+    )
+    .bind(customers)
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "WITH u AS (SELECT id, row_number() OVER (ORDER BY id) - 1 AS n FROM users),
+              e AS (SELECT gen_random_uuid() AS id, u.id AS user_id, 1 + (i % 997) AS quantity,
+                           now() - (i % 3600) * interval '1 second' AS occurred_at
+                    FROM generate_series(0, $1 - 1) i JOIN u ON u.n = i % $2),
+              inserted AS (INSERT INTO usage_events (id, user_id, event_type, quantity, occurred_at)
+                           SELECT id, user_id, $3, quantity, occurred_at FROM e RETURNING id, user_id)
+         INSERT INTO meter_event_outbox (usage_event_id, user_id, status) SELECT id, user_id, 'pending' FROM inserted",
+    )
+    .bind(events)
+    .bind(customers)
+    .bind(EVENT)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+struct Run {
+    events: i64,
+    customers: i64,
+    calls: u64,
+    rate_limited: u64,
+    seconds: f64,
+    exact: bool,
+    overlaps: u64,
+}
+
+async fn drain(pool: &PgPool, options: &Options, customers: i64, events: i64, batch_max_events: u32) -> Run {
+    let double = StripeDouble::new(DEFAULT_SECRET_KEY);
+    double.add_meter(EVENT);
+    double.set_faults(Faults { calls_per_second: options.calls_per_second, ..Faults::default() });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(tally::stripe_double::serve(listener, double.clone()));
+
+    let load = Instant::now();
+    backlog(pool, customers, events).await;
+    eprintln!(
+        "  backlog of {events} events for {customers} customers written in {:.1} s",
+        load.elapsed().as_secs_f64()
+    );
+
+    let settings = DeliveryConfig {
+        run_in_server: false,
+        calls_per_second: Some(options.calls_per_second),
+        max_in_flight: 64,
+        batch_max_events,
+        retry_base_ms: 200,
+        retry_max_ms: 5_000,
+        request_timeout_ms: 10_000,
+        lease_ms: 30_000,
+        poll_ms: 20,
+        create_customers: false,
+    };
+    let started = Instant::now();
+    let runs: Vec<_> = (0..options.workers)
+        .map(|_| {
+            let worker = DeliveryWorker::new(pool.clone(), &base, DEFAULT_SECRET_KEY, settings.clone(), "Asia/Tokyo");
+            tokio::spawn(async move { worker.drain(Duration::from_secs(3_600)).await })
+        })
+        .collect();
+    for run in runs {
+        let (_, pending) = run.await.unwrap().expect("drain");
+        assert_eq!(pending, 0, "events left pending");
+    }
+    let seconds = started.elapsed().as_secs_f64();
+
+    let sums: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT u.stripe_customer_id, sum(e.quantity)::bigint FROM usage_events e JOIN users u ON u.id = e.user_id
+         GROUP BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let exact = sums.iter().all(|(customer, sum)| double.total(customer, EVENT) == *sum);
+    let state = double.state();
+    Run {
+        events,
+        customers,
+        calls: state.accepted_events,
+        rate_limited: state.meter_event_calls - state.accepted_events,
+        seconds,
+        exact,
+        overlaps: state.concurrent_calls_per_customer,
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let options = options();
+    let mut results = Vec::new();
+
+    eprintln!("batched (default STRIPE_BATCH_MAX_EVENTS=10000):");
+    let pool = fresh_database("tally_bench_delivery").await;
+    results.push(("batched", drain(&pool, &options, options.customers, options.events, 10_000).await));
+    pool.close().await;
+
+    if options.unbatched_events > 0 {
+        eprintln!("one meter event per usage event (STRIPE_BATCH_MAX_EVENTS=1):");
+        let pool = fresh_database("tally_bench_delivery").await;
+        results.push(("unbatched", drain(&pool, &options, options.customers, options.unbatched_events, 1).await));
+        pool.close().await;
+    }
+
+    println!();
+    println!(
+        "Stripe double at {} calls/s, one call in flight per customer and meter; {} worker process(es)",
+        options.calls_per_second, options.workers
+    );
+    println!("| mode | events | customers | Stripe calls | events per call | 429s | seconds | events/s delivered | calls/s | overlapping calls | Stripe = PostgreSQL |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for (mode, run) in &results {
+        println!(
+            "| {mode} | {} | {} | {} | {:.0} | {} | {:.1} | {:.0} | {:.0} | {} | {} |",
+            run.events,
+            run.customers,
+            run.calls,
+            run.events as f64 / run.calls.max(1) as f64,
+            run.rate_limited,
+            run.seconds,
+            run.events as f64 / run.seconds,
+            run.calls as f64 / run.seconds,
+            run.overlaps,
+            if run.exact { "exact" } else { "DIFFERS" }
+        );
+    }
+    if results.iter().any(|(_, run)| !run.exact || run.overlaps > 0) {
+        std::process::exit(1);
+    }
+}
