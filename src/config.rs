@@ -202,6 +202,17 @@ mod tests {
     }
 
     #[test]
+    fn delivery_defaults_from_the_environment_equal_the_default_value() {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            delivery: DeliveryConfig,
+        }
+        let parsed = <Only as clap::Parser>::try_parse_from(["tally"]).expect("no flags needed");
+        assert_eq!(format!("{:?}", parsed.delivery), format!("{:?}", DeliveryConfig::default()));
+    }
+
+    #[test]
     fn debug_output_hides_the_database_url() {
         let config = Config {
             database_url: "postgres://tally:s3cret@db/tally".into(),
