@@ -42,6 +42,8 @@ pub fn router(state: AppState, routes: Vec<AxumRouteListing>) -> Router {
 
     Router::new()
         .route(crate::billing::webhook::PATH, axum::routing::post(crate::billing::webhook::receive))
+        .route(crate::usage::live::PATH, axum::routing::get(crate::usage::live::stream))
+        .route(crate::usage::history::EXPORT_PATH, axum::routing::get(crate::usage::history::export))
         .leptos_routes(&state, routes, {
             let options = state.leptos_options.clone();
             move || shell(options.clone())
@@ -108,6 +110,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             None
         }
     };
+    let alerts = tokio::spawn(
+        crate::usage::alert_webhooks::AlertWebhookWorker::new(
+            pool.clone(),
+            std::time::Duration::from_millis(config.delivery.retry_base_ms),
+            std::time::Duration::from_millis(config.delivery.poll_ms),
+        )
+        .run(),
+    );
     let state = AppState::new(leptos_options, pool.clone(), config);
     let app = router(state, routes());
 
@@ -125,6 +135,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(worker) = worker {
         worker.abort();
     }
+    alerts.abort();
     Ok(())
 }
 

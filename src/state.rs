@@ -25,10 +25,13 @@ pub struct AppState {
     pub http: reqwest::Client,
     /// The Stripe API, when `STRIPE_SECRET_KEY` is set.
     pub stripe: Option<crate::billing::stripe::StripeClient>,
+    /// Usage changes announced by any instance, for the live meters.
+    pub live: crate::usage::live::LiveHub,
 }
 
 impl AppState {
-    /// Builds the state and starts the usage writer tasks (on the current tokio runtime).
+    /// Builds the state and starts the usage writer tasks and the live usage listener (on the current tokio
+    /// runtime).
     pub fn new(leptos_options: LeptosOptions, pool: PgPool, config: Config) -> AppState {
         let clock = Arc::new(PeriodClock::new(pool.clone(), config.billing_timezone.clone()));
         let writer = UsageWriter::start(pool.clone(), clock.clone(), config.ingest_writers);
@@ -37,7 +40,8 @@ impl AppState {
             .stripe_secret_key
             .as_deref()
             .map(|key| crate::billing::stripe::StripeClient::new(http.clone(), &config.stripe_api_base, key));
-        AppState { leptos_options, pool, config: Arc::new(config), clock, writer, http, stripe }
+        let live = crate::usage::live::LiveHub::start(pool.clone());
+        AppState { leptos_options, pool, config: Arc::new(config), clock, writer, http, stripe, live }
     }
 
     /// The state of the request being served (inside a server function or an SSR render).

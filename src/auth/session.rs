@@ -15,7 +15,12 @@ async fn current() -> Result<Session, AppError> {
 
 /// The signed-in user's id, if any.
 pub async fn user_id() -> Result<Option<Uuid>, AppError> {
-    current().await?.get::<Uuid>(USER_ID_KEY).await.map_err(AppError::internal)
+    user_of(&current().await?).await
+}
+
+/// The user signed in with `session`, if any (for plain axum routes, which get the session as an extractor).
+pub async fn user_of(session: &Session) -> Result<Option<Uuid>, AppError> {
+    session.get::<Uuid>(USER_ID_KEY).await.map_err(AppError::internal)
 }
 
 /// The signed-in user's id, or [`AppError::Unauthorized`].

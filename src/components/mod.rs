@@ -3,9 +3,13 @@
 pub mod ai_prompt;
 pub mod api_keys;
 pub mod billing_history;
+pub mod usage_alerts;
+pub mod usage_history;
 pub mod usage_meter;
 
 pub use ai_prompt::AiPrompt;
 pub use api_keys::ApiKeys;
 pub use billing_history::BillingHistory;
+pub use usage_alerts::UsageAlerts;
+pub use usage_history::UsageHistoryCard;
 pub use usage_meter::UsageMeter;

@@ -78,6 +78,17 @@ pub fn UsageMeter(
                 <span class="usage-meter__limit" data-testid="usage-limit">{limit_text}</span>
             </p>
             {move || {
+                let reached = limit.get().is_some_and(|limit| limit > 0 && used.get() >= limit);
+                reached
+                    .then(|| {
+                        view! {
+                            <p class="usage-meter__reached" role="status" data-testid="limit-reached">
+                                "Limit reached: new usage is refused until the next period."
+                            </p>
+                        }
+                    })
+            }}
+            {move || {
                 fill.get()
                     .map(|fill| {
                         view! {

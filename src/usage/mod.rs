@@ -8,6 +8,14 @@ use uuid::Uuid;
 use crate::error::AppError;
 
 #[cfg(feature = "ssr")]
+pub mod alert_webhooks;
+#[cfg(feature = "ssr")]
+pub mod alerts;
+#[cfg(feature = "ssr")]
+pub mod history;
+#[cfg(feature = "ssr")]
+pub mod live;
+#[cfg(feature = "ssr")]
 pub mod period;
 #[cfg(feature = "ssr")]
 pub mod record;
@@ -15,6 +23,11 @@ pub mod record;
 pub mod totals;
 #[cfg(feature = "ssr")]
 pub mod writer;
+
+/// Where the browser opens the live usage stream (server-sent events).
+pub const LIVE_PATH: &str = "/api/usage/live";
+/// Where a period's usage events are downloaded as CSV.
+pub const EXPORT_PATH: &str = "/api/usage/export.csv";
 
 /// The event type AI calls record their tokens under; also the Stripe meter's event name.
 pub const AI_TOKENS_EVENT: &str = "ai_token_consumed";
@@ -37,6 +50,66 @@ pub struct UsageSummary {
     pub period_last_day: String,
     /// The billing time zone the days above are in.
     pub timezone: String,
+}
+
+/// A billing period a user can look at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(sqlx::FromRow))]
+#[serde(rename_all = "camelCase")]
+pub struct PeriodChoice {
+    pub period_start: DateTime<Utc>,
+    pub period_end: DateTime<Utc>,
+    /// First and last day in the billing time zone (`YYYY-MM-DD`).
+    pub first_day: String,
+    pub last_day: String,
+}
+
+/// One day's total.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(sqlx::FromRow))]
+pub struct DayUsage {
+    /// `YYYY-MM-DD` in the billing time zone.
+    pub day: String,
+    pub quantity: i64,
+}
+
+/// Per-day usage of one period, and the periods there are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageHistory {
+    /// Newest first; the first is the current period.
+    pub periods: Vec<PeriodChoice>,
+    pub selected: PeriodChoice,
+    /// Every day of the selected period, in order.
+    pub days: Vec<DayUsage>,
+    pub timezone: String,
+}
+
+/// A usage alert: the user's usage reached `threshold` % of their limit in the current period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(sqlx::FromRow))]
+#[serde(rename_all = "camelCase")]
+pub struct UsageAlert {
+    pub threshold: i16,
+    /// When it was crossed, in the billing time zone (`YYYY-MM-DD HH:MM`).
+    pub crossed_local: String,
+    pub used: i64,
+    pub usage_limit: i64,
+    pub crossed_at: DateTime<Utc>,
+}
+
+/// The current period's alerts and where they are sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertsOverview {
+    /// Lowest threshold first.
+    pub alerts: Vec<UsageAlert>,
+    /// The billing time zone `crossed_local` is in.
+    pub timezone: String,
+    /// The URL alerts are POSTed to, if set.
+    pub webhook_url: Option<String>,
+    /// The secret they are signed with (shown to its owner only).
+    pub webhook_secret: Option<String>,
 }
 
 /// One usage event as a caller sends it (an element of a batch's `events`).
@@ -182,7 +255,88 @@ impl From<writer::Allowance> for AllowanceInfo {
 pub async fn get_usage_summary() -> Result<UsageSummary, AppError> {
     let state = crate::state::AppState::current()?;
     let user_id = crate::auth::session::require_user_id().await?;
-    let period = period::for_user(&state.pool, &state.clock, user_id, Utc::now()).await?;
     // A session whose account was deleted is no session.
-    totals::summary(&state.pool, user_id, AI_TOKENS_EVENT, &period).await?.ok_or(AppError::Unauthorized)
+    current_summary(&state, user_id).await?.ok_or(AppError::Unauthorized)
+}
+
+/// `user_id`'s AI token usage in their current billing period; `None` when the account does not exist.
+#[cfg(feature = "ssr")]
+pub async fn current_summary(state: &crate::state::AppState, user_id: Uuid) -> Result<Option<UsageSummary>, AppError> {
+    let period = period::for_user(&state.pool, &state.clock, user_id, Utc::now()).await?;
+    totals::summary(&state.pool, user_id, AI_TOKENS_EVENT, &period).await
+}
+
+/// Per-day usage of one of the signed-in user's periods (`period`: its start, RFC 3339; default the current one).
+#[server(endpoint = "usage/history")]
+pub async fn get_usage_history(period: Option<String>) -> Result<UsageHistory, AppError> {
+    let state = crate::state::AppState::current()?;
+    let user_id = crate::auth::session::require_user_id().await?;
+    let (_, periods) = history::periods(&state, user_id).await?;
+    let wanted = period.as_deref().and_then(|p| DateTime::parse_from_rfc3339(p).ok()).map(|p| p.with_timezone(&Utc));
+    let selected =
+        wanted.and_then(|start| periods.iter().find(|p| p.period_start == start)).unwrap_or(&periods[0]).clone();
+    let timezone = state.config.billing_timezone.clone();
+    let days = history::daily(&state.pool, user_id, AI_TOKENS_EVENT, &selected, &timezone).await?;
+    Ok(UsageHistory { periods, selected, days, timezone })
+}
+
+/// The alerts of the signed-in user's current period, and their alert webhook settings.
+#[server(endpoint = "usage/alerts")]
+pub async fn get_alerts() -> Result<AlertsOverview, AppError> {
+    let state = crate::state::AppState::current()?;
+    let user_id = crate::auth::session::require_user_id().await?;
+    let period = period::for_user(&state.pool, &state.clock, user_id, Utc::now()).await?;
+    let alerts = sqlx::query_as(
+        "SELECT threshold, used, usage_limit, crossed_at,
+                to_char(crossed_at AT TIME ZONE $4, 'YYYY-MM-DD HH24:MI') AS crossed_local
+         FROM usage_alerts
+         WHERE user_id = $1 AND event_type = $2 AND period_start = $3 ORDER BY threshold",
+    )
+    .bind(user_id)
+    .bind(AI_TOKENS_EVENT)
+    .bind(period.start)
+    .bind(&state.config.billing_timezone)
+    .fetch_all(&state.pool)
+    .await?;
+    let (webhook_url, webhook_secret): (Option<String>, Option<String>) =
+        sqlx::query_as("SELECT alert_webhook_url, alert_webhook_secret FROM users WHERE id = $1")
+            .bind(user_id)
+            .fetch_optional(&state.pool)
+            .await?
+            .ok_or(AppError::Unauthorized)?;
+    let timezone = state.config.billing_timezone.clone();
+    Ok(AlertsOverview { alerts, timezone, webhook_url, webhook_secret })
+}
+
+/// Sets (or, with an empty `url`, removes) the URL the signed-in user's alerts are POSTed to. The signing secret
+/// is created with the first URL and kept after.
+#[server(endpoint = "usage/alert-webhook")]
+pub async fn set_alert_webhook(url: String) -> Result<(), AppError> {
+    let state = crate::state::AppState::current()?;
+    let user_id = crate::auth::session::require_user_id().await?;
+    let url = url.trim();
+    if url.is_empty() {
+        sqlx::query("UPDATE users SET alert_webhook_url = NULL WHERE id = $1")
+            .bind(user_id)
+            .execute(&state.pool)
+            .await?;
+        return Ok(());
+    }
+    let parsed = url::Url::parse(url).map_err(|_| AppError::Invalid(format!("{url:?} is not a URL")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() || url.len() > 2000 {
+        return Err(AppError::Invalid(
+            "the alert URL must be an http:// or https:// address of at most 2,000 characters".into(),
+        ));
+    }
+    let secret = alert_webhooks::new_secret()?;
+    sqlx::query(
+        "UPDATE users SET alert_webhook_url = $2, alert_webhook_secret = coalesce(alert_webhook_secret, $3)
+         WHERE id = $1",
+    )
+    .bind(user_id)
+    .bind(parsed.as_str())
+    .bind(secret)
+    .execute(&state.pool)
+    .await?;
+    Ok(())
 }

@@ -90,5 +90,7 @@ pub async fn rebuild(tx: &mut Transaction<'_, Postgres>, user_id: Uuid, span: Sp
     .bind(span.end)
     .execute(&mut **tx)
     .await?;
+    // Open meters may now be in another period.
+    super::writer::notify_usage(tx, &[user_id]).await?;
     Ok(())
 }

@@ -21,6 +21,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 use tokio::sync::{mpsc, oneshot, Mutex};
 use uuid::Uuid;
 
+use super::alerts;
 use super::period::{self, PeriodClock, Span};
 use super::AI_TOKENS_EVENT;
 use crate::auth::api_key;
@@ -210,6 +211,7 @@ impl Writer {
         };
         let limits = lock_limited_users(&mut tx, &users).await?;
         let mut used = period_usage(&mut tx, &limits, &resolved, &period_of).await?;
+        let used_before = used.clone();
         let mut known = existing_keys(&mut tx, &resolved).await?;
 
         let mut rows = EventRows::default();
@@ -231,10 +233,24 @@ impl Writer {
                     }
                 }
             }
+            notify_usage(&mut tx, &rows.users).await?;
+            let caps: HashMap<Uuid, i64> = limits.iter().map(|(user, l)| (*user, l.limit)).collect();
+            alerts::record_crossings(&mut tx, AI_TOKENS_EVENT, &caps, &used_before, &used).await?;
         }
         tx.commit().await?;
         Ok(results)
     }
+}
+
+/// Tells every instance's live meters (`live.rs`) that these users' usage changed. NOTIFY is transactional: it
+/// is delivered when, and only if, the transaction commits; repeats within it are folded into one.
+pub async fn notify_usage(tx: &mut Transaction<'_, Postgres>, users: &[Uuid]) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT count(pg_notify($2, u::text)) FROM (SELECT DISTINCT unnest($1::uuid[]) AS u) AS changed")
+        .bind(users)
+        .bind(super::live::CHANNEL)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// A user's hard limit, as locked for this transaction.

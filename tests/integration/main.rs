@@ -8,6 +8,7 @@ mod auth;
 mod checkout;
 mod cli;
 mod config_files;
+mod dashboard;
 mod delivery;
 mod ingest;
 mod pages;

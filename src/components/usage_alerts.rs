@@ -1,0 +1,108 @@
+//! Usage alerts: a notice for each threshold (80 / 90 / 100 % of the limit) crossed this period, and where the
+//! alerts are also POSTed (a signed webhook).
+
+use leptos::prelude::*;
+
+use crate::components::usage_meter::format_thousands;
+use crate::usage::{get_alerts, AlertsOverview, SetAlertWebhook, UsageSummary};
+
+/// Notices and webhook settings; re-read when the live total changes, so a crossing shows up at once.
+#[component]
+pub fn UsageAlerts(live: RwSignal<Option<UsageSummary>>) -> impl IntoView {
+    let save = ServerAction::<SetAlertWebhook>::new();
+    let alerts =
+        Resource::new(move || (live.with(|s| s.as_ref().map(|s| s.used)), save.version().get()), |_| get_alerts());
+    view! {
+        <section class="card alerts" aria-labelledby="alerts-title" data-testid="alerts">
+            <h2 id="alerts-title">"Alerts"</h2>
+            <Transition fallback=|| view! { <p class="loading">"Loading alerts…"</p> }>
+                {move || Suspend::new(async move {
+                    match alerts.await {
+                        Ok(overview) => view! { <Alerts overview save /> }.into_any(),
+                        Err(err) => view! { <p class="form-error" role="alert">{err.to_string()}</p> }.into_any(),
+                    }
+                })}
+            </Transition>
+        </section>
+    }
+}
+
+#[component]
+fn Alerts(overview: AlertsOverview, save: ServerAction<SetAlertWebhook>) -> impl IntoView {
+    let notices = if overview.alerts.is_empty() {
+        view! { <p class="muted" data-testid="no-alerts">"No alerts this period. You are told at 80 %, 90 % and 100 % of your limit."</p> }
+            .into_any()
+    } else {
+        let timezone = overview.timezone.clone();
+        view! {
+            <ul class="alerts__list">
+                {overview
+                    .alerts
+                    .into_iter()
+                    .map(|alert| {
+                        let level = match alert.threshold {
+                            100.. => "alerts__notice--full",
+                            90.. => "alerts__notice--critical",
+                            _ => "alerts__notice--warning",
+                        };
+                        let text = format!(
+                            "{} % of your limit reached: {} of {} tokens, at {} ({})",
+                            alert.threshold,
+                            format_thousands(alert.used),
+                            format_thousands(alert.usage_limit),
+                            alert.crossed_local,
+                            timezone,
+                        );
+                        view! {
+                            <li
+                                class=format!("alerts__notice {level}")
+                                role="status"
+                                data-testid="alert-notice"
+                                data-threshold=alert.threshold.to_string()
+                            >
+                                {text}
+                            </li>
+                        }
+                    })
+                    .collect_view()}
+            </ul>
+        }
+        .into_any()
+    };
+    let secret = overview.webhook_secret.filter(|_| overview.webhook_url.is_some());
+    view! {
+        {notices}
+        <ActionForm action=save attr:class="alerts__webhook">
+            <label for="alert-url">"Also send alerts to this URL (signed webhook; leave empty for none)"</label>
+            <div class="alerts__row">
+                <input
+                    id="alert-url"
+                    name="url"
+                    type="url"
+                    inputmode="url"
+                    placeholder="https://example.com/tally-alerts"
+                    value=overview.webhook_url.clone().unwrap_or_default()
+                    data-testid="alert-url"
+                />
+                <button type="submit" data-testid="alert-url-save" disabled=move || save.pending().get()>
+                    "Save"
+                </button>
+            </div>
+            {move || {
+                save.value()
+                    .get()
+                    .and_then(Result::err)
+                    .map(|err| view! { <p class="form-error" role="alert">{err.to_string()}</p> })
+            }}
+        </ActionForm>
+        {secret
+            .map(|secret| {
+                view! {
+                    <p class="alerts__secret">
+                        "Signing secret (Standard Webhooks, HMAC-SHA256): "
+                        <code data-testid="alert-secret">{secret}</code>
+                    </p>
+                }
+            })}
+    }
+}

@@ -1,0 +1,167 @@
+//! Usage history: the per-day totals of a billing period as a bar chart (server-rendered SVG, readable without
+//! JavaScript through native tooltips and a table), a period selector, and the CSV download.
+
+use leptos::prelude::*;
+use leptos_router::hooks::use_query_map;
+
+use crate::components::usage_meter::format_thousands;
+use crate::usage::{get_usage_history, UsageHistory, UsageSummary, EXPORT_PATH};
+
+/// The history card. The selected period comes from `?period=` (a plain GET form picks it, with or without
+/// JavaScript); the current period is re-read when the live total changes.
+#[component]
+pub fn UsageHistoryCard(live: RwSignal<Option<UsageSummary>>) -> impl IntoView {
+    let query = use_query_map();
+    let history = Resource::new(
+        move || (query.with(|q| q.get("period")), live.with(|s| s.as_ref().map(|s| s.used))),
+        |(period, _)| get_usage_history(period),
+    );
+    view! {
+        <section class="card history" aria-labelledby="history-title" data-testid="history">
+            <h2 id="history-title">"Daily usage"</h2>
+            <Transition fallback=|| view! { <p class="loading">"Loading history…"</p> }>
+                {move || Suspend::new(async move {
+                    match history.await {
+                        Ok(history) => view! { <History history /> }.into_any(),
+                        Err(err) => view! { <p class="form-error" role="alert">{err.to_string()}</p> }.into_any(),
+                    }
+                })}
+            </Transition>
+        </section>
+    }
+}
+
+/// Height of the chart's drawing area, in SVG units; bars are 10 units wide with a gap of 2.
+const CHART_HEIGHT: i64 = 120;
+
+#[component]
+fn History(history: UsageHistory) -> impl IntoView {
+    let selected_start = history.selected.period_start.to_rfc3339();
+    let options = history
+        .periods
+        .iter()
+        .map(|p| {
+            let value = p.period_start.to_rfc3339();
+            let selected = value == selected_start;
+            view! { <option value=value selected=selected>{format!("{} – {}", p.first_day, p.last_day)}</option> }
+        })
+        .collect_view();
+    let export = format!("{EXPORT_PATH}?period={}", urlencode(&selected_start));
+    let total: i64 = history.days.iter().map(|d| d.quantity).sum();
+    let caption = format!(
+        "{} – {} ({}): {} tokens in total",
+        history.selected.first_day,
+        history.selected.last_day,
+        history.timezone,
+        format_thousands(total)
+    );
+    let chart = if total == 0 {
+        view! { <p class="muted" data-testid="history-empty">"No usage in this period yet."</p> }.into_any()
+    } else {
+        view! { <Chart days=history.days.clone() caption=caption.clone() /> }.into_any()
+    };
+    view! {
+        <form method="get" action="/" class="history__controls">
+            <label for="history-period">"Period"</label>
+            <select id="history-period" name="period" data-testid="history-period">
+                {options}
+            </select>
+            <button type="submit" class="button-secondary">"Show"</button>
+            <a class="history__export" href=export download data-testid="export-csv">
+                "Download CSV"
+            </a>
+        </form>
+        <p class="history__caption" data-testid="history-caption">{caption}</p>
+        {chart}
+        <details class="history__table">
+            <summary>"Table"</summary>
+            <table class="data-table">
+                <thead>
+                    <tr>
+                        <th scope="col">"Day"</th>
+                        <th scope="col">"Tokens"</th>
+                    </tr>
+                </thead>
+                <tbody>
+                    {history
+                        .days
+                        .into_iter()
+                        .map(|d| view! { <tr><td>{d.day}</td><td class="numeric">{format_thousands(d.quantity)}</td></tr> })
+                        .collect_view()}
+                </tbody>
+            </table>
+        </details>
+    }
+}
+
+#[component]
+fn Chart(days: Vec<crate::usage::DayUsage>, caption: String) -> impl IntoView {
+    let max = days.iter().map(|d| d.quantity).max().unwrap_or(0).max(1);
+    let width = days.len() as i64 * 12;
+    // After hydration, hovering or focusing a bar names its day and value here.
+    let focused = RwSignal::new(None::<String>);
+    let bars = days
+        .iter()
+        .enumerate()
+        .map(|(i, day)| {
+            let height = (day.quantity * CHART_HEIGHT / max).max(if day.quantity > 0 { 1 } else { 0 });
+            let label = format!("{}: {} tokens", day.day, format_thousands(day.quantity));
+            let shown = label.clone();
+            let shown_on_focus = label.clone();
+            let title = label.clone();
+            view! {
+                <rect
+                    class="history__bar"
+                    x=(i as i64 * 12).to_string()
+                    y=(CHART_HEIGHT - height).to_string()
+                    width="10"
+                    height=height.to_string()
+                    tabindex="0"
+                    role="img"
+                    aria-label=label
+                    data-day=day.day.clone()
+                    data-quantity=day.quantity.to_string()
+                    on:mouseenter=move |_| focused.set(Some(shown.clone()))
+                    on:focus=move |_| focused.set(Some(shown_on_focus.clone()))
+                    on:mouseleave=move |_| focused.set(None)
+                    on:blur=move |_| focused.set(None)
+                >
+                    <title>{title}</title>
+                </rect>
+            }
+        })
+        .collect_view();
+    let first = days.first().map(|d| d.day.clone()).unwrap_or_default();
+    let last = days.last().map(|d| d.day.clone()).unwrap_or_default();
+    view! {
+        <figure class="history__chart">
+            <svg
+                viewBox=format!("0 0 {width} {CHART_HEIGHT}")
+                preserveAspectRatio="none"
+                role="group"
+                aria-label=caption
+                data-testid="history-chart"
+            >
+                {bars}
+            </svg>
+            <figcaption class="history__axis">
+                <span>{first}</span>
+                <span class="history__focus" aria-live="polite" data-testid="history-focus">
+                    {move || focused.get().unwrap_or_default()}
+                </span>
+                <span>{last}</span>
+            </figcaption>
+        </figure>
+    }
+}
+
+/// Percent-encodes a query value (RFC 3339 times carry `+` and `:`).
+fn urlencode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,199 @@
+//! Usage history: per-day totals of a billing period (days in the billing time zone), the periods a user can
+//! look back on, and the CSV export of a period's events.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
+use futures::StreamExt;
+use sqlx::PgPool;
+use tower_sessions::Session;
+use uuid::Uuid;
+
+use super::period::{self, BillingPeriod};
+use super::{DayUsage, PeriodChoice};
+use crate::error::AppError;
+use crate::state::AppState;
+
+/// The periods `user_id` has usage in (from the period counters, newest first), with the current one always
+/// first even when it is still empty.
+pub async fn periods(state: &AppState, user_id: Uuid) -> Result<(BillingPeriod, Vec<PeriodChoice>), AppError> {
+    let current = period::for_user(&state.pool, &state.clock, user_id, Utc::now()).await?;
+    let timezone = &state.config.billing_timezone;
+    let mut choices: Vec<PeriodChoice> = sqlx::query_as(
+        "SELECT DISTINCT period_start, period_end,
+                to_char(period_start AT TIME ZONE $2, 'YYYY-MM-DD') AS first_day,
+                to_char((period_end - interval '1 microsecond') AT TIME ZONE $2, 'YYYY-MM-DD') AS last_day
+         FROM usage_period_totals WHERE user_id = $1
+         ORDER BY period_start DESC
+         LIMIT 36",
+    )
+    .bind(user_id)
+    .bind(timezone)
+    .fetch_all(&state.pool)
+    .await?;
+    choices.retain(|c| c.period_start != current.start);
+    choices.insert(0, PeriodChoice::from(&current));
+    Ok((current, choices))
+}
+
+impl From<&BillingPeriod> for PeriodChoice {
+    fn from(period: &BillingPeriod) -> Self {
+        PeriodChoice {
+            period_start: period.start,
+            period_end: period.end,
+            first_day: period.first_day.clone(),
+            last_day: period.last_day.clone(),
+        }
+    }
+}
+
+/// Every day of `period` in `timezone` with `user_id`'s total of `event_type` that day (0 for quiet days).
+pub async fn daily(
+    pool: &PgPool,
+    user_id: Uuid,
+    event_type: &str,
+    period: &PeriodChoice,
+    timezone: &str,
+) -> Result<Vec<DayUsage>, AppError> {
+    Ok(sqlx::query_as(
+        "WITH days AS (
+             SELECT generate_series(date_trunc('day', $3::timestamptz AT TIME ZONE $5),
+                                    ($4::timestamptz - interval '1 microsecond') AT TIME ZONE $5,
+                                    interval '1 day') AS day
+         ), used AS (
+             SELECT date_trunc('day', occurred_at AT TIME ZONE $5) AS day, sum(quantity)::bigint AS quantity
+             FROM usage_events
+             WHERE user_id = $1 AND event_type = $2 AND occurred_at >= $3 AND occurred_at < $4
+             GROUP BY 1
+         )
+         SELECT to_char(days.day, 'YYYY-MM-DD') AS day, coalesce(used.quantity, 0) AS quantity
+         FROM days LEFT JOIN used USING (day)
+         ORDER BY days.day",
+    )
+    .bind(user_id)
+    .bind(event_type)
+    .bind(period.period_start)
+    .bind(period.period_end)
+    .bind(timezone)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// One CSV line's worth of a usage event.
+#[derive(sqlx::FromRow)]
+pub struct ExportRow {
+    pub id: Uuid,
+    pub occurred_at: DateTime<Utc>,
+    /// Seconds east of UTC of the billing time zone at that instant.
+    pub utc_offset: i32,
+    pub event_type: String,
+    pub quantity: i64,
+    pub idempotency_key: Option<String>,
+    pub stripe_status: Option<String>,
+}
+
+impl ExportRow {
+    /// The CSV header, matching [`ExportRow::record`].
+    pub const HEADER: [&'static str; 6] = ["id", "occurred_at", "event_type", "quantity", "idempotency_key", "stripe"];
+
+    /// The row's fields; the time in ISO 8601 with the billing time zone's offset.
+    pub fn record(&self) -> [String; 6] {
+        let offset = FixedOffset::east_opt(self.utc_offset).unwrap_or(FixedOffset::east_opt(0).expect("UTC"));
+        [
+            self.id.to_string(),
+            self.occurred_at.with_timezone(&offset).to_rfc3339_opts(SecondsFormat::Micros, false),
+            self.event_type.clone(),
+            self.quantity.to_string(),
+            self.idempotency_key.clone().unwrap_or_default(),
+            self.stripe_status.clone().unwrap_or_default(),
+        ]
+    }
+}
+
+/// The statement behind the export: a period's events in time order, streamed by the caller.
+pub const EXPORT_SQL: &str = "SELECT e.id, e.occurred_at,
+            extract(epoch FROM (e.occurred_at AT TIME ZONE $4) - (e.occurred_at AT TIME ZONE 'UTC'))::int AS utc_offset,
+            e.event_type, e.quantity, e.idempotency_key, o.status AS stripe_status
+     FROM usage_events e LEFT JOIN meter_event_outbox o ON o.usage_event_id = e.id
+     WHERE e.user_id = $1 AND e.occurred_at >= $2 AND e.occurred_at < $3
+     ORDER BY e.occurred_at, e.id";
+
+/// Where the CSV export is downloaded from.
+pub const EXPORT_PATH: &str = super::EXPORT_PATH;
+
+/// `?period=<start, RFC 3339>`; default the current period.
+#[derive(Debug, serde::Deserialize)]
+pub struct ExportQuery {
+    pub period: Option<String>,
+}
+
+/// `GET /api/usage/export.csv`: the signed-in user's usage events of one period as CSV, streamed from the
+/// database in chunks (memory stays flat for millions of rows). A database failure mid-way aborts the download
+/// instead of ending it as if complete.
+pub async fn export(
+    State(state): State<AppState>,
+    session: Session,
+    Query(query): Query<ExportQuery>,
+) -> Result<Response, AppError> {
+    let user_id = crate::auth::session::user_of(&session).await?.ok_or(AppError::Unauthorized)?;
+    let (_, periods) = periods(&state, user_id).await?;
+    let wanted = query.period.as_deref().and_then(|p| DateTime::parse_from_rfc3339(p).ok());
+    let selected =
+        wanted.and_then(|start| periods.iter().find(|p| p.period_start == start)).unwrap_or(&periods[0]).clone();
+    let filename = format!("tally-usage-{}-{}.csv", selected.first_day, selected.last_day);
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let pool = state.pool.clone();
+    let timezone = state.config.billing_timezone.clone();
+    tokio::spawn(async move {
+        let mut rows = sqlx::query_as::<_, ExportRow>(EXPORT_SQL)
+            .bind(user_id)
+            .bind(selected.period_start)
+            .bind(selected.period_end)
+            .bind(&timezone)
+            .fetch(&pool);
+        let mut header = true;
+        loop {
+            // Up to a thousand rows per chunk, encoded by the csv crate (quoting, escaping).
+            let mut csv = csv::Writer::from_writer(Vec::with_capacity(64 * 1024));
+            let mut failure = None;
+            if std::mem::take(&mut header) {
+                failure = csv.write_record(ExportRow::HEADER).err();
+            }
+            let mut rows_in_chunk = 0;
+            while rows_in_chunk < 1_000 && failure.is_none() {
+                match rows.next().await {
+                    Some(Ok(row)) => failure = csv.write_record(row.record()).err(),
+                    Some(Err(err)) => {
+                        tracing::warn!(error = %err, "CSV export failed mid-way");
+                        let _ = sender.send(Err(std::io::Error::other("the export could not be completed"))).await;
+                        return;
+                    }
+                    None => break,
+                }
+                rows_in_chunk += 1;
+            }
+            let chunk = match (failure, csv.into_inner()) {
+                (None, Ok(bytes)) => Ok(Bytes::from(bytes)),
+                _ => Err(std::io::Error::other("the export could not be encoded")),
+            };
+            let done = chunk.is_err() || rows_in_chunk < 1_000;
+            if sender.send(chunk).await.is_err() || done {
+                return; // finished, failed, or the client went away
+            }
+        }
+    });
+    let body = Body::from_stream(futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|chunk| (chunk, receiver))
+    }));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{filename}\"")),
+            (header::CACHE_CONTROL, "no-store".to_owned()),
+        ],
+        body,
+    )
+        .into_response())
+}

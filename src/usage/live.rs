@@ -1,0 +1,130 @@
+//! Live usage: every open dashboard shows a new total within a second of its commit, on any instance, without
+//! polling the database per browser.
+//!
+//! Writers `NOTIFY tally_usage, '<user id>'` in the transaction that records usage (delivered only on commit).
+//! Each instance keeps one `LISTEN` connection ([`LiveHub::start`]) and bumps a `watch` channel per watched user;
+//! each open stream (`GET /api/usage/live`, server-sent events) waits on its user's channel and then reads the
+//! total from the period counters — a few rows, however busy the user. Bumps coalesce: a stream that is behind reads
+//! once for many commits. After the LISTEN connection drops, every stream re-reads once (nothing missed is lost).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::Stream;
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tower_sessions::Session;
+use uuid::Uuid;
+
+use crate::error::AppError;
+use crate::state::AppState;
+
+/// The NOTIFY channel usage changes are announced on.
+pub const CHANNEL: &str = "tally_usage";
+/// Where browsers open the stream.
+pub const PATH: &str = super::LIVE_PATH;
+/// Commits that land this close together are read once.
+const COALESCE: Duration = Duration::from_millis(20);
+
+/// The users watched on this instance, each with a change counter.
+#[derive(Clone, Default)]
+pub struct LiveHub {
+    watched: Arc<Mutex<HashMap<Uuid, watch::Sender<u64>>>>,
+}
+
+impl LiveHub {
+    /// A hub fed by a LISTEN connection of `pool` (a background task that reconnects by itself).
+    pub fn start(pool: PgPool) -> LiveHub {
+        let hub = LiveHub::default();
+        tokio::spawn(listen(pool, hub.clone()));
+        hub
+    }
+
+    /// Changes of `user`'s usage, from now on.
+    pub fn watch(&self, user: Uuid) -> watch::Receiver<u64> {
+        let mut watched = self.watched.lock().unwrap_or_else(|p| p.into_inner());
+        // Forget users nobody watches any more, so the map stays as small as the open streams.
+        watched.retain(|_, sender| sender.receiver_count() > 0);
+        watched.entry(user).or_insert_with(|| watch::channel(0).0).subscribe()
+    }
+
+    fn changed(&self, user: Uuid) {
+        if let Some(sender) = self.watched.lock().unwrap_or_else(|p| p.into_inner()).get(&user) {
+            sender.send_modify(|n| *n += 1);
+        }
+    }
+
+    fn all_changed(&self) {
+        for sender in self.watched.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            sender.send_modify(|n| *n += 1);
+        }
+    }
+}
+
+async fn listen(pool: PgPool, hub: LiveHub) {
+    loop {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(listener) => listener,
+            Err(err) => {
+                tracing::warn!(error = %err, "live usage: cannot connect to LISTEN; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if let Err(err) = listener.listen(CHANNEL).await {
+            tracing::warn!(error = %err, "live usage: LISTEN failed; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        // Whatever was committed while nobody listened.
+        hub.all_changed();
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(notification)) => {
+                    if let Ok(user) = notification.payload().parse() {
+                        hub.changed(user);
+                    }
+                }
+                // The connection dropped and was re-established: notifications in between are gone.
+                Ok(None) => hub.all_changed(),
+                Err(err) => {
+                    tracing::warn!(error = %err, "live usage: LISTEN connection lost; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// `GET /api/usage/live`: the signed-in user's usage summary now, then after every change, as server-sent
+/// events (`event: usage`, JSON data). Browsers' `EventSource` reconnects by itself.
+pub async fn stream(
+    State(state): State<AppState>,
+    session: Session,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppError> {
+    let user = crate::auth::session::user_of(&session).await?.ok_or(AppError::Unauthorized)?;
+    let changes = state.live.watch(user);
+    let events = futures::stream::unfold((state, changes, true), move |(state, mut changes, first)| async move {
+        if !first {
+            changes.changed().await.ok()?;
+            tokio::time::sleep(COALESCE).await;
+            changes.borrow_and_update();
+        }
+        let event = match super::current_summary(&state, user).await {
+            Ok(Some(summary)) => Event::default().event("usage").json_data(&summary).ok()?,
+            // The account is gone: end the stream.
+            Ok(None) => return None,
+            Err(err) => {
+                tracing::warn!(error = %err, "live usage: summary read failed");
+                Event::default().event("unavailable").data("usage could not be read; retrying")
+            }
+        };
+        Some((Ok(event), (state, changes, false)))
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}

@@ -1,0 +1,299 @@
+//! The dashboard's back end: the live usage stream, per-day history, alerts (once per threshold, signed webhooks)
+//! and the CSV export, each with its access control.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use sqlx::PgPool;
+use tally::usage::AI_TOKENS_EVENT;
+
+use crate::support::{app, TestApp};
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339()
+}
+
+/// Opens the live stream with `cookie`; returns the status and, for a 200, a reader of its events.
+async fn open_stream(app: &TestApp, cookie: Option<&str>) -> (StatusCode, Option<axum::body::BodyDataStream>) {
+    let mut request = Request::get(tally::usage::live::PATH).header(header::HOST, "127.0.0.1:3000");
+    if let Some(cookie) = cookie {
+        request = request.header(header::COOKIE, cookie);
+    }
+    let response = tower::ServiceExt::oneshot(app.router.clone(), request.body(Body::empty()).unwrap()).await.unwrap();
+    let status = response.status();
+    (status, (status == StatusCode::OK).then(|| response.into_body().into_data_stream()))
+}
+
+/// The `used` of the next `usage` event on the stream, waiting at most `within`.
+async fn next_used(stream: &mut axum::body::BodyDataStream, within: Duration) -> Option<i64> {
+    use futures::StreamExt;
+    let deadline = tokio::time::Instant::now() + within;
+    let mut text = String::new();
+    loop {
+        let chunk = tokio::time::timeout_at(deadline, stream.next()).await.ok()??.ok()?;
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = text.find("\n\n") {
+            let event: String = text.drain(..end + 2).collect();
+            if event.contains("event: usage") {
+                let data = event.lines().find_map(|l| l.strip_prefix("data: "))?;
+                return serde_json::from_str::<serde_json::Value>(data).ok()?["used"].as_i64();
+            }
+        }
+    }
+}
+
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn the_live_stream_sends_the_total_then_every_change_within_a_second(pool: PgPool) {
+    let app = app(pool.clone());
+    let cookie = app.signup("live@example.com").await;
+    let user = app.user_id("live@example.com").await;
+    app.insert_usage(user, AI_TOKENS_EVENT, 40, &now()).await;
+
+    let (status, stream) = open_stream(&app, Some(&cookie)).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut first = stream.unwrap();
+    let (_, second) = open_stream(&app, Some(&cookie)).await;
+    let mut second = second.unwrap();
+    assert_eq!(next_used(&mut first, Duration::from_secs(2)).await, Some(40), "the current total first");
+    assert_eq!(next_used(&mut second, Duration::from_secs(2)).await, Some(40));
+
+    // Recorded through another app instance on the same database: the NOTIFY crosses instances.
+    let other = crate::support::app(pool.clone());
+    let started = std::time::Instant::now();
+    other.insert_usage(user, AI_TOKENS_EVENT, 2, &now()).await;
+    assert_eq!(next_used(&mut first, Duration::from_secs(1)).await, Some(42), "both open streams see it");
+    assert_eq!(next_used(&mut second, Duration::from_secs(1)).await, Some(42));
+    assert!(started.elapsed() < Duration::from_secs(1));
+
+    // Someone else's usage is not announced on this user's stream.
+    let stranger_cookie = app.signup("stranger@example.com").await;
+    let stranger = app.user_id("stranger@example.com").await;
+    app.insert_usage(stranger, AI_TOKENS_EVENT, 999, &now()).await;
+    assert_eq!(next_used(&mut first, Duration::from_millis(300)).await, None);
+    let (_, theirs) = open_stream(&app, Some(&stranger_cookie)).await;
+    assert_eq!(next_used(&mut theirs.unwrap(), Duration::from_secs(2)).await, Some(999));
+}
+
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn the_stream_history_and_export_need_a_session(pool: PgPool) {
+    let app = app(pool);
+    assert_eq!(open_stream(&app, None).await.0, StatusCode::UNAUTHORIZED);
+    let export = app.get(tally::usage::history::EXPORT_PATH, None).await;
+    assert_eq!(export.status, StatusCode::UNAUTHORIZED);
+    let history = app.post_form("/api/usage/history", &[], None).await;
+    assert_eq!(history.status, StatusCode::UNAUTHORIZED);
+    let alerts = app.post_form("/api/usage/alert-webhook", &[("url", "http://127.0.0.1:9/")], None).await;
+    assert_eq!(alerts.status, StatusCode::UNAUTHORIZED);
+}
+
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn history_has_every_day_of_the_period_in_the_billing_time_zone(pool: PgPool) {
+    let app = app(pool.clone());
+    let cookie = app.signup("history@example.com").await;
+    let user = app.user_id("history@example.com").await;
+    // 2026-11-24 23:30 UTC is 2026-11-25 08:30 in Tokyo.
+    app.insert_usage(user, AI_TOKENS_EVENT, 70, "2026-11-24T23:30:00Z").await;
+    app.insert_usage(user, AI_TOKENS_EVENT, 5, "2026-11-25T01:00:00Z").await;
+    app.insert_usage(user, AI_TOKENS_EVENT, 9, "2026-10-02T01:00:00Z").await;
+
+    let history = app.post_form("/api/usage/history", &[("period", "2026-10-31T15:00:00Z")], Some(&cookie)).await;
+    assert_eq!(history.status, StatusCode::OK, "{}", history.body);
+    let history = history.json();
+    let days = history["days"].as_array().unwrap();
+    assert_eq!(days.len(), 30, "every day of November");
+    assert_eq!(days[0]["day"], "2026-11-01");
+    let day = |d: &str| days.iter().find(|x| x["day"] == d).unwrap()["quantity"].as_i64().unwrap();
+    assert_eq!((day("2026-11-24"), day("2026-11-25")), (0, 75));
+    let periods: Vec<&str> =
+        history["periods"].as_array().unwrap().iter().map(|p| p["firstDay"].as_str().unwrap()).collect();
+    assert!(periods.contains(&"2026-11-01") && periods.contains(&"2026-10-01"), "{periods:?}");
+
+    let october =
+        app.post_form("/api/usage/history", &[("period", "2026-09-30T15:00:00Z")], Some(&cookie)).await.json();
+    assert_eq!(october["selected"]["firstDay"], "2026-10-01");
+    assert_eq!(october["days"].as_array().unwrap().iter().map(|d| d["quantity"].as_i64().unwrap()).sum::<i64>(), 9);
+}
+
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn the_csv_export_holds_the_periods_events_with_local_offsets(pool: PgPool) {
+    let app = app(pool.clone());
+    let cookie = app.signup("csv@example.com").await;
+    let user = app.user_id("csv@example.com").await;
+    let key_reply = app
+        .post_json(
+            "/api/usage/record",
+            r#"{"eventType":"ai_token_consumed","quantity":12}"#,
+            &[("cookie", cookie.as_str()), ("idempotency-key", "with,comma\"quoted\"")],
+        )
+        .await;
+    assert_eq!(key_reply.status, StatusCode::OK, "{}", key_reply.body);
+    for q in 1..=2_500 {
+        app.insert_usage(user, AI_TOKENS_EVENT, q, &now()).await;
+    }
+    let other = app.signup("other-csv@example.com").await;
+    let _ = other;
+    let stranger = app.user_id("other-csv@example.com").await;
+    app.insert_usage(stranger, AI_TOKENS_EVENT, 777_777, &now()).await;
+
+    let reply = app.get(tally::usage::history::EXPORT_PATH, Some(&cookie)).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(reply.headers[header::CONTENT_DISPOSITION]
+        .to_str()
+        .unwrap()
+        .starts_with("attachment; filename=\"tally-usage-"));
+    let mut reader = csv::Reader::from_reader(reply.body.as_bytes());
+    assert_eq!(
+        reader.headers().unwrap().iter().collect::<Vec<_>>(),
+        ["id", "occurred_at", "event_type", "quantity", "idempotency_key", "stripe"]
+    );
+    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+    assert_eq!(rows.len(), 2_501, "every event of the period, across chunks, and nobody else's");
+    let total: i64 = rows.iter().map(|r| r[3].parse::<i64>().unwrap()).sum();
+    let expected: i64 = sqlx::query_scalar("SELECT sum(quantity)::bigint FROM usage_events WHERE user_id = $1")
+        .bind(user)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(total, expected);
+    assert!(rows.iter().all(|r| r[1].ends_with("+09:00")), "times carry Tokyo's offset: {}", &rows[0][1]);
+    assert!(rows.iter().any(|r| &r[4] == "with,comma\"quoted\""), "quoting survives");
+    assert!(rows.iter().all(|r| &r[5] == "awaiting_customer"));
+}
+
+/// A local receiver that keeps every alert webhook request it gets.
+async fn receiver() -> (String, Arc<Mutex<Vec<(axum::http::HeaderMap, String)>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let router = axum::Router::new().route(
+        "/hook",
+        axum::routing::post({
+            let seen = seen.clone();
+            move |headers: axum::http::HeaderMap, body: String| {
+                let seen = seen.clone();
+                async move {
+                    seen.lock().unwrap().push((headers, body));
+                    StatusCode::NO_CONTENT
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (url, seen)
+}
+
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn thresholds_fire_once_each_even_under_concurrent_writes_and_webhooks_arrive_signed(pool: PgPool) {
+    let app = app(pool.clone());
+    let cookie = app.signup("alerts@example.com").await;
+    let user = app.user_id("alerts@example.com").await;
+    sqlx::query("UPDATE users SET usage_limit = 1000 WHERE id = $1").bind(user).execute(&pool).await.unwrap();
+    let (url, seen) = receiver().await;
+    let set = app.post_form("/api/usage/alert-webhook", &[("url", &url)], Some(&cookie)).await;
+    assert_eq!(set.status, StatusCode::OK, "{}", set.body);
+    let bad = app.post_form("/api/usage/alert-webhook", &[("url", "ftp://example.com/x")], Some(&cookie)).await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", bad.body);
+
+    // 2 × 30 concurrent writes of 20 through two instances: 1,200 tokens, past every threshold.
+    let other = crate::support::app(pool.clone());
+    let mut writes = Vec::new();
+    for i in 0..60 {
+        let target = if i % 2 == 0 { app.state.writer.clone() } else { other.state.writer.clone() };
+        writes.push(tokio::spawn(async move {
+            let event = tally::usage::writer::NewEvent {
+                event_type: AI_TOKENS_EVENT.into(),
+                quantity: 20,
+                metadata: serde_json::json!({}),
+                idempotency_key: None,
+                occurred_at: chrono::Utc::now(),
+            };
+            target
+                .submit(
+                    tally::auth::caller::Caller::User(user),
+                    vec![event],
+                    tally::usage::writer::LimitPolicy::RecordAnyway,
+                )
+                .await
+        }));
+    }
+    for write in writes {
+        write.await.unwrap().unwrap();
+    }
+    let alerts = app.post_form("/api/usage/alerts", &[], Some(&cookie)).await.json();
+    let thresholds: Vec<i64> =
+        alerts["alerts"].as_array().unwrap().iter().map(|a| a["threshold"].as_i64().unwrap()).collect();
+    assert_eq!(thresholds, [80, 90, 100]);
+    let secret = alerts["webhookSecret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("whsec_"));
+
+    let worker = tally::usage::alert_webhooks::AlertWebhookWorker::new(
+        pool.clone(),
+        Duration::from_millis(5),
+        Duration::from_millis(5),
+    );
+    while worker.step().await.unwrap() > 0 {}
+    let received = seen.lock().unwrap().clone();
+    assert_eq!(received.len(), 3, "one webhook per threshold");
+    let verifier = standardwebhooks::Webhook::new(&secret).unwrap();
+    let mut fired = Vec::new();
+    for (headers, body) in &received {
+        verifier.verify(body.as_bytes(), headers).expect("a valid Standard Webhooks signature");
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["type"], "usage.threshold_crossed");
+        assert_eq!(body["data"]["limit"], 1000);
+        fired.push(body["data"]["threshold_percent"].as_i64().unwrap());
+    }
+    fired.sort();
+    assert_eq!(fired, [80, 90, 100]);
+    // Nothing more to send, and the dashboard page shows the notices.
+    assert_eq!(worker.step().await.unwrap(), 0);
+    let page = app.get("/", Some(&cookie)).await;
+    assert!(page.body.contains("data-threshold=\"100\""), "{}", page.body);
+}
+
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn an_alert_webhook_the_receiver_refuses_is_retried_until_it_is_taken(pool: PgPool) {
+    let app = app(pool.clone());
+    let cookie = app.signup("retry-alert@example.com").await;
+    let user = app.user_id("retry-alert@example.com").await;
+    sqlx::query("UPDATE users SET usage_limit = 100 WHERE id = $1").bind(user).execute(&pool).await.unwrap();
+    // Nothing listens on this port at first.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    drop(listener);
+    let url = format!("http://{address}/hook");
+    app.post_form("/api/usage/alert-webhook", &[("url", &url)], Some(&cookie)).await;
+    app.insert_usage(user, AI_TOKENS_EVENT, 85, &now()).await;
+
+    let worker = tally::usage::alert_webhooks::AlertWebhookWorker::new(
+        pool.clone(),
+        Duration::from_millis(5),
+        Duration::from_millis(5),
+    );
+    assert_eq!(worker.step().await.unwrap(), 1);
+    let (status, error): (String, Option<String>) =
+        sqlx::query_as("SELECT status, last_error FROM alert_webhooks").fetch_one(&pool).await.unwrap();
+    assert_eq!(status, "pending");
+    assert!(error.unwrap().contains("could not reach"));
+
+    let seen = Arc::new(Mutex::new(0));
+    let router = axum::Router::new().route(
+        "/hook",
+        axum::routing::post({
+            let seen = seen.clone();
+            move || async move {
+                *seen.lock().unwrap() += 1;
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(address).await.unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    while worker.step().await.unwrap() > 0 {}
+    assert_eq!(*seen.lock().unwrap(), 1);
+    let status: String = sqlx::query_scalar("SELECT status FROM alert_webhooks").fetch_one(&pool).await.unwrap();
+    assert_eq!(status, "delivered");
+}
