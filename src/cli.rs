@@ -30,7 +30,7 @@ pub enum Command {
     /// Stripe: sync state, customer links, setup, reconciliation.
     #[command(subcommand)]
     Stripe(StripeCommand),
-    /// Deliver recorded usage to Stripe's meter (the same worker `serve` runs; any number may run at once).
+    /// Deliver recorded usage to Stripe's meter, and alert webhooks (the workers `serve` runs; any number may run).
     Worker {
         /// Deliver what is due, wait for retries, and exit when nothing is pending (or after --timeout-seconds).
         #[arg(long)]
@@ -196,10 +196,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker { drain, timeout_seconds } => {
             let pool = crate::db::connect(&cli.config).await?;
             crate::db::migrate(&pool).await?;
-            let worker = crate::billing::delivery::DeliveryWorker::from_config(pool, &cli.config)
+            let worker = crate::billing::delivery::DeliveryWorker::from_config(pool.clone(), &cli.config)
                 .ok_or_else(|| anyhow::anyhow!("STRIPE_SECRET_KEY is not set: there is nowhere to deliver to"))?;
             if !drain {
-                worker.run().await;
+                // Alert webhooks too: several senders are safe (rows are claimed under a lease).
+                let alerts = crate::usage::alert_webhooks::AlertWebhookWorker::new(
+                    pool,
+                    std::time::Duration::from_millis(cli.config.delivery.retry_base_ms),
+                    std::time::Duration::from_millis(cli.config.delivery.poll_ms),
+                );
+                tokio::join!(worker.run(), alerts.run());
                 return Ok(());
             }
             let (progress, pending) = worker.drain(std::time::Duration::from_secs(timeout_seconds)).await?;

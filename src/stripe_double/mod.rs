@@ -123,19 +123,24 @@ struct Inner {
     rate_window: (i64, u32),
     state: DoubleState,
     next_id: u64,
+    /// Random per double, so ids never repeat across restarts (a database may outlive a double).
+    run_id: String,
 }
 
 impl Inner {
     fn new_id(&mut self, prefix: &str) -> String {
         self.next_id += 1;
-        format!("{prefix}_double{:014}", self.next_id)
+        format!("{prefix}_{}{:08}", self.run_id, self.next_id)
     }
 }
 
 impl StripeDouble {
     /// A double accepting `secret_key`.
     pub fn new(secret_key: &str) -> StripeDouble {
-        let inner = Inner { secret_key: secret_key.to_owned(), ..Inner::default() };
+        let mut bytes = [0_u8; 5];
+        getrandom::fill(&mut bytes).unwrap_or_default();
+        let run_id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let inner = Inner { secret_key: secret_key.to_owned(), run_id, ..Inner::default() };
         StripeDouble { inner: Arc::new(Mutex::new(inner)) }
     }
 
