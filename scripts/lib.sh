@@ -59,6 +59,8 @@ ensure_wasm_opt() {
 
 ensure_chromium() {
   command -v chromium >/dev/null || apt_install chromium
+  # Japanese glyphs for the ja pages and screenshots (Chromium draws boxes without a CJK font).
+  [ -d /usr/share/fonts/opentype/ipafont-gothic ] || apt_install fonts-ipafont-gothic
 }
 
 ensure_e2e_packages() {

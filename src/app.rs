@@ -5,13 +5,14 @@ use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
 use leptos_router::components::{Route, Router, Routes};
 use leptos_router::{SsrMode, StaticSegment};
 
+use crate::i18n::I18nContextProvider;
 use crate::pages::{DashboardPage, LoginPage, SignupPage};
 
 /// The document around the app, rendered on the server only.
 pub fn shell(options: LeptosOptions) -> impl IntoView {
     view! {
         <!DOCTYPE html>
-        <html lang="en">
+        <html>
             <head>
                 <meta charset="utf-8" />
                 <meta name="viewport" content="width=device-width, initial-scale=1" />
@@ -39,6 +40,7 @@ pub fn App() -> impl IntoView {
     view! {
         <Stylesheet id="leptos" href="/pkg/tally.css" />
         <Title text="Tally" />
+        <I18nContextProvider>
         <Router>
             <main class="app" data-hydrated=move || hydrated.get().to_string()>
                 // Async SSR: the page is sent once its data is loaded, so the numbers are in the HTML itself and a
@@ -50,5 +52,6 @@ pub fn App() -> impl IntoView {
                 </Routes>
             </main>
         </Router>
+        </I18nContextProvider>
     }
 }

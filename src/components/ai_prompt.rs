@@ -4,12 +4,14 @@ use leptos::prelude::*;
 
 use crate::ai::Generate;
 use crate::components::usage_meter::format_thousands;
+use crate::i18n::{t, t_string, use_i18n};
 
 /// Prompt box. `on_answer` runs after each successful generation (the dashboard re-reads the meter then).
 #[component]
 pub fn AiPrompt(#[prop(into)] on_answer: Callback<()>) -> impl IntoView {
     let generate = ServerAction::<Generate>::new();
     let prompt = RwSignal::new(String::new());
+    let i18n = use_i18n();
     Effect::new(move |_| {
         if let Some(Ok(_)) = generate.value().get() {
             on_answer.run(());
@@ -21,7 +23,7 @@ pub fn AiPrompt(#[prop(into)] on_answer: Callback<()>) -> impl IntoView {
     };
     view! {
         <form class="ai-prompt" on:submit=submit>
-            <label for="ai-prompt-text">"Ask the AI (its tokens are recorded as usage)"</label>
+            <label for="ai-prompt-text">{t!(i18n, ai_label)}</label>
             <textarea
                 id="ai-prompt-text"
                 name="prompt"
@@ -32,7 +34,7 @@ pub fn AiPrompt(#[prop(into)] on_answer: Callback<()>) -> impl IntoView {
                 on:input=move |ev| prompt.set(event_target_value(&ev))
             ></textarea>
             <button type="submit" data-testid="ai-submit" disabled=move || generate.pending().get()>
-                {move || if generate.pending().get() { "Thinking…" } else { "Generate" }}
+                {move || if generate.pending().get() { t_string!(i18n, thinking) } else { t_string!(i18n, generate) }}
             </button>
             {move || {
                 generate

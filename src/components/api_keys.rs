@@ -3,6 +3,7 @@
 use leptos::prelude::*;
 
 use crate::auth::{list_api_keys, ApiKeyInfo, CreateApiKey, RevokeApiKey};
+use crate::i18n::{t, use_i18n};
 
 /// Manages the signed-in user's API keys.
 #[component]
@@ -10,23 +11,25 @@ pub fn ApiKeys() -> impl IntoView {
     let create = ServerAction::<CreateApiKey>::new();
     let revoke = ServerAction::<RevokeApiKey>::new();
     let keys = Resource::new(move || (create.version().get(), revoke.version().get()), |_| list_api_keys());
+    let i18n = use_i18n();
 
     view! {
         <section class="card api-keys" aria-labelledby="api-keys-title">
-            <h2 id="api-keys-title">"API keys"</h2>
+            <h2 id="api-keys-title">{t!(i18n, api_keys_title)}</h2>
             <p class="muted">
-                "Services record usage with "
-                <code>"Authorization: Bearer <key>"</code>
-                " on "
-                <code>"POST /api/usage/record"</code>
-                "."
+                {t!(
+                    i18n,
+                    api_keys_hint,
+                    header = || view! { <code>"Authorization: Bearer <key>"</code> },
+                    endpoint = || view! { <code>"POST /api/usage/record"</code> }
+                )}
             </p>
             <ActionForm action=create attr:class="api-keys__create">
                 <label>
-                    "Name"
+                    {t!(i18n, name)}
                     <input type="text" name="name" required maxlength="100" placeholder="e.g. production" data-testid="key-name" />
                 </label>
-                <button type="submit" data-testid="key-create">"Create key"</button>
+                <button type="submit" data-testid="key-create">{t!(i18n, create_key)}</button>
             </ActionForm>
             {move || {
                 create
@@ -48,7 +51,7 @@ pub fn ApiKeys() -> impl IntoView {
             <Transition fallback=|| view! { <p class="loading">"Loading keys…"</p> }>
                 {move || Suspend::new(async move {
                     match keys.await {
-                        Ok(list) if list.is_empty() => view! { <p class="muted">"No keys yet."</p> }.into_any(),
+                        Ok(list) if list.is_empty() => view! { <p class="muted">{t!(i18n, no_keys)}</p> }.into_any(),
                         Ok(list) => view! { <KeyTable keys=list revoke /> }.into_any(),
                         Err(err) => view! { <p class="form-error" role="alert">{err.to_string()}</p> }.into_any(),
                     }
@@ -60,17 +63,18 @@ pub fn ApiKeys() -> impl IntoView {
 
 #[component]
 fn KeyTable(keys: Vec<ApiKeyInfo>, revoke: ServerAction<RevokeApiKey>) -> impl IntoView {
-    let when = |t: Option<chrono::DateTime<chrono::Utc>>| {
-        t.map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string()).unwrap_or_else(|| "never".into())
+    let when = |at: Option<chrono::DateTime<chrono::Utc>>| {
+        at.map(|at| at.format("%Y-%m-%d %H:%M UTC").to_string()).unwrap_or_else(|| "—".into())
     };
+    let i18n = use_i18n();
     view! {
         <table class="data-table api-keys__table" data-testid="key-table">
             <thead>
                 <tr>
-                    <th scope="col">"Name"</th>
-                    <th scope="col">"Key"</th>
-                    <th scope="col">"Created"</th>
-                    <th scope="col">"Last used"</th>
+                    <th scope="col">{t!(i18n, name)}</th>
+                    <th scope="col">{t!(i18n, key)}</th>
+                    <th scope="col">{t!(i18n, created)}</th>
+                    <th scope="col">{t!(i18n, last_used)}</th>
                     <th scope="col">
                         <span class="visually-hidden">"Actions"</span>
                     </th>
@@ -97,7 +101,7 @@ fn KeyTable(keys: Vec<ApiKeyInfo>, revoke: ServerAction<RevokeApiKey>) -> impl I
                                             <ActionForm action=revoke>
                                                 <input type="hidden" name="id" value=key.id.to_string() />
                                                 <button type="submit" class="button-danger" data-testid="key-revoke">
-                                                    "Revoke"
+                                                    {t!(i18n, revoke)}
                                                 </button>
                                             </ActionForm>
                                         }

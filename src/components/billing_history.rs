@@ -2,17 +2,18 @@
 
 use leptos::prelude::*;
 
-use crate::billing::{format_money, get_billing_overview, BillingOverview, MeterSync, StartCheckout};
-use crate::components::usage_meter::format_thousands;
+use crate::billing::{get_billing_overview, BillingOverview, MeterSync, StartCheckout};
+use crate::i18n::{t, use_i18n};
 
 /// Subscription status and billing history.
 #[component]
 pub fn BillingHistory() -> impl IntoView {
     let overview = Resource::new(|| (), |_| get_billing_overview());
+    let i18n = use_i18n();
     view! {
         <section class="card billing" aria-labelledby="billing-title" data-testid="billing">
-            <h2 id="billing-title">"Billing"</h2>
-            <Suspense fallback=|| view! { <p class="loading">"Loading billing…"</p> }>
+            <h2 id="billing-title">{t!(i18n, billing_title)}</h2>
+            <Suspense fallback=move || view! { <p class="loading">{t!(i18n, loading)}</p> }>
                 {move || Suspend::new(async move {
                     match overview.await {
                         Ok(overview) => view! { <Overview overview /> }.into_any(),
@@ -26,6 +27,7 @@ pub fn BillingHistory() -> impl IntoView {
 
 #[component]
 fn Overview(overview: BillingOverview) -> impl IntoView {
+    let i18n = use_i18n();
     let subscription = match overview.subscription {
         Some(s) => {
             let period = match (s.current_period_start, s.current_period_end) {
@@ -43,18 +45,18 @@ fn Overview(overview: BillingOverview) -> impl IntoView {
             }
             .into_any()
         }
-        None => view! { <p class="muted" data-testid="subscription-status">"No subscription yet."</p> }.into_any(),
+        None => view! { <p class="muted" data-testid="subscription-status">{t!(i18n, no_subscription)}</p> }.into_any(),
     };
     let cycles = if overview.cycles.is_empty() {
-        view! { <p class="muted">"No invoices yet."</p> }.into_any()
+        view! { <p class="muted">{t!(i18n, no_invoices)}</p> }.into_any()
     } else {
         view! {
             <table class="data-table" data-testid="billing-history">
                 <thead>
                     <tr>
-                        <th scope="col">"Period"</th>
-                        <th scope="col">"Amount"</th>
-                        <th scope="col">"Status"</th>
+                        <th scope="col">{t!(i18n, period)}</th>
+                        <th scope="col">{t!(i18n, amount)}</th>
+                        <th scope="col">{t!(i18n, status)}</th>
                     </tr>
                 </thead>
                 <tbody>
@@ -66,8 +68,12 @@ fn Overview(overview: BillingOverview) -> impl IntoView {
                             view! {
                                 <tr data-testid="billing-row" class:billing__row--failed=failed>
                                     <td>{format!("{} – {}", cycle.first_day, cycle.last_day)}</td>
-                                    <td class="billing__amount">{format_money(cycle.amount_paid, &cycle.currency)}</td>
-                                    <td>{if failed { "payment failed" } else { "paid" }}</td>
+                                    <td class="billing__amount">
+                                        {move || crate::i18n::money(i18n.get_locale(), cycle.amount_paid, &cycle.currency)}
+                                    </td>
+                                    <td>
+                                        {move || if failed { t!(i18n, payment_failed).into_any() } else { t!(i18n, paid).into_any() }}
+                                    </td>
                                 </tr>
                             }
                         })
@@ -89,40 +95,38 @@ fn Overview(overview: BillingOverview) -> impl IntoView {
 /// How much of the user's usage has reached Stripe, and why the rest has not.
 #[component]
 fn SyncState(sync: MeterSync) -> impl IntoView {
-    let events = |n: i64| format!("{} event{}", format_thousands(n), if n == 1 { "" } else { "s" });
-    let mut lines: Vec<(&'static str, String)> = Vec::new();
-    if sync.pending > 0 {
-        let why = if !sync.stripe_configured {
-            " (Stripe is not configured on this server yet; they are kept and sent once it is)".to_owned()
-        } else if let Some(error) = &sync.last_retry_error {
-            format!(" (retrying; Stripe's last answer: {error})")
-        } else {
-            " (being sent)".to_owned()
+    let i18n = use_i18n();
+    let count = move |n: i64| move || crate::i18n::events(i18n.get_locale(), n);
+    let pending = (sync.pending > 0).then(|| {
+        let events = count(sync.pending);
+        let line = match (&sync.last_retry_error, sync.stripe_configured) {
+            (_, false) => t!(i18n, sync_pending_unconfigured, events).into_any(),
+            (Some(error), true) => {
+                let error = error.clone();
+                t!(i18n, sync_pending_retrying, events, error = move || error.clone()).into_any()
+            }
+            (None, true) => t!(i18n, sync_pending, events).into_any(),
         };
-        lines.push(("pending", format!("{} waiting to be sent to Stripe{why}", events(sync.pending))));
-    }
-    if sync.awaiting_customer > 0 {
-        let line = format!("{} waiting for your Stripe customer account to be set up", events(sync.awaiting_customer));
-        lines.push(("awaiting", line));
-    }
-    if sync.failed > 0 {
-        let reason = sync.last_failure.as_deref().unwrap_or("no reason given");
-        lines.push(("failed", format!("{} refused by Stripe: {reason}", events(sync.failed))));
-    }
-    if sync.expired > 0 {
-        let line = format!("{} older than the 35 days Stripe accepts, not sent", events(sync.expired));
-        lines.push(("expired", line));
-    }
-    let summary = format!("Usage reported to Stripe: {}", events(sync.delivered));
+        view! { <li data-sync="pending">{line}</li> }
+    });
+    let awaiting = (sync.awaiting_customer > 0).then(|| {
+        let events = count(sync.awaiting_customer);
+        view! { <li data-sync="awaiting">{t!(i18n, sync_awaiting, events)}</li> }
+    });
+    let failed = (sync.failed > 0).then(|| {
+        let events = count(sync.failed);
+        let reason = sync.last_failure.clone().unwrap_or_default();
+        view! { <li data-sync="failed">{t!(i18n, sync_failed, events, reason = move || reason.clone())}</li> }
+    });
+    let expired = (sync.expired > 0).then(|| {
+        let events = count(sync.expired);
+        view! { <li data-sync="expired">{t!(i18n, sync_expired, events)}</li> }
+    });
+    let delivered = count(sync.delivered);
     view! {
         <div class="billing__sync" data-testid="stripe-sync">
-            <p>{summary}</p>
-            <ul>
-                {lines
-                    .into_iter()
-                    .map(|(kind, line)| view! { <li data-sync=kind>{line}</li> })
-                    .collect_view()}
-            </ul>
+            <p>{t!(i18n, sync_reported, events = delivered)}</p>
+            <ul>{pending} {awaiting} {failed} {expired}</ul>
         </div>
     }
 }
@@ -131,10 +135,11 @@ fn SyncState(sync: MeterSync) -> impl IntoView {
 #[component]
 fn Subscribe() -> impl IntoView {
     let checkout = ServerAction::<StartCheckout>::new();
+    let i18n = use_i18n();
     view! {
         <ActionForm action=checkout attr:class="billing__subscribe">
             <button type="submit" data-testid="subscribe" disabled=move || checkout.pending().get()>
-                "Subscribe"
+                {t!(i18n, subscribe)}
             </button>
             {move || {
                 checkout

@@ -3,7 +3,7 @@
 
 use leptos::prelude::*;
 
-use crate::components::usage_meter::format_thousands;
+use crate::i18n::{t, use_i18n};
 use crate::usage::{get_alerts, AlertsOverview, SetAlertWebhook, UsageSummary};
 
 /// Notices and webhook settings; re-read when the live total changes, so a crossing shows up at once.
@@ -12,10 +12,11 @@ pub fn UsageAlerts(live: RwSignal<Option<UsageSummary>>) -> impl IntoView {
     let save = ServerAction::<SetAlertWebhook>::new();
     let alerts =
         Resource::new(move || (live.with(|s| s.as_ref().map(|s| s.used)), save.version().get()), |_| get_alerts());
+    let i18n = use_i18n();
     view! {
         <section class="card alerts" aria-labelledby="alerts-title" data-testid="alerts">
-            <h2 id="alerts-title">"Alerts"</h2>
-            <Transition fallback=|| view! { <p class="loading">"Loading alerts…"</p> }>
+            <h2 id="alerts-title">{t!(i18n, alerts_title)}</h2>
+            <Transition fallback=move || view! { <p class="loading">{t!(i18n, loading)}</p> }>
                 {move || Suspend::new(async move {
                     match alerts.await {
                         Ok(overview) => view! { <Alerts overview save /> }.into_any(),
@@ -29,9 +30,9 @@ pub fn UsageAlerts(live: RwSignal<Option<UsageSummary>>) -> impl IntoView {
 
 #[component]
 fn Alerts(overview: AlertsOverview, save: ServerAction<SetAlertWebhook>) -> impl IntoView {
+    let i18n = use_i18n();
     let notices = if overview.alerts.is_empty() {
-        view! { <p class="muted" data-testid="no-alerts">"No alerts this period. You are told at 80 %, 90 % and 100 % of your limit."</p> }
-            .into_any()
+        view! { <p class="muted" data-testid="no-alerts">{t!(i18n, no_alerts)}</p> }.into_any()
     } else {
         let timezone = overview.timezone.clone();
         view! {
@@ -45,14 +46,13 @@ fn Alerts(overview: AlertsOverview, save: ServerAction<SetAlertWebhook>) -> impl
                             90.. => "alerts__notice--critical",
                             _ => "alerts__notice--warning",
                         };
-                        let text = format!(
-                            "{} % of your limit reached: {} of {} tokens, at {} ({})",
-                            alert.threshold,
-                            format_thousands(alert.used),
-                            format_thousands(alert.usage_limit),
-                            alert.crossed_local,
-                            timezone,
-                        );
+                        let threshold = alert.threshold;
+                        let used = move || crate::i18n::number(i18n.get_locale(), alert.used);
+                        let limit = move || crate::i18n::number(i18n.get_locale(), alert.usage_limit);
+                        let at = alert.crossed_local.clone();
+                        let at = move || at.clone();
+                        let tz = timezone.clone();
+                        let tz = move || tz.clone();
                         view! {
                             <li
                                 class=format!("alerts__notice {level}")
@@ -60,7 +60,7 @@ fn Alerts(overview: AlertsOverview, save: ServerAction<SetAlertWebhook>) -> impl
                                 data-testid="alert-notice"
                                 data-threshold=alert.threshold.to_string()
                             >
-                                {text}
+                                {t!(i18n, alert_notice, threshold, used, limit, at, tz)}
                             </li>
                         }
                     })
@@ -73,7 +73,7 @@ fn Alerts(overview: AlertsOverview, save: ServerAction<SetAlertWebhook>) -> impl
     view! {
         {notices}
         <ActionForm action=save attr:class="alerts__webhook">
-            <label for="alert-url">"Also send alerts to this URL (signed webhook; leave empty for none)"</label>
+            <label for="alert-url">{t!(i18n, alert_url_label)}</label>
             <div class="alerts__row">
                 <input
                     id="alert-url"
@@ -85,7 +85,7 @@ fn Alerts(overview: AlertsOverview, save: ServerAction<SetAlertWebhook>) -> impl
                     data-testid="alert-url"
                 />
                 <button type="submit" data-testid="alert-url-save" disabled=move || save.pending().get()>
-                    "Save"
+                    {t!(i18n, save)}
                 </button>
             </div>
             {move || {
@@ -99,7 +99,7 @@ fn Alerts(overview: AlertsOverview, save: ServerAction<SetAlertWebhook>) -> impl
             .map(|secret| {
                 view! {
                     <p class="alerts__secret">
-                        "Signing secret (Standard Webhooks, HMAC-SHA256): "
+                        {t!(i18n, signing_secret)}
                         <code data-testid="alert-secret">{secret}</code>
                     </p>
                 }

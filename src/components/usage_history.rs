@@ -4,7 +4,7 @@
 use leptos::prelude::*;
 use leptos_router::hooks::use_query_map;
 
-use crate::components::usage_meter::format_thousands;
+use crate::i18n::{t, use_i18n};
 use crate::usage::{get_usage_history, UsageHistory, UsageSummary, EXPORT_PATH};
 
 /// The history card. The selected period comes from `?period=` (a plain GET form picks it, with or without
@@ -16,10 +16,11 @@ pub fn UsageHistoryCard(live: RwSignal<Option<UsageSummary>>) -> impl IntoView {
         move || (query.with(|q| q.get("period")), live.with(|s| s.as_ref().map(|s| s.used))),
         |(period, _)| get_usage_history(period),
     );
+    let i18n = use_i18n();
     view! {
         <section class="card history" aria-labelledby="history-title" data-testid="history">
-            <h2 id="history-title">"Daily usage"</h2>
-            <Transition fallback=|| view! { <p class="loading">"Loading history…"</p> }>
+            <h2 id="history-title">{t!(i18n, history_title)}</h2>
+            <Transition fallback=move || view! { <p class="loading">{t!(i18n, loading)}</p> }>
                 {move || Suspend::new(async move {
                     match history.await {
                         Ok(history) => view! { <History history /> }.into_any(),
@@ -36,6 +37,8 @@ const CHART_HEIGHT: i64 = 120;
 
 #[component]
 fn History(history: UsageHistory) -> impl IntoView {
+    let i18n = use_i18n();
+    let format_thousands = move |n: i64| crate::i18n::number(i18n.get_locale_untracked(), n);
     let selected_start = history.selected.period_start.to_rfc3339();
     let options = history
         .periods
@@ -49,37 +52,45 @@ fn History(history: UsageHistory) -> impl IntoView {
     let export = format!("{EXPORT_PATH}?period={}", urlencode(&selected_start));
     let total: i64 = history.days.iter().map(|d| d.quantity).sum();
     let caption = format!(
-        "{} – {} ({}): {} tokens in total",
+        "{} – {} ({}): {} tokens",
         history.selected.first_day,
         history.selected.last_day,
         history.timezone,
         format_thousands(total)
     );
+    let (first_day, last_day, zone) =
+        (history.selected.first_day.clone(), history.selected.last_day.clone(), history.timezone.clone());
+    let first = move || crate::i18n::day(i18n.get_locale(), &first_day);
+    let last = move || crate::i18n::day(i18n.get_locale(), &last_day);
+    let tz = move || zone.clone();
+    let total_text = move || crate::i18n::number(i18n.get_locale(), total);
     let chart = if total == 0 {
-        view! { <p class="muted" data-testid="history-empty">"No usage in this period yet."</p> }.into_any()
+        view! { <p class="muted" data-testid="history-empty">{t!(i18n, history_empty)}</p> }.into_any()
     } else {
         view! { <Chart days=history.days.clone() caption=caption.clone() /> }.into_any()
     };
     view! {
         <form method="get" action="/" class="history__controls">
-            <label for="history-period">"Period"</label>
+            <label for="history-period">{t!(i18n, period)}</label>
             <select id="history-period" name="period" data-testid="history-period">
                 {options}
             </select>
-            <button type="submit" class="button-secondary">"Show"</button>
+            <button type="submit" class="button-secondary" data-testid="history-show">{t!(i18n, show)}</button>
             <a class="history__export" href=export download data-testid="export-csv">
-                "Download CSV"
+                {t!(i18n, download_csv)}
             </a>
         </form>
-        <p class="history__caption" data-testid="history-caption">{caption}</p>
+        <p class="history__caption" data-testid="history-caption">
+            {t!(i18n, history_caption, first, last, tz, total = total_text)}
+        </p>
         {chart}
         <details class="history__table">
-            <summary>"Table"</summary>
+            <summary>{t!(i18n, table)}</summary>
             <table class="data-table">
                 <thead>
                     <tr>
-                        <th scope="col">"Day"</th>
-                        <th scope="col">"Tokens"</th>
+                        <th scope="col">{t!(i18n, day)}</th>
+                        <th scope="col">{t!(i18n, tokens)}</th>
                     </tr>
                 </thead>
                 <tbody>
@@ -96,6 +107,7 @@ fn History(history: UsageHistory) -> impl IntoView {
 
 #[component]
 fn Chart(days: Vec<crate::usage::DayUsage>, caption: String) -> impl IntoView {
+    let format_thousands = crate::components::usage_meter::format_thousands;
     let max = days.iter().map(|d| d.quantity).max().unwrap_or(0).max(1);
     let width = days.len() as i64 * 12;
     // After hydration, hovering or focusing a bar names its day and value here.

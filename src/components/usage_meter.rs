@@ -2,6 +2,8 @@
 
 use leptos::prelude::*;
 
+use crate::i18n::{t, t_string, use_i18n};
+
 /// The share of the limit at which the bar turns red, in percent.
 pub const CRITICAL_PERCENT: i64 = 90;
 
@@ -49,9 +51,6 @@ pub fn format_thousands(value: i64) -> String {
 /// Shows `used / limit` with a progress bar; with no limit, only the number.
 #[component]
 pub fn UsageMeter(
-    /// What is measured, e.g. "AI tokens this period".
-    #[prop(into)]
-    label: String,
     /// Units used in the period.
     #[prop(into)]
     used: Signal<i64>,
@@ -60,7 +59,8 @@ pub fn UsageMeter(
     limit: Signal<Option<i64>>,
 ) -> impl IntoView {
     let fill = Memo::new(move |_| MeterFill::new(used.get(), limit.get()));
-    let limit_text = move || limit.get().map(format_thousands).unwrap_or_else(|| "no limit".into());
+    let i18n = use_i18n();
+    let limit_text = move || limit.get().map(format_thousands).unwrap_or_else(|| t_string!(i18n, no_limit).into());
     let value_text = move || match (fill.get(), limit.get()) {
         (Some(fill), Some(limit)) => {
             format!("{} of {} ({}%)", format_thousands(used.get()), format_thousands(limit), fill.basis_points / 100)
@@ -71,7 +71,7 @@ pub fn UsageMeter(
 
     view! {
         <section class="usage-meter" data-testid="usage-meter" aria-labelledby=label_id>
-            <h2 class="usage-meter__label" id=label_id>{label}</h2>
+            <h2 class="usage-meter__label" id=label_id>{t!(i18n, meter_label)}</h2>
             <p class="usage-meter__numbers">
                 <span class="usage-meter__used" data-testid="usage-used">{move || format_thousands(used.get())}</span>
                 " / "
@@ -83,7 +83,7 @@ pub fn UsageMeter(
                     .then(|| {
                         view! {
                             <p class="usage-meter__reached" role="status" data-testid="limit-reached">
-                                "Limit reached: new usage is refused until the next period."
+                                {t!(i18n, limit_reached)}
                             </p>
                         }
                     })

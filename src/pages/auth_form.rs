@@ -3,13 +3,15 @@
 use leptos::prelude::*;
 
 use crate::error::AppError;
+use crate::i18n::{t, use_i18n};
 
 /// Email and password inputs, the submit button and the form's error. Placed inside an `ActionForm`, it also
 /// works without JavaScript: the browser then posts the form itself and follows the server's redirect.
 #[component]
 pub fn AuthFields(
     /// The submit button's text.
-    submit_label: &'static str,
+    #[prop(into)]
+    submit_label: ViewFn,
     /// `autocomplete` of the password field (`current-password` or `new-password`).
     password_autocomplete: &'static str,
     /// Whether the form is being submitted.
@@ -19,13 +21,14 @@ pub fn AuthFields(
     #[prop(into)]
     error: Signal<Option<AppError>>,
 ) -> impl IntoView {
+    let i18n = use_i18n();
     view! {
         <label>
-            "Email"
+            {t!(i18n, email)}
             <input type="email" name="email" required autocomplete="username" data-testid="email" />
         </label>
         <label>
-            "Password"
+            {t!(i18n, password)}
             <input
                 type="password"
                 name="password"
@@ -36,7 +39,7 @@ pub fn AuthFields(
             />
         </label>
         <button type="submit" data-testid="submit" disabled=pending>
-            {submit_label}
+            {submit_label.run()}
         </button>
         {move || {
             error

@@ -6,6 +6,7 @@ use leptos_router::components::Redirect;
 use crate::auth::{get_current_user, Logout};
 use crate::components::{AiPrompt, ApiKeys, BillingHistory, UsageAlerts, UsageHistoryCard, UsageMeter};
 use crate::error::AppError;
+use crate::i18n::{t, t_string, use_i18n, Locale};
 use crate::usage::{get_usage_summary, UsageSummary};
 
 /// The dashboard; visitors without a session are sent to `/login`.
@@ -13,7 +14,7 @@ use crate::usage::{get_usage_summary, UsageSummary};
 pub fn DashboardPage() -> impl IntoView {
     let user = Resource::new(|| (), |_| get_current_user());
     view! {
-        <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
+        <Suspense fallback=|| view! { <p class="loading">"…"</p> }>
             {move || Suspend::new(async move {
                 match user.await {
                     Ok(Some(user)) => view! { <Dashboard email=user.email /> }.into_any(),
@@ -32,19 +33,31 @@ fn Dashboard(email: String) -> impl IntoView {
     let (refreshing, set_refreshing) = signal(false);
     // The newest total from the live stream (browser only); everything that shows usage follows it.
     let live = RwSignal::new(None::<UsageSummary>);
+    let i18n = use_i18n();
+    let switch_language = move |_| {
+        i18n.set_locale(if i18n.get_locale() == Locale::en { Locale::ja } else { Locale::en });
+    };
     #[cfg(feature = "hydrate")]
     live_updates(live);
     view! {
         <header class="topbar">
             <span class="topbar__brand">"Tally"</span>
             <span class="topbar__user" data-testid="user-email">{email}</span>
+            <button
+                class="button-secondary topbar__language"
+                data-testid="language"
+                aria-label=move || t_string!(i18n, other_language_label)
+                on:click=switch_language
+            >
+                {t!(i18n, other_language)}
+            </button>
             <ActionForm action=logout attr:class="topbar__logout">
-                <button type="submit" data-testid="logout">"Sign out"</button>
+                <button type="submit" data-testid="logout">{t!(i18n, sign_out)}</button>
             </ActionForm>
         </header>
         <section class="card">
             <Transition
-                fallback=|| view! { <p class="loading">"Loading usage…"</p> }
+                fallback=move || view! { <p class="loading">{t!(i18n, loading)}</p> }
                 set_pending=set_refreshing
             >
                 {move || Suspend::new(async move {
@@ -64,7 +77,7 @@ fn Dashboard(email: String) -> impl IntoView {
                 disabled=refreshing
                 on:click=move |_| summary.refetch()
             >
-                {move || if refreshing.get() { "Refreshing…" } else { "Refresh" }}
+                {move || if refreshing.get() { t_string!(i18n, refreshing) } else { t_string!(i18n, refresh) }}
             </button>
         </section>
         <UsageAlerts live />
@@ -94,12 +107,13 @@ fn UsageCard(summary: UsageSummary, live: RwSignal<Option<UsageSummary>>) -> imp
     );
     let used = Signal::derive(move || current.with(|s| s.used));
     let limit = Signal::derive(move || current.with(|s| s.limit));
-    let period = move || {
-        current.with(|s| format!("Billing period {} – {} ({})", s.period_first_day, s.period_last_day, s.timezone))
-    };
+    let i18n = use_i18n();
+    let first = move || crate::i18n::day(i18n.get_locale(), &current.with(|s| s.period_first_day.clone()));
+    let last = move || crate::i18n::day(i18n.get_locale(), &current.with(|s| s.period_last_day.clone()));
+    let tz = move || current.with(|s| s.timezone.clone());
     view! {
-        <UsageMeter label="AI tokens this period" used limit />
-        <p class="usage-period" data-testid="usage-period">{period}</p>
+        <UsageMeter used limit />
+        <p class="usage-period" data-testid="usage-period">{t!(i18n, billing_period, first, last, tz)}</p>
     }
 }
 

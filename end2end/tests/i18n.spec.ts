@@ -1,0 +1,57 @@
+import { resolve } from "node:path";
+import { expect, test } from "@playwright/test";
+import { PASSWORD, logIn, recordUsage, tally, uniqueEmail, waitForHydration } from "./support";
+
+const shots = resolve(__dirname, "../../docs/screenshots");
+
+test.describe("in Japanese (Accept-Language: ja)", () => {
+  test.use({ locale: "ja-JP" });
+
+  test("the browser's language picks Japanese, the toggle switches and the choice persists", async ({ page, request }) => {
+    const email = uniqueEmail("ja");
+    tally("user", "create", "--email", email, "--password", PASSWORD, "--limit", "2000000");
+    await recordUsage(request, email, 1234567);
+    await page.goto("/login");
+    await expect(page.getByRole("heading", { level: 1 })).toHaveText("Tally にログイン");
+    await logIn(page, email);
+    await expect(page.getByTestId("usage-used")).toHaveText("1,234,567");
+    await expect(page.locator(".usage-meter__label")).toHaveText("今期の AI トークン");
+    await expect(page.getByTestId("usage-period")).toContainText("請求期間");
+    await expect(page.getByTestId("usage-period")).toContainText("年");
+    await expect(page.getByTestId("history-caption")).toContainText("合計 1,234,567 トークン");
+
+    await page.getByTestId("language").click();
+    await expect(page.locator(".usage-meter__label")).toHaveText("AI tokens this period");
+    await expect(page.getByTestId("history-caption")).toContainText("1,234,567 tokens in total");
+    // The choice is a cookie: it outlives a reload, against the browser's Japanese.
+    await page.reload();
+    await waitForHydration(page);
+    await expect(page.locator(".usage-meter__label")).toHaveText("AI tokens this period");
+    await page.getByTestId("language").click();
+    await expect(page.locator(".usage-meter__label")).toHaveText("今期の AI トークン");
+  });
+});
+
+/** Screenshots for the README: desktop and phone, English and Japanese, of one realistic account. */
+test("screenshots: desktop and phone, English and Japanese", async ({ browser, request }) => {
+  const email = uniqueEmail("screens");
+  tally("user", "create", "--email", email, "--password", PASSWORD, "--limit", "100000");
+  for (const quantity of [18_250, 9_400, 31_800, 26_100]) await recordUsage(request, email, quantity);
+  for (const [locale, lang] of [
+    ["en-US", "en"],
+    ["ja-JP", "ja"],
+  ] as const) {
+    for (const [device, viewport] of [
+      ["desktop", { width: 1280, height: 900 }],
+      ["phone", { width: 390, height: 844 }],
+    ] as const) {
+      const context = await browser.newContext({ locale, viewport });
+      const page = await context.newPage();
+      await logIn(page, email);
+      await expect(page.getByTestId("usage-used")).toHaveText("85,550");
+      await waitForHydration(page);
+      await page.screenshot({ path: `${shots}/dashboard-${lang}-${device}.png`, fullPage: true });
+      await context.close();
+    }
+  }
+});

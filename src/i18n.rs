@@ -1,0 +1,185 @@
+//! English and Japanese, with `leptos_i18n`: translations are checked at compile time, the locale comes from the
+//! `i18n_pref_locale` cookie (set by the language toggle) or else the browser's `Accept-Language`, on the server
+//! as in the browser. Numbers, yen amounts and dates are formatted for the locale by the helpers below.
+
+leptos_i18n::declare_locales! {
+    path: leptos_i18n,
+    default: "en",
+    locales: ["en", "ja"],
+    en: {
+        other_language: "日本語",
+        other_language_label: "Switch to Japanese",
+        sign_out: "Sign out",
+        loading: "Loading…",
+        refresh: "Refresh",
+        refreshing: "Refreshing…",
+        meter_label: "AI tokens this period",
+        no_limit: "no limit",
+        limit_reached: "Limit reached: new usage is refused until the next period.",
+        billing_period: "Billing period {{ first }} – {{ last }} ({{ tz }})",
+        alerts_title: "Alerts",
+        no_alerts: "No alerts this period. You are told at 80 %, 90 % and 100 % of your limit.",
+        alert_notice: "{{ threshold }} % of your limit reached: {{ used }} of {{ limit }} tokens, at {{ at }} ({{ tz }})",
+        alert_url_label: "Also send alerts to this URL (signed webhook; leave empty for none)",
+        save: "Save",
+        signing_secret: "Signing secret (Standard Webhooks, HMAC-SHA256): ",
+        history_title: "Daily usage",
+        period: "Period",
+        show: "Show",
+        download_csv: "Download CSV",
+        table: "Table",
+        day: "Day",
+        tokens: "Tokens",
+        history_caption: "{{ first }} – {{ last }} ({{ tz }}): {{ total }} tokens in total",
+        history_empty: "No usage in this period yet.",
+        billing_title: "Billing",
+        no_subscription: "No subscription yet.",
+        no_invoices: "No invoices yet.",
+        amount: "Amount",
+        status: "Status",
+        paid: "paid",
+        payment_failed: "payment failed",
+        subscribe: "Subscribe",
+        sync_reported: "Usage reported to Stripe: {{ events }}",
+        sync_pending_unconfigured: "{{ events }} waiting to be sent to Stripe (Stripe is not configured on this server yet; they are kept and sent once it is)",
+        sync_pending_retrying: "{{ events }} waiting to be sent to Stripe (retrying; Stripe's last answer: {{ error }})",
+        sync_pending: "{{ events }} waiting to be sent to Stripe (being sent)",
+        sync_awaiting: "{{ events }} waiting for your Stripe customer account to be set up",
+        sync_failed: "{{ events }} refused by Stripe: {{ reason }}",
+        sync_expired: "{{ events }} older than the 35 days Stripe accepts, not sent",
+        api_keys_hint: "Services record usage by sending an API key as {{ header }} to {{ endpoint }}.",
+        ai_label: "Ask the AI (its tokens are recorded as usage)",
+        generate: "Generate",
+        thinking: "Thinking…",
+        api_keys_title: "API keys",
+        name: "Name",
+        key: "Key",
+        created: "Created",
+        last_used: "Last used",
+        create_key: "Create key",
+        revoke: "Revoke",
+        no_keys: "No keys yet.",
+        sign_in_title: "Sign in to Tally",
+        sign_in: "Sign in",
+        sign_up_title: "Create your Tally account",
+        create_account: "Create account",
+        email: "Email",
+        password: "Password",
+        no_account: "No account yet? ",
+        create_one: "Create one",
+        have_account: "Already have an account? ",
+    },
+    ja: {
+        other_language: "English",
+        other_language_label: "英語に切り替え",
+        sign_out: "ログアウト",
+        loading: "読み込み中…",
+        refresh: "更新",
+        refreshing: "更新中…",
+        meter_label: "今期の AI トークン",
+        no_limit: "上限なし",
+        limit_reached: "上限に達しました。次の期間まで新しい利用は受け付けられません。",
+        billing_period: "請求期間 {{ first }} 〜 {{ last }}（{{ tz }}）",
+        alerts_title: "アラート",
+        no_alerts: "今期のアラートはありません。上限の 80 %・90 %・100 % に達するとお知らせします。",
+        alert_notice: "上限の {{ threshold }} % に達しました：{{ limit }} トークン中 {{ used }}（{{ at }}、{{ tz }}）",
+        alert_url_label: "アラートをこの URL にも送信（署名付き Webhook。不要なら空欄）",
+        save: "保存",
+        signing_secret: "署名シークレット（Standard Webhooks、HMAC-SHA256）：",
+        history_title: "日別の利用量",
+        period: "期間",
+        show: "表示",
+        download_csv: "CSV をダウンロード",
+        table: "表",
+        day: "日付",
+        tokens: "トークン",
+        history_caption: "{{ first }} 〜 {{ last }}（{{ tz }}）：合計 {{ total }} トークン",
+        history_empty: "この期間の利用はまだありません。",
+        billing_title: "請求",
+        no_subscription: "サブスクリプションはまだありません。",
+        no_invoices: "請求書はまだありません。",
+        amount: "金額",
+        status: "状態",
+        paid: "支払済み",
+        payment_failed: "支払い失敗",
+        subscribe: "購読する",
+        sync_reported: "Stripe に報告済みの利用：{{ events }}",
+        sync_pending_unconfigured: "{{ events }} が Stripe への送信待ちです（このサーバーでは Stripe がまだ設定されていません。保存されており、設定後に送信されます）",
+        sync_pending_retrying: "{{ events }} が Stripe への送信待ちです（再試行中。Stripe の最後の応答：{{ error }}）",
+        sync_pending: "{{ events }} を Stripe に送信中です",
+        sync_awaiting: "{{ events }} が Stripe の顧客アカウントの作成待ちです",
+        sync_failed: "{{ events }} が Stripe に拒否されました：{{ reason }}",
+        sync_expired: "{{ events }} は Stripe が受け付ける 35 日より古いため送信されていません",
+        api_keys_hint: "外部サービスは API キーを {{ header }} として {{ endpoint }} に送ると利用量を記録できます。",
+        ai_label: "AI に質問（使用したトークンは利用量として記録されます）",
+        generate: "生成",
+        thinking: "考え中…",
+        api_keys_title: "API キー",
+        name: "名前",
+        key: "キー",
+        created: "作成日",
+        last_used: "最終使用",
+        create_key: "キーを作成",
+        revoke: "無効化",
+        no_keys: "キーはまだありません。",
+        sign_in_title: "Tally にログイン",
+        sign_in: "ログイン",
+        sign_up_title: "Tally のアカウントを作成",
+        create_account: "アカウントを作成",
+        email: "メールアドレス",
+        password: "パスワード",
+        no_account: "アカウントをお持ちでない方は ",
+        create_one: "こちらから作成",
+        have_account: "アカウントをお持ちの方は ",
+    },
+}
+
+pub use i18n::{t, t_string, use_i18n, I18nContextProvider, Locale};
+
+/// `1234567` → `1,234,567` (both locales group by thousands with a comma).
+pub fn number(_locale: Locale, value: i64) -> String {
+    crate::components::usage_meter::format_thousands(value)
+}
+
+/// A yen amount: `¥1,500` in English, `1,500円` in Japanese; other currencies as [`crate::billing::format_money`].
+pub fn money(locale: Locale, amount_minor: i64, currency: &str) -> String {
+    match (locale, currency.to_ascii_lowercase().as_str()) {
+        (Locale::ja, "jpy") => format!("{}円", number(locale, amount_minor)),
+        _ => crate::billing::format_money(amount_minor, currency),
+    }
+}
+
+/// A `YYYY-MM-DD` day: unchanged in English (unambiguous), `2026年11月25日` in Japanese.
+pub fn day(locale: Locale, iso_day: &str) -> String {
+    let mut parts = iso_day.splitn(3, '-').map(|p| p.trim_start_matches('0'));
+    match (locale, parts.next(), parts.next(), parts.next()) {
+        (Locale::ja, Some(year), Some(month), Some(day)) => format!("{year}年{month}月{day}日"),
+        _ => iso_day.to_owned(),
+    }
+}
+
+/// `n events` / `n 件`.
+pub fn events(locale: Locale, n: i64) -> String {
+    match locale {
+        Locale::ja => format!("{} 件", number(locale, n)),
+        Locale::en if n == 1 => "1 event".to_owned(),
+        Locale::en => format!("{} events", number(locale, n)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yen_days_and_counts_follow_the_locale() {
+        assert_eq!(money(Locale::ja, 1500, "jpy"), "1,500円");
+        assert_eq!(money(Locale::en, 1500, "jpy"), "¥1,500");
+        assert_eq!(money(Locale::ja, 190, "usd"), "$1.90");
+        assert_eq!(day(Locale::ja, "2026-01-05"), "2026年1月5日");
+        assert_eq!(day(Locale::en, "2026-01-05"), "2026-01-05");
+        assert_eq!(events(Locale::en, 1), "1 event");
+        assert_eq!(events(Locale::en, 1200), "1,200 events");
+        assert_eq!(events(Locale::ja, 1200), "1,200 件");
+    }
+}
