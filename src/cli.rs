@@ -155,7 +155,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     .bind(id)
                     .fetch_one(&pool)
                     .await?;
-            let sync = crate::billing::status::for_user(&pool, id).await?;
+            let all_time = (chrono::DateTime::<chrono::Utc>::MIN_UTC, chrono::DateTime::<chrono::Utc>::MAX_UTC);
+            let sync = crate::billing::status::for_user(&pool, id, all_time.0, all_time.1).await?;
             println!("account {} ({id})", email.trim().to_lowercase());
             println!("limit: {}", limit.map_or("none".to_owned(), |l| l.to_string()));
             println!("stripe customer: {}", customer.as_deref().unwrap_or("none"));

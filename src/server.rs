@@ -43,6 +43,7 @@ pub fn router(state: AppState, routes: Vec<AxumRouteListing>) -> Router {
     Router::new()
         .route(crate::billing::webhook::PATH, axum::routing::post(crate::billing::webhook::receive))
         .route(crate::usage::live::PATH, axum::routing::get(crate::usage::live::stream))
+        .route("/language/{locale}", axum::routing::get(choose_language))
         .route(crate::usage::history::EXPORT_PATH, axum::routing::get(crate::usage::history::export))
         .leptos_routes(&state, routes, {
             let options = state.leptos_options.clone();
@@ -57,6 +58,17 @@ pub fn router(state: AppState, routes: Vec<AxumRouteListing>) -> Router {
         .layer(SetResponseHeaderLayer::overriding(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")))
         .layer(SetResponseHeaderLayer::overriding(header::REFERRER_POLICY, HeaderValue::from_static("same-origin")))
         .with_state(state)
+}
+
+/// `GET /language/{en|ja}`: the language toggle without JavaScript. Stores the choice in the cookie `leptos_i18n`
+/// reads (as its own toggle does) and goes back to the dashboard.
+async fn choose_language(axum::extract::Path(locale): axum::extract::Path<String>) -> Response {
+    if !matches!(locale.as_str(), "en" | "ja") {
+        return AppError::Invalid(format!("unknown language {locale:?}; choose en or ja")).into_response();
+    }
+    let cookie = format!("i18n_pref_locale={locale}; Path=/; Max-Age=31536000; SameSite=Lax");
+    ([(header::SET_COOKIE, cookie), (header::LOCATION, "/".to_owned())], axum::http::StatusCode::SEE_OTHER)
+        .into_response()
 }
 
 /// Refuses state-changing requests that a browser marks as coming from another site. SameSite=Lax cookies already

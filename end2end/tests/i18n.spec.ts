@@ -55,3 +55,19 @@ test("screenshots: desktop and phone, English and Japanese", async ({ browser, r
     }
   }
 });
+
+test.describe("with JavaScript disabled", () => {
+  test.use({ javaScriptEnabled: false });
+
+  test("the language link switches through the server", async ({ page }) => {
+    const email = uniqueEmail("nojs-lang");
+    tally("user", "create", "--email", email, "--password", PASSWORD);
+    await page.goto("/login");
+    await page.getByTestId("email").fill(email);
+    await page.getByTestId("password").fill(PASSWORD);
+    await page.getByTestId("submit").click();
+    await expect(page.locator(".usage-meter__label")).toHaveText("AI tokens this period");
+    await page.getByTestId("language").click();
+    await expect(page.locator(".usage-meter__label")).toHaveText("今期の AI トークン");
+  });
+});

@@ -208,6 +208,7 @@ impl DeliveryWorker {
                 }
             }
         }
+        self.fetch_meter_error_details().await?;
         progress.expired = self.expire_old_rows().await?;
         let (batched, deliveries) = self.form_batches().await?;
         progress.batched = batched;
@@ -228,6 +229,40 @@ impl DeliveryWorker {
             }
         }
         Ok(progress)
+    }
+
+    /// Fetches the details of meter error reports received as thin webhooks: which identifiers Stripe could not
+    /// count, and why. A report Stripe cannot give now is tried again on a later step (and its error kept).
+    async fn fetch_meter_error_details(&self) -> Result<(), AppError> {
+        let reports: Vec<String> = sqlx::query_scalar(
+            "SELECT stripe_event_id FROM meter_error_reports WHERE details_fetched_at IS NULL
+             ORDER BY reported_at LIMIT 10",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for report in reports {
+            match self.stripe.get_v2_event(&report).await {
+                Ok(event) => super::events::store_meter_error_details(&self.pool, &report, &event).await?,
+                Err(err) => {
+                    tracing::warn!(event = %report, error = %err, "could not fetch a meter error report");
+                    sqlx::query("UPDATE meter_error_reports SET fetch_error = $2 WHERE stripe_event_id = $1")
+                        .bind(&report)
+                        .bind(err.to_string())
+                        .execute(&self.pool)
+                        .await?;
+                    if !err.is_retryable() {
+                        // Not going to change: stop asking.
+                        sqlx::query(
+                            "UPDATE meter_error_reports SET details_fetched_at = now() WHERE stripe_event_id = $1",
+                        )
+                        .bind(&report)
+                        .execute(&self.pool)
+                        .await?;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Accounts without a customer are looked for every step (one indexed query), except for a while after

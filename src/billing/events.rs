@@ -303,7 +303,49 @@ async fn checkout_completed(tx: &mut Transaction<'_, Postgres>, envelope: &Envel
     Ok(Outcome::Applied)
 }
 
-/// Thin events carry no details (they are fetched from Stripe later, outside the request); the report is stored.
+/// Stores what a fetched `v1.billing.meter.error_report_triggered` event says: its summary and, per sample error,
+/// the meter event identifier (ours: a delivery's), the error code and Stripe's message.
+pub async fn store_meter_error_details(
+    pool: &sqlx::PgPool,
+    report: &str,
+    event: &serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    let data = &event["data"];
+    let (mut identifiers, mut codes, mut messages) = (Vec::new(), Vec::new(), Vec::new());
+    for error_type in data["reason"]["error_types"].as_array().into_iter().flatten() {
+        let code = error_type["code"].as_str().unwrap_or("unknown");
+        for sample in error_type["sample_errors"].as_array().into_iter().flatten() {
+            if let Some(identifier) = sample["request"]["identifier"].as_str() {
+                identifiers.push(identifier.to_owned());
+                codes.push(code.to_owned());
+                messages.push(sample["error_message"].as_str().unwrap_or("no message").to_owned());
+            }
+        }
+    }
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO meter_error_samples (stripe_event_id, identifier, code, message)
+         SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[])
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(report)
+    .bind(&identifiers)
+    .bind(&codes)
+    .bind(&messages)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE meter_error_reports SET summary = $2, details_fetched_at = now(), fetch_error = NULL
+         WHERE stripe_event_id = $1",
+    )
+    .bind(report)
+    .bind(data["developer_message_summary"].as_str())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+/// Thin events carry no details (the delivery worker fetches them later, outside the request); the report is stored.
 async fn meter_error_report(tx: &mut Transaction<'_, Postgres>, envelope: &Envelope) -> Result<Outcome, sqlx::Error> {
     sqlx::query("INSERT INTO meter_error_reports (stripe_event_id, meter_id, reported_at) VALUES ($1, $2, $3)")
         .bind(&envelope.id)

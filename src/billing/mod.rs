@@ -81,6 +81,10 @@ pub struct MeterSync {
     pub last_failure: Option<String>,
     /// Stripe's answer to the latest attempt that will be retried.
     pub last_retry_error: Option<String>,
+    /// Usage events in meter events that Stripe reported it could not count (meter error reports).
+    pub reported_by_stripe: i64,
+    /// Stripe's message for the latest of those.
+    pub last_report: Option<String>,
 }
 
 /// The signed-in user's subscription and invoices.
@@ -89,7 +93,9 @@ pub async fn get_billing_overview() -> Result<BillingOverview, AppError> {
     let state = crate::state::AppState::current()?;
     let user_id = crate::auth::session::require_user_id().await?;
     let mut overview = history::overview(&state.pool, user_id, &state.config.billing_timezone).await?;
-    overview.sync = status::for_user(&state.pool, user_id).await?;
+    // This period's events: what the customer is about to be billed for.
+    let period = crate::usage::period::for_user(&state.pool, &state.clock, user_id, Utc::now()).await?;
+    overview.sync = status::for_user(&state.pool, user_id, period.start, period.end).await?;
     overview.sync.stripe_configured = state.stripe.is_some();
     let live = overview.subscription.as_ref().is_some_and(|s| LIVE_STATUSES.contains(&s.status.as_str()));
     overview.can_subscribe = state.stripe.is_some() && state.config.stripe_price_id.is_some() && !live;

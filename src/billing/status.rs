@@ -49,13 +49,24 @@ pub async fn read(pool: &PgPool) -> Result<SyncStatus, AppError> {
     Ok(SyncStatus { outbox, unmatched_events, latest_unmatched, meter_error_reports, failures, retrying })
 }
 
-/// One user's events by delivery state (`stripe_configured` is left for the caller, who knows the config).
-pub async fn for_user(pool: &PgPool, user_id: uuid::Uuid) -> Result<crate::billing::MeterSync, AppError> {
-    let counts: Vec<(String, i64)> =
-        sqlx::query_as("SELECT status, count(*) FROM meter_event_outbox WHERE user_id = $1 GROUP BY status")
-            .bind(user_id)
-            .fetch_all(pool)
-            .await?;
+/// One user's events by delivery state, of those that occurred in `[from, until)` (`stripe_configured` is left
+/// for the caller, who knows the config).
+pub async fn for_user(
+    pool: &PgPool,
+    user_id: uuid::Uuid,
+    from: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Result<crate::billing::MeterSync, AppError> {
+    let counts: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT o.status, count(*) FROM meter_event_outbox o JOIN usage_events e ON e.id = o.usage_event_id
+         WHERE o.user_id = $1 AND e.occurred_at >= $2 AND e.occurred_at < $3
+         GROUP BY o.status",
+    )
+    .bind(user_id)
+    .bind(from)
+    .bind(until)
+    .fetch_all(pool)
+    .await?;
     let count = |status: &str| counts.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n);
     let last_failure = sqlx::query_scalar(
         "SELECT coalesce(last_error, 'no reason recorded') FROM meter_deliveries
@@ -72,7 +83,22 @@ pub async fn for_user(pool: &PgPool, user_id: uuid::Uuid) -> Result<crate::billi
     .bind(user_id)
     .fetch_optional(pool)
     .await?;
+    let (reported_by_stripe, last_report): (i64, Option<String>) = sqlx::query_as(
+        "SELECT coalesce(sum(d.event_count), 0)::bigint,
+                (array_agg(s.code || ': ' || s.message ORDER BY r.reported_at DESC))[1]
+         FROM meter_error_samples s
+         JOIN meter_error_reports r USING (stripe_event_id)
+         JOIN meter_deliveries d ON d.identifier = s.identifier
+         WHERE d.user_id = $1 AND d.period_start < $3 AND d.period_end > $2",
+    )
+    .bind(user_id)
+    .bind(from)
+    .bind(until)
+    .fetch_one(pool)
+    .await?;
     Ok(crate::billing::MeterSync {
+        reported_by_stripe,
+        last_report,
         stripe_configured: false,
         delivered: count("delivered"),
         pending: count("pending"),

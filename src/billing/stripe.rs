@@ -212,6 +212,14 @@ impl StripeClient {
         }
     }
 
+    /// A v2 event with its details (`GET /v2/core/events/{id}`): thin webhook notifications carry only the id.
+    pub async fn get_v2_event(&self, id: &str) -> Result<Value, StripeError> {
+        if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(StripeError::Decode(format!("not an event id: {id:?}")));
+        }
+        self.get(&format!("/v2/core/events/{id}"), &[]).await
+    }
+
     /// Creates a Checkout Session subscribing a customer to `price_id` and returns its URL. `client_reference_id`
     /// comes back in `checkout.session.completed`, which links the customer to the user.
     pub async fn create_checkout_session(&self, checkout: &Checkout<'_>) -> Result<String, StripeError> {

@@ -122,11 +122,16 @@ fn SyncState(sync: MeterSync) -> impl IntoView {
         let events = count(sync.expired);
         view! { <li data-sync="expired">{t!(i18n, sync_expired, events)}</li> }
     });
+    let reported = (sync.reported_by_stripe > 0).then(|| {
+        let events = count(sync.reported_by_stripe);
+        let reason = sync.last_report.clone().unwrap_or_default();
+        view! { <li data-sync="reported">{t!(i18n, sync_reported_error, events, reason = move || reason.clone())}</li> }
+    });
     let delivered = count(sync.delivered);
     view! {
         <div class="billing__sync" data-testid="stripe-sync">
             <p>{t!(i18n, sync_reported, events = delivered)}</p>
-            <ul>{pending} {awaiting} {failed} {expired}</ul>
+            <ul>{pending} {awaiting} {failed} {expired} {reported}</ul>
         </div>
     }
 }

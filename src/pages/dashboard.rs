@@ -34,7 +34,8 @@ fn Dashboard(email: String) -> impl IntoView {
     // The newest total from the live stream (browser only); everything that shows usage follows it.
     let live = RwSignal::new(None::<UsageSummary>);
     let i18n = use_i18n();
-    let switch_language = move |_| {
+    let switch_language = move |ev: leptos::ev::MouseEvent| {
+        ev.prevent_default();
         i18n.set_locale(if i18n.get_locale() == Locale::en { Locale::ja } else { Locale::en });
     };
     #[cfg(feature = "hydrate")]
@@ -43,14 +44,17 @@ fn Dashboard(email: String) -> impl IntoView {
         <header class="topbar">
             <span class="topbar__brand">"Tally"</span>
             <span class="topbar__user" data-testid="user-email">{email}</span>
-            <button
-                class="button-secondary topbar__language"
+            // A link, so that it also works without JavaScript (the server sets the cookie and sends you back);
+            // with JavaScript the page switches in place.
+            <a
+                class="topbar__language"
                 data-testid="language"
+                href=move || format!("/language/{}", if i18n.get_locale() == Locale::en { "ja" } else { "en" })
                 aria-label=move || t_string!(i18n, other_language_label)
                 on:click=switch_language
             >
                 {t!(i18n, other_language)}
-            </button>
+            </a>
             <ActionForm action=logout attr:class="topbar__logout">
                 <button type="submit" data-testid="logout">{t!(i18n, sign_out)}</button>
             </ActionForm>

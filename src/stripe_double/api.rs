@@ -210,6 +210,13 @@ fn route(inner: &mut Inner, method: &Method, path: &str, params: &Params) -> Res
         ("POST", ["v1", "prices"]) => create_price(inner, params),
         ("GET", ["v1", "prices"]) => list_prices(inner, params),
         ("POST", ["v1", "checkout", "sessions"]) => create_checkout_session(inner, params),
+        ("GET", ["v2", "core", "events", id]) => match inner.v2_events.get(*id) {
+            Some(event) => Ok(Answer::ok(event.clone())),
+            None => {
+                let message = format!("No such event: '{id}'");
+                Err(Answer::error(404, "invalid_request_error", Some("resource_missing"), message, Some("id")))
+            }
+        },
         _ => {
             let message = format!("Unrecognized request URL ({method}: {path}).");
             Err(Answer::error(404, "invalid_request_error", None, message, None))

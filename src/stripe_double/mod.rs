@@ -119,6 +119,8 @@ struct Inner {
     identifiers: HashMap<String, i64>,
     idempotency: HashMap<String, Saved>,
     in_flight: HashMap<(String, String), u32>,
+    /// Full v2 events by id (`GET /v2/core/events/{id}`), e.g. meter error reports.
+    v2_events: HashMap<String, Value>,
     /// (unix second, calls in it) for `calls_per_second`.
     rate_window: (i64, u32),
     state: DoubleState,
@@ -163,6 +165,40 @@ impl StripeDouble {
     pub fn add_meter(&self, event_name: &str) -> String {
         let mut inner = self.lock();
         api::insert_meter(&mut inner, event_name, event_name)
+    }
+
+    /// Files a meter error report about events Stripe could not count (as its asynchronous validation does) and
+    /// returns the thin event notification Stripe would POST to a webhook endpoint; the full event is then served
+    /// at `GET /v2/core/events/{id}`.
+    pub fn add_meter_error_report(&self, meter_id: &str, identifiers: &[&str], code: &str, message: &str) -> Value {
+        let mut inner = self.lock();
+        let id = inner.new_id("evt_test");
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let related = serde_json::json!({
+            "id": meter_id, "type": "billing.meter", "url": format!("/v1/billing/meters/{meter_id}")
+        });
+        let samples: Vec<Value> = identifiers
+            .iter()
+            .map(|identifier| serde_json::json!({ "error_message": message, "request": { "identifier": identifier } }))
+            .collect();
+        let count = identifiers.len();
+        let full = serde_json::json!({
+            "id": id, "object": "v2.core.event", "type": "v1.billing.meter.error_report_triggered",
+            "created": now, "livemode": false, "context": null, "related_object": related,
+            "data": {
+                "developer_message_summary": format!("There {} {count} invalid event{}",
+                    if count == 1 { "is" } else { "are" }, if count == 1 { "" } else { "s" }),
+                "reason": { "error_count": count, "error_types": [
+                    { "code": code, "error_count": count, "sample_errors": samples }
+                ] },
+                "validation_start": now, "validation_end": now
+            }
+        });
+        inner.v2_events.insert(id.clone(), full);
+        serde_json::json!({
+            "id": id, "object": "v2.core.event", "type": "v1.billing.meter.error_report_triggered",
+            "livemode": false, "created": now, "related_object": related
+        })
     }
 
     /// What the double holds now.

@@ -297,3 +297,17 @@ async fn an_alert_webhook_the_receiver_refuses_is_retried_until_it_is_taken(pool
     let status: String = sqlx::query_scalar("SELECT status FROM alert_webhooks").fetch_one(&pool).await.unwrap();
     assert_eq!(status, "delivered");
 }
+
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn the_language_link_sets_the_locale_cookie_without_javascript(pool: PgPool) {
+    let app = app(pool);
+    let cookie = app.signup("lang@example.com").await;
+    let reply = app.get("/language/ja", Some(&cookie)).await;
+    assert_eq!(reply.status, StatusCode::SEE_OTHER);
+    let set = reply.headers[header::SET_COOKIE].to_str().unwrap().to_owned();
+    assert!(set.starts_with("i18n_pref_locale=ja;"), "{set}");
+    let page = app.get("/", Some(&format!("{cookie}; i18n_pref_locale=ja"))).await;
+    assert!(page.body.contains("今期の AI トークン"), "the cookie picks Japanese");
+    assert!(page.body.contains("<html lang=\"ja\""), "and the document says so");
+    assert_eq!(app.get("/language/xx", Some(&cookie)).await.status, StatusCode::UNPROCESSABLE_ENTITY);
+}

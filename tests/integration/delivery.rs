@@ -255,7 +255,9 @@ async fn a_meter_event_stripe_refuses_is_failed_with_its_message_and_can_be_retr
         .await
         .unwrap();
     assert!(reason.contains("No active meter was found for event_name 'image_generated'"), "{reason}");
-    let sync = tally::billing::status::for_user(&pool, user).await.unwrap();
+    let (from, until) =
+        (chrono::Utc::now() - chrono::Duration::days(1), chrono::Utc::now() + chrono::Duration::days(1));
+    let sync = tally::billing::status::for_user(&pool, user, from, until).await.unwrap();
     assert_eq!((sync.delivered, sync.failed), (1, 1));
     assert_eq!(sync.last_failure.as_deref(), Some(reason.as_str()));
 
@@ -518,4 +520,53 @@ async fn setup_creates_the_meter_and_price_once_and_reconcile_finds_differences(
     let lines = tally::billing::setup::reconcile(&pool, &stripe, since).await.unwrap();
     assert!(!lines[0].matches());
     assert_eq!((lines[0].delivered, lines[0].stripe), (750, 751));
+}
+
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn meter_error_reports_are_fetched_and_shown_to_the_user_they_concern(pool: PgPool) {
+    let (base, double) = start_double().await;
+    let mut config = crate::support::config();
+    config.stripe_secret_key = Some(DEFAULT_SECRET_KEY.into());
+    config.stripe_api_base = base.clone();
+    let app = crate::support::app_with(pool.clone(), config);
+    let cookie = app.signup("reported@example.com").await;
+    let user = app.user_id("reported@example.com").await;
+    record(&app, user, 30).await;
+    record(&app, user, 12).await;
+    let worker = worker(&pool, &base, fast_settings());
+    drain(&worker).await;
+    let identifier: String =
+        sqlx::query_scalar("SELECT identifier FROM meter_deliveries").fetch_one(&pool).await.unwrap();
+
+    // Stripe's asynchronous validation finds a problem and notifies with a thin event.
+    let thin = double.add_meter_error_report(
+        "mtr_reported",
+        &[&identifier],
+        "meter_event_customer_not_found",
+        "Customer not found.",
+    );
+    let payload = thin.to_string();
+    let t = chrono::Utc::now().timestamp();
+    let signature = tally::billing::signature::sign(crate::support::WEBHOOK_SECRET, t, payload.as_bytes());
+    let request = axum::http::Request::post(tally::billing::webhook::PATH)
+        .header("host", "127.0.0.1:3000")
+        .header("content-type", "application/json")
+        .header("stripe-signature", format!("t={t},v1={signature}"))
+        .body(axum::body::Body::from(payload))
+        .unwrap();
+    assert_eq!(app.send(request).await.status, axum::http::StatusCode::OK);
+
+    // The worker fetches the details (GET /v2/core/events/{id}) and maps the identifier back to the user.
+    worker.step().await.unwrap();
+    let overview = app.post_form("/api/billing/overview", &[], Some(&cookie)).await.json();
+    let sync = &overview["sync"];
+    assert_eq!(sync["reportedByStripe"], 2, "both events of the delivery: {sync}");
+    assert_eq!(sync["lastReport"], "meter_event_customer_not_found: Customer not found.");
+    let page = app.get("/", Some(&cookie)).await.body.replace("<!>", "");
+    assert!(page.contains("Stripe reported that it could not count 2 events"), "{page}");
+
+    // Someone else's dashboard says nothing about it.
+    let other = app.signup("unconcerned@example.com").await;
+    let theirs = app.post_form("/api/billing/overview", &[], Some(&other)).await.json();
+    assert_eq!(theirs["sync"]["reportedByStripe"], 0);
 }
