@@ -155,8 +155,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     .bind(id)
                     .fetch_one(&pool)
                     .await?;
-            let all_time = (chrono::DateTime::<chrono::Utc>::MIN_UTC, chrono::DateTime::<chrono::Utc>::MAX_UTC);
-            let sync = crate::billing::status::for_user(&pool, id, all_time.0, all_time.1).await?;
+            // All time, within what PostgreSQL's timestamptz holds (chrono's MIN/MAX do not fit).
+            let (from, until) = (chrono::DateTime::UNIX_EPOCH, chrono::Utc::now() + chrono::Duration::days(36_500));
+            let sync = crate::billing::status::for_user(&pool, id, from, until).await?;
             println!("account {} ({id})", email.trim().to_lowercase());
             println!("limit: {}", limit.map_or("none".to_owned(), |l| l.to_string()));
             println!("stripe customer: {}", customer.as_deref().unwrap_or("none"));

@@ -260,3 +260,19 @@ async fn setup_worker_and_reconcile_from_the_command_line(pool: PgPool) {
     assert!(!differs.status.success());
     assert!(text(&differs).contains("DIFFERS"), "{}", text(&differs));
 }
+
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn user_show_prints_the_account_and_its_events_by_delivery_state(pool: PgPool) {
+    let app = crate::support::app(pool.clone());
+    app.signup("shown@example.com").await;
+    let user = app.user_id("shown@example.com").await;
+    app.insert_usage(user, "ai_token_consumed", 5, &chrono::Utc::now().to_rfc3339()).await;
+    let out = tally(&pool, &["user", "show", "--email", "shown@example.com"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let shown = text(&out);
+    assert!(shown.contains("stripe customer: none"), "{shown}");
+    assert!(shown.contains("usage events: 0 delivered, 0 pending, 1 awaiting a customer"), "{shown}");
+    let missing = tally(&pool, &["user", "show", "--email", "nobody@example.com"]);
+    assert!(!missing.status.success());
+    assert!(text(&missing).contains("no account for nobody@example.com"), "{}", text(&missing));
+}
