@@ -241,10 +241,7 @@ async fn stripe_command(pool: &sqlx::PgPool, config: &Config, command: StripeCom
 
     let stripe = || {
         let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60)).build().unwrap_or_default();
-        config
-            .stripe_secret_key
-            .as_deref()
-            .map(|key| crate::billing::stripe::StripeClient::new(http, &config.stripe_api_base, key))
+        crate::billing::stripe::StripeClient::from_config(http, config)
             .ok_or_else(|| anyhow::anyhow!("STRIPE_SECRET_KEY is not set"))
     };
     match command {

@@ -36,10 +36,7 @@ impl AppState {
         let clock = Arc::new(PeriodClock::new(pool.clone(), config.billing_timezone.clone()));
         let writer = UsageWriter::start(pool.clone(), clock.clone(), config.ingest_writers);
         let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60)).build().unwrap_or_default();
-        let stripe = config
-            .stripe_secret_key
-            .as_deref()
-            .map(|key| crate::billing::stripe::StripeClient::new(http.clone(), &config.stripe_api_base, key));
+        let stripe = crate::billing::stripe::StripeClient::from_config(http.clone(), &config);
         let live = crate::usage::live::LiveHub::start(pool.clone());
         AppState { leptos_options, pool, config: Arc::new(config), clock, writer, http, stripe, live }
     }

@@ -479,7 +479,8 @@ pub fn backoff(attempts: i32, base: Duration, max: Duration, unit: f64) -> Durat
     full.mul_f64(0.5 + 0.5 * unit.clamp(0.0, 1.0))
 }
 
-fn random_unit() -> f64 {
+/// A uniform random number in `[0, 1)` from the operating system's generator (retry jitter, the double's faults).
+pub fn random_unit() -> f64 {
     let mut bytes = [0_u8; 8];
     getrandom::fill(&mut bytes).unwrap_or_default();
     (u64::from_le_bytes(bytes) >> 11) as f64 / (1_u64 << 53) as f64

@@ -58,6 +58,12 @@ impl StripeClient {
         StripeClient { http, base_url: base_url.trim_end_matches('/').to_owned(), secret_key: secret_key.to_owned() }
     }
 
+    /// The client `config` asks for (`STRIPE_API_BASE`, `STRIPE_SECRET_KEY`); `None` without a key.
+    pub fn from_config(http: reqwest::Client, config: &crate::config::Config) -> Option<Self> {
+        let key = config.stripe_secret_key.as_deref()?;
+        Some(StripeClient::new(http, &config.stripe_api_base, key))
+    }
+
     /// Whether the key is a live-mode key (`sk_live_…`/`rk_live_…`): Stripe's rate limits differ by mode.
     pub fn is_live(&self) -> bool {
         self.secret_key.contains("_live_")

@@ -11,6 +11,7 @@ use serde_json::{json, Map, Value};
 
 use super::server::Hangup;
 use super::{AcceptedEvent, Inner, Saved, StripeDouble};
+use crate::billing::delivery::random_unit as chance;
 
 /// Stripe keeps identifiers for at least 24 hours; the double for exactly that long.
 const IDENTIFIER_WINDOW_SECONDS: i64 = 24 * 3600;
@@ -471,13 +472,6 @@ impl Drop for InFlight<'_> {
             *count = count.saturating_sub(1);
         }
     }
-}
-
-/// A chance in `[0, 1)` from the operating system's generator.
-fn chance() -> f64 {
-    let mut bytes = [0_u8; 8];
-    getrandom::fill(&mut bytes).unwrap_or_default();
-    (u64::from_le_bytes(bytes) >> 11) as f64 / (1_u64 << 53) as f64
 }
 
 /// Picks the fault of this call from the knobs (counters first, one fault per call), and the delays before

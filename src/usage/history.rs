@@ -17,8 +17,12 @@ use crate::error::AppError;
 use crate::state::AppState;
 
 /// The periods `user_id` has usage in (from the period counters, newest first), with the current one always
-/// first even when it is still empty.
-pub async fn periods(state: &AppState, user_id: Uuid) -> Result<(BillingPeriod, Vec<PeriodChoice>), AppError> {
+/// first even when it is still empty, and the one `wanted` names (its start, RFC 3339), else the current one.
+pub async fn periods(
+    state: &AppState,
+    user_id: Uuid,
+    wanted: Option<&str>,
+) -> Result<(PeriodChoice, Vec<PeriodChoice>), AppError> {
     let current = period::for_user(&state.pool, &state.clock, user_id, Utc::now()).await?;
     let timezone = &state.config.billing_timezone;
     let mut choices: Vec<PeriodChoice> = sqlx::query_as(
@@ -35,7 +39,9 @@ pub async fn periods(state: &AppState, user_id: Uuid) -> Result<(BillingPeriod, 
     .await?;
     choices.retain(|c| c.period_start != current.start);
     choices.insert(0, PeriodChoice::from(&current));
-    Ok((current, choices))
+    let wanted = wanted.and_then(|p| DateTime::parse_from_rfc3339(p).ok());
+    let selected = wanted.and_then(|start| choices.iter().find(|p| p.period_start == start)).unwrap_or(&choices[0]);
+    Ok((selected.clone(), choices))
 }
 
 impl From<&BillingPeriod> for PeriodChoice {
@@ -138,10 +144,7 @@ pub async fn export(
     Query(query): Query<ExportQuery>,
 ) -> Result<Response, AppError> {
     let user_id = crate::auth::session::user_of(&session).await?.ok_or(AppError::Unauthorized)?;
-    let (_, periods) = periods(&state, user_id).await?;
-    let wanted = query.period.as_deref().and_then(|p| DateTime::parse_from_rfc3339(p).ok());
-    let selected =
-        wanted.and_then(|start| periods.iter().find(|p| p.period_start == start)).unwrap_or(&periods[0]).clone();
+    let (selected, _) = periods(&state, user_id, query.period.as_deref()).await?;
     let filename = format!("tally-usage-{}-{}.csv", selected.first_day, selected.last_day);
     let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let pool = state.pool.clone();

@@ -271,10 +271,7 @@ pub async fn current_summary(state: &crate::state::AppState, user_id: Uuid) -> R
 pub async fn get_usage_history(period: Option<String>) -> Result<UsageHistory, AppError> {
     let state = crate::state::AppState::current()?;
     let user_id = crate::auth::session::require_user_id().await?;
-    let (_, periods) = history::periods(&state, user_id).await?;
-    let wanted = period.as_deref().and_then(|p| DateTime::parse_from_rfc3339(p).ok()).map(|p| p.with_timezone(&Utc));
-    let selected =
-        wanted.and_then(|start| periods.iter().find(|p| p.period_start == start)).unwrap_or(&periods[0]).clone();
+    let (selected, periods) = history::periods(&state, user_id, period.as_deref()).await?;
     let timezone = state.config.billing_timezone.clone();
     let days = history::daily(&state.pool, user_id, AI_TOKENS_EVENT, &selected, &timezone).await?;
     Ok(UsageHistory { periods, selected, days, timezone })
