@@ -26,6 +26,11 @@ pub struct Config {
     #[arg(long, env = "TALLY_PUBLIC_URL", default_value = "http://127.0.0.1:3000")]
     pub public_url: String,
 
+    /// Take the client address from the last `X-Forwarded-For` entry (set it only behind a proxy that appends it);
+    /// otherwise the connection's peer address is used. Sign-in throttling counts per address.
+    #[arg(long, env = "TALLY_TRUST_FORWARDED_FOR", default_value_t = false, action = clap::ArgAction::Set)]
+    pub trust_forwarded_for: bool,
+
     /// Event types that may be recorded (comma-separated); anything else is refused with 422.
     #[arg(long, env = "TALLY_EVENT_TYPES", default_value = "ai_token_consumed", value_delimiter = ',')]
     pub event_types: Vec<String>,
@@ -168,6 +173,7 @@ impl std::fmt::Debug for Config {
             .field("billing_timezone", &self.billing_timezone)
             .field("default_usage_limit", &self.default_usage_limit)
             .field("public_url", &self.public_url)
+            .field("trust_forwarded_for", &self.trust_forwarded_for)
             .field("event_types", &self.event_types)
             .field("ingest_writers", &self.ingest_writers)
             .field("openai_api_key", &self.openai_api_key.as_ref().map(|_| "<hidden>"))
@@ -220,6 +226,7 @@ mod tests {
             billing_timezone: "Asia/Tokyo".into(),
             default_usage_limit: UsageLimit(None),
             public_url: "https://tally.example".into(),
+            trust_forwarded_for: false,
             event_types: vec!["ai_token_consumed".into()],
             ingest_writers: 2,
             openai_api_key: Some("sk-s3cret".into()),

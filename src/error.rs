@@ -29,6 +29,15 @@ pub enum AppError {
     /// The request was refused for what it is, not for who sent it (a cross-site POST, for instance).
     #[error("{0}")]
     Forbidden(String),
+    /// The thing asked for does not exist, or is not the caller's (the two are not told apart).
+    #[error("{0}")]
+    NotFound(String),
+    /// The request body is larger than the server accepts.
+    #[error("the request body is larger than {} KiB", .0 / 1024)]
+    TooLarge(usize),
+    /// The body is not in the format the endpoint reads (e.g. `text/plain` where JSON is expected).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// The request conflicts with what is stored (an email that already has an account).
     #[error("{0}")]
     Conflict(String),
@@ -38,6 +47,9 @@ pub enum AppError {
     /// Recording would take the user past their hard usage limit for the period; nothing was recorded.
     #[error("usage limit reached: {remaining} of {limit} remain this period")]
     LimitExceeded { limit: i64, remaining: i64 },
+    /// Too many failed sign-in attempts from this address or for this account; try again after the given seconds.
+    #[error("too many failed sign-in attempts; try again in {} minutes", .retry_after_secs.div_ceil(60))]
+    TooManyAttempts { retry_after_secs: u64 },
     /// A feature is not configured or a dependency is down; worth retrying later.
     #[error("{0}")]
     Unavailable(String),
@@ -59,9 +71,12 @@ impl AppError {
             AppError::BadRequest(_) => 400,
             AppError::Unauthorized | AppError::InvalidCredentials => 401,
             AppError::Forbidden(_) => 403,
+            AppError::NotFound(_) => 404,
+            AppError::TooLarge(_) => 413,
+            AppError::UnsupportedMediaType(_) => 415,
             AppError::Conflict(_) => 409,
             AppError::Invalid(_) | AppError::InvalidEvents(_) => 422,
-            AppError::LimitExceeded { .. } => 429,
+            AppError::LimitExceeded { .. } | AppError::TooManyAttempts { .. } => 429,
             AppError::Internal => 500,
             AppError::Upstream(_) | AppError::Transport(_) => 502,
             AppError::Unavailable(_) => 503,
@@ -76,9 +91,13 @@ impl AppError {
             AppError::Unauthorized => "unauthorized",
             AppError::InvalidCredentials => "invalid_credentials",
             AppError::Forbidden(_) => "forbidden",
+            AppError::NotFound(_) => "not_found",
+            AppError::TooLarge(_) => "too_large",
+            AppError::UnsupportedMediaType(_) => "unsupported_media_type",
             AppError::Conflict(_) => "conflict",
             AppError::InvalidEvents(_) => "invalid_events",
             AppError::LimitExceeded { .. } => "limit_exceeded",
+            AppError::TooManyAttempts { .. } => "too_many_attempts",
             AppError::Upstream(_) => "upstream",
             AppError::Unavailable(_) => "unavailable",
             AppError::Internal => "internal",
@@ -103,12 +122,18 @@ struct WireError {
     /// Per-event problems of a rejected batch.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     events: Vec<EventProblem>,
-    /// Limit and allowance left, when a hard limit refused the request.
+    /// Limit and allowance left, when a hard limit refused the request; the byte limit of a body too large.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     limit: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     remaining: Option<i64>,
+    /// Seconds until another attempt is allowed (also sent as `Retry-After`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    retry_after: Option<u64>,
 }
+
+/// Largest request body accepted anywhere (server functions included).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 const BAD_REQUEST_PREFIX: &str = "malformed request: ";
 const TRANSPORT_PREFIX: &str = "could not reach Tally: ";
@@ -117,12 +142,15 @@ impl From<AppError> for WireError {
     fn from(err: AppError) -> Self {
         let error = err.to_string();
         let code = err.code().to_owned();
+        let wire = WireError { error, code, events: Vec::new(), limit: None, remaining: None, retry_after: None };
         match err {
-            AppError::InvalidEvents(events) => WireError { error, code, events, limit: None, remaining: None },
+            AppError::InvalidEvents(events) => WireError { events, ..wire },
             AppError::LimitExceeded { limit, remaining } => {
-                WireError { error, code, events: Vec::new(), limit: Some(limit), remaining: Some(remaining) }
+                WireError { limit: Some(limit), remaining: Some(remaining), ..wire }
             }
-            _ => WireError { error, code, events: Vec::new(), limit: None, remaining: None },
+            AppError::TooManyAttempts { retry_after_secs } => WireError { retry_after: Some(retry_after_secs), ..wire },
+            AppError::TooLarge(bytes) => WireError { limit: Some(bytes as i64), ..wire },
+            _ => wire,
         }
     }
 }
@@ -138,11 +166,17 @@ impl TryFrom<WireError> for AppError {
             "unauthorized" => AppError::Unauthorized,
             "invalid_credentials" => AppError::InvalidCredentials,
             "forbidden" => AppError::Forbidden(wire.error),
+            "not_found" => AppError::NotFound(wire.error),
+            "too_large" => AppError::TooLarge(wire.limit.ok_or("too_large without limit")? as usize),
+            "unsupported_media_type" => AppError::UnsupportedMediaType(wire.error),
             "conflict" => AppError::Conflict(wire.error),
             "invalid_events" => AppError::InvalidEvents(wire.events),
             "limit_exceeded" => AppError::LimitExceeded {
                 limit: wire.limit.ok_or("limit_exceeded without limit")?,
                 remaining: wire.remaining.ok_or("limit_exceeded without remaining")?,
+            },
+            "too_many_attempts" => AppError::TooManyAttempts {
+                retry_after_secs: wire.retry_after.ok_or("too_many_attempts without retry_after")?,
             },
             "upstream" => AppError::Upstream(wire.error),
             "unavailable" => AppError::Unavailable(wire.error),
@@ -158,6 +192,13 @@ impl FromServerFnError for AppError {
 
     fn from_server_fn_error(value: ServerFnErrorErr) -> Self {
         match value {
+            // The body limit cut off a body sent without a length (http-body-util's `LengthLimitError`); the
+            // server function machinery reports it as unreadable arguments. A test pins this message.
+            ServerFnErrorErr::Args(msg) | ServerFnErrorErr::Deserialization(msg)
+                if msg.contains("length limit exceeded") =>
+            {
+                AppError::TooLarge(MAX_BODY_BYTES)
+            }
             ServerFnErrorErr::Args(msg)
             | ServerFnErrorErr::MissingArg(msg)
             | ServerFnErrorErr::Deserialization(msg)
@@ -188,6 +229,14 @@ mod ssr {
             AppError::Internal
         }
 
+        /// The `Retry-After` header value of errors that say when to come back.
+        fn retry_after(&self) -> Option<HeaderValue> {
+            match self {
+                AppError::TooManyAttempts { retry_after_secs } => Some(HeaderValue::from(*retry_after_secs)),
+                _ => None,
+            }
+        }
+
         /// The status as an [`axum::http::StatusCode`].
         pub fn http_status(&self) -> StatusCode {
             StatusCode::from_u16(self.status_code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
@@ -196,14 +245,43 @@ mod ssr {
 
     impl From<sqlx::Error> for AppError {
         fn from(err: sqlx::Error) -> Self {
-            AppError::internal(err)
+            if is_database_unavailable(&err) {
+                tracing::warn!(error = %err, "database unavailable");
+                AppError::Unavailable(DATABASE_UNAVAILABLE.into())
+            } else {
+                AppError::internal(err)
+            }
+        }
+    }
+
+    /// The answer while PostgreSQL is down, restarting, read-only or out of disk. A commit whose answer was lost
+    /// may have happened: the message says how to retry without counting twice.
+    pub const DATABASE_UNAVAILABLE: &str = "the database is not accepting writes right now; retry in a moment \
+         (with the same Idempotency-Key an event counts once)";
+
+    /// Whether `err` says the database cannot serve right now (and a retry later may succeed), rather than that
+    /// the statement is wrong: lost or refused connections, shutdown, read-only mode, a full disk.
+    pub fn is_database_unavailable(err: &sqlx::Error) -> bool {
+        match err {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
+            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                // 08: connection exception; 25006: read-only transaction; 53: insufficient resources (disk full,
+                // out of memory, too many connections); 57P01-57P03: shutdown or startup in progress.
+                code.starts_with("08") || code == "25006" || code.starts_with("53") || code.starts_with("57P")
+            }),
+            _ => false,
         }
     }
 
     /// JSON routes answer errors in the same shape as server functions, with the variant's status.
     impl IntoResponse for AppError {
         fn into_response(self) -> Response {
-            (self.http_status(), axum::Json(self)).into_response()
+            let retry_after = self.retry_after();
+            let mut response = (self.http_status(), axum::Json(self)).into_response();
+            if let Some(value) = retry_after {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            response
         }
     }
 
@@ -227,12 +305,15 @@ mod ssr {
         let error = AppError::de(bytes.clone());
         parts.status = error.http_status();
         parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(value) = error.retry_after() {
+            parts.headers.insert(header::RETRY_AFTER, value);
+        }
         Response::from_parts(parts, Body::from(bytes))
     }
 }
 
 #[cfg(feature = "ssr")]
-pub use ssr::server_fn_error_status;
+pub use ssr::{is_database_unavailable, server_fn_error_status, DATABASE_UNAVAILABLE};
 
 #[cfg(not(feature = "ssr"))]
 impl AppError {
@@ -269,9 +350,13 @@ mod tests {
             AppError::Unauthorized,
             AppError::InvalidCredentials,
             AppError::Forbidden("cross-site request refused".into()),
+            AppError::NotFound("no such API key".into()),
+            AppError::TooLarge(1024 * 1024),
+            AppError::UnsupportedMediaType("send JSON".into()),
             AppError::Conflict("an account for a@b.c already exists".into()),
             AppError::InvalidEvents(vec![EventProblem { index: 3, error: "quantity must be positive".into() }]),
             AppError::LimitExceeded { limit: 1_000, remaining: 12 },
+            AppError::TooManyAttempts { retry_after_secs: 61 },
             AppError::Upstream("the AI provider answered 500".into()),
             AppError::Unavailable("Stripe webhooks are not configured".into()),
             AppError::Internal,

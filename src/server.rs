@@ -18,8 +18,7 @@ use crate::config::Config;
 use crate::error::AppError;
 use crate::state::AppState;
 
-/// Largest request body accepted anywhere (server functions included).
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+pub use crate::error::MAX_BODY_BYTES;
 /// Name of the session cookie.
 pub const SESSION_COOKIE: &str = "tally_session";
 /// A session ends after this long without a request.
@@ -45,6 +44,7 @@ pub fn router(state: AppState, routes: Vec<AxumRouteListing>) -> Router {
         .route(crate::usage::live::PATH, axum::routing::get(crate::usage::live::stream))
         .route("/language/{locale}", axum::routing::get(choose_language))
         .route(crate::usage::history::EXPORT_PATH, axum::routing::get(crate::usage::history::export))
+        .route("/api/{*rest}", axum::routing::any(unknown_api_path))
         .leptos_routes(&state, routes, {
             let options = state.leptos_options.clone();
             move || shell(options.clone())
@@ -54,10 +54,34 @@ pub fn router(state: AppState, routes: Vec<AxumRouteListing>) -> Router {
         .layer(middleware::from_fn(crate::error::server_fn_error_status))
         .layer(middleware::from_fn(refuse_cross_site_writes))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(body_too_large_as_json))
         .layer(SetResponseHeaderLayer::overriding(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
         .layer(SetResponseHeaderLayer::overriding(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")))
         .layer(SetResponseHeaderLayer::overriding(header::REFERRER_POLICY, HeaderValue::from_static("same-origin")))
+        // Pages set their own policy with the nonce of their inline scripts (`app::shell`); everything else (JSON,
+        // CSV, assets, errors) may run nothing and be framed by nobody.
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'; base-uri 'none'"),
+        ))
         .with_state(state)
+}
+
+/// Any `/api/…` path that is neither a server function nor a route: a JSON 404, not the HTML "page not found".
+async fn unknown_api_path(method: Method, uri: axum::http::Uri) -> AppError {
+    AppError::NotFound(format!("there is no endpoint {method} {}", uri.path()))
+}
+
+/// Gives the body limit's 413 (a bare text answer from `tower-http`, or a server function's read error when a
+/// chunked body runs past the limit) the JSON error shape of every other refusal.
+async fn body_too_large_as_json(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let is_json =
+        response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if response.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE && !is_json {
+        return AppError::TooLarge(MAX_BODY_BYTES).into_response();
+    }
+    response
 }
 
 /// `GET /language/{en|ja}`: the language toggle without JavaScript. Stores the choice in the cookie `leptos_i18n`
@@ -135,14 +159,28 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     // Expired sessions are deleted in the background, every hour.
     let deletion = tokio::spawn(tower_sessions::session_store::ExpiredDeletion::continuously_delete_expired(
-        PostgresStore::new(pool),
+        PostgresStore::new(pool.clone()),
         tokio::time::Duration::from_secs(3600),
     ));
+    // So are sign-in failures that no longer count.
+    let pruning = tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(600));
+        loop {
+            every.tick().await;
+            if let Err(err) = crate::auth::throttle::prune(&pool).await {
+                tracing::warn!(error = %err, "could not prune old sign-in failures");
+            }
+        }
+    });
 
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!("Tally listening on http://{addr}");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    // The peer address feeds sign-in throttling.
+    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
     deletion.abort();
+    pruning.abort();
     // In-flight calls are safe to abandon: their leases expire and the identifiers make the retries count once.
     if let Some(worker) = worker {
         worker.abort();

@@ -33,6 +33,7 @@ pub async fn generate(prompt: String) -> Result<Generation, AppError> {
     use crate::usage::AI_TOKENS_EVENT;
 
     let state = crate::state::AppState::current()?;
+    crate::auth::caller::require_json(&crate::auth::caller::request_headers().await?)?;
     let user_id = crate::auth::caller::user_id(&state.pool).await?;
     let prompt = prompt.trim();
     if prompt.is_empty() {

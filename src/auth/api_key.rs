@@ -159,7 +159,7 @@ pub async fn revoke(pool: &PgPool, user_id: Uuid, key_id: Uuid) -> Result<(), Ap
     revoke_where(pool, key_id, Some(user_id))
         .await?
         .map(|_| ())
-        .ok_or_else(|| AppError::Invalid("no such API key".into()))
+        .ok_or_else(|| AppError::NotFound("no such API key".into()))
 }
 
 /// Revokes key `key_id` (only if `owner` owns it, when given); `None` when there is no such key.

@@ -69,3 +69,20 @@ pub fn header_value(headers: &HeaderMap, name: &str) -> Result<Option<String>, A
             .map_err(|_| AppError::BadRequest(format!("header {name} is not valid text"))),
     }
 }
+
+/// Refuses a body that is not declared as JSON (`Content-Type: application/json`, parameters allowed) with 415.
+/// The JSON endpoints would parse a `text/plain` body as well; refusing it keeps them out of reach of plain HTML
+/// forms, whose cross-site posts can carry `text/plain` but never `application/json`.
+pub fn require_json(headers: &HeaderMap) -> Result<(), AppError> {
+    let essence = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .map(|value| value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase());
+    match essence.as_deref() {
+        Some("application/json") => Ok(()),
+        other => Err(AppError::UnsupportedMediaType(format!(
+            "send the body as JSON with Content-Type: application/json (got {})",
+            other.unwrap_or("no Content-Type")
+        ))),
+    }
+}

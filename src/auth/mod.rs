@@ -19,6 +19,8 @@ pub mod password;
 #[cfg(feature = "ssr")]
 pub mod session;
 #[cfg(feature = "ssr")]
+pub mod throttle;
+#[cfg(feature = "ssr")]
 pub mod users;
 
 /// Longest email accepted (RFC 5321's path limit).
@@ -113,11 +115,24 @@ pub async fn signup(email: String, password: String) -> Result<(), AppError> {
     Ok(())
 }
 
-/// Signs in with email and password.
+/// Signs in with email and password. Failed attempts are throttled per account and address (see [`throttle`]).
 #[server(endpoint = "auth/login")]
 pub async fn login(email: String, password: String) -> Result<(), AppError> {
     let state = crate::state::AppState::current()?;
-    let user_id = users::authenticate(&state.pool, &email, &password).await?;
+    let parts: axum::http::request::Parts = leptos_axum::extract().await.map_err(AppError::internal)?;
+    let ip = throttle::client_ip(&parts, state.config.trust_forwarded_for);
+    // Throttled as typed when it is not an email at all, so garbage cannot dodge the per-account count.
+    let account = normalize_email(&email).unwrap_or_else(|_| email.trim().to_lowercase());
+    throttle::check(&state.pool, &account, ip).await?;
+    let user_id = match users::authenticate(&state.pool, &email, &password).await {
+        Ok(user_id) => user_id,
+        Err(AppError::InvalidCredentials) => {
+            throttle::record_failure(&state.pool, &account, ip).await?;
+            return Err(AppError::InvalidCredentials);
+        }
+        Err(other) => return Err(other),
+    };
+    throttle::clear(&state.pool, &account, ip).await?;
     session::sign_in(user_id).await?;
     leptos_axum::redirect("/");
     Ok(())

@@ -355,3 +355,63 @@ async fn meter_error_report(tx: &mut Transaction<'_, Postgres>, envelope: &Envel
         .await?;
     Ok(Outcome::Applied)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Any JSON value, nested a few levels, with keys that events use so the interesting paths are reached.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            ".{0,12}".prop_map(Value::String),
+            Just(Value::String("v2.core.event".into())),
+        ];
+        leaf.prop_recursive(4, 64, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("id".to_owned()),
+                        Just("type".to_owned()),
+                        Just("created".to_owned()),
+                        Just("data".to_owned()),
+                        Just("object".to_owned()),
+                        Just("customer".to_owned()),
+                        Just("related_object".to_owned()),
+                        "[a-z_]{1,8}",
+                    ],
+                    inner,
+                    0..6
+                )
+                .prop_map(|map| Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+
+        /// Whatever JSON arrives, the envelope is read or refused with a reason; what is read is well-formed.
+        #[test]
+        fn arbitrary_events_are_read_or_refused_never_panic(event in json_value()) {
+            if let Ok(envelope) = envelope(&event) {
+                prop_assert!(!envelope.id.is_empty());
+                prop_assert!(envelope.related_object.is_some() || envelope.object.is_object() || envelope.object.is_null());
+                let _ = customer_of(&envelope);
+            }
+        }
+
+        /// Raw bytes (the body after its signature checked out): the JSON parser and the envelope never panic.
+        #[test]
+        fn arbitrary_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..400)) {
+            if let Ok(value) = serde_json::from_slice::<Value>(&body) {
+                let _ = envelope(&value);
+            }
+        }
+    }
+}

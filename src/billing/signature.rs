@@ -63,7 +63,8 @@ pub fn verify(
     tolerance_seconds: i64,
 ) -> Result<i64, SignatureError> {
     let header = parse(header.filter(|h| !h.is_empty()).ok_or(SignatureError::Missing)?)?;
-    if (now - header.timestamp).abs() > tolerance_seconds {
+    // `abs_diff`: a header with t=-9223372036854775808 must not overflow the subtraction (found by the fuzz test).
+    if now.abs_diff(header.timestamp) > tolerance_seconds.max(0).unsigned_abs() {
         return Err(SignatureError::Stale);
     }
     let signatures: Vec<Vec<u8>> = header.v1.iter().filter_map(|hex| hex::decode(hex).ok()).collect();
@@ -215,5 +216,60 @@ mod tests {
             sign("whsec_test_secret", 1_700_000_000, v["payload"].as_str().unwrap().as_bytes()),
             v["expected_v1"]
         );
+    }
+
+    mod fuzz {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        const SECRET: &str = "whsec_fuzz";
+
+        /// The case that overflowed `now - t` before `abs_diff`.
+        #[test]
+        fn the_extreme_timestamps_are_stale_not_a_panic() {
+            for t in [i64::MIN, i64::MAX] {
+                let header = format!("t={t},v1=00");
+                assert_eq!(verify(b"{}", Some(&header), &[SECRET.to_owned()], NOW, 300), Err(SignatureError::Stale));
+            }
+        }
+        const NOW: i64 = 1_700_000_000;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+
+            /// Any header text at all: an answer, never a panic, and never an acceptance without the right MAC.
+            #[test]
+            fn arbitrary_headers_never_verify(header in ".{0,300}", payload in proptest::collection::vec(any::<u8>(), 0..200)) {
+                let _ = parse(&header);
+                prop_assert!(verify(&payload, Some(&header), &[SECRET.to_owned()], NOW, 300).is_err());
+            }
+
+            /// Headers shaped like Stripe's, with extreme timestamps and junk signatures.
+            #[test]
+            fn well_shaped_headers_with_wrong_parts_are_refused(
+                t in any::<i64>(),
+                sigs in proptest::collection::vec("[0-9a-fA-F]{0,70}|.{0,20}", 0..4),
+                extra in "(,[a-z0-9]{0,3}=[^,]{0,10}){0,3}",
+            ) {
+                let header = format!("t={t}{}{extra}", sigs.iter().map(|s| format!(",v1={s}")).collect::<String>());
+                let refused = verify(b"{}", Some(&header), &[SECRET.to_owned()], NOW, 300).is_err();
+                prop_assert!(refused);
+            }
+
+            /// A genuine signature verifies inside the tolerance and only there, whatever the payload bytes.
+            #[test]
+            fn genuine_signatures_verify_exactly_within_the_tolerance(
+                payload in proptest::collection::vec(any::<u8>(), 0..500),
+                skew in -1_000i64..1_000,
+            ) {
+                let t = NOW + skew;
+                let header = format!("t={t},v1={}", sign(SECRET, t, &payload));
+                let result = verify(&payload, Some(&header), &[SECRET.to_owned()], NOW, 300);
+                prop_assert_eq!(result.is_ok(), skew.abs() <= 300, "{:?}", result);
+                let mut tampered = payload.clone();
+                tampered.push(b' ');
+                prop_assert!(verify(&tampered, Some(&header), &[SECRET.to_owned()], NOW, 300).is_err());
+            }
+        }
     }
 }

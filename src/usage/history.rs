@@ -39,9 +39,20 @@ pub async fn periods(
     .await?;
     choices.retain(|c| c.period_start != current.start);
     choices.insert(0, PeriodChoice::from(&current));
-    let wanted = wanted.and_then(|p| DateTime::parse_from_rfc3339(p).ok());
-    let selected = wanted.and_then(|start| choices.iter().find(|p| p.period_start == start)).unwrap_or(&choices[0]);
-    Ok((selected.clone(), choices))
+    let selected = match wanted {
+        None => choices[0].clone(),
+        // A period that is not the caller's is refused rather than swapped for the current one: an export labelled
+        // with the wrong period would be a wrong number on a customer's desk.
+        Some(raw) => {
+            let start = DateTime::parse_from_rfc3339(raw).map_err(|_| {
+                AppError::Invalid(format!("period {raw:?} is not a start time such as 2026-11-01T00:00:00+09:00"))
+            })?;
+            choices.iter().find(|p| p.period_start == start).cloned().ok_or_else(|| {
+                AppError::Invalid(format!("you have no billing period starting at {raw}; pick one from the list"))
+            })?
+        }
+    };
+    Ok((selected, choices))
 }
 
 impl From<&BillingPeriod> for PeriodChoice {

@@ -179,6 +179,7 @@ pub async fn record_usage(
 ) -> Result<RecordReceipt, AppError> {
     let state = crate::state::AppState::current()?;
     let headers = crate::auth::caller::request_headers().await?;
+    crate::auth::caller::require_json(&headers)?;
     let caller = crate::auth::caller::identify_by(&headers).await?;
     let idempotency_key = crate::auth::caller::header_value(&headers, "idempotency-key")?;
     let input = EventInput { event_type, quantity, metadata, idempotency_key };
@@ -203,7 +204,9 @@ pub async fn record_usage_batch(events: Vec<EventInput>) -> Result<BatchReceipt,
     use crate::error::EventProblem;
 
     let state = crate::state::AppState::current()?;
-    let caller = crate::auth::caller::identify().await?;
+    let headers = crate::auth::caller::request_headers().await?;
+    crate::auth::caller::require_json(&headers)?;
+    let caller = crate::auth::caller::identify_by(&headers).await?;
     if events.is_empty() || events.len() > record::MAX_BATCH_EVENTS {
         let problem = format!("a batch holds 1 to {} events, not {}", record::MAX_BATCH_EVENTS, events.len());
         return Err(refusal(&state, caller, AppError::Invalid(problem)).await);

@@ -119,4 +119,46 @@ mod tests {
         let err = validate(input, &["ai_token_consumed".into()], Utc::now()).unwrap_err();
         assert!(err.contains("unknown event type \"image_generated\""), "{err}");
     }
+
+    mod fuzz {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn allowed() -> Vec<String> {
+            vec!["ai_token_consumed".to_owned()]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+
+            /// Arbitrary request bodies: parsed and validated, or refused; what passes is always billable as is.
+            #[test]
+            fn arbitrary_bodies_pass_only_as_valid_events(body in proptest::collection::vec(any::<u8>(), 0..300)) {
+                if let Ok(input) = serde_json::from_slice::<EventInput>(&body) {
+                    if let Ok(event) = validate(input, &allowed(), Utc::now()) {
+                        prop_assert!((1..=MAX_QUANTITY).contains(&event.quantity));
+                        prop_assert!(event.metadata.is_object());
+                    }
+                }
+            }
+
+            /// Bodies shaped like events, with any number text as the quantity.
+            #[test]
+            fn any_quantity_text_is_accepted_only_as_a_whole_number_in_range(
+                quantity in prop_oneof![any::<i64>().prop_map(|n| n.to_string()), "-?[0-9]{1,30}(\\.[0-9]{1,5})?([eE][+-]?[0-9]{1,3})?"],
+                key in proptest::option::of(".{0,300}"),
+            ) {
+                let body = serde_json::json!({"eventType": "ai_token_consumed", "idempotencyKey": key}).to_string();
+                let body = body.replacen('{', &format!("{{\"quantity\":{quantity},"), 1);
+                let Ok(input) = serde_json::from_str::<EventInput>(&body) else { return Ok(()) };
+                match validate(input, &allowed(), Utc::now()) {
+                    Ok(event) => {
+                        prop_assert_eq!(event.quantity.to_string(), quantity.trim_start_matches('+').to_owned());
+                        prop_assert!((1..=MAX_QUANTITY).contains(&event.quantity));
+                    }
+                    Err(message) => prop_assert!(!message.is_empty()),
+                }
+            }
+        }
+    }
 }

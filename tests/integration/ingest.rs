@@ -354,7 +354,7 @@ async fn api_keys_are_created_listed_used_and_revoked_from_the_dashboard(pool: P
     let mallory = app.signup("mallory@example.com").await;
     assert_eq!(app.post_form("/api/keys/list", &[], Some(&mallory)).await.json(), json!([]));
     let reply = app.post_form("/api/keys/revoke", &[("id", &key_id)], Some(&mallory)).await;
-    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
     assert_eq!(app.post_json(RECORD, body, &[("authorization", &auth)]).await.status, StatusCode::OK);
 
     let reply = app.post_form("/api/keys/revoke", &[("id", &key_id)], Some(&cookie)).await;

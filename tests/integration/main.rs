@@ -3,6 +3,8 @@
 
 mod support;
 
+mod abuse;
+mod access;
 mod ai;
 mod auth;
 mod checkout;

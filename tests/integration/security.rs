@@ -4,7 +4,7 @@ use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use sqlx::PgPool;
 
-use crate::support::{app, PASSWORD};
+use crate::support::{app, Reply, TestApp, PASSWORD, WEBHOOK_SECRET};
 
 #[sqlx::test(migrator = "tally::db::MIGRATOR")]
 async fn a_cross_site_signup_is_refused_and_stores_nothing(pool: PgPool) {
@@ -48,4 +48,144 @@ async fn pages_carry_security_headers(pool: PgPool) {
     let reply = app.get("/login", None).await;
     assert_eq!(reply.headers["x-content-type-options"], "nosniff");
     assert_eq!(reply.headers["x-frame-options"], "DENY");
+}
+
+/// A login request from `ip` (as the connection's peer address).
+async fn login_from(app: &TestApp, ip: &str, email: &str, password: &str) -> Reply {
+    let body = format!("email={}&password={}", email.replace('@', "%40"), password.replace(' ', "+"));
+    let mut request = Request::post("/api/auth/login")
+        .header(header::HOST, "127.0.0.1:3000")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(body))
+        .unwrap();
+    let peer: std::net::SocketAddr = format!("{ip}:40000").parse().unwrap();
+    request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+    app.send(request).await
+}
+
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn failed_logins_are_throttled_per_account_and_address(pool: PgPool) {
+    let app = app(pool);
+    app.signup("ada@example.com").await;
+    let limit = tally::auth::throttle::MAX_PER_ACCOUNT_AND_ADDRESS;
+    for _ in 0..limit {
+        let reply = login_from(&app, "198.51.100.1", "ada@example.com", "wrong password").await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.body);
+    }
+    // Even the right password is refused from that address now, before it is checked, and says when to retry.
+    let reply = login_from(&app, "198.51.100.1", "Ada@Example.com", PASSWORD).await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{}", reply.body);
+    assert_eq!(reply.json()["code"], "too_many_attempts");
+    let retry_after: u64 = reply.headers[header::RETRY_AFTER].to_str().unwrap().parse().unwrap();
+    assert!((1..=15 * 60).contains(&retry_after), "{retry_after}");
+    assert!(reply.session_cookie().is_none());
+    assert_eq!(app.count("login_failures").await, limit, "throttled attempts are not counted again");
+
+    // The owner, from their own address, still gets in, and that clears only their own failures.
+    let reply = login_from(&app, "203.0.113.5", "ada@example.com", PASSWORD).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(app.count("login_failures").await, limit);
+}
+
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn one_address_guessing_many_accounts_is_throttled(pool: PgPool) {
+    let app = app(pool);
+    app.signup("ada@example.com").await;
+    for n in 0..tally::auth::throttle::MAX_PER_ADDRESS {
+        let reply = login_from(&app, "192.0.2.66", &format!("user{n}@example.com"), "guess guess guess").await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.body);
+    }
+    let reply = login_from(&app, "192.0.2.66", "ada@example.com", PASSWORD).await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{}", reply.body);
+    assert_eq!(login_from(&app, "192.0.2.67", "ada@example.com", PASSWORD).await.status, StatusCode::OK);
+}
+
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn pages_get_a_csp_with_the_nonce_of_their_scripts_and_api_answers_a_closed_one(pool: PgPool) {
+    let app = app(pool);
+    let reply = app.get("/login", None).await;
+    let csp = reply.headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap().to_owned();
+    let nonce = csp.split("'nonce-").nth(1).and_then(|rest| rest.split('\'').next()).expect("a nonce in the CSP");
+    assert!(nonce.len() >= 16, "{csp}");
+    assert!(csp.contains("frame-ancestors 'none'") && csp.contains("'wasm-unsafe-eval'"), "{csp}");
+    assert!(!csp.contains("'unsafe-eval'") && !csp.contains("script-src 'self' 'unsafe-inline'"), "{csp}");
+    // Every inline script of the page carries that nonce, so the hydration script runs and nothing else does. (An
+    // empty placeholder `<script></script>` of leptos_i18n needs none: browsers run no CSP check on empty scripts.)
+    let scripts = reply.body.matches("<script").count() - reply.body.matches("<script></script>").count();
+    let with_nonce = reply.body.matches(&format!(" nonce=\"{nonce}\">")).count();
+    assert!(scripts >= 2, "{}", reply.body);
+    assert_eq!(with_nonce, scripts, "{}", reply.body);
+    // A fresh nonce per response.
+    let again = app.get("/login", None).await;
+    assert_ne!(again.headers[header::CONTENT_SECURITY_POLICY], reply.headers[header::CONTENT_SECURITY_POLICY]);
+
+    let api = app.post_form("/api/auth/me", &[], None).await;
+    let api_csp = api.headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+    assert!(api_csp.starts_with("default-src 'none'") && api_csp.contains("frame-ancestors 'none'"), "{api_csp}");
+    assert_eq!(api.headers["x-content-type-options"], "nosniff");
+}
+
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn cookies_are_secure_behind_https(pool: PgPool) {
+    let config = tally::config::Config { public_url: "https://tally.example".into(), ..crate::support::config() };
+    let app = crate::support::app_with(pool, config);
+    let reply = app.post_form("/api/auth/signup", &[("email", "ada@example.com"), ("password", PASSWORD)], None).await;
+    let cookie = reply.session_cookie_header().expect("a session cookie");
+    for flag in ["HttpOnly", "SameSite=Lax", "Secure"] {
+        assert!(cookie.contains(flag), "{flag} missing: {cookie}");
+    }
+}
+
+/// A `MakeWriter` that keeps everything logged in memory.
+#[derive(Clone, Default)]
+struct CapturedLog(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLog {
+    type Writer = CapturedLog;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn logs_hold_no_passwords_keys_or_secrets_even_at_trace_level(pool: PgPool) {
+    let log = CapturedLog::default();
+    let subscriber = tracing_subscriber::fmt().with_max_level(tracing::Level::TRACE).with_writer(log.clone()).finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let stripe_key = "sk_test_never_log_this_4242";
+    let config = tally::config::Config { stripe_secret_key: Some(stripe_key.into()), ..crate::support::config() };
+    tracing::info!(config = ?config, "starting");
+    let app = crate::support::app_with(pool, config);
+    let cookie = app.signup("ada@example.com").await;
+    let wrong_password = "wrong-password-never-logged";
+    login_from(&app, "198.51.100.9", "ada@example.com", wrong_password).await;
+    let created = app.post_form("/api/keys/create", &[("name", "svc")], Some(&cookie)).await;
+    let key = created.json()["secret"].as_str().unwrap().to_owned();
+    let body = r#"{"eventType":"ai_token_consumed","quantity":5}"#;
+    assert_eq!(
+        app.post_json("/api/usage/record", body, &[("authorization", &format!("Bearer {key}"))]).await.status,
+        StatusCode::OK
+    );
+    let forged = tally::auth::api_key::generate().unwrap().secret;
+    app.post_json("/api/usage/record", body, &[("authorization", &format!("Bearer {forged}"))]).await;
+    let signature = tally::billing::signature::sign("whsec_wrong", chrono::Utc::now().timestamp(), b"{}");
+    app.post_json(tally::billing::webhook::PATH, "{}", &[("stripe-signature", &signature)]).await;
+
+    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    assert!(text.contains("starting"), "the capture works: {text}");
+    let session_id = cookie.split('=').nth(1).unwrap();
+    for secret in [PASSWORD, wrong_password, key.as_str(), forged.as_str(), stripe_key, WEBHOOK_SECRET, session_id] {
+        assert!(!text.contains(secret), "the log contains {secret:?}");
+    }
 }

@@ -38,6 +38,7 @@ pub fn config() -> Config {
         billing_timezone: "Asia/Tokyo".into(),
         default_usage_limit: UsageLimit(Some(DEFAULT_LIMIT)),
         public_url: "http://127.0.0.1:3000".into(),
+        trust_forwarded_for: false,
         event_types: vec![AI_TOKENS_EVENT.into(), "image_generated".into()],
         ingest_writers: 2,
         openai_api_key: None,
