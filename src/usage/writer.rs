@@ -92,6 +92,9 @@ pub enum LimitPolicy {
 struct Submission {
     caller: Caller,
     events: Vec<NewEvent>,
+    /// The events' ids, fixed before the first attempt: if a commit's answer is lost and the writer tries again,
+    /// the rows it already wrote are recognised by id and not written twice (events without idempotency keys too).
+    ids: Vec<Uuid>,
     policy: LimitPolicy,
     reply: oneshot::Sender<Result<Outcome, AppError>>,
 }
@@ -124,7 +127,7 @@ impl UsageWriter {
     ) -> Result<Outcome, AppError> {
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send(Submission { caller, events, policy, reply })
+            .send(Submission { caller, ids: events.iter().map(|_| Uuid::new_v4()).collect(), events, policy, reply })
             .await
             .map_err(|_| AppError::internal("usage writer queue closed"))?;
         answer.await.map_err(|_| AppError::internal("usage writer dropped a submission"))?
@@ -404,13 +407,13 @@ fn plan(
     let mut recorded = Vec::with_capacity(submission.events.len());
     let mut fresh = Vec::new();
     let mut keys_in_submission = HashMap::new();
-    for event in &submission.events {
+    for (event, id) in submission.events.iter().zip(&submission.ids) {
         let key = event.idempotency_key.clone().map(|k| (user, k));
         let earlier = key.as_ref().and_then(|k| known.get(k).or_else(|| keys_in_submission.get(k)));
         match earlier {
             Some(id) => recorded.push(Recorded { id: *id, duplicate: true }),
             None => {
-                let id = Uuid::new_v4();
+                let id = *id;
                 if let Some(key) = key {
                     keys_in_submission.insert(key, id);
                 }
@@ -495,7 +498,9 @@ impl EventRows {
                  FROM input
                  -- One insertion order for all writers, so two writers with the same keys cannot deadlock.
                  ORDER BY user_id, idempotency_key
-                 ON CONFLICT (user_id, idempotency_key) DO NOTHING
+                 -- Any conflict: an idempotency key a concurrent writer stored first, or an id this submission
+                 -- already wrote in an attempt whose commit answer was lost (those count once, as written).
+                 ON CONFLICT DO NOTHING
                  RETURNING id, user_id
              ), outbox AS (
                  INSERT INTO meter_event_outbox (usage_event_id, user_id, status)
