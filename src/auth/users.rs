@@ -29,7 +29,7 @@ pub async fn register(
         .await
         .map_err(|err| match err.as_database_error().and_then(|db| db.constraint()) {
             Some("users_email_key") => AppError::Conflict(format!("an account for {email} already exists")),
-            _ => AppError::internal(err),
+            _ => AppError::from(err),
         })?;
     Ok(id)
 }

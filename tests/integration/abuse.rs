@@ -351,3 +351,40 @@ async fn an_oversized_chunked_body_is_413(pool: PgPool) {
     assert_eq!(reply.json()["code"], "too_large");
     assert_eq!(app.count("usage_events").await, 0);
 }
+
+/// A database that refuses writes (read-only mode; a full disk takes the same path) gets 503 with a message that
+/// says how to retry, and the API key's request stores nothing.
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn a_read_only_database_is_503_not_a_generic_error(pool: PgPool) {
+    let setup = app(pool.clone());
+    setup.signup("ada@example.com").await;
+    let key = setup.api_key("ada@example.com").await;
+    let database: String = sqlx::query_scalar("SELECT current_database()").fetch_one(&pool).await.unwrap();
+    sqlx::query(&format!("ALTER DATABASE \"{database}\" SET default_transaction_read_only = on"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    // New connections see the setting; the app gets a pool of its own.
+    let read_only = sqlx::postgres::PgPoolOptions::new().connect_with((*pool.connect_options()).clone()).await.unwrap();
+    let app = crate::support::app(read_only);
+    let reply = app
+        .post_json(
+            RECORD,
+            r#"{"eventType":"ai_token_consumed","quantity":5}"#,
+            &[("authorization", &format!("Bearer {key}"))],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{}", reply.body);
+    assert_eq!(reply.json()["code"], "unavailable");
+    assert!(reply.json()["error"].as_str().unwrap().contains("Idempotency-Key"), "{}", reply.body);
+    assert_no_internals(&reply.body);
+    let signup = app.post_form("/api/auth/signup", &[("email", "bob@example.com"), ("password", PASSWORD)], None).await;
+    assert_eq!(signup.status, StatusCode::SERVICE_UNAVAILABLE, "{}", signup.body);
+
+    sqlx::query(&format!("ALTER DATABASE \"{database}\" RESET default_transaction_read_only"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(setup.count("usage_events").await, 0);
+    assert_eq!(setup.count("users").await, 1);
+}
