@@ -45,6 +45,14 @@ pub fn router(state: AppState, routes: Vec<AxumRouteListing>) -> Router {
         .route("/language/{locale}", axum::routing::get(choose_language))
         .route(crate::usage::history::EXPORT_PATH, axum::routing::get(crate::usage::history::export))
         .route("/api/{*rest}", axum::routing::any(unknown_api_path))
+        // The bundle, precompressed at build time (`scripts/build-site release`): `.br` or `.gz` when the browser
+        // accepts it and the file exists, the plain file otherwise.
+        .nest_service("/pkg", {
+            let options = &state.leptos_options;
+            tower_http::services::ServeDir::new(format!("{}/{}", options.site_root, options.site_pkg_dir))
+                .precompressed_br()
+                .precompressed_gzip()
+        })
         .leptos_routes(&state, routes, {
             let options = state.leptos_options.clone();
             move || shell(options.clone())

@@ -81,3 +81,38 @@ async fn login_and_signup_pages_render_their_forms(pool: PgPool) {
     }
     assert_eq!(app.get("/no-such-page", None).await.status, StatusCode::NOT_FOUND);
 }
+
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn the_bundle_is_sent_precompressed_to_browsers_that_accept_it(pool: PgPool) {
+    let site = std::env::temp_dir().join(format!("tally-site-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(site.join("pkg")).unwrap();
+    for (name, body) in [
+        ("tally.wasm", "plain wasm"),
+        ("tally.wasm.br", "brotli wasm"),
+        ("tally.wasm.gz", "gzip wasm"),
+        ("tally.js", "plain js"),
+    ] {
+        std::fs::write(site.join("pkg").join(name), body).unwrap();
+    }
+    let app = crate::support::app_with_site(pool, crate::support::config(), site.to_str().unwrap());
+    let fetch = |path: &'static str, accept: Option<&'static str>| {
+        let mut request = axum::http::Request::get(path).header(axum::http::header::HOST, "127.0.0.1:3000");
+        if let Some(accept) = accept {
+            request = request.header(axum::http::header::ACCEPT_ENCODING, accept);
+        }
+        request.body(axum::body::Body::empty()).unwrap()
+    };
+    let reply = app.send(fetch("/pkg/tally.wasm", Some("gzip, deflate, br, zstd"))).await;
+    assert_eq!((reply.status.as_u16(), reply.body.as_str()), (200, "brotli wasm"));
+    assert_eq!(reply.headers["content-encoding"], "br");
+    assert_eq!(reply.headers["content-type"], "application/wasm");
+    let reply = app.send(fetch("/pkg/tally.wasm", Some("gzip"))).await;
+    assert_eq!((reply.body.as_str(), &reply.headers["content-encoding"]), ("gzip wasm", &"gzip".parse().unwrap()));
+    let reply = app.send(fetch("/pkg/tally.wasm", None)).await;
+    assert_eq!(reply.body, "plain wasm");
+    assert!(reply.headers.get("content-encoding").is_none());
+    let reply = app.send(fetch("/pkg/tally.js", Some("br"))).await;
+    assert_eq!(reply.body, "plain js", "without a precompressed copy the file goes as it is");
+    assert!(reply.headers.get("content-encoding").is_none());
+    std::fs::remove_dir_all(site).unwrap();
+}

@@ -60,7 +60,12 @@ pub fn app(pool: PgPool) -> TestApp {
 
 /// The app with a configuration of the test's choosing.
 pub fn app_with(pool: PgPool, config: Config) -> TestApp {
-    let leptos_options = LeptosOptions::builder().output_name("tally").site_root("target/site").build();
+    app_with_site(pool, config, "target/site")
+}
+
+/// The app serving its static files from `site_root`.
+pub fn app_with_site(pool: PgPool, config: Config, site_root: &str) -> TestApp {
+    let leptos_options = LeptosOptions::builder().output_name("tally").site_root(site_root).build();
     let state = AppState::new(leptos_options, pool.clone(), config);
     TestApp { router: tally::server::router(state.clone(), routes()), pool, state }
 }
