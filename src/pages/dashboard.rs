@@ -3,31 +3,38 @@
 use leptos::prelude::*;
 use leptos_router::components::Redirect;
 
-use crate::auth::{get_current_user, Logout};
+use crate::auth::{get_current_user, CurrentUser, Logout};
 use crate::components::{AiPrompt, ApiKeys, BillingHistory, UsageAlerts, UsageHistoryCard, UsageMeter};
 use crate::error::AppError;
 use crate::i18n::{t, t_string, use_i18n, Locale};
 use crate::usage::{get_usage_summary, UsageSummary};
 
 /// The dashboard; visitors without a session are sent to `/login`.
+///
+/// The dashboard's own resources are created here, next to the session check rather than inside it: created
+/// inside the check's `Suspend`, they were created again whenever it re-ran (server rendering did every query
+/// twice on some requests, and disposed resources were read). Without a session they all answer `Unauthorized`
+/// at the cost of a session lookup, and the page is a redirect either way.
 #[component]
 pub fn DashboardPage() -> impl IntoView {
     let user = Resource::new(|| (), |_| get_current_user());
     view! {
-        <Suspense fallback=|| view! { <p class="loading">"…"</p> }>
+        <Suspense fallback=|| ()>
             {move || Suspend::new(async move {
                 match user.await {
-                    Ok(Some(user)) => view! { <Dashboard email=user.email /> }.into_any(),
+                    Ok(Some(_)) => ().into_any(),
                     Ok(None) | Err(AppError::Unauthorized) => view! { <Redirect path="/login" /> }.into_any(),
                     Err(err) => view! { <p class="form-error" role="alert">{err.to_string()}</p> }.into_any(),
                 }
             })}
         </Suspense>
+        <Dashboard user />
     }
 }
 
 #[component]
-fn Dashboard(email: String) -> impl IntoView {
+fn Dashboard(user: Resource<Result<Option<CurrentUser>, AppError>>) -> impl IntoView {
+    let email = move || Suspend::new(async move { user.await.ok().flatten().map(|user| user.email) });
     let logout = ServerAction::<Logout>::new();
     let summary = Resource::new(|| (), |_| get_usage_summary());
     let (refreshing, set_refreshing) = signal(false);
@@ -43,7 +50,9 @@ fn Dashboard(email: String) -> impl IntoView {
     view! {
         <header class="topbar">
             <span class="topbar__brand">"Tally"</span>
-            <span class="topbar__user" data-testid="user-email">{email}</span>
+            <span class="topbar__user" data-testid="user-email">
+                <Suspense fallback=|| ()>{email}</Suspense>
+            </span>
             // A link, so that it also works without JavaScript (the server sets the cookie and sends you back);
             // with JavaScript the page switches in place.
             <a
