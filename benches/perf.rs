@@ -76,6 +76,8 @@ struct Suite {
     inexact: bool,
     /// The server's RSS when the suite started, before any load.
     idle_rss: f64,
+    /// The server's peak RSS during the 64-client single-record ingest phase.
+    ingest_rss: Mutex<Option<f64>>,
 }
 
 impl Suite {
@@ -224,11 +226,20 @@ async fn ingest_phase(
         .iter()
         .map(|c| tokio::spawn(ingest_client(suite.http.clone(), suite.url.clone(), c.clone(), deadline, batch_size)))
         .collect();
+    let mut peak_rss: f64 = 0.0;
+    while Instant::now() < deadline {
+        peak_rss = peak_rss.max(suite.rss_mib());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let mut results = Vec::new();
     for task in tasks {
         results.push(task.await.expect("client task"));
     }
     let elapsed = started.elapsed().as_secs_f64();
+    println!("  (server RSS peak during {clients} clients: {peak_rss:.0} MiB)");
+    if batch_size == 0 && clients == 64 {
+        suite.ingest_rss.lock().unwrap().replace(peak_rss);
+    }
     let mut latencies: Vec<Duration> = results.iter().flat_map(|r| r.latencies.iter().copied()).collect();
     latencies.sort();
     let events: u64 = results.iter().map(|r| r.events).sum();
@@ -560,8 +571,9 @@ async fn live(suite: &mut Suite) {
         "live latency: {streams} open streams ({users_count} users × {}), records through the API",
         streams / users_count
     );
-    let idle = suite.rss_mib();
     let users = customers(suite, "live", users_count, true).await;
+    // After the sign-ins (each hashes a password with Argon2's 19 MiB), so the difference is the streams'.
+    let idle = suite.rss_mib();
     let seen: Seen = Arc::default();
     let until = Instant::now() + Duration::from_secs(suite.options.seconds + 30);
     let mut tasks = Vec::new();
@@ -667,20 +679,27 @@ async fn memory(suite: &mut Suite) {
     let idle = suite.idle_rss;
     let soak = suite.options.soak_seconds;
     println!("memory: RSS idle, under ingest (64 clients), then a {soak} s soak (16 clients + 200 streams)");
-    let customers_under_load = customers(suite, "memory", 64, false).await;
-    let deadline = Instant::now() + Duration::from_secs(suite.options.seconds);
-    let tasks: Vec<_> = customers_under_load
-        .iter()
-        .map(|c| tokio::spawn(ingest_client(suite.http.clone(), suite.url.clone(), c.clone(), deadline, 0)))
-        .collect();
-    let mut peak: f64 = 0.0;
-    while Instant::now() < deadline {
-        peak = peak.max(suite.rss_mib());
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
+    let measured = *suite.ingest_rss.lock().unwrap();
+    let peak = match measured {
+        Some(peak) => peak,
+        None => {
+            let load = customers(suite, "memory", 64, false).await;
+            let deadline = Instant::now() + Duration::from_secs(suite.options.seconds);
+            let tasks: Vec<_> = load
+                .iter()
+                .map(|c| tokio::spawn(ingest_client(suite.http.clone(), suite.url.clone(), c.clone(), deadline, 0)))
+                .collect();
+            let mut peak: f64 = 0.0;
+            while Instant::now() < deadline {
+                peak = peak.max(suite.rss_mib());
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            for task in tasks {
+                task.await.unwrap();
+            }
+            peak
+        }
+    };
     suite.row("memory idle", "—", format!("{idle:.0} MiB RSS"), "—".into(), "scripts/perf --only memory");
     suite.row(
         "memory under ingest (64 clients)",
@@ -751,6 +770,7 @@ async fn main() {
         rows: Vec::new(),
         inexact: false,
         idle_rss: 0.0,
+        ingest_rss: Mutex::new(None),
     };
     suite.idle_rss = suite.rss_mib();
     println!("server RSS at start (idle): {:.0} MiB", suite.idle_rss);

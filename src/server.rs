@@ -21,8 +21,6 @@ use crate::state::AppState;
 pub use crate::error::MAX_BODY_BYTES;
 /// Name of the session cookie.
 pub const SESSION_COOKIE: &str = "tally_session";
-/// A session ends after this long without a request.
-const SESSION_IDLE_DAYS: i64 = 14;
 
 /// The route list of the app. Build it once per process: generating it briefly suppresses resource loading
 /// process-wide, which would stall a page being rendered at the same moment.
@@ -37,7 +35,7 @@ pub fn router(state: AppState, routes: Vec<AxumRouteListing>) -> Router {
         .with_http_only(true)
         .with_same_site(SameSite::Lax)
         .with_secure(state.config.secure_cookies())
-        .with_expiry(Expiry::OnInactivity(time::Duration::days(SESSION_IDLE_DAYS)));
+        .with_expiry(Expiry::OnInactivity(time::Duration::days(crate::auth::session::IDLE_DAYS)));
 
     Router::new()
         .route(crate::billing::webhook::PATH, axum::routing::post(crate::billing::webhook::receive))
@@ -58,6 +56,7 @@ pub fn router(state: AppState, routes: Vec<AxumRouteListing>) -> Router {
             move || shell(options.clone())
         })
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
+        .layer(middleware::from_fn(crate::auth::session::renew_while_used))
         .layer(sessions)
         .layer(middleware::from_fn(crate::error::server_fn_error_status))
         .layer(middleware::from_fn(refuse_cross_site_writes))

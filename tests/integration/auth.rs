@@ -106,3 +106,34 @@ async fn logout_ends_the_session(pool: PgPool) {
     let me = app.post_form("/api/auth/me", &[], Some(&cookie)).await;
     assert_eq!(me.json(), serde_json::Value::Null);
 }
+
+async fn session_expires_in_days(app: &crate::support::TestApp) -> f64 {
+    sqlx::query_scalar("SELECT extract(epoch FROM expiry_date - now())::float8 / 86400 FROM tower_sessions.session")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn a_session_in_use_is_renewed_once_a_day(pool: PgPool) {
+    let app = app(pool);
+    let cookie = app.signup("ada@example.com").await;
+    // As if signed in 13 days ago: one day left.
+    sqlx::query("UPDATE tower_sessions.session SET expiry_date = now() + interval '1 day'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let me = app.post_form("/api/auth/me", &[], Some(&cookie)).await;
+    assert_eq!(me.json()["email"], "ada@example.com");
+    let left = session_expires_in_days(&app).await;
+    assert!(left > 13.9, "used today, so it lasts 14 more days: {left}");
+
+    // Used again the same day: no second write.
+    sqlx::query("UPDATE tower_sessions.session SET expiry_date = now() + interval '1 day'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    app.post_form("/api/auth/me", &[], Some(&cookie)).await;
+    let left = session_expires_in_days(&app).await;
+    assert!(left < 1.1, "renewed at most once a day: {left}");
+}
