@@ -64,7 +64,6 @@ struct Lab {
 struct Instance {
     child: Child,
     url: String,
-    log: PathBuf,
 }
 
 impl Lab {
@@ -110,7 +109,7 @@ impl Lab {
         let url = format!("http://127.0.0.1:{port}");
         for _ in 0..300 {
             if self.http.get(format!("{url}/login")).send().await.is_ok() {
-                return Instance { child, url, log };
+                return Instance { child, url };
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -713,7 +712,6 @@ async fn webhook_storm(lab: &Lab) -> Audit {
 fn finish(instances: Vec<Instance>) {
     for mut instance in instances {
         kill(&mut instance, "-TERM");
-        let _ = &instance.log;
     }
 }
 

@@ -115,6 +115,11 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
+/// "p50 …, p99 …" of sorted latencies.
+fn p50_p99(sorted: &[Duration]) -> String {
+    format!("p50 {}, p99 {}", ms(percentile(sorted, 0.5)), ms(percentile(sorted, 0.99)))
+}
+
 fn thousands(n: f64) -> String {
     let digits = format!("{:.0}", n);
     let mut out = String::new();
@@ -367,19 +372,17 @@ async fn fill(suite: &Suite, customer: &Arc<Customer>, events: usize) {
     }
 }
 
-/// Latencies of `requests` sequential calls of `path` (POST server function or GET page) with `cookie`.
-async fn timed_calls(suite: &Suite, method: &str, path: &str, cookie: &str, until: Instant) -> Vec<Duration> {
+/// Latencies of sequential calls of the server function at `path` with `cookie`, until `until`.
+async fn timed_calls(suite: &Suite, path: &str, cookie: &str, until: Instant) -> Vec<Duration> {
     let mut latencies = Vec::new();
     while Instant::now() < until {
-        let request = match method {
-            "POST" => suite
-                .http
-                .post(format!("{}{path}", suite.url))
-                .header("content-type", "application/x-www-form-urlencoded"),
-            _ => suite.http.get(format!("{}{path}", suite.url)),
-        };
+        let request = suite
+            .http
+            .post(format!("{}{path}", suite.url))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("cookie", cookie);
         let started = Instant::now();
-        let reply = request.header("cookie", cookie).send().await.expect("call");
+        let reply = request.send().await.expect("call");
         let status = reply.status();
         let _ = reply.bytes().await;
         latencies.push(started.elapsed());
@@ -413,17 +416,12 @@ async fn meter_reads(suite: &mut Suite) {
         .collect();
     for (label, user) in [("~1,000 events", &users[0]), ("1,000,000 events", &users[1])] {
         let until = Instant::now() + Duration::from_secs(seconds / 2);
-        let mut latencies = timed_calls(suite, "POST", "/api/usage/summary", &user.cookie, until).await;
+        let mut latencies = timed_calls(suite, "/api/usage/summary", &user.cookie, until).await;
         latencies.sort();
         suite.row(
             &format!("meter read, {label}, under ingest"),
             "p99 ≤ 2 ms",
-            format!(
-                "p50 {}, p99 {} ({} reads)",
-                ms(percentile(&latencies, 0.5)),
-                ms(percentile(&latencies, 0.99)),
-                latencies.len()
-            ),
+            format!("{} ({} reads)", p50_p99(&latencies), latencies.len()),
             "—".into(),
             "scripts/perf --only meter",
         );
@@ -469,12 +467,7 @@ async fn ssr(suite: &mut Suite) {
         suite.row(
             &format!("dashboard SSR, {concurrency} concurrent"),
             "≥ 3,000 req/s",
-            format!(
-                "{} req/s, p50 {}, p99 {}",
-                thousands(rate),
-                ms(percentile(&latencies, 0.5)),
-                ms(percentile(&latencies, 0.99))
-            ),
+            format!("{} req/s, {}", thousands(rate), p50_p99(&latencies)),
             "—".into(),
             "scripts/perf --only ssr",
         );
@@ -636,9 +629,8 @@ async fn live(suite: &mut Suite) {
         &format!("live latency, {streams} open streams"),
         "p99 ≤ 1 s",
         format!(
-            "p50 {}, p99 {} ({} deliveries, {missed} missed, {connected} streams connected)",
-            ms(percentile(&latencies, 0.5)),
-            ms(percentile(&latencies, 0.99)),
+            "{} ({} deliveries, {missed} missed, {connected} streams connected)",
+            p50_p99(&latencies),
             latencies.len()
         ),
         "—".into(),

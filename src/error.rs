@@ -245,23 +245,29 @@ mod ssr {
 
     impl From<sqlx::Error> for AppError {
         fn from(err: sqlx::Error) -> Self {
-            if is_database_unavailable(&err) {
+            AppError::database_unavailable(&err).unwrap_or_else(|| AppError::internal(err))
+        }
+    }
+
+    impl AppError {
+        /// [`AppError::Unavailable`] with the retry advice (logged as a warning) when `err` says the database
+        /// cannot serve right now; `None` for errors of the statement itself.
+        pub fn database_unavailable(err: &sqlx::Error) -> Option<Self> {
+            is_database_unavailable(err).then(|| {
                 tracing::warn!(error = %err, "database unavailable");
                 AppError::Unavailable(DATABASE_UNAVAILABLE.into())
-            } else {
-                AppError::internal(err)
-            }
+            })
         }
     }
 
     /// The answer while PostgreSQL is down, restarting, read-only or out of disk. A commit whose answer was lost
     /// may have happened: the message says how to retry without counting twice.
-    pub const DATABASE_UNAVAILABLE: &str = "the database is not accepting writes right now; retry in a moment \
+    const DATABASE_UNAVAILABLE: &str = "the database is not accepting writes right now; retry in a moment \
          (with the same Idempotency-Key an event counts once)";
 
     /// Whether `err` says the database cannot serve right now (and a retry later may succeed), rather than that
     /// the statement is wrong: lost or refused connections, shutdown, read-only mode, a full disk.
-    pub fn is_database_unavailable(err: &sqlx::Error) -> bool {
+    fn is_database_unavailable(err: &sqlx::Error) -> bool {
         match err {
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
             sqlx::Error::Database(db) => db.code().is_some_and(|code| {
@@ -313,7 +319,7 @@ mod ssr {
 }
 
 #[cfg(feature = "ssr")]
-pub use ssr::{is_database_unavailable, server_fn_error_status, DATABASE_UNAVAILABLE};
+pub use ssr::server_fn_error_status;
 
 #[cfg(not(feature = "ssr"))]
 impl AppError {

@@ -570,11 +570,8 @@ fn commit_error(err: CommitError) -> AppError {
     match err {
         CommitError::Database(db) if is_missing_user(&db) => AppError::Unauthorized,
         CommitError::Period(err) => err,
-        CommitError::Database(db) if crate::error::is_database_unavailable(&db) => {
-            tracing::warn!(error = %db, "usage commit failed: database unavailable");
-            AppError::Unavailable(crate::error::DATABASE_UNAVAILABLE.into())
-        }
-        other => AppError::internal(format!("usage commit failed: {other}")),
+        CommitError::Database(db) => AppError::database_unavailable(&db)
+            .unwrap_or_else(|| AppError::internal(format!("usage commit failed: {db}"))),
     }
 }
 
