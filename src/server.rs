@@ -62,6 +62,7 @@ pub fn router(state: AppState, routes: Vec<AxumRouteListing>) -> Router {
         .layer(middleware::from_fn(refuse_cross_site_writes))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(middleware::from_fn(body_too_large_as_json))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_as_internal_error))
         .layer(SetResponseHeaderLayer::overriding(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
         .layer(SetResponseHeaderLayer::overriding(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")))
         .layer(SetResponseHeaderLayer::overriding(header::REFERRER_POLICY, HeaderValue::from_static("same-origin")))
@@ -72,6 +73,17 @@ pub fn router(state: AppState, routes: Vec<AxumRouteListing>) -> Router {
             HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'; base-uri 'none'"),
         ))
         .with_state(state)
+}
+
+/// A request whose handler panicked gets the JSON 500 of any internal error instead of a dropped connection; the
+/// panic message is logged (it names code, never request data).
+fn panic_as_internal_error(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    AppError::internal(format_args!("a request handler panicked: {message}")).into_response()
 }
 
 /// Any `/api/…` path that is neither a server function nor a route: a JSON 404, not the HTML "page not found".
@@ -245,5 +257,17 @@ mod tests {
         let h = headers(&[("host", "127.0.0.1:3000"), ("origin", "http://evil.example")]);
         assert!(!is_cross_site_write(&Method::GET, &h));
         assert!(!is_cross_site_write(&Method::POST, &headers(&[("host", "127.0.0.1:3000")])));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_a_json_500() {
+        use tower::ServiceExt;
+        let app = Router::new()
+            .route("/boom", axum::routing::get(|| async { panic!("boom") as &str }))
+            .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_as_internal_error));
+        let request = Request::get("/boom").body(axum::body::Body::empty()).unwrap();
+        let response = app.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(response.headers()[header::CONTENT_TYPE].as_bytes().starts_with(b"application/json"));
     }
 }

@@ -37,9 +37,32 @@ fn Dashboard(user: Resource<Result<Option<CurrentUser>, AppError>>) -> impl Into
     let email = move || Suspend::new(async move { user.await.ok().flatten().map(|user| user.email) });
     let logout = ServerAction::<Logout>::new();
     let summary = Resource::new(|| (), |_| get_usage_summary());
-    let (refreshing, set_refreshing) = signal(false);
-    // The newest total from the live stream (browser only); everything that shows usage follows it.
+    // The newest total from the live stream or a refresh (browser only); everything that shows usage follows it.
     let live = RwSignal::new(None::<UsageSummary>);
+    // "Refresh" re-reads the total into `live`, like a stream message. (Not `Transition`'s `set_pending`: that
+    // creates an isomorphic effect, which on the server ran on a tokio task after the request's reactive owner was
+    // disposed and panicked about once per 7,500 dashboard renders, dropping the connection.)
+    let refresh = Action::new(|_: &()| get_usage_summary());
+    Effect::new(move |_| {
+        if let Some(Ok(summary)) = refresh.value().get() {
+            // A stream message may have overtaken the refresh's answer: within a period the total only grows.
+            let stale = live.with_untracked(|latest| {
+                latest.as_ref().is_some_and(|l| l.period_start == summary.period_start && l.used > summary.used)
+            });
+            if !stale {
+                live.set(Some(summary));
+            }
+        }
+    });
+    let refreshing = refresh.pending();
+    // After a failed first read there is no meter to update: read the resource again instead.
+    let reread = move || {
+        if summary.get_untracked().is_some_and(|read| read.is_err()) {
+            summary.refetch();
+        } else {
+            refresh.dispatch(());
+        }
+    };
     let i18n = use_i18n();
     let switch_language = move |ev: leptos::ev::MouseEvent| {
         ev.prevent_default();
@@ -69,10 +92,7 @@ fn Dashboard(user: Resource<Result<Option<CurrentUser>, AppError>>) -> impl Into
             </ActionForm>
         </header>
         <section class="card">
-            <Transition
-                fallback=move || view! { <p class="loading">{t!(i18n, loading)}</p> }
-                set_pending=set_refreshing
-            >
+            <Transition fallback=move || view! { <p class="loading">{t!(i18n, loading)}</p> }>
                 {move || Suspend::new(async move {
                     match summary.await {
                         Ok(summary) => view! { <UsageCard summary live /> }.into_any(),
@@ -88,15 +108,22 @@ fn Dashboard(user: Resource<Result<Option<CurrentUser>, AppError>>) -> impl Into
                 class="button-secondary"
                 data-testid="refresh-usage"
                 disabled=refreshing
-                on:click=move |_| summary.refetch()
+                on:click=move |_| reread()
             >
                 {move || if refreshing.get() { t_string!(i18n, refreshing) } else { t_string!(i18n, refresh) }}
             </button>
+            {move || {
+                refresh
+                    .value()
+                    .get()
+                    .and_then(Result::err)
+                    .map(|err| view! { <p class="form-error" role="alert" data-testid="usage-error">{err.to_string()}</p> })
+            }}
         </section>
         <UsageAlerts live />
         <UsageHistoryCard live />
         <section class="card">
-            <AiPrompt on_answer=move |_| summary.refetch() />
+            <AiPrompt on_answer=move |_| reread() />
         </section>
         <BillingHistory />
         <ApiKeys />
