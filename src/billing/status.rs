@@ -49,62 +49,63 @@ pub async fn read(pool: &PgPool) -> Result<SyncStatus, AppError> {
     Ok(SyncStatus { outbox, unmatched_events, latest_unmatched, meter_error_reports, failures, retrying })
 }
 
-/// One user's events by delivery state, of those that occurred in `[from, until)` (`stripe_configured` is left
-/// for the caller, who knows the config).
+/// One user's events by delivery state, of those that occurred in the billing period `[from, until)`
+/// (`stripe_configured` is left for the caller, who knows the config).
+///
+/// One statement, and its cost follows the *undelivered* events, not the period's: delivered = the period's event
+/// count from `usage_period_totals` (written with every event) minus the undelivered rows, which a partial index
+/// finds. `[from, until)` must be one of the user's billing periods or made of whole ones (counters are kept per
+/// period): the dashboard passes the current period, `tally user show` all time.
 pub async fn for_user(
     pool: &PgPool,
     user_id: uuid::Uuid,
     from: DateTime<Utc>,
     until: DateTime<Utc>,
 ) -> Result<crate::billing::MeterSync, AppError> {
-    let counts: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT o.status, count(*) FROM meter_event_outbox o JOIN usage_events e ON e.id = o.usage_event_id
-         WHERE o.user_id = $1 AND e.occurred_at >= $2 AND e.occurred_at < $3
-         GROUP BY o.status",
-    )
-    .bind(user_id)
-    .bind(from)
-    .bind(until)
-    .fetch_all(pool)
-    .await?;
-    let count = |status: &str| counts.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n);
-    let last_failure = sqlx::query_scalar(
-        "SELECT coalesce(last_error, 'no reason recorded') FROM meter_deliveries
-         WHERE user_id = $1 AND status = 'failed'
-         ORDER BY updated_at DESC LIMIT 1",
-    )
-    .bind(user_id)
-    .fetch_optional(pool)
-    .await?;
-    let last_retry_error = sqlx::query_scalar(
-        "SELECT last_error FROM meter_deliveries WHERE user_id = $1 AND status = 'pending' AND last_error IS NOT NULL
-         ORDER BY updated_at DESC LIMIT 1",
-    )
-    .bind(user_id)
-    .fetch_optional(pool)
-    .await?;
-    let (reported_by_stripe, last_report): (i64, Option<String>) = sqlx::query_as(
-        "SELECT coalesce(sum(d.event_count), 0)::bigint,
-                (array_agg(s.code || ': ' || s.message ORDER BY r.reported_at DESC))[1]
-         FROM meter_error_samples s
-         JOIN meter_error_reports r USING (stripe_event_id)
-         JOIN meter_deliveries d ON d.identifier = s.identifier
-         WHERE d.user_id = $1 AND d.period_start < $3 AND d.period_end > $2",
-    )
-    .bind(user_id)
-    .bind(from)
-    .bind(until)
-    .fetch_one(pool)
-    .await?;
+    type Row = (i64, i64, i64, i64, i64, Option<String>, Option<String>, i64, Option<String>);
+    let (events, pending, awaiting_customer, failed, expired, last_failure, last_retry_error, reported, last_report): Row =
+        sqlx::query_as(
+            "WITH undelivered AS (
+                 SELECT o.status FROM meter_event_outbox o JOIN usage_events e ON e.id = o.usage_event_id
+                 WHERE o.user_id = $1 AND o.status <> 'delivered' AND e.occurred_at >= $2 AND e.occurred_at < $3
+             ),
+             reported AS (
+                 SELECT coalesce(sum(d.event_count), 0)::bigint AS events,
+                        (array_agg(s.code || ': ' || s.message ORDER BY r.reported_at DESC))[1] AS latest
+                 FROM meter_error_samples s
+                 JOIN meter_error_reports r USING (stripe_event_id)
+                 JOIN meter_deliveries d ON d.identifier = s.identifier
+                 WHERE d.user_id = $1 AND d.period_start < $3 AND d.period_end > $2
+             )
+             SELECT (SELECT coalesce(sum(event_count), 0)::bigint FROM usage_period_totals
+                     WHERE user_id = $1 AND period_start >= $2 AND period_end <= $3),
+                    count(*) FILTER (WHERE status = 'pending'),
+                    count(*) FILTER (WHERE status = 'awaiting_customer'),
+                    count(*) FILTER (WHERE status = 'failed'),
+                    count(*) FILTER (WHERE status = 'expired'),
+                    (SELECT coalesce(last_error, 'no reason recorded') FROM meter_deliveries
+                     WHERE user_id = $1 AND status = 'failed' ORDER BY updated_at DESC LIMIT 1),
+                    (SELECT last_error FROM meter_deliveries
+                     WHERE user_id = $1 AND status = 'pending' AND last_error IS NOT NULL
+                     ORDER BY updated_at DESC LIMIT 1),
+                    (SELECT events FROM reported),
+                    (SELECT latest FROM reported)
+             FROM undelivered",
+        )
+        .bind(user_id)
+        .bind(from)
+        .bind(until)
+        .fetch_one(pool)
+        .await?;
     Ok(crate::billing::MeterSync {
-        reported_by_stripe,
+        reported_by_stripe: reported,
         last_report,
         stripe_configured: false,
-        delivered: count("delivered"),
-        pending: count("pending"),
-        awaiting_customer: count("awaiting_customer"),
-        failed: count("failed"),
-        expired: count("expired"),
+        delivered: events - pending - awaiting_customer - failed - expired,
+        pending,
+        awaiting_customer,
+        failed,
+        expired,
         last_failure,
         last_retry_error,
     })

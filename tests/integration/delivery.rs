@@ -255,9 +255,8 @@ async fn a_meter_event_stripe_refuses_is_failed_with_its_message_and_can_be_retr
         .await
         .unwrap();
     assert!(reason.contains("No active meter was found for event_name 'image_generated'"), "{reason}");
-    let (from, until) =
-        (chrono::Utc::now() - chrono::Duration::days(1), chrono::Utc::now() + chrono::Duration::days(1));
-    let sync = tally::billing::status::for_user(&pool, user, from, until).await.unwrap();
+    let period = tally::usage::period::containing(&pool, chrono::Utc::now(), "Asia/Tokyo").await.unwrap();
+    let sync = tally::billing::status::for_user(&pool, user, period.start, period.end).await.unwrap();
     assert_eq!((sync.delivered, sync.failed), (1, 1));
     assert_eq!(sync.last_failure.as_deref(), Some(reason.as_str()));
 
@@ -569,4 +568,56 @@ async fn meter_error_reports_are_fetched_and_shown_to_the_user_they_concern(pool
     let other = app.signup("unconcerned@example.com").await;
     let theirs = app.post_form("/api/billing/overview", &[], Some(&other)).await.json();
     assert_eq!(theirs["sync"]["reportedByStripe"], 0);
+}
+
+/// The sync state's counts, computed the cheap way (period counters minus undelivered rows), equal a count of every
+/// outbox row joined to its event, for the current period, the previous one and all time, whatever the mix of states.
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn sync_counts_equal_a_count_of_every_row(pool: PgPool) {
+    let app = app(pool.clone());
+    let (user, _) = customer(&app, "counts@example.com").await;
+    let now = chrono::Utc::now();
+    let current = tally::usage::period::containing(&pool, now, "Asia/Tokyo").await.unwrap();
+    let previous = tally::usage::period::containing(&pool, current.start - chrono::Duration::seconds(1), "Asia/Tokyo")
+        .await
+        .unwrap();
+    for i in 0..60 {
+        let at = if i % 3 == 0 { previous.start + chrono::Duration::hours(i) } else { now };
+        app.insert_usage(user, AI_TOKENS_EVENT, 1 + i, &at.to_rfc3339()).await;
+    }
+    // Every state, spread over both periods (the status column is all the count reads).
+    sqlx::query(
+        "UPDATE meter_event_outbox o SET status = (ARRAY['delivered', 'delivered', 'pending', 'awaiting_customer',
+                                                        'failed', 'expired'])[1 + (e.quantity / 3) % 6]
+         FROM usage_events e WHERE e.id = o.usage_event_id",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let spans = [
+        (current.start, current.end),
+        (previous.start, previous.end),
+        (chrono::DateTime::UNIX_EPOCH, now + chrono::Duration::days(36_500)),
+    ];
+    for (from, until) in spans {
+        let sync = tally::billing::status::for_user(&pool, user, from, until).await.unwrap();
+        let counts: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT o.status, count(*) FROM meter_event_outbox o JOIN usage_events e ON e.id = o.usage_event_id
+             WHERE o.user_id = $1 AND e.occurred_at >= $2 AND e.occurred_at < $3 GROUP BY o.status",
+        )
+        .bind(user)
+        .bind(from)
+        .bind(until)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let count = |status: &str| counts.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n);
+        assert_eq!(
+            (sync.delivered, sync.pending, sync.awaiting_customer, sync.failed, sync.expired),
+            (count("delivered"), count("pending"), count("awaiting_customer"), count("failed"), count("expired")),
+            "{from} – {until}"
+        );
+        assert!(sync.delivered > 0 && sync.expired > 0, "both kinds are present in {from} – {until}");
+    }
 }
