@@ -51,7 +51,7 @@ pub fn router(state: AppState, routes: Vec<AxumRouteListing>) -> Router {
                 .precompressed_br()
                 .precompressed_gzip()
         })
-        .leptos_routes(&state, routes, {
+        .leptos_routes_with_context(&state, routes, || provide_context(crate::usage::period::RequestMemo::default()), {
             let options = state.leptos_options.clone();
             move || shell(options.clone())
         })

@@ -23,7 +23,7 @@ pub async fn periods(
     user_id: Uuid,
     wanted: Option<&str>,
 ) -> Result<(PeriodChoice, Vec<PeriodChoice>), AppError> {
-    let current = period::for_user(&state.pool, &state.clock, user_id, Utc::now()).await?;
+    let current = period::current(state, user_id).await?;
     let timezone = &state.config.billing_timezone;
     let mut choices: Vec<PeriodChoice> = sqlx::query_as(
         "SELECT DISTINCT period_start, period_end,

@@ -265,7 +265,7 @@ pub async fn get_usage_summary() -> Result<UsageSummary, AppError> {
 /// `user_id`'s AI token usage in their current billing period; `None` when the account does not exist.
 #[cfg(feature = "ssr")]
 pub async fn current_summary(state: &crate::state::AppState, user_id: Uuid) -> Result<Option<UsageSummary>, AppError> {
-    let period = period::for_user(&state.pool, &state.clock, user_id, Utc::now()).await?;
+    let period = period::current(&state, user_id).await?;
     totals::summary(&state.pool, user_id, AI_TOKENS_EVENT, &period).await
 }
 
@@ -285,7 +285,7 @@ pub async fn get_usage_history(period: Option<String>) -> Result<UsageHistory, A
 pub async fn get_alerts() -> Result<AlertsOverview, AppError> {
     let state = crate::state::AppState::current()?;
     let user_id = crate::auth::session::require_user_id().await?;
-    let period = period::for_user(&state.pool, &state.clock, user_id, Utc::now()).await?;
+    let period = period::current(&state, user_id).await?;
     let alerts = sqlx::query_as(
         "SELECT threshold, used, usage_limit, crossed_at,
                 to_char(crossed_at AT TIME ZONE $4, 'YYYY-MM-DD HH24:MI') AS crossed_local

@@ -106,6 +106,27 @@ pub async fn for_user(
     }
 }
 
+/// One request's memo of the signed-in user's current billing period. The dashboard's server functions (meter,
+/// alerts, history, billing) each need it, and during server rendering they run within one request: one lookup
+/// instead of four. Provided per request by the router (`server::router`); absent elsewhere (streams, workers).
+#[derive(Clone, Default)]
+pub struct RequestMemo(std::sync::Arc<tokio::sync::OnceCell<(Uuid, BillingPeriod)>>);
+
+/// `user_id`'s current billing period, looked up at most once per request (see [`RequestMemo`]).
+pub async fn current(state: &crate::state::AppState, user_id: Uuid) -> Result<BillingPeriod, AppError> {
+    let lookup = || for_user(&state.pool, &state.clock, user_id, Utc::now());
+    let Some(memo) = leptos::prelude::use_context::<RequestMemo>() else {
+        return lookup().await;
+    };
+    let (memo_user, period) =
+        memo.0.get_or_try_init(|| async { Ok::<_, AppError>((user_id, lookup().await?)) }).await?;
+    if *memo_user == user_id {
+        Ok(period.clone())
+    } else {
+        lookup().await
+    }
+}
+
 /// A billing period: `[start, end)`, with its first and last day in the billing time zone.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct BillingPeriod {

@@ -126,3 +126,40 @@ async fn the_monthly_view_groups_by_tokyo_month(pool: PgPool) {
     .unwrap();
     assert_eq!(rows, vec![("2026-11".to_owned(), 10), ("2026-12".to_owned(), 20)]);
 }
+
+/// The dashboard's server functions share one period lookup per request: within a request the period stays the
+/// one first read (all cards show the same period), the next request reads it afresh, another user is never
+/// served this user's period.
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn the_current_period_is_looked_up_once_per_request(pool: PgPool) {
+    use leptos::prelude::{provide_context, Owner};
+    let app = app(pool.clone());
+    app.signup("memo@example.com").await;
+    app.signup("other@example.com").await;
+    let (user, other) = (app.user_id("memo@example.com").await, app.user_id("other@example.com").await);
+    let request = Owner::new();
+    request.set();
+    provide_context(period::RequestMemo::default());
+    let first = period::current(&app.state, user).await.unwrap();
+
+    // A subscription with its own period arrives mid-request.
+    sqlx::query(
+        "INSERT INTO subscriptions (stripe_subscription_id, stripe_customer_id, user_id, status, current_period_start,
+                                    current_period_end, state_at)
+         SELECT 'sub_memo', 'cus_memo', $1, 'active', now() - interval '2 days', now() + interval '28 days', now()",
+    )
+    .bind(user)
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(period::current(&app.state, user).await.unwrap(), first, "same request, same period");
+    let others = period::current(&app.state, other).await.unwrap();
+    assert_eq!(others, period::for_user(&pool, &app.state.clock, other, Utc::now()).await.unwrap());
+
+    let next_request = Owner::new();
+    next_request.set();
+    provide_context(period::RequestMemo::default());
+    let fresh = period::current(&app.state, user).await.unwrap();
+    assert_ne!(fresh, first, "the next request sees the subscription");
+    assert_eq!(fresh.start, period::for_user(&pool, &app.state.clock, user, Utc::now()).await.unwrap().start);
+}
