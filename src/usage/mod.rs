@@ -265,7 +265,7 @@ pub async fn get_usage_summary() -> Result<UsageSummary, AppError> {
 /// `user_id`'s AI token usage in their current billing period; `None` when the account does not exist.
 #[cfg(feature = "ssr")]
 pub async fn current_summary(state: &crate::state::AppState, user_id: Uuid) -> Result<Option<UsageSummary>, AppError> {
-    let period = period::current(&state, user_id).await?;
+    let period = period::current(state, user_id).await?;
     totals::summary(&state.pool, user_id, AI_TOKENS_EVENT, &period).await
 }
 
