@@ -104,6 +104,29 @@ impl Suite {
     }
 }
 
+/// CPU seconds (user + system) used so far by the server and by all PostgreSQL processes, from `/proc/<pid>/stat`:
+/// where a request's cost goes. (PostgreSQL backends come and go; those alive at both readings are what is counted,
+/// and the server keeps its pool's connections open.)
+fn cpu_seconds(server_pid: u32) -> (f64, f64) {
+    let ticks = |stat: &str| -> f64 {
+        // Fields after the command name (which may hold spaces): state is field 3; utime, stime are 14 and 15.
+        let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        field(14) + field(15)
+    };
+    let hz = 100.0; // USER_HZ on Linux
+    let server = std::fs::read_to_string(format!("/proc/{server_pid}/stat")).map_or(0.0, |s| ticks(&s)) / hz;
+    let mut postgres = 0.0;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let path = entry.path();
+        if std::fs::read_to_string(path.join("comm")).is_ok_and(|c| c.trim() == "postgres") {
+            postgres += std::fs::read_to_string(path.join("stat")).map_or(0.0, |s| ticks(&s)) / hz;
+        }
+    }
+    (server, postgres)
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -441,6 +464,7 @@ async fn ssr(suite: &mut Suite) {
     for concurrency in [1, 32] {
         let until = Instant::now() + Duration::from_secs(seconds);
         let started = Instant::now();
+        let cpu_before = cpu_seconds(suite.pid);
         let tasks: Vec<_> = (0..concurrency)
             .map(|_| {
                 let (http, url, cookie) = (suite.http.clone(), suite.url.clone(), users[0].cookie.clone());
@@ -464,10 +488,18 @@ async fn ssr(suite: &mut Suite) {
         }
         latencies.sort();
         let rate = latencies.len() as f64 / started.elapsed().as_secs_f64();
+        let cpu_after = cpu_seconds(suite.pid);
+        let per_page = |before: f64, after: f64| (after - before) * 1000.0 / latencies.len().max(1) as f64;
         suite.row(
             &format!("dashboard SSR, {concurrency} concurrent"),
             "≥ 3,000 req/s",
-            format!("{} req/s, {}", thousands(rate), p50_p99(&latencies)),
+            format!(
+                "{} req/s, {}; CPU per page: server {:.2} ms, PostgreSQL {:.2} ms",
+                thousands(rate),
+                p50_p99(&latencies),
+                per_page(cpu_before.0, cpu_after.0),
+                per_page(cpu_before.1, cpu_after.1)
+            ),
             "—".into(),
             "scripts/perf --only ssr",
         );
