@@ -273,19 +273,20 @@ async fn ingest_phase(
     let events: u64 = results.iter().map(|r| r.events).sum();
     let mut exact = true;
     for (customer, result) in customers.iter().zip(&results) {
-        let (count, sum, counters): (i64, i64, i64) = sqlx::query_as(
+        let (count, sum, counters, buckets): (i64, i64, i64, i64) = sqlx::query_as(
             "SELECT (SELECT count(*) FROM usage_events WHERE user_id = $1),
                     (SELECT coalesce(sum(quantity), 0)::bigint FROM usage_events WHERE user_id = $1),
-                    (SELECT coalesce(sum(quantity), 0)::bigint FROM usage_period_totals WHERE user_id = $1)",
+                    (SELECT coalesce(sum(quantity), 0)::bigint FROM usage_period_totals WHERE user_id = $1),
+                    (SELECT coalesce(sum(quantity), 0)::bigint FROM usage_quarter_hour_totals WHERE user_id = $1)",
         )
         .bind(customer.user_id)
         .fetch_one(&suite.pool)
         .await
         .expect("count events");
-        if count as u64 != result.events || sum != result.quantity || counters != sum {
+        if count as u64 != result.events || sum != result.quantity || counters != sum || buckets != sum {
             exact = false;
             eprintln!(
-                "MISMATCH {}: acknowledged {} / {}; database {count} / {sum}; counters {counters}",
+                "MISMATCH {}: acknowledged {} / {}; database {count} / {sum}; counters {counters}; buckets {buckets}",
                 customer.user_id, result.events, result.quantity
             );
         }

@@ -67,6 +67,10 @@ impl From<&BillingPeriod> for PeriodChoice {
 }
 
 /// Every day of `period` in `timezone` with `user_id`'s total of `event_type` that day (0 for quiet days).
+///
+/// Sums the quarter-hour buckets the writer keeps (`usage_quarter_hour_totals`), so the cost follows the period's
+/// length rather than its events; the partial quarter hours at a period edge not on a quarter hour come from the
+/// events themselves. Local days are whole quarter hours in every time zone in use.
 pub async fn daily(
     pool: &PgPool,
     user_id: Uuid,
@@ -79,10 +83,31 @@ pub async fn daily(
              SELECT generate_series(date_trunc('day', $3::timestamptz AT TIME ZONE $5),
                                     ($4::timestamptz - interval '1 microsecond') AT TIME ZONE $5,
                                     interval '1 day') AS day
+         ), whole AS (
+             -- The quarter hours wholly inside the period (Stripe's periods need not start on one).
+             SELECT date_bin('15 minutes', $3::timestamptz + interval '15 minutes' - interval '1 microsecond',
+                             TIMESTAMPTZ '2000-01-01 00:00:00+00') AS first,
+                    date_bin('15 minutes', $4::timestamptz, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS after
+         ), parts AS (
+             -- Scalar subqueries, so that each bound is an index condition.
+             SELECT b.bucket AS at, b.quantity
+             FROM usage_quarter_hour_totals b
+             WHERE b.user_id = $1 AND b.event_type = $2
+               AND b.bucket >= (SELECT first FROM whole) AND b.bucket < (SELECT after FROM whole)
+             UNION ALL
+             SELECT e.occurred_at, e.quantity
+             FROM usage_events e
+             WHERE e.user_id = $1 AND e.event_type = $2
+               AND e.occurred_at >= $3 AND e.occurred_at < least((SELECT first FROM whole), $4)
+             UNION ALL
+             SELECT e.occurred_at, e.quantity
+             FROM usage_events e
+             WHERE e.user_id = $1 AND e.event_type = $2
+               AND e.occurred_at >= greatest((SELECT after FROM whole), (SELECT first FROM whole), $3)
+               AND e.occurred_at < $4
          ), used AS (
-             SELECT date_trunc('day', occurred_at AT TIME ZONE $5) AS day, sum(quantity)::bigint AS quantity
-             FROM usage_events
-             WHERE user_id = $1 AND event_type = $2 AND occurred_at >= $3 AND occurred_at < $4
+             SELECT date_trunc('day', at AT TIME ZONE $5) AS day, sum(quantity)::bigint AS quantity
+             FROM parts
              GROUP BY 1
          )
          SELECT to_char(days.day, 'YYYY-MM-DD') AS day, coalesce(used.quantity, 0) AS quantity

@@ -5,8 +5,8 @@
 //! tasks each take everything queued, write it in one transaction, and answer every request only after that
 //! transaction committed: an acknowledged event is always durable, and a failed commit is never acknowledged.
 //!
-//! One transaction writes, for all its events at once: the `usage_events` rows, their `meter_event_outbox` rows
-//! and the `usage_period_totals` increments (see `totals.rs`). Hard limits are checked inside the transaction,
+//! One transaction writes, for all its events at once: the `usage_events` rows, their `meter_event_outbox` rows,
+//! the `usage_period_totals` increments (see `totals.rs`) and the quarter-hour buckets the history reads. Hard limits are checked inside the transaction,
 //! under a row lock on each limited user, so two writers can never both let through events that together pass a
 //! limit. Each event is counted in the billing period containing it (the user's subscription period, else the
 //! calendar month), chosen under the users' shared period lock so that a period change (`period.rs`) never races a
@@ -517,6 +517,16 @@ impl EventRows {
                  ON CONFLICT (user_id, event_type, period_start, slot) DO UPDATE
                      SET quantity = usage_period_totals.quantity + EXCLUDED.quantity,
                          event_count = usage_period_totals.event_count + EXCLUDED.event_count
+             ), buckets AS (
+                 INSERT INTO usage_quarter_hour_totals (user_id, event_type, bucket, slot, quantity, event_count)
+                 SELECT input.user_id, input.event_type,
+                        date_bin('15 minutes', input.occurred_at, TIMESTAMPTZ '2000-01-01 00:00:00+00'), $10,
+                        sum(input.quantity), count(*)
+                 FROM input JOIN inserted USING (id)
+                 GROUP BY 1, 2, 3
+                 ON CONFLICT (user_id, event_type, bucket, slot) DO UPDATE
+                     SET quantity = usage_quarter_hour_totals.quantity + EXCLUDED.quantity,
+                         event_count = usage_quarter_hour_totals.event_count + EXCLUDED.event_count
              )
              SELECT id FROM inserted",
         )

@@ -163,3 +163,53 @@ async fn the_current_period_is_looked_up_once_per_request(pool: PgPool) {
     assert_ne!(fresh, first, "the next request sees the subscription");
     assert_eq!(fresh.start, period::for_user(&pool, &app.state.clock, user, Utc::now()).await.unwrap().start);
 }
+
+/// The per-day history sums the writer's quarter-hour buckets; it must equal a sum over the events themselves for
+/// periods whose edges are not on a quarter hour and in time zones whose offsets are not whole hours.
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn the_daily_history_from_buckets_equals_a_sum_over_events(pool: PgPool) {
+    let app = app(pool.clone());
+    app.signup("buckets@example.com").await;
+    let user = app.user_id("buckets@example.com").await;
+    // A Stripe-like period starting and ending at odd seconds, and events on and around both edges.
+    let (start, end) = (at("2026-11-03T04:12:37Z"), at("2026-12-03T04:12:37Z"));
+    let mut instants = vec![
+        start - chrono::Duration::seconds(1),
+        start,
+        start + chrono::Duration::seconds(1),
+        at("2026-11-03T04:14:59Z"),
+        at("2026-11-03T04:15:00Z"),
+        end - chrono::Duration::seconds(1),
+        at("2026-12-03T04:00:00Z"),
+        end,
+    ];
+    for i in 0..200 {
+        instants.push(start + chrono::Duration::minutes(7 * i * i % 43_200));
+    }
+    for (i, instant) in instants.iter().enumerate() {
+        app.insert_usage(user, AI_TOKENS_EVENT, 1 + i as i64, &instant.to_rfc3339()).await;
+    }
+    let period = tally::usage::PeriodChoice {
+        period_start: start,
+        period_end: end,
+        first_day: String::new(),
+        last_day: String::new(),
+    };
+    for timezone in ["Asia/Tokyo", "Asia/Kolkata", "Asia/Kathmandu", "America/St_Johns", "UTC"] {
+        let history = tally::usage::history::daily(&pool, user, AI_TOKENS_EVENT, &period, timezone).await.unwrap();
+        let expected: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT to_char(date_trunc('day', occurred_at AT TIME ZONE $4), 'YYYY-MM-DD'), sum(quantity)::bigint
+             FROM usage_events WHERE user_id = $1 AND occurred_at >= $2 AND occurred_at < $3 GROUP BY 1 ORDER BY 1",
+        )
+        .bind(user)
+        .bind(start)
+        .bind(end)
+        .bind(timezone)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let shown: Vec<(String, i64)> =
+            history.iter().filter(|d| d.quantity > 0).map(|d| (d.day.clone(), d.quantity)).collect();
+        assert_eq!(shown, expected, "{timezone}");
+    }
+}
