@@ -76,8 +76,9 @@ async fn backlog(pool: &PgPool, customers: i64, events: i64) {
                            now() - (i % 3600) * interval '1 second' AS occurred_at
                     FROM generate_series(0, $1 - 1) i JOIN u ON u.n = i % $2),
               inserted AS (INSERT INTO usage_events (id, user_id, event_type, quantity, occurred_at)
-                           SELECT id, user_id, $3, quantity, occurred_at FROM e RETURNING id, user_id)
-         INSERT INTO meter_event_outbox (usage_event_id, user_id, status) SELECT id, user_id, 'pending' FROM inserted",
+                           SELECT id, user_id, $3, quantity, occurred_at FROM e RETURNING id, user_id, occurred_at)
+         INSERT INTO meter_event_outbox (usage_event_id, user_id, occurred_at, status)
+         SELECT id, user_id, occurred_at, 'pending' FROM inserted",
     )
     .bind(events)
     .bind(customers)

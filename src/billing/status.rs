@@ -53,8 +53,8 @@ pub async fn read(pool: &PgPool) -> Result<SyncStatus, AppError> {
 /// (`stripe_configured` is left for the caller, who knows the config).
 ///
 /// One statement, and its cost follows the *undelivered* events, not the period's: delivered = the period's event
-/// count from `usage_period_totals` (written with every event) minus the undelivered rows, which a partial index
-/// finds. `[from, until)` must be one of the user's billing periods or made of whole ones (counters are kept per
+/// count from `usage_period_totals` (written with every event) minus the undelivered rows, counted from a partial
+/// index on (user, time the event occurred) without touching the events. `[from, until)` must be one of the user's billing periods or made of whole ones (counters are kept per
 /// period): the dashboard passes the current period, `tally user show` all time.
 pub async fn for_user(
     pool: &PgPool,
@@ -66,8 +66,8 @@ pub async fn for_user(
     let (events, pending, awaiting_customer, failed, expired, last_failure, last_retry_error, reported, last_report): Row =
         sqlx::query_as(
             "WITH undelivered AS (
-                 SELECT o.status FROM meter_event_outbox o JOIN usage_events e ON e.id = o.usage_event_id
-                 WHERE o.user_id = $1 AND o.status <> 'delivered' AND e.occurred_at >= $2 AND e.occurred_at < $3
+                 SELECT status FROM meter_event_outbox
+                 WHERE user_id = $1 AND status <> 'delivered' AND occurred_at >= $2 AND occurred_at < $3
              ),
              reported AS (
                  SELECT coalesce(sum(d.event_count), 0)::bigint AS events,

@@ -501,10 +501,10 @@ impl EventRows {
                  -- Any conflict: an idempotency key a concurrent writer stored first, or an id this submission
                  -- already wrote in an attempt whose commit answer was lost (those count once, as written).
                  ON CONFLICT DO NOTHING
-                 RETURNING id, user_id
+                 RETURNING id, user_id, occurred_at
              ), outbox AS (
-                 INSERT INTO meter_event_outbox (usage_event_id, user_id, status)
-                 SELECT i.id, i.user_id,
+                 INSERT INTO meter_event_outbox (usage_event_id, user_id, occurred_at, status)
+                 SELECT i.id, i.user_id, i.occurred_at,
                         CASE WHEN u.stripe_customer_id IS NULL THEN 'awaiting_customer' ELSE 'pending' END
                  FROM inserted i JOIN users u ON u.id = i.user_id
              ), totals AS (

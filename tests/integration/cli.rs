@@ -137,7 +137,8 @@ async fn stripe_link_moves_waiting_events_and_status_reports_them(pool: PgPool) 
         .await
         .unwrap();
     sqlx::query(
-        "INSERT INTO meter_event_outbox (usage_event_id, user_id, status) VALUES ($1, $2, 'awaiting_customer')",
+        "INSERT INTO meter_event_outbox (usage_event_id, user_id, occurred_at, status)
+         SELECT id, user_id, occurred_at, 'awaiting_customer' FROM usage_events WHERE id = $1 AND user_id = $2",
     )
     .bind(event)
     .bind(user)
