@@ -97,10 +97,7 @@ fn Dashboard(user: Resource<Result<Option<CurrentUser>, AppError>>) -> impl Into
                     match summary.await {
                         Ok(summary) => view! { <UsageCard summary live /> }.into_any(),
                         Err(AppError::Unauthorized) => view! { <Redirect path="/login" /> }.into_any(),
-                        Err(err) => {
-                            view! { <p class="form-error" role="alert" data-testid="usage-error">{err.to_string()}</p> }
-                                .into_any()
-                        }
+                        Err(err) => usage_error(err).into_any(),
                     }
                 })}
             </Transition>
@@ -112,13 +109,7 @@ fn Dashboard(user: Resource<Result<Option<CurrentUser>, AppError>>) -> impl Into
             >
                 {move || if refreshing.get() { t_string!(i18n, refreshing) } else { t_string!(i18n, refresh) }}
             </button>
-            {move || {
-                refresh
-                    .value()
-                    .get()
-                    .and_then(Result::err)
-                    .map(|err| view! { <p class="form-error" role="alert" data-testid="usage-error">{err.to_string()}</p> })
-            }}
+            {move || refresh.value().get().and_then(Result::err).map(usage_error)}
         </section>
         <UsageAlerts live />
         <UsageHistoryCard live />
@@ -128,6 +119,11 @@ fn Dashboard(user: Resource<Result<Option<CurrentUser>, AppError>>) -> impl Into
         <BillingHistory />
         <ApiKeys />
     }
+}
+
+/// Why the usage could not be read (first read or a refresh).
+fn usage_error(err: AppError) -> impl IntoView {
+    view! { <p class="form-error" role="alert" data-testid="usage-error">{err.to_string()}</p> }
 }
 
 /// The meter, kept current by the live stream: it starts from the server-rendered summary and takes every newer

@@ -84,10 +84,10 @@ pub async fn daily(
                                     ($4::timestamptz - interval '1 microsecond') AT TIME ZONE $5,
                                     interval '1 day') AS day
          ), whole AS (
-             -- The quarter hours wholly inside the period (Stripe's periods need not start on one).
-             SELECT date_bin('15 minutes', $3::timestamptz + interval '15 minutes' - interval '1 microsecond',
-                             TIMESTAMPTZ '2000-01-01 00:00:00+00') AS first,
-                    date_bin('15 minutes', $4::timestamptz, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS after
+             -- The buckets wholly inside the period (Stripe's periods need not start on a bucket's edge): from the
+             -- first edge at or after the start to the last edge at or before the end.
+             SELECT usage_bucket_end($3::timestamptz - interval '1 microsecond') AS first,
+                    usage_bucket($4::timestamptz) AS after
          ), parts AS (
              -- Scalar subqueries, so that each bound is an index condition.
              SELECT b.bucket AS at, b.quantity

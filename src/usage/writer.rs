@@ -519,8 +519,7 @@ impl EventRows {
                          event_count = usage_period_totals.event_count + EXCLUDED.event_count
              ), buckets AS (
                  INSERT INTO usage_quarter_hour_totals (user_id, event_type, bucket, slot, quantity, event_count)
-                 SELECT input.user_id, input.event_type,
-                        date_bin('15 minutes', input.occurred_at, TIMESTAMPTZ '2000-01-01 00:00:00+00'), $10,
+                 SELECT input.user_id, input.event_type, usage_bucket(input.occurred_at), $10,
                         sum(input.quantity), count(*)
                  FROM input JOIN inserted USING (id)
                  GROUP BY 1, 2, 3
