@@ -104,10 +104,30 @@ impl Suite {
     }
 }
 
-/// CPU seconds (user + system) used so far by the server and by all PostgreSQL processes, from `/proc/<pid>/stat`:
-/// where a request's cost goes. (PostgreSQL backends come and go; those alive at both readings are what is counted,
-/// and the server keeps its pool's connections open.)
-fn cpu_seconds(server_pid: u32) -> (f64, f64) {
+/// CPU seconds (user + system) used so far by the server, by all PostgreSQL processes and by this load tool, from
+/// `/proc/<pid>/stat`: where a request's cost goes on the shared cores. (PostgreSQL backends come and go; those alive
+/// at both readings are what is counted, and the server keeps its pool's connections open.)
+#[derive(Debug, Clone, Copy)]
+struct Cpu {
+    server: f64,
+    postgres: f64,
+    load_tool: f64,
+}
+
+impl Cpu {
+    /// Milliseconds of CPU per unit of work between `before` and `self`, as printed in the table.
+    fn per(&self, before: Cpu, units: usize, unit: &str) -> String {
+        let ms = |after: f64, before: f64| (after - before) * 1000.0 / units.max(1) as f64;
+        format!(
+            "CPU per {unit}: server {:.3} ms, PostgreSQL {:.3} ms, load tool {:.3} ms",
+            ms(self.server, before.server),
+            ms(self.postgres, before.postgres),
+            ms(self.load_tool, before.load_tool)
+        )
+    }
+}
+
+fn cpu_seconds(server_pid: u32) -> Cpu {
     let ticks = |stat: &str| -> f64 {
         // Fields after the command name (which may hold spaces): state is field 3; utime, stime are 14 and 15.
         let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
@@ -117,6 +137,7 @@ fn cpu_seconds(server_pid: u32) -> (f64, f64) {
     };
     let hz = 100.0; // USER_HZ on Linux
     let server = std::fs::read_to_string(format!("/proc/{server_pid}/stat")).map_or(0.0, |s| ticks(&s)) / hz;
+    let load_tool = std::fs::read_to_string("/proc/self/stat").map_or(0.0, |s| ticks(&s)) / hz;
     let mut postgres = 0.0;
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let path = entry.path();
@@ -124,7 +145,7 @@ fn cpu_seconds(server_pid: u32) -> (f64, f64) {
             postgres += std::fs::read_to_string(path.join("stat")).map_or(0.0, |s| ticks(&s)) / hz;
         }
     }
-    (server, postgres)
+    Cpu { server, postgres, load_tool }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -239,15 +260,21 @@ async fn ingest_client(
     acked
 }
 
+/// What an ingest phase measured.
+struct IngestPhase {
+    events_per_second: f64,
+    p50: Duration,
+    p99: Duration,
+    /// The database holds exactly what was acknowledged.
+    exact: bool,
+    /// Where the CPU went, per event.
+    cpu: String,
+}
+
 /// Runs `clients` ingest clients for the phase length and checks the database against what was acknowledged.
-/// Returns events/s, p50, p99 and whether the database was exact.
-async fn ingest_phase(
-    suite: &Suite,
-    clients: usize,
-    batch_size: usize,
-    seconds: u64,
-) -> (f64, Duration, Duration, bool) {
+async fn ingest_phase(suite: &Suite, clients: usize, batch_size: usize, seconds: u64) -> IngestPhase {
     let customers = customers(suite, "ingest", clients, false).await;
+    let cpu_before = cpu_seconds(suite.pid);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
     let tasks: Vec<_> = customers
@@ -264,13 +291,14 @@ async fn ingest_phase(
         results.push(task.await.expect("client task"));
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let events: u64 = results.iter().map(|r| r.events).sum();
+    let cpu = cpu_seconds(suite.pid).per(cpu_before, events as usize, "event");
     println!("  (server RSS peak during {clients} clients: {peak_rss:.0} MiB)");
     if batch_size == 0 && clients == 64 {
         suite.ingest_rss.lock().unwrap().replace(peak_rss);
     }
     let mut latencies: Vec<Duration> = results.iter().flat_map(|r| r.latencies.iter().copied()).collect();
     latencies.sort();
-    let events: u64 = results.iter().map(|r| r.events).sum();
     let mut exact = true;
     for (customer, result) in customers.iter().zip(&results) {
         let (count, sum, counters, buckets): (i64, i64, i64, i64) = sqlx::query_as(
@@ -291,7 +319,13 @@ async fn ingest_phase(
             );
         }
     }
-    (events as f64 / elapsed, percentile(&latencies, 0.5), percentile(&latencies, 0.99), exact)
+    IngestPhase {
+        events_per_second: events as f64 / elapsed,
+        p50: percentile(&latencies, 0.5),
+        p99: percentile(&latencies, 0.99),
+        exact,
+        cpu,
+    }
 }
 
 /// `pgbench` with `script` at `clients` for `seconds`: transactions per second.
@@ -324,18 +358,19 @@ async fn ingest_and_ceiling(suite: &mut Suite) {
     let single = "INSERT INTO perf_ceiling (user_id, quantity) VALUES (gen_random_uuid(), 1);";
     for clients in suite.options.clients.clone() {
         let ceiling = pgbench(suite, single, clients, seconds);
-        let (rate, p50, p99, exact) = ingest_phase(suite, clients, 0, seconds).await;
-        suite.inexact |= !exact;
+        let phase = ingest_phase(suite, clients, 0, seconds).await;
+        suite.inexact |= !phase.exact;
         suite.row(
             &format!("ingest, single record, {clients} clients"),
             "≥ 10,000 ev/s and ≥ 1.0 × pgbench; p99 ≤ 50 ms",
             format!(
-                "{} ev/s ({:.2} ×), p50 {}, p99 {}, db {}",
-                thousands(rate),
-                rate / ceiling,
-                ms(p50),
-                ms(p99),
-                if exact { "exact" } else { "WRONG" }
+                "{} ev/s ({:.2} ×), p50 {}, p99 {}, db {}; {}",
+                thousands(phase.events_per_second),
+                phase.events_per_second / ceiling,
+                ms(phase.p50),
+                ms(phase.p99),
+                if phase.exact { "exact" } else { "WRONG" },
+                phase.cpu
             ),
             format!("pgbench 1 row/commit: {} tx/s", thousands(ceiling)),
             "scripts/perf --only ingest",
@@ -346,17 +381,18 @@ async fn ingest_and_ceiling(suite: &mut Suite) {
         "INSERT INTO perf_ceiling (user_id, quantity) SELECT gen_random_uuid(), g FROM generate_series(1, {size}) g;"
     );
     let ceiling = pgbench(suite, &batched, clients, seconds) * size as f64;
-    let (rate, _, p99, exact) = ingest_phase(suite, clients, size, seconds).await;
-    suite.inexact |= !exact;
+    let phase = ingest_phase(suite, clients, size, seconds).await;
+    suite.inexact |= !phase.exact;
     suite.row(
         &format!("ingest, batches of {size}, {clients} clients"),
         "≥ 0.7 × pgbench batched rows/s",
         format!(
-            "{} ev/s ({:.2} ×), p99 {}, db {}",
-            thousands(rate),
-            rate / ceiling,
-            ms(p99),
-            if exact { "exact" } else { "WRONG" }
+            "{} ev/s ({:.2} ×), p99 {}, db {}; {}",
+            thousands(phase.events_per_second),
+            phase.events_per_second / ceiling,
+            ms(phase.p99),
+            if phase.exact { "exact" } else { "WRONG" },
+            phase.cpu
         ),
         format!("pgbench {size} rows/commit: {} rows/s", thousands(ceiling)),
         "scripts/perf --only ingest",
@@ -489,18 +525,11 @@ async fn ssr(suite: &mut Suite) {
         }
         latencies.sort();
         let rate = latencies.len() as f64 / started.elapsed().as_secs_f64();
-        let cpu_after = cpu_seconds(suite.pid);
-        let per_page = |before: f64, after: f64| (after - before) * 1000.0 / latencies.len().max(1) as f64;
+        let cpu = cpu_seconds(suite.pid).per(cpu_before, latencies.len(), "page");
         suite.row(
             &format!("dashboard SSR, {concurrency} concurrent"),
             "≥ 3,000 req/s",
-            format!(
-                "{} req/s, {}; CPU per page: server {:.2} ms, PostgreSQL {:.2} ms",
-                thousands(rate),
-                p50_p99(&latencies),
-                per_page(cpu_before.0, cpu_after.0),
-                per_page(cpu_before.1, cpu_after.1)
-            ),
+            format!("{} req/s, {}; {cpu}", thousands(rate), p50_p99(&latencies)),
             "—".into(),
             "scripts/perf --only ssr",
         );
@@ -706,7 +735,7 @@ async fn memory(suite: &mut Suite) {
     println!("memory: RSS idle, under ingest (64 clients), then a {soak} s soak (16 clients + 200 streams)");
     if suite.ingest_rss.lock().unwrap().is_none() {
         // Not measured by an ingest phase of this run: run the 64-client phase for it.
-        let (_, _, _, exact) = ingest_phase(suite, 64, 0, suite.options.seconds).await;
+        let exact = ingest_phase(suite, 64, 0, suite.options.seconds).await.exact;
         suite.inexact |= !exact;
     }
     let peak = suite.ingest_rss.lock().unwrap().unwrap_or_default();

@@ -8,7 +8,6 @@
 //! hold a shared per-user advisory lock ([`lock_users_shared`]) while they pick periods and count, and a webhook
 //! that changes a user's period holds it exclusively ([`lock_user_exclusive`]) while it recounts the new period.
 
-use std::collections::HashMap;
 use std::sync::RwLock;
 
 use chrono::{DateTime, Utc};
@@ -56,26 +55,11 @@ pub async fn lock_user_exclusive(tx: &mut Transaction<'_, Postgres>, user_id: Uu
     Ok(())
 }
 
-/// The current periods of the live subscriptions of `users`.
-pub async fn subscription_spans(
-    tx: &mut Transaction<'_, Postgres>,
-    users: &[Uuid],
-) -> Result<HashMap<Uuid, Vec<Span>>, sqlx::Error> {
-    let rows: Vec<(Uuid, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT user_id, current_period_start, current_period_end FROM subscriptions
-         WHERE user_id = ANY($1) AND status = ANY($2)
-           AND current_period_start IS NOT NULL AND current_period_end > current_period_start",
-    )
-    .bind(users)
-    .bind(LIVE_STATUSES)
-    .fetch_all(&mut **tx)
-    .await?;
-    let mut spans: HashMap<Uuid, Vec<Span>> = HashMap::new();
-    for (user, start, end) in rows {
-        spans.entry(user).or_default().push(Span { start, end });
-    }
-    Ok(spans)
-}
+/// The SQL condition on a `subscriptions` row for its current period to bill its user: a live subscription
+/// (statuses bound as `$2`, [`LIVE_STATUSES`]) with a known, non-empty current period. Used by the usage writer,
+/// which reads the spans of a whole group of users under their shared period locks.
+pub const LIVE_SUBSCRIPTION_PERIOD: &str =
+    "status = ANY($2) AND current_period_start IS NOT NULL AND current_period_end > current_period_start";
 
 /// The period `user_id` is billed for at `at`: the live subscription's current period containing it, else the
 /// calendar month from `clock`.
