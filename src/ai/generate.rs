@@ -7,7 +7,6 @@ use uuid::Uuid;
 use crate::config::Config;
 use crate::error::AppError;
 use crate::state::AppState;
-use crate::usage::{totals, AI_TOKENS_EVENT};
 
 /// Name the offline model reports.
 pub const OFFLINE_MODEL: &str = "tally-offline-echo";
@@ -26,9 +25,7 @@ pub struct Completion {
 
 /// Refuses with [`AppError::LimitExceeded`] when the user has a hard limit and nothing of it is left.
 pub async fn ensure_allowance(state: &AppState, user_id: Uuid) -> Result<(), AppError> {
-    let period = crate::usage::period::for_user(&state.pool, &state.clock, user_id, chrono::Utc::now()).await?;
-    let summary =
-        totals::summary(&state.pool, user_id, AI_TOKENS_EVENT, &period).await?.ok_or(AppError::Unauthorized)?;
+    let summary = crate::usage::current_summary(state, user_id).await?.ok_or(AppError::Unauthorized)?;
     match summary.limit {
         Some(limit) if summary.used >= limit => Err(AppError::LimitExceeded { limit, remaining: 0 }),
         _ => Ok(()),

@@ -262,11 +262,11 @@ pub async fn get_usage_summary() -> Result<UsageSummary, AppError> {
     current_summary(&state, user_id).await?.ok_or(AppError::Unauthorized)
 }
 
-/// `user_id`'s AI token usage in their current billing period; `None` when the account does not exist.
+/// `user_id`'s AI token usage in their current billing period; `None` when the account does not exist. One
+/// statement: the period lookup is part of it (the live stream re-reads this after every change).
 #[cfg(feature = "ssr")]
 pub async fn current_summary(state: &crate::state::AppState, user_id: Uuid) -> Result<Option<UsageSummary>, AppError> {
-    let period = period::current(state, user_id).await?;
-    totals::summary(&state.pool, user_id, AI_TOKENS_EVENT, &period).await
+    totals::summary_at(&state.pool, &state.clock, user_id, AI_TOKENS_EVENT, Utc::now()).await
 }
 
 /// Per-day usage of one of the signed-in user's periods (`period`: its start, RFC 3339; default the current one).

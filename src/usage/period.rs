@@ -61,6 +61,18 @@ pub async fn lock_user_exclusive(tx: &mut Transaction<'_, Postgres>, user_id: Uu
 pub const LIVE_SUBSCRIPTION_PERIOD: &str =
     "status = ANY($2) AND current_period_start IS NOT NULL AND current_period_end > current_period_start";
 
+/// The live subscription period of user `$1` that contains the instant `$2`, with its first and last day in time
+/// zone `$3` (live statuses bound as `$4`): at most one row of `start, end, first_day, last_day, timezone`. The one
+/// statement of the rule, used alone by [`for_user`] and inside the meter's one-statement read (`totals.rs`).
+pub const SUBSCRIPTION_PERIOD_AT: &str = "
+    SELECT current_period_start AS start, current_period_end AS \"end\",
+           to_char(current_period_start AT TIME ZONE $3, 'YYYY-MM-DD') AS first_day,
+           to_char((current_period_end - interval '1 microsecond') AT TIME ZONE $3, 'YYYY-MM-DD') AS last_day,
+           $3 AS timezone
+    FROM subscriptions
+    WHERE user_id = $1 AND status = ANY($4) AND current_period_start <= $2 AND $2 < current_period_end
+    ORDER BY state_at DESC LIMIT 1";
+
 /// The period `user_id` is billed for at `at`: the live subscription's current period containing it, else the
 /// calendar month from `clock`.
 pub async fn for_user(
@@ -69,21 +81,13 @@ pub async fn for_user(
     user_id: Uuid,
     at: DateTime<Utc>,
 ) -> Result<BillingPeriod, AppError> {
-    let subscription: Option<BillingPeriod> = sqlx::query_as(
-        "SELECT current_period_start AS start, current_period_end AS \"end\",
-                to_char(current_period_start AT TIME ZONE $3, 'YYYY-MM-DD') AS first_day,
-                to_char((current_period_end - interval '1 microsecond') AT TIME ZONE $3, 'YYYY-MM-DD') AS last_day,
-                $3 AS timezone
-         FROM subscriptions
-         WHERE user_id = $1 AND status = ANY($4) AND current_period_start <= $2 AND $2 < current_period_end
-         ORDER BY state_at DESC LIMIT 1",
-    )
-    .bind(user_id)
-    .bind(at)
-    .bind(&clock.timezone)
-    .bind(LIVE_STATUSES)
-    .fetch_optional(pool)
-    .await?;
+    let subscription: Option<BillingPeriod> = sqlx::query_as(SUBSCRIPTION_PERIOD_AT)
+        .bind(user_id)
+        .bind(at)
+        .bind(&clock.timezone)
+        .bind(LIVE_STATUSES)
+        .fetch_optional(pool)
+        .await?;
     match subscription {
         Some(period) => Ok(period),
         None => clock.containing(at).await,
@@ -154,7 +158,8 @@ pub async fn containing(pool: &PgPool, at: DateTime<Utc>, timezone: &str) -> Res
 /// ask PostgreSQL only when time crosses into a new period.
 pub struct PeriodClock {
     pool: PgPool,
-    timezone: String,
+    /// The billing time zone calendar periods are cut in.
+    pub timezone: String,
     latest: RwLock<Option<BillingPeriod>>,
 }
 

@@ -13,10 +13,13 @@
 //! a user's period changes (a subscription period announced by Stripe), [`rebuild`] recounts the new period from
 //! the events under the user's exclusive period lock.
 
+use std::sync::LazyLock;
+
+use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use super::period::{self, BillingPeriod, Span};
+use super::period::{self, BillingPeriod, PeriodClock, Span};
 use super::UsageSummary;
 use crate::error::AppError;
 
@@ -49,6 +52,57 @@ pub async fn summary(
         period_first_day: period.first_day.clone(),
         period_last_day: period.last_day.clone(),
         timezone: period.timezone.clone(),
+    }))
+}
+
+/// [`summary`] of the billing period containing `at` — the live subscription's, else `clock`'s calendar month — in
+/// one statement. The meter's read: the live stream runs it after every change, the AI route before every call.
+pub async fn summary_at(
+    pool: &PgPool,
+    clock: &PeriodClock,
+    user_id: Uuid,
+    event_type: &str,
+    at: DateTime<Utc>,
+) -> Result<Option<UsageSummary>, AppError> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT u.usage_limit, coalesce(s.start, $6), coalesce(s.\"end\", $7),
+                    coalesce(s.first_day, $8), coalesce(s.last_day, $9),
+                    COALESCE((SELECT sum(t.quantity)
+                              FROM usage_period_totals t
+                              WHERE t.user_id = u.id AND t.event_type = $5
+                                AND t.period_start = coalesce(s.start, $6)), 0)::bigint
+             FROM users u
+             LEFT JOIN ({}) AS s ON true
+             WHERE u.id = $1",
+            period::SUBSCRIPTION_PERIOD_AT
+        )
+    });
+    // The calendar month is known without asking PostgreSQL (the clock remembers it); it is the answer unless a
+    // subscription period contains `at`.
+    let calendar = clock.containing(at).await?;
+    type Row = (Option<i64>, DateTime<Utc>, DateTime<Utc>, String, String, i64);
+    let row: Option<Row> = sqlx::query_as(SQL.as_str())
+        .bind(user_id)
+        .bind(at)
+        .bind(&clock.timezone)
+        .bind(crate::billing::LIVE_STATUSES)
+        .bind(event_type)
+        .bind(calendar.start)
+        .bind(calendar.end)
+        .bind(&calendar.first_day)
+        .bind(&calendar.last_day)
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.map(|(limit, period_start, period_end, period_first_day, period_last_day, used)| UsageSummary {
+        event_type: event_type.to_owned(),
+        used,
+        limit,
+        period_start,
+        period_end,
+        period_first_day,
+        period_last_day,
+        timezone: clock.timezone.clone(),
     }))
 }
 

@@ -13,7 +13,7 @@
 //! writer.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
@@ -317,23 +317,23 @@ async fn lock_limits_read_spans(
         return Ok((limits, spans));
     }
     type Row = (Uuid, Option<i64>, Option<i16>, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
-    let rows: Vec<Row> = sqlx::query_as(&format!(
-        "WITH limited AS (
-             SELECT id, usage_limit, usage_warning_percent FROM users
-             WHERE id = ANY($1) AND usage_limit IS NOT NULL
-             ORDER BY id
-             FOR NO KEY UPDATE
-         )
-         SELECT id, usage_limit, usage_warning_percent, NULL::timestamptz, NULL::timestamptz FROM limited
-         UNION ALL
-         SELECT user_id, NULL, NULL, current_period_start, current_period_end FROM subscriptions
-         WHERE user_id = ANY($1) AND {}",
-        period::LIVE_SUBSCRIPTION_PERIOD
-    ))
-    .bind(users)
-    .bind(crate::billing::LIVE_STATUSES)
-    .fetch_all(&mut **tx)
-    .await?;
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH limited AS (
+                 SELECT id, usage_limit, usage_warning_percent FROM users
+                 WHERE id = ANY($1) AND usage_limit IS NOT NULL
+                 ORDER BY id
+                 FOR NO KEY UPDATE
+             )
+             SELECT id, usage_limit, usage_warning_percent, NULL::timestamptz, NULL::timestamptz FROM limited
+             UNION ALL
+             SELECT user_id, NULL, NULL, current_period_start, current_period_end FROM subscriptions
+             WHERE user_id = ANY($1) AND {}",
+            period::LIVE_SUBSCRIPTION_PERIOD
+        )
+    });
+    let rows: Vec<Row> =
+        sqlx::query_as(SQL.as_str()).bind(users).bind(crate::billing::LIVE_STATUSES).fetch_all(&mut **tx).await?;
     for (user, limit, warning_percent, start, end) in rows {
         match (limit, warning_percent, start, end) {
             (Some(limit), Some(warning_percent), _, _) => {

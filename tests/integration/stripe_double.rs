@@ -87,17 +87,21 @@ async fn bad_parameters_are_refused_before_anything_is_recorded() {
 #[tokio::test]
 async fn an_idempotency_key_replays_its_first_answer_including_a_500() {
     let (base, double) = start_double().await;
-    let first = post(&base, Some(DEFAULT_SECRET_KEY), &event("idem-1", "3"), Some("key-1")).await;
-    let again = post(&base, Some(DEFAULT_SECRET_KEY), &event("idem-1", "3"), Some("key-1")).await;
+    // A retry sends the same bytes: one body, built once (its timestamp may not move to the next second between the
+    // two sends, which would make them different requests under one key).
+    let body = event("idem-1", "3");
+    let first = post(&base, Some(DEFAULT_SECRET_KEY), &body, Some("key-1")).await;
+    let again = post(&base, Some(DEFAULT_SECRET_KEY), &body, Some("key-1")).await;
     assert_eq!((first.0, again.0), (200, 200), "a network retry gets the saved 200, not the duplicate 400");
     assert_eq!(first.1, again.1);
     let other = post(&base, Some(DEFAULT_SECRET_KEY), &event("idem-2", "3"), Some("key-1")).await;
     assert_eq!((other.0, other.1["error"]["type"].as_str()), (400, Some("idempotency_error")));
 
     double.set_faults(Faults { server_error: 1, ..Faults::default() });
-    assert_eq!(post(&base, Some(DEFAULT_SECRET_KEY), &event("idem-3", "4"), Some("key-2")).await.0, 500);
-    assert_eq!(post(&base, Some(DEFAULT_SECRET_KEY), &event("idem-3", "4"), Some("key-2")).await.0, 500, "saved");
-    assert_eq!(post(&base, Some(DEFAULT_SECRET_KEY), &event("idem-3", "4"), Some("key-3")).await.0, 200);
+    let body = event("idem-3", "4");
+    assert_eq!(post(&base, Some(DEFAULT_SECRET_KEY), &body, Some("key-2")).await.0, 500);
+    assert_eq!(post(&base, Some(DEFAULT_SECRET_KEY), &body, Some("key-2")).await.0, 500, "saved");
+    assert_eq!(post(&base, Some(DEFAULT_SECRET_KEY), &body, Some("key-3")).await.0, 200);
     assert_eq!(double.total("cus_wire", "ai_token_consumed"), 7);
 }
 

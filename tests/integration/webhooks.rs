@@ -371,6 +371,9 @@ async fn the_meter_follows_the_subscription_period_and_its_rollover(pool: PgPool
     // The current period is not the subscription's first one yet: the calendar month still applies today.
     let summary = app.post_form("/api/usage/summary", &[], Some(&cookie)).await.json();
     assert_ne!(summary["periodStart"].as_str().unwrap(), second_start.to_rfc3339());
+    let calendar = app.state.clock.containing(Utc::now()).await.unwrap();
+    let start: DateTime<Utc> = summary["periodStart"].as_str().unwrap().parse().unwrap();
+    assert_eq!((start, summary["periodLastDay"].as_str().unwrap()), (calendar.start, calendar.last_day.as_str()));
 
     // Renewal: the new period is counted from the events already recorded in it…
     deliver(&app, &period_event("evt_p2", 1_900_000_100, (second_start, now + day * 20))).await;
@@ -378,6 +381,11 @@ async fn the_meter_follows_the_subscription_period_and_its_rollover(pool: PgPool
     let start: DateTime<Utc> = summary["periodStart"].as_str().unwrap().parse().unwrap();
     assert_eq!(start.timestamp(), second_start.timestamp());
     assert_eq!(summary["used"], 20);
+    // The meter's one-statement read names the same period, days included, as the period lookup on its own.
+    let expected = tally::usage::period::for_user(&app.pool, &app.state.clock, user, Utc::now()).await.unwrap();
+    assert_eq!(summary["periodFirstDay"], expected.first_day.as_str());
+    assert_eq!(summary["periodLastDay"], expected.last_day.as_str());
+    assert_eq!(summary["periodEnd"].as_str().unwrap().parse::<DateTime<Utc>>().unwrap(), expected.end);
 
     // …and new usage goes to it.
     let key = app.api_key("ada@example.com").await;
