@@ -23,40 +23,9 @@ use super::period::{self, BillingPeriod, PeriodClock, Span};
 use super::UsageSummary;
 use crate::error::AppError;
 
-/// `user_id`'s usage of `event_type` in `period` with their limit, or `None` when the user does not exist.
-pub async fn summary(
-    pool: &PgPool,
-    user_id: Uuid,
-    event_type: &str,
-    period: &BillingPeriod,
-) -> Result<Option<UsageSummary>, AppError> {
-    let row: Option<(Option<i64>, i64)> = sqlx::query_as(
-        "SELECT u.usage_limit,
-                COALESCE((SELECT sum(t.quantity)
-                          FROM usage_period_totals t
-                          WHERE t.user_id = u.id AND t.event_type = $2 AND t.period_start = $3), 0)::bigint
-         FROM users u
-         WHERE u.id = $1",
-    )
-    .bind(user_id)
-    .bind(event_type)
-    .bind(period.start)
-    .fetch_optional(pool)
-    .await?;
-    Ok(row.map(|(limit, used)| UsageSummary {
-        event_type: event_type.to_owned(),
-        used,
-        limit,
-        period_start: period.start,
-        period_end: period.end,
-        period_first_day: period.first_day.clone(),
-        period_last_day: period.last_day.clone(),
-        timezone: period.timezone.clone(),
-    }))
-}
-
-/// [`summary`] of the billing period containing `at` — the live subscription's, else `clock`'s calendar month — in
-/// one statement. The meter's read: the live stream runs it after every change, the AI route before every call.
+/// `user_id`'s usage of `event_type` with their limit, in the billing period containing `at` — the live
+/// subscription's, else `clock`'s calendar month — or `None` when the user does not exist. One statement: the meter's
+/// read, which the live stream runs after every change and the AI route before every call.
 pub async fn summary_at(
     pool: &PgPool,
     clock: &PeriodClock,

@@ -26,7 +26,10 @@ async fn stored_events(app: &TestApp) -> i64 {
 
 async fn period_total(app: &TestApp, user: Uuid) -> (i64, i64) {
     let period = period::containing(&app.pool, chrono::Utc::now(), "Asia/Tokyo").await.unwrap();
-    let counters = totals::summary(&app.pool, user, AI_TOKENS_EVENT, &period).await.unwrap().unwrap().used;
+    let summary = totals::summary_at(&app.pool, &app.state.clock, user, AI_TOKENS_EVENT, chrono::Utc::now()).await;
+    let summary = summary.unwrap().unwrap();
+    assert_eq!(summary.period_start, period.start, "the counters read are the recounted period's");
+    let counters = summary.used;
     let recount = totals::recount(&app.pool, user, AI_TOKENS_EVENT, &period).await.unwrap();
     (counters, recount)
 }

@@ -51,12 +51,17 @@ async fn totals_count_only_this_users_events_of_this_type_inside_the_period(pool
     app.insert_usage(ada, "image_generated", 50, "2026-11-20T09:30:00Z").await; // other type: out
     app.insert_usage(bob, AI_TOKENS_EVENT, 5_000, "2026-11-20T09:30:00Z").await; // other user: out
 
-    let summary = totals::summary(&app.pool, ada, AI_TOKENS_EVENT, &november).await.unwrap().unwrap();
+    let in_november = at("2026-11-15T00:00:00Z");
+    let summary =
+        totals::summary_at(&app.pool, &app.state.clock, ada, AI_TOKENS_EVENT, in_november).await.unwrap().unwrap();
+    assert_eq!((summary.period_start, summary.period_end), (november.start, november.end));
     assert_eq!(summary.used, 1_234);
     assert_eq!(summary.limit, Some(DEFAULT_LIMIT));
     assert_eq!(summary.period_first_day, "2026-11-01");
 
-    let nobody = totals::summary(&app.pool, uuid::Uuid::new_v4(), AI_TOKENS_EVENT, &november).await.unwrap();
+    let nobody = totals::summary_at(&app.pool, &app.state.clock, uuid::Uuid::new_v4(), AI_TOKENS_EVENT, in_november)
+        .await
+        .unwrap();
     assert_eq!(nobody, None);
 }
 
@@ -69,8 +74,8 @@ async fn totals_are_bigint_sums_beyond_32_bits(pool: PgPool) {
     for _ in 0..3 {
         app.insert_usage(heavy, AI_TOKENS_EVENT, 3_000_000_000, &now).await;
     }
-    let current = period::containing(&app.pool, Utc::now(), "Asia/Tokyo").await.unwrap();
-    let summary = totals::summary(&app.pool, heavy, AI_TOKENS_EVENT, &current).await.unwrap().unwrap();
+    let summary =
+        totals::summary_at(&app.pool, &app.state.clock, heavy, AI_TOKENS_EVENT, Utc::now()).await.unwrap().unwrap();
     assert_eq!(summary.used, 9_000_000_000);
 }
 
