@@ -54,8 +54,9 @@ pub async fn read(pool: &PgPool) -> Result<SyncStatus, AppError> {
 ///
 /// One statement, and its cost follows the *undelivered* events, not the period's: delivered = the period's event
 /// count from `usage_period_totals` (written with every event) minus the undelivered rows, counted from a partial
-/// index on (user, time the event occurred) without touching the events. `[from, until)` must be one of the user's billing periods or made of whole ones (counters are kept per
-/// period): the dashboard passes the current period, `tally user show` all time.
+/// index on (user, time the event occurred) without touching the events. `[from, until)` must be one of the user's
+/// billing periods or made of whole ones (counters are kept per period): the dashboard passes the current period,
+/// `tally user show` all time.
 pub async fn for_user(
     pool: &PgPool,
     user_id: uuid::Uuid,

@@ -6,11 +6,11 @@
 //! transaction committed: an acknowledged event is always durable, and a failed commit is never acknowledged.
 //!
 //! One transaction writes, for all its events at once: the `usage_events` rows, their `meter_event_outbox` rows,
-//! the `usage_period_totals` increments (see `totals.rs`) and the quarter-hour buckets the history reads. Hard limits are checked inside the transaction,
-//! under a row lock on each limited user, so two writers can never both let through events that together pass a
-//! limit. Each event is counted in the billing period containing it (the user's subscription period, else the
-//! calendar month), chosen under the users' shared period lock so that a period change (`period.rs`) never races a
-//! writer.
+//! the `usage_period_totals` increments (see `totals.rs`) and the quarter-hour buckets the history reads. Hard
+//! limits are checked inside the transaction, under a row lock on each limited user, so two writers can never both
+//! let through events that together pass a limit. Each event is counted in the billing period containing it (the
+//! user's subscription period, else the calendar month), chosen under the users' shared period lock so that a period
+//! change (`period.rs`) never races a writer.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, LazyLock};
