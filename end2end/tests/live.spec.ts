@@ -1,6 +1,6 @@
 import { createHmac } from "node:crypto";
-import { createServer, type IncomingHttpHeaders } from "node:http";
-import type { AddressInfo } from "node:net";
+import { createServer, request as httpRequest, type IncomingHttpHeaders } from "node:http";
+import type { AddressInfo, Socket } from "node:net";
 import { expect, test } from "@playwright/test";
 import { PASSWORD, logIn, recordUsage, tally, uniqueEmail, waitForHydration } from "./support";
 
@@ -47,6 +47,84 @@ test("two pages of one user follow usage recorded through the API, without reloa
   await expect(first.getByTestId("alert-notice")).toHaveCount(3);
   await expect(second.getByTestId("alert-notice")).toHaveCount(3);
   await context.close();
+});
+
+/**
+ * A proxy in front of the app that can be cut off: it then drops every open connection (the live stream's too)
+ * and answers 503 to new requests, as a load balancer does while the app restarts.
+ */
+async function cuttableProxy(upstream: string) {
+  const target = new URL(upstream);
+  let cut = false;
+  const sockets = new Set<Socket>();
+  const server = createServer((req, res) => {
+    if (cut) {
+      res.writeHead(503, { "content-type": "application/json" }).end('{"error":"restarting","code":"unavailable"}');
+      return;
+    }
+    const forwarded = httpRequest(
+      { host: target.hostname, port: target.port, path: req.url, method: req.method, headers: { ...req.headers, host: target.host } },
+      (answer) => {
+        res.writeHead(answer.statusCode ?? 502, answer.headers);
+        answer.pipe(res);
+      },
+    );
+    forwarded.on("error", () => res.destroy());
+    req.pipe(forwarded);
+  });
+  server.on("connection", (socket) => {
+    sockets.add(socket);
+    socket.on("close", () => sockets.delete(socket));
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    cut: () => {
+      cut = true;
+      for (const socket of sockets) socket.destroy();
+    },
+    restore: () => (cut = false),
+    close: () => {
+      for (const socket of sockets) socket.destroy();
+      server.close();
+    },
+  };
+}
+
+test("the live meter says when its stream is cut, reconnects by itself and shows what it missed", async ({ page, request, baseURL }) => {
+  const proxy = await cuttableProxy(baseURL!);
+  try {
+    const email = uniqueEmail("reconnect");
+    tally("user", "create", "--email", email, "--password", PASSWORD, "--limit", "1000");
+    await logIn(page, email);
+    await expect(page.getByTestId("usage-used")).toHaveText("0");
+    // The session cookie belongs to 127.0.0.1 whatever the port: the same dashboard, through the proxy.
+    await page.goto(`${proxy.url}/`);
+    await waitForHydration(page);
+    await expect(page.getByTestId("live-status")).toHaveAttribute("data-state", "live");
+    await page.evaluate(() => ((window as unknown as { marker: number }).marker = 7));
+
+    // Cut: the stream drops and its reconnects get 503s, on which a browser's EventSource gives up for good.
+    proxy.cut();
+    await expect(page.getByTestId("live-status")).toHaveAttribute("data-state", "interrupted");
+    await expect(page.getByTestId("live-status")).toContainText("reconnecting");
+    await recordUsage(request, email, 321);
+    await page.waitForTimeout(2_500);
+    await expect(page.getByTestId("usage-used")).toHaveText("0");
+
+    // Back: the page re-opens the stream by itself and shows the usage recorded while it was cut off.
+    proxy.restore();
+    await expect(page.getByTestId("usage-used")).toHaveText("321", { timeout: 10_000 });
+    await expect(page.getByTestId("live-status")).toHaveAttribute("data-state", "live");
+    await expect(page.getByTestId("live-status")).toBeEmpty();
+    expect(await page.evaluate(() => (window as unknown as { marker: number }).marker)).toBe(7);
+
+    // And it follows new usage again.
+    await recordUsage(request, email, 9);
+    await expect(page.getByTestId("usage-used")).toHaveText("330");
+  } finally {
+    proxy.close();
+  }
 });
 
 /** A local receiver of alert webhooks. */

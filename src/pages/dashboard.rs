@@ -68,8 +68,9 @@ fn Dashboard(user: Resource<Result<Option<CurrentUser>, AppError>>) -> impl Into
         ev.prevent_default();
         i18n.set_locale(if i18n.get_locale() == Locale::en { Locale::ja } else { Locale::en });
     };
+    let live_state = RwSignal::new(LiveState::Connecting);
     #[cfg(feature = "hydrate")]
-    live_updates(live);
+    live_updates(live, live_state);
     view! {
         <header class="topbar">
             <span class="topbar__brand">"Tally"</span>
@@ -110,6 +111,7 @@ fn Dashboard(user: Resource<Result<Option<CurrentUser>, AppError>>) -> impl Into
                 {move || if refreshing.get() { t_string!(i18n, refreshing) } else { t_string!(i18n, refresh) }}
             </button>
             {move || refresh.value().get().and_then(Result::err).map(usage_error)}
+            {live_status(live_state)}
         </section>
         <UsageAlerts live />
         <UsageHistoryCard live />
@@ -153,24 +155,131 @@ fn UsageCard(summary: UsageSummary, live: RwSignal<Option<UsageSummary>>) -> imp
     }
 }
 
-/// Opens the live usage stream (server-sent events) and writes each summary into `live`. `EventSource`
-/// reconnects by itself after a network error; the stream starts with the current total, so nothing is missed.
+/// Whether the live stream is feeding the meter, as the page shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LiveState {
+    /// Before the stream's first answer (and always without JavaScript): nothing to say yet.
+    Connecting,
+    /// The stream is open: the numbers on the page are current.
+    Live,
+    /// The stream failed and is being re-opened: the numbers may be behind until it is back.
+    Interrupted,
+}
+
+impl LiveState {
+    fn as_str(self) -> &'static str {
+        match self {
+            LiveState::Connecting => "connecting",
+            LiveState::Live => "live",
+            LiveState::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// Says so while live updates are interrupted: a meter that silently stopped moving would show a number that may
+/// no longer be true.
+fn live_status(state: RwSignal<LiveState>) -> impl IntoView {
+    let i18n = use_i18n();
+    view! {
+        <p class="live-status" role="status" data-testid="live-status" data-state=move || state.get().as_str()>
+            {move || (state.get() == LiveState::Interrupted).then(|| t_string!(i18n, live_interrupted))}
+        </p>
+    }
+}
+
+/// Opens the live usage stream (server-sent events) and writes each summary into `live`, and whether it is
+/// connected into `state`. The stream starts with the current total, so a reconnect misses nothing.
+///
+/// `EventSource` retries by itself after a network error, but gives up for good when an answer is not a 200
+/// event stream (a 503 while the database is down, a proxy's 502): then the stream is opened again here, after
+/// 1 s, doubling up to 30 s.
 #[cfg(feature = "hydrate")]
-fn live_updates(live: RwSignal<Option<UsageSummary>>) {
+fn live_updates(live: RwSignal<Option<UsageSummary>>, state: RwSignal<LiveState>) {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use std::time::Duration;
+
     use wasm_bindgen::closure::Closure;
     use wasm_bindgen::JsCast;
+    use web_sys::EventSource;
 
-    let Ok(source) = web_sys::EventSource::new(crate::usage::LIVE_PATH) else { return };
-    let on_usage = Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |event: web_sys::MessageEvent| {
-        if let Some(summary) = event.data().as_string().and_then(|text| serde_json::from_str(&text).ok()) {
-            live.set(Some(summary));
+    const FIRST_RETRY: Duration = Duration::from_secs(1);
+    const LAST_RETRY: Duration = Duration::from_secs(30);
+
+    type Listener = Closure<dyn FnMut(web_sys::Event)>;
+    /// The open source with its listeners (kept alive as long as it is), the next re-open delay, and whether the
+    /// page is gone.
+    struct Stream {
+        source: Option<(EventSource, [Listener; 3])>,
+        retry: Duration,
+        ended: bool,
+    }
+    type Shared = Rc<RefCell<Stream>>;
+
+    fn open(stream: Shared, live: RwSignal<Option<UsageSummary>>, state: RwSignal<LiveState>) {
+        if stream.borrow().ended {
+            return;
         }
-    });
-    let _ = source.add_event_listener_with_callback("usage", on_usage.as_ref().unchecked_ref());
-    let held = StoredValue::new_local(Some((source, on_usage)));
+        let Ok(source) = EventSource::new(crate::usage::LIVE_PATH) else {
+            reopen_later(stream, live, state);
+            return;
+        };
+        let on_usage = {
+            let stream = stream.clone();
+            Listener::new(move |event: web_sys::Event| {
+                let data = event.dyn_ref::<web_sys::MessageEvent>().and_then(|message| message.data().as_string());
+                if let Some(summary) = data.and_then(|text| serde_json::from_str(&text).ok()) {
+                    live.set(Some(summary));
+                    state.set(LiveState::Live);
+                    stream.borrow_mut().retry = FIRST_RETRY;
+                }
+            })
+        };
+        let on_open = Listener::new(move |_| state.set(LiveState::Live));
+        let on_error = {
+            let stream = stream.clone();
+            Listener::new(move |_| {
+                state.set(LiveState::Interrupted);
+                let closed = stream
+                    .borrow()
+                    .source
+                    .as_ref()
+                    .is_some_and(|(source, _)| source.ready_state() == EventSource::CLOSED);
+                if closed {
+                    // The browser gave up on this source: drop it (and its listeners) from a fresh task, not
+                    // from inside its own listener.
+                    let stream = stream.clone();
+                    set_timeout(move || reopen_later(stream, live, state), Duration::ZERO);
+                }
+            })
+        };
+        for (name, listener) in [("usage", &on_usage), ("open", &on_open), ("error", &on_error)] {
+            let _ = source.add_event_listener_with_callback(name, listener.as_ref().unchecked_ref());
+        }
+        stream.borrow_mut().source = Some((source, [on_usage, on_open, on_error]));
+    }
+
+    fn reopen_later(stream: Shared, live: RwSignal<Option<UsageSummary>>, state: RwSignal<LiveState>) {
+        let delay = {
+            let mut stream = stream.borrow_mut();
+            if let Some((source, _listeners)) = stream.source.take() {
+                source.close();
+            }
+            let delay = stream.retry;
+            stream.retry = (delay * 2).min(LAST_RETRY);
+            delay
+        };
+        set_timeout(move || open(stream, live, state), delay);
+    }
+
+    let stream = Rc::new(RefCell::new(Stream { source: None, retry: FIRST_RETRY, ended: false }));
+    open(stream.clone(), live, state);
+    let held = StoredValue::new_local(stream);
     on_cleanup(move || {
-        let _ = held.try_update_value(|held| {
-            if let Some((source, _listener)) = held.take() {
+        let _ = held.try_with_value(|stream| {
+            let mut stream = stream.borrow_mut();
+            stream.ended = true;
+            if let Some((source, _listeners)) = stream.source.take() {
                 source.close();
             }
         });

@@ -76,6 +76,55 @@ async fn the_live_stream_sends_the_total_then_every_change_within_a_second(pool:
     assert_eq!(next_used(&mut theirs.unwrap(), Duration::from_secs(2)).await, Some(999));
 }
 
+/// The process id of this database's `LISTEN` connection other than `except`, once there is one.
+async fn listener_pid(pool: &PgPool, except: Option<i32>) -> i32 {
+    for _ in 0..100 {
+        let pid: Option<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity
+             WHERE datname = current_database() AND query ILIKE 'LISTEN%' AND pid IS DISTINCT FROM $1",
+        )
+        .bind(except)
+        .fetch_optional(pool)
+        .await
+        .unwrap();
+        if let Some(pid) = pid {
+            return pid;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no LISTEN connection appeared");
+}
+
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn open_streams_survive_the_loss_of_the_listen_connection_and_miss_nothing(pool: PgPool) {
+    let app = app(pool.clone());
+    let cookie = app.signup("reconnect@example.com").await;
+    let user = app.user_id("reconnect@example.com").await;
+    let (_, stream) = open_stream(&app, Some(&cookie)).await;
+    let mut stream = stream.unwrap();
+    assert_eq!(next_used(&mut stream, Duration::from_secs(2)).await, Some(0));
+
+    // PostgreSQL drops the instance's LISTEN connection (a restart, a failover, an idle timeout); usage is recorded
+    // before the instance could have listened again, so its NOTIFY reaches nobody.
+    let killed = listener_pid(&pool, None).await;
+    let terminated: bool =
+        sqlx::query_scalar("SELECT pg_terminate_backend($1)").bind(killed).fetch_one(&pool).await.unwrap();
+    assert!(terminated);
+    app.insert_usage(user, AI_TOKENS_EVENT, 7, &now()).await;
+    assert_eq!(
+        next_used(&mut stream, Duration::from_secs(3)).await,
+        Some(7),
+        "the stream re-reads once the instance listens again"
+    );
+
+    // And it listens again: the next change arrives as promptly as ever.
+    listener_pid(&pool, Some(killed)).await;
+    let started = std::time::Instant::now();
+    app.insert_usage(user, AI_TOKENS_EVENT, 5, &now()).await;
+    assert_eq!(next_used(&mut stream, Duration::from_secs(1)).await, Some(12));
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
+
 #[sqlx::test(migrator = "tally::db::MIGRATOR")]
 async fn the_stream_history_and_export_need_a_session(pool: PgPool) {
     let app = app(pool);
