@@ -81,8 +81,8 @@ pub struct DeliveryConfig {
     /// Run the delivery worker inside `tally serve` (it also runs alone as `tally worker`).
     #[arg(long = "stripe-worker", env = "STRIPE_WORKER", default_value_t = true, action = clap::ArgAction::Set)]
     pub run_in_server: bool,
-    /// Meter event calls per second, per worker process. Unset: 1,000 with a live key, 25 with a test key
-    /// (Stripe's documented limits); divide by the number of worker processes.
+    /// Meter event calls per second, shared by every worker on the database (Stripe's limit is per account).
+    /// Unset: 1,000 with a live key, 25 with a test key (Stripe's documented limits).
     #[arg(long, env = "STRIPE_CALLS_PER_SECOND", value_parser = clap::value_parser!(u32).range(1..))]
     pub calls_per_second: Option<u32>,
     /// Meter event calls in flight at once, per worker process (never more than one per customer and meter).

@@ -10,7 +10,8 @@
 //!    next one. The batch is committed, with its members and its `identifier`, before it is ever sent.
 //! 2. **Claims** due deliveries under a lease: at most one per customer and meter across all workers (Stripe
 //!    allows one concurrent call per customer and meter), oldest first.
-//! 3. **Sends** each with its `identifier` (a single event's own id, else the batch id) at the global rate limit.
+//! 3. **Sends** each with its `identifier` (a single event's own id, else the batch id), within a rate shared by
+//!    all workers on the database (`stripe_call_budget`: Stripe's limit is per account, not per process).
 //!    A 200, or Stripe's 400 "An event already exists with identifier …", marks it delivered; 429, 5xx, 409,
 //!    timeouts and lost answers retry later with exponential backoff and jitter; other 4xx mark it failed with
 //!    Stripe's message (shown by `tally stripe status` and on the dashboard; `tally stripe retry` re-queues).
@@ -26,7 +27,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -46,7 +46,7 @@ const CUSTOMERS_PER_STEP: i64 = 2_000;
 /// After Stripe failed to create a customer, how long the worker waits before trying again.
 const CUSTOMER_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// Serialises claims across workers so that "no call in flight for this customer and meter" is read and acted
-/// on atomically (the claim is one short statement).
+/// on atomically (the claim is one short statement), and so that the shared call budget is read and spent at once.
 const CLAIM_LOCK: i64 = 0x7461_6c6c_7964_6c76;
 
 /// What one or more steps did.
@@ -64,6 +64,8 @@ pub struct Progress {
     /// Outbox rows and deliveries marked expired.
     pub expired: u64,
     pub customers_created: u64,
+    /// Set when the shared call budget was spent: how long until the next call may be made.
+    pub budget_wait: Option<Duration>,
 }
 
 impl Progress {
@@ -80,17 +82,18 @@ impl Progress {
         self.failed += other.failed;
         self.expired += other.expired;
         self.customers_created += other.customers_created;
+        self.budget_wait = other.budget_wait;
     }
 }
 
-/// Reports usage from the outbox to Stripe. Cheap to clone; clones share the rate limiter.
+/// Reports usage from the outbox to Stripe. Cheap to clone.
 #[derive(Clone)]
 pub struct DeliveryWorker {
     pool: PgPool,
     stripe: StripeClient,
     settings: DeliveryConfig,
     timezone: String,
-    limiter: Arc<DefaultDirectRateLimiter>,
+    budget: CallBudget,
     /// Set after a customer could not be created: no sweep before then.
     customer_sweep_paused_until: Arc<Mutex<Option<Instant>>>,
 }
@@ -131,17 +134,13 @@ impl DeliveryWorker {
             .unwrap_or_default();
         let stripe = StripeClient::new(http, stripe_api_base, secret_key);
         let rate = settings.calls_per_second.unwrap_or(if stripe.is_live() { 1_000 } else { 25 });
-        // Bursts of a twentieth of a second's worth: Stripe counts per second, a full second's burst at the end
-        // of one second plus the steady rate in the next would run into 429s.
-        let rate = NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(rate.get() / 20).unwrap_or(NonZeroU32::MIN);
-        let limiter = RateLimiter::direct(Quota::per_second(rate).allow_burst(burst));
+        let budget = CallBudget::new(NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN));
         DeliveryWorker {
             pool,
             stripe,
             settings,
             timezone: timezone.to_owned(),
-            limiter: Arc::new(limiter),
+            budget,
             customer_sweep_paused_until: Arc::new(Mutex::new(None)),
         }
     }
@@ -164,13 +163,18 @@ impl DeliveryWorker {
             max_in_flight = self.settings.max_in_flight,
             "meter event delivery worker started"
         );
+        let poll = Duration::from_millis(self.settings.poll_ms);
         loop {
-            match self.step().await {
+            let pause = match self.step().await {
                 Ok(progress) if progress.did_work() => continue,
-                Ok(_) => {}
-                Err(err) => tracing::warn!(error = %err, "meter event delivery step failed; retrying"),
-            }
-            tokio::time::sleep(Duration::from_millis(self.settings.poll_ms)).await;
+                // Work is waiting for the shared budget: come back when it has a call again.
+                Ok(progress) => progress.budget_wait.map_or(poll, |wait| wait.min(poll)),
+                Err(err) => {
+                    tracing::warn!(error = %err, "meter event delivery step failed; retrying");
+                    poll
+                }
+            };
+            tokio::time::sleep(pause).await;
         }
     }
 
@@ -214,7 +218,8 @@ impl DeliveryWorker {
         progress.batched = batched;
         progress.deliveries = deliveries;
 
-        let claimed = self.claim().await?;
+        let (claimed, budget_wait) = self.claim().await?;
+        progress.budget_wait = budget_wait;
         let outcomes = futures::future::join_all(claimed.into_iter().map(|d| self.deliver(d))).await;
         for outcome in outcomes {
             progress.calls += 1;
@@ -335,37 +340,52 @@ impl DeliveryWorker {
     }
 
     /// Leases up to `max_in_flight` due deliveries, one per customer and meter, none whose customer and meter
-    /// already has a call in flight anywhere.
-    async fn claim(&self) -> Result<Vec<Claimed>, AppError> {
+    /// already has a call in flight anywhere, and no more than the shared call budget holds (each is a call).
+    /// With the budget spent, claims nothing and says how long until it holds a call again.
+    async fn claim(&self) -> Result<(Vec<Claimed>, Option<Duration>), AppError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(CLAIM_LOCK).execute(&mut *tx).await?;
+        let milli_calls = self.budget.refill(&mut tx).await?;
+        let affordable = milli_calls / 1_000;
+        if affordable < 1 {
+            tx.commit().await?;
+            return Ok((Vec::new(), Some(self.budget.wait_for_one(milli_calls))));
+        }
         let claimed: Vec<Claimed> = sqlx::query_as(
-            "UPDATE meter_deliveries d
-             SET leased_until = now() + $2 * interval '1 millisecond', lease_token = gen_random_uuid(),
-                 attempts = d.attempts + 1, updated_at = now()
-             WHERE d.id IN (
-                 SELECT id FROM (
-                     SELECT DISTINCT ON (c.stripe_customer_id, c.event_name) c.id, c.next_attempt_at
-                     FROM meter_deliveries c
-                     WHERE c.status = 'pending' AND c.next_attempt_at <= now()
-                       AND (c.leased_until IS NULL OR c.leased_until <= now())
-                       AND NOT EXISTS (
-                           SELECT 1 FROM meter_deliveries f
-                           WHERE f.status = 'pending' AND f.stripe_customer_id = c.stripe_customer_id
-                             AND f.event_name = c.event_name AND f.leased_until > now())
-                     ORDER BY c.stripe_customer_id, c.event_name, c.next_attempt_at, c.created_at
-                 ) AS one_per_customer
-                 ORDER BY next_attempt_at
-                 LIMIT $1)
-             RETURNING d.id, d.identifier, d.stripe_customer_id, d.event_name, d.quantity, d.event_timestamp,
-                       d.attempts, d.lease_token",
+            "WITH claimed AS (
+                 UPDATE meter_deliveries d
+                 SET leased_until = now() + $2 * interval '1 millisecond', lease_token = gen_random_uuid(),
+                     attempts = d.attempts + 1, updated_at = now()
+                 WHERE d.id IN (
+                     SELECT id FROM (
+                         SELECT DISTINCT ON (c.stripe_customer_id, c.event_name) c.id, c.next_attempt_at
+                         FROM meter_deliveries c
+                         WHERE c.status = 'pending' AND c.next_attempt_at <= now()
+                           AND (c.leased_until IS NULL OR c.leased_until <= now())
+                           AND NOT EXISTS (
+                               SELECT 1 FROM meter_deliveries f
+                               WHERE f.status = 'pending' AND f.stripe_customer_id = c.stripe_customer_id
+                                 AND f.event_name = c.event_name AND f.leased_until > now())
+                         ORDER BY c.stripe_customer_id, c.event_name, c.next_attempt_at, c.created_at
+                     ) AS one_per_customer
+                     ORDER BY next_attempt_at
+                     LIMIT $1)
+                 RETURNING d.id, d.identifier, d.stripe_customer_id, d.event_name, d.quantity, d.event_timestamp,
+                           d.attempts, d.lease_token
+             ),
+             spent AS (
+                 UPDATE stripe_call_budget SET milli_calls = milli_calls - 1000 * (SELECT count(*) FROM claimed)
+                 WHERE name = $3
+             )
+             SELECT * FROM claimed",
         )
-        .bind(i64::from(self.settings.max_in_flight))
+        .bind(i64::from(self.settings.max_in_flight).min(affordable))
         .bind(self.settings.lease_ms as f64)
+        .bind(CallBudget::NAME)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(claimed)
+        Ok((claimed, None))
     }
 
     /// Sends one claimed delivery and records how it ended.
@@ -374,7 +394,6 @@ impl DeliveryWorker {
             self.settle(&delivery, "expired", Some("older than the 35 days Stripe accepts meter events for")).await?;
             return Ok(Outcome::Expired);
         }
-        self.limiter.until_ready().await;
         let event = MeterEvent {
             event_name: &delivery.event_name,
             customer: &delivery.stripe_customer_id,
@@ -462,6 +481,52 @@ impl DeliveryWorker {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+}
+
+/// Stripe's meter event rate limit, shared by every worker on the database: a token bucket in
+/// `stripe_call_budget`, refilled at `rate` calls per second and holding at most a twentieth of a second's worth.
+/// (Stripe counts per second: a full second's burst at the end of one second plus the steady rate in the next
+/// would run into 429s.)
+#[derive(Debug, Clone, Copy)]
+struct CallBudget {
+    rate: NonZeroU32,
+    /// Most calls the bucket holds, in thousandths.
+    capacity_milli: i64,
+}
+
+impl CallBudget {
+    /// The bucket's row: Stripe's limit for meter events.
+    const NAME: &'static str = "meter_events";
+
+    fn new(rate: NonZeroU32) -> CallBudget {
+        let burst = (rate.get() / 20).max(1);
+        CallBudget { rate, capacity_milli: i64::from(burst) * 1_000 }
+    }
+
+    /// Refills the bucket by the time since its last refill (a new bucket starts full); returns what it holds,
+    /// in thousandths of a call. Must run under the claim lock, whose holder then spends from it.
+    async fn refill(&self, tx: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> Result<i64, sqlx::Error> {
+        // clock_timestamp, not now(): now() is when the transaction began, before it waited for the claim lock.
+        sqlx::query_scalar(
+            "INSERT INTO stripe_call_budget AS b (name, milli_calls, refilled_at) VALUES ($1, $2, clock_timestamp())
+             ON CONFLICT (name) DO UPDATE SET
+                 milli_calls = LEAST($2, b.milli_calls + floor(
+                     GREATEST(0, extract(epoch FROM clock_timestamp() - b.refilled_at)) * $3 * 1000)::bigint),
+                 refilled_at = clock_timestamp()
+             RETURNING milli_calls",
+        )
+        .bind(Self::NAME)
+        .bind(self.capacity_milli)
+        .bind(f64::from(self.rate.get()))
+        .fetch_one(&mut **tx)
+        .await
+    }
+
+    /// How long until a bucket holding `milli_calls` holds one whole call.
+    fn wait_for_one(&self, milli_calls: i64) -> Duration {
+        let missing = u64::try_from(1_000 - milli_calls).unwrap_or(1_000).max(1);
+        Duration::from_micros(missing * 1_000 / u64::from(self.rate.get()))
     }
 }
 

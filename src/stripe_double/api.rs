@@ -533,6 +533,7 @@ async fn meter_event(
     let (fault, delay, answer_delay, _in_flight) = {
         let mut inner = double.lock();
         inner.state.meter_event_calls += 1;
+        inner.count_call_in_second(now());
         if let Some(answer) = replay(&inner, idempotency_key, &fingerprint) {
             return respond(answer);
         }

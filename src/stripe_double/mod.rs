@@ -71,6 +71,8 @@ pub struct DoubleState {
     pub injected_faults: u64,
     /// Times a meter event call started while another one for the same customer and meter was in flight.
     pub concurrent_calls_per_customer: u64,
+    /// The most meter event calls received within one second (of the clock), whatever their answer.
+    pub busiest_second_meter_event_calls: u32,
     /// Sum of accepted values per customer and event name.
     pub totals: BTreeMap<String, BTreeMap<String, i64>>,
     pub customers: u64,
@@ -123,6 +125,8 @@ struct Inner {
     v2_events: HashMap<String, Value>,
     /// (unix second, calls in it) for `calls_per_second`.
     rate_window: (i64, u32),
+    /// (unix second, meter event calls in it) for `busiest_second_meter_event_calls`.
+    call_second: (i64, u32),
     state: DoubleState,
     next_id: u64,
     /// Random per double, so ids never repeat across restarts (a database may outlive a double).
@@ -130,6 +134,15 @@ struct Inner {
 }
 
 impl Inner {
+    fn count_call_in_second(&mut self, second: i64) {
+        if self.call_second.0 != second {
+            self.call_second = (second, 0);
+        }
+        self.call_second.1 += 1;
+        self.state.busiest_second_meter_event_calls =
+            self.state.busiest_second_meter_event_calls.max(self.call_second.1);
+    }
+
     fn new_id(&mut self, prefix: &str) -> String {
         self.next_id += 1;
         format!("{prefix}_{}{:08}", self.run_id, self.next_id)

@@ -423,6 +423,37 @@ async fn three_workers_on_one_database_never_send_a_row_twice(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn workers_share_one_call_rate_as_stripe_counts_it_per_account(pool: PgPool) {
+    let (base, double) = start_double().await;
+    let app = app(pool.clone());
+    let (user, customer) = customer(&app, "rate@example.com").await;
+    for q in 1..=70 {
+        record(&app, user, q).await;
+    }
+    // Two processes, each told the account's rate: together they must stay within it, not at twice it.
+    let settings = DeliveryConfig { batch_max_events: 1, calls_per_second: Some(20), ..fast_settings() };
+    let runs: Vec<_> = (0..2)
+        .map(|_| {
+            let worker = worker(&pool, &base, settings.clone());
+            tokio::spawn(async move { worker.drain(Duration::from_secs(60)).await })
+        })
+        .collect();
+    for run in runs {
+        run.await.unwrap().unwrap();
+    }
+    let state = double.state();
+    assert_eq!(state.meter_event_calls, 70, "one call per event, none refused");
+    // A bucket of 20 calls/s holding at most one call: at most 21 in a second of the clock, one more for calls
+    // granted just before a second ends that arrive just after.
+    assert!(
+        state.busiest_second_meter_event_calls <= 22,
+        "the workers made {} calls in one second against a shared limit of 20/s",
+        state.busiest_second_meter_event_calls
+    );
+    assert_settled_exactly(&pool, &double, &[customer]).await;
+}
+
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
 async fn without_stripe_usage_stays_pending_and_the_dashboard_says_why(pool: PgPool) {
     let app = app(pool.clone());
     let cookie = app.signup("nostripe@example.com").await;
