@@ -8,59 +8,48 @@ use leptos::server_fn::codec::JsonEncoding;
 use leptos::server_fn::error::{FromServerFnError, ServerFnErrorErr};
 use serde::{Deserialize, Serialize};
 
+use crate::i18n::{td_string, Locale};
+
 /// An error with a short, user-facing message and a fixed HTTP status.
 ///
-/// On the wire (server functions and JSON routes alike) it is `{"error": "<message>", "code": "<code>"}`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+/// On the wire (server functions and JSON routes alike) it is `{"error": "<message>", "code": "<code>"}`, the
+/// message in English; pages show it in the reader's language ([`AppError::localized`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(into = "WireError", try_from = "WireError")]
 pub enum AppError {
     /// The request is well-formed but a value is not acceptable (a bad email, a short password…).
-    #[error("{0}")]
     Invalid(String),
     /// The request could not be read at all (missing or mistyped arguments, malformed body).
-    #[error("{BAD_REQUEST_PREFIX}{0}")]
     BadRequest(String),
     /// No signed-in user (or no valid API key) where one is required.
-    #[error("please sign in")]
     Unauthorized,
     /// A sign-in attempt with an unknown email or a wrong password; deliberately does not say which.
-    #[error("email or password is incorrect")]
     InvalidCredentials,
     /// The request was refused for what it is, not for who sent it (a cross-site POST, for instance).
-    #[error("{0}")]
     Forbidden(String),
     /// The thing asked for does not exist, or is not the caller's (the two are not told apart).
-    #[error("{0}")]
     NotFound(String),
     /// The request body is larger than the server accepts.
-    #[error("the request body is larger than {} KiB", .0 / 1024)]
     TooLarge(usize),
     /// The body is not in the format the endpoint reads (e.g. `text/plain` where JSON is expected).
-    #[error("{0}")]
     UnsupportedMediaType(String),
     /// The request conflicts with what is stored (an email that already has an account).
-    #[error("{0}")]
     Conflict(String),
     /// Some events of a batch are invalid; nothing of the batch was stored.
-    #[error("{} of the events are invalid; nothing was recorded", .0.len())]
     InvalidEvents(Vec<EventProblem>),
     /// Recording would take the user past their hard usage limit for the period; nothing was recorded.
-    #[error("usage limit reached: {remaining} of {limit} remain this period")]
     LimitExceeded { limit: i64, remaining: i64 },
     /// Too many failed sign-in attempts from this address or for this account; try again after the given seconds.
-    #[error("too many failed sign-in attempts; try again in {} minutes", .retry_after_secs.div_ceil(60))]
     TooManyAttempts { retry_after_secs: u64 },
     /// A feature is not configured or a dependency is down; worth retrying later.
-    #[error("{0}")]
     Unavailable(String),
     /// A service Tally depends on (the AI provider) failed or answered nonsense.
-    #[error("{0}")]
     Upstream(String),
+    /// A refusal the pages can show in the reader's language (see [`Problem`]).
+    Refused(Problem),
     /// Something failed on the server; the details are in the server log only.
-    #[error("something went wrong on our side; please try again")]
     Internal,
     /// The server function call itself failed (network, serialization): seen on the client side.
-    #[error("{TRANSPORT_PREFIX}{0}")]
     Transport(String),
 }
 
@@ -80,6 +69,7 @@ impl AppError {
             AppError::Internal => 500,
             AppError::Upstream(_) | AppError::Transport(_) => 502,
             AppError::Unavailable(_) => 503,
+            AppError::Refused(problem) => problem.status_code(),
         }
     }
 
@@ -102,6 +92,136 @@ impl AppError {
             AppError::Unavailable(_) => "unavailable",
             AppError::Internal => "internal",
             AppError::Transport(_) => "transport",
+            AppError::Refused(problem) => problem.code(),
+        }
+    }
+
+    /// The message in `locale`. The variants that carry free text (mostly refusals that only API clients and the
+    /// command line meet) keep it in English.
+    pub fn localized(&self, locale: Locale) -> String {
+        match self {
+            AppError::Unauthorized => td_string!(locale, error_sign_in).to_string(),
+            AppError::InvalidCredentials => td_string!(locale, error_invalid_credentials).to_string(),
+            AppError::TooLarge(bytes) => td_string!(locale, error_too_large, kib = bytes / 1024).to_string(),
+            AppError::InvalidEvents(events) => {
+                td_string!(locale, error_invalid_events, count = events.len()).to_string()
+            }
+            AppError::LimitExceeded { limit, remaining } => {
+                td_string!(locale, error_limit_exceeded, remaining = *remaining, limit = *limit).to_string()
+            }
+            AppError::TooManyAttempts { retry_after_secs } => {
+                td_string!(locale, error_too_many_attempts, minutes = retry_after_secs.div_ceil(60)).to_string()
+            }
+            AppError::Internal => td_string!(locale, error_internal).to_string(),
+            AppError::Transport(detail) => td_string!(locale, error_transport, detail = detail).to_string(),
+            AppError::BadRequest(detail) => td_string!(locale, error_bad_request, detail = detail).to_string(),
+            AppError::Refused(problem) => problem.localized(locale),
+            AppError::Invalid(text)
+            | AppError::Forbidden(text)
+            | AppError::NotFound(text)
+            | AppError::UnsupportedMediaType(text)
+            | AppError::Conflict(text)
+            | AppError::Unavailable(text)
+            | AppError::Upstream(text) => text.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for AppError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.localized(Locale::en))
+    }
+}
+
+impl std::error::Error for AppError {}
+
+/// A refusal of something a person typed on a page (sign-up, the prompt, a key name, an alert URL, a period) or a
+/// state the page reports (Stripe not configured, the database down). It travels with the error, so the page
+/// words it in the reader's language; the error's `message` and `code` stay what API clients always got.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Problem {
+    EmailMissing,
+    EmailTooLong {
+        max: usize,
+    },
+    EmailInvalid {
+        email: String,
+    },
+    PasswordTooShort {
+        min: usize,
+    },
+    PasswordTooLong {
+        max: usize,
+    },
+    AccountExists {
+        email: String,
+    },
+    PromptMissing,
+    PromptTooLong {
+        max: usize,
+    },
+    KeyNameLength,
+    NoSuchKey,
+    UrlInvalid {
+        url: String,
+    },
+    UrlNotWeb,
+    PeriodMalformed {
+        period: String,
+    },
+    PeriodUnknown {
+        period: String,
+    },
+    StripeNotConfigured,
+    /// PostgreSQL is down, restarting, read-only or out of disk. A commit whose answer was lost may have happened:
+    /// the message says how to retry without counting twice.
+    DatabaseUnavailable,
+}
+
+impl Problem {
+    fn status_code(&self) -> u16 {
+        match self {
+            Problem::AccountExists { .. } => 409,
+            Problem::NoSuchKey => 404,
+            Problem::StripeNotConfigured | Problem::DatabaseUnavailable => 503,
+            _ => 422,
+        }
+    }
+
+    /// The same codes the free-text variants answer with, so API clients see no difference.
+    fn code(&self) -> &'static str {
+        match self {
+            Problem::AccountExists { .. } => "conflict",
+            Problem::NoSuchKey => "not_found",
+            Problem::StripeNotConfigured | Problem::DatabaseUnavailable => "unavailable",
+            _ => "invalid",
+        }
+    }
+
+    /// The message in `locale`.
+    pub fn localized(&self, locale: Locale) -> String {
+        match self {
+            Problem::EmailMissing => td_string!(locale, problem_email_missing).to_string(),
+            Problem::EmailTooLong { max } => td_string!(locale, problem_email_too_long, max = *max).to_string(),
+            Problem::EmailInvalid { email } => td_string!(locale, problem_email_invalid, email = email).to_string(),
+            Problem::PasswordTooShort { min } => td_string!(locale, problem_password_too_short, min = *min).to_string(),
+            Problem::PasswordTooLong { max } => td_string!(locale, problem_password_too_long, max = *max).to_string(),
+            Problem::AccountExists { email } => td_string!(locale, problem_account_exists, email = email).to_string(),
+            Problem::PromptMissing => td_string!(locale, problem_prompt_missing).to_string(),
+            Problem::PromptTooLong { max } => td_string!(locale, problem_prompt_too_long, max = *max).to_string(),
+            Problem::KeyNameLength => td_string!(locale, problem_key_name_length).to_string(),
+            Problem::NoSuchKey => td_string!(locale, problem_no_such_key).to_string(),
+            Problem::UrlInvalid { url } => td_string!(locale, problem_url_invalid, url = url).to_string(),
+            Problem::UrlNotWeb => td_string!(locale, problem_url_not_web).to_string(),
+            Problem::PeriodMalformed { period } => {
+                td_string!(locale, problem_period_malformed, period = period).to_string()
+            }
+            Problem::PeriodUnknown { period } => {
+                td_string!(locale, problem_period_unknown, period = period).to_string()
+            }
+            Problem::StripeNotConfigured => td_string!(locale, problem_stripe_not_configured).to_string(),
+            Problem::DatabaseUnavailable => td_string!(locale, problem_database_unavailable).to_string(),
         }
     }
 }
@@ -130,19 +250,27 @@ struct WireError {
     /// Seconds until another attempt is allowed (also sent as `Retry-After`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     retry_after: Option<u64>,
+    /// What was refused, for pages to word in the reader's language.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    problem: Option<Problem>,
 }
 
 /// Largest request body accepted anywhere (server functions included).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-const BAD_REQUEST_PREFIX: &str = "malformed request: ";
-const TRANSPORT_PREFIX: &str = "could not reach Tally: ";
-
 impl From<AppError> for WireError {
     fn from(err: AppError) -> Self {
         let error = err.to_string();
         let code = err.code().to_owned();
-        let wire = WireError { error, code, events: Vec::new(), limit: None, remaining: None, retry_after: None };
+        let wire = WireError {
+            error,
+            code,
+            events: Vec::new(),
+            limit: None,
+            remaining: None,
+            retry_after: None,
+            problem: None,
+        };
         match err {
             AppError::InvalidEvents(events) => WireError { events, ..wire },
             AppError::LimitExceeded { limit, remaining } => {
@@ -150,6 +278,7 @@ impl From<AppError> for WireError {
             }
             AppError::TooManyAttempts { retry_after_secs } => WireError { retry_after: Some(retry_after_secs), ..wire },
             AppError::TooLarge(bytes) => WireError { limit: Some(bytes as i64), ..wire },
+            AppError::Refused(problem) => WireError { problem: Some(problem), ..wire },
             _ => wire,
         }
     }
@@ -159,10 +288,14 @@ impl TryFrom<WireError> for AppError {
     type Error = String;
 
     fn try_from(wire: WireError) -> Result<Self, String> {
-        let strip = |prefix: &str| wire.error.strip_prefix(prefix).unwrap_or(&wire.error).to_owned();
+        if let Some(problem) = wire.problem {
+            return Ok(AppError::Refused(problem));
+        }
+        // The detail of a message built around it: the English message with an empty detail is its prefix.
+        let strip = |prefix: String| wire.error.strip_prefix(prefix.as_str()).unwrap_or(&wire.error).to_owned();
         Ok(match wire.code.as_str() {
             "invalid" => AppError::Invalid(wire.error),
-            "bad_request" => AppError::BadRequest(strip(BAD_REQUEST_PREFIX)),
+            "bad_request" => AppError::BadRequest(strip(AppError::BadRequest(String::new()).to_string())),
             "unauthorized" => AppError::Unauthorized,
             "invalid_credentials" => AppError::InvalidCredentials,
             "forbidden" => AppError::Forbidden(wire.error),
@@ -181,7 +314,7 @@ impl TryFrom<WireError> for AppError {
             "upstream" => AppError::Upstream(wire.error),
             "unavailable" => AppError::Unavailable(wire.error),
             "internal" => AppError::Internal,
-            "transport" => AppError::Transport(strip(TRANSPORT_PREFIX)),
+            "transport" => AppError::Transport(strip(AppError::Transport(String::new()).to_string())),
             other => return Err(format!("unknown error code {other:?}")),
         })
     }
@@ -255,15 +388,10 @@ mod ssr {
         pub fn database_unavailable(err: &sqlx::Error) -> Option<Self> {
             is_database_unavailable(err).then(|| {
                 tracing::warn!(error = %err, "database unavailable");
-                AppError::Unavailable(DATABASE_UNAVAILABLE.into())
+                AppError::Refused(super::Problem::DatabaseUnavailable)
             })
         }
     }
-
-    /// The answer while PostgreSQL is down, restarting, read-only or out of disk. A commit whose answer was lost
-    /// may have happened: the message says how to retry without counting twice.
-    const DATABASE_UNAVAILABLE: &str = "the database is not accepting writes right now; retry in a moment \
-         (with the same Idempotency-Key an event counts once)";
 
     /// Whether `err` says the database cannot serve right now (and a retry later may succeed), rather than that
     /// the statement is wrong: lost or refused connections, shutdown, read-only mode, a full disk.
@@ -367,9 +495,82 @@ mod tests {
             AppError::Unavailable("Stripe webhooks are not configured".into()),
             AppError::Internal,
             AppError::Transport("connection refused".into()),
+            AppError::Refused(Problem::PasswordTooShort { min: 8 }),
+            AppError::Refused(Problem::EmailInvalid { email: "not an email".into() }),
+            AppError::Refused(Problem::DatabaseUnavailable),
         ] {
             assert_eq!(AppError::de(err.ser()), err);
         }
+    }
+
+    /// Every refusal a page can show, one of each kind.
+    fn every_problem() -> Vec<Problem> {
+        vec![
+            Problem::EmailMissing,
+            Problem::EmailTooLong { max: 254 },
+            Problem::EmailInvalid { email: "nope".into() },
+            Problem::PasswordTooShort { min: 8 },
+            Problem::PasswordTooLong { max: 1024 },
+            Problem::AccountExists { email: "a@b.c".into() },
+            Problem::PromptMissing,
+            Problem::PromptTooLong { max: 4000 },
+            Problem::KeyNameLength,
+            Problem::NoSuchKey,
+            Problem::UrlInvalid { url: "x".into() },
+            Problem::UrlNotWeb,
+            Problem::PeriodMalformed { period: "x".into() },
+            Problem::PeriodUnknown { period: "2020-01-01T00:00:00Z".into() },
+            Problem::StripeNotConfigured,
+            Problem::DatabaseUnavailable,
+        ]
+    }
+
+    #[test]
+    fn refusals_are_worded_in_both_languages_and_keep_their_values() {
+        for problem in every_problem() {
+            let err = AppError::Refused(problem.clone());
+            let (en, ja) = (err.localized(Locale::en), err.localized(Locale::ja));
+            assert_eq!(err.to_string(), en, "API clients get the English message");
+            assert_ne!(en, ja, "{problem:?} has no Japanese wording");
+            assert!(ja
+                .chars()
+                .any(|c| ('\u{3040}'..='\u{30ff}').contains(&c) || ('\u{4e00}'..='\u{9fff}').contains(&c)));
+            for value in ["254", "nope", "8", "1024", "a@b.c", "4000", "2020-01-01T00:00:00Z"] {
+                assert_eq!(en.contains(value), ja.contains(value), "{problem:?}: {value} in one language only");
+            }
+            // The round trip keeps the kind, so the browser can re-word it.
+            assert_eq!(AppError::de(err.ser()), err);
+        }
+    }
+
+    #[test]
+    fn refusals_answer_api_clients_as_before() {
+        let short = serde_json::to_value(AppError::Refused(Problem::PasswordTooShort { min: 8 })).unwrap();
+        assert_eq!(short["error"], "password must be at least 8 characters");
+        assert_eq!(short["code"], "invalid");
+        assert_eq!(AppError::Refused(Problem::PasswordTooShort { min: 8 }).status_code(), 422);
+        let taken = AppError::Refused(Problem::AccountExists { email: "a@b.c".into() });
+        assert_eq!((taken.status_code(), taken.code()), (409, "conflict"));
+        assert_eq!(taken.to_string(), "an account for a@b.c already exists");
+        let down = AppError::Refused(Problem::DatabaseUnavailable);
+        assert_eq!((down.status_code(), down.code()), (503, "unavailable"));
+        assert_eq!(AppError::Refused(Problem::NoSuchKey).status_code(), 404);
+    }
+
+    #[test]
+    fn fixed_messages_are_worded_in_both_languages() {
+        let limit = AppError::LimitExceeded { limit: 1_000, remaining: 12 };
+        assert_eq!(limit.to_string(), "usage limit reached: 12 of 1000 remain this period");
+        assert!(limit.localized(Locale::ja).contains("上限"));
+        assert_eq!(AppError::Unauthorized.localized(Locale::ja), "ログインしてください");
+        assert_eq!(
+            AppError::TooManyAttempts { retry_after_secs: 61 }.to_string(),
+            "too many failed sign-in attempts; try again in 2 minutes"
+        );
+        assert_eq!(AppError::BadRequest("x".into()).to_string(), "malformed request: x");
+        // Free text stays as it is, in both.
+        let upstream = AppError::Upstream("the AI provider answered 500".into());
+        assert_eq!(upstream.localized(Locale::ja), "the AI provider answered 500");
     }
 
     #[test]

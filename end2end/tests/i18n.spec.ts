@@ -32,6 +32,25 @@ test.describe("in Japanese (Accept-Language: ja)", () => {
   });
 });
 
+test.describe("errors in Japanese", () => {
+  test.use({ locale: "ja-JP" });
+
+  test("a refused sign-in and a taken email are explained in Japanese", async ({ page }) => {
+    const email = uniqueEmail("ja-errors");
+    tally("user", "create", "--email", email, "--password", PASSWORD);
+    await logIn(page, email, "not the password at all");
+    await expect(page.getByTestId("form-error")).toHaveText("メールアドレスまたはパスワードが正しくありません");
+
+    await page.goto("/signup");
+    await waitForHydration(page);
+    await page.getByTestId("email").fill(email);
+    await page.getByTestId("password").fill(PASSWORD);
+    await page.getByTestId("submit").click();
+    await expect(page.getByTestId("form-error")).toHaveText(`${email} のアカウントは既に存在します`);
+    await expect(page.getByTestId("form-error")).toHaveAttribute("data-code", "conflict");
+  });
+});
+
 /** Screenshots for the README: desktop and phone, English and Japanese, of one realistic account. */
 test("screenshots: desktop and phone, English and Japanese", async ({ browser, request }) => {
   const email = uniqueEmail("screens");

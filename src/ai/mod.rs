@@ -37,10 +37,10 @@ pub async fn generate(prompt: String) -> Result<Generation, AppError> {
     let user_id = crate::auth::caller::user_id(&state.pool).await?;
     let prompt = prompt.trim();
     if prompt.is_empty() {
-        return Err(AppError::Invalid("write a prompt first".into()));
+        return Err(AppError::Refused(crate::error::Problem::PromptMissing));
     }
     if prompt.chars().count() > MAX_PROMPT_CHARS {
-        return Err(AppError::Invalid(format!("a prompt may have at most {MAX_PROMPT_CHARS} characters")));
+        return Err(AppError::Refused(crate::error::Problem::PromptTooLong { max: MAX_PROMPT_CHARS }));
     }
     // Refuse before spending tokens when nothing is left. Once the model has answered, its tokens are recorded
     // even past the limit: they were consumed, and an unbilled unit is a lost unit.

@@ -10,7 +10,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::ApiKeyInfo;
-use crate::error::AppError;
+use crate::error::{AppError, Problem};
 
 /// Every key starts with this, so a leaked key is recognisable as Tally's.
 pub const KEY_PREFIX: &str = "tly_live_";
@@ -106,7 +106,7 @@ pub async fn owners<'e>(
 pub async fn create(pool: &PgPool, user_id: Uuid, name: &str) -> Result<(ApiKeyInfo, String), AppError> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 100 {
-        return Err(AppError::Invalid("key name must be 1 to 100 characters".into()));
+        return Err(AppError::Refused(Problem::KeyNameLength));
     }
     let key = generate()?;
     let id = Uuid::new_v4();
@@ -156,10 +156,7 @@ pub async fn list(pool: &PgPool, user_id: Uuid) -> Result<Vec<ApiKeyInfo>, AppEr
 
 /// Revokes one of `user_id`'s keys, by id. Revoking twice is not an error; another user's key is "not found".
 pub async fn revoke(pool: &PgPool, user_id: Uuid, key_id: Uuid) -> Result<(), AppError> {
-    revoke_where(pool, key_id, Some(user_id))
-        .await?
-        .map(|_| ())
-        .ok_or_else(|| AppError::NotFound("no such API key".into()))
+    revoke_where(pool, key_id, Some(user_id)).await?.map(|_| ()).ok_or(AppError::Refused(Problem::NoSuchKey))
 }
 
 /// Revokes key `key_id` (only if `owner` owns it, when given); `None` when there is no such key.

@@ -8,7 +8,7 @@ use leptos::prelude::*;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::error::AppError;
+use crate::error::{AppError, Problem};
 
 #[cfg(feature = "ssr")]
 pub mod api_key;
@@ -64,10 +64,10 @@ pub struct CreatedApiKey {
 pub fn normalize_email(raw: &str) -> Result<String, AppError> {
     let email = raw.trim().to_lowercase();
     if email.is_empty() {
-        return Err(AppError::Invalid("enter your email address".into()));
+        return Err(AppError::Refused(Problem::EmailMissing));
     }
     if email.len() > MAX_EMAIL_LEN {
-        return Err(AppError::Invalid(format!("email must be at most {MAX_EMAIL_LEN} characters")));
+        return Err(AppError::Refused(Problem::EmailTooLong { max: MAX_EMAIL_LEN }));
     }
     let valid = match email.split_once('@') {
         Some((local, domain)) => {
@@ -83,7 +83,7 @@ pub fn normalize_email(raw: &str) -> Result<String, AppError> {
     if valid {
         Ok(email)
     } else {
-        Err(AppError::Invalid(format!("{:?} is not a valid email address", raw.trim())))
+        Err(AppError::Refused(Problem::EmailInvalid { email: raw.trim().to_owned() }))
     }
 }
 
@@ -91,9 +91,9 @@ pub fn normalize_email(raw: &str) -> Result<String, AppError> {
 pub fn check_new_password(password: &str) -> Result<(), AppError> {
     let chars = password.chars().count();
     if chars < MIN_PASSWORD_LEN {
-        Err(AppError::Invalid(format!("password must be at least {MIN_PASSWORD_LEN} characters")))
+        Err(AppError::Refused(Problem::PasswordTooShort { min: MIN_PASSWORD_LEN }))
     } else if chars > MAX_PASSWORD_LEN {
-        Err(AppError::Invalid(format!("password must be at most {MAX_PASSWORD_LEN} characters")))
+        Err(AppError::Refused(Problem::PasswordTooLong { max: MAX_PASSWORD_LEN }))
     } else {
         Ok(())
     }

@@ -4,7 +4,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{check_new_password, normalize_email, password, CurrentUser};
-use crate::error::AppError;
+use crate::error::{AppError, Problem};
 
 /// Creates an account after validating the email and password; a taken email is a [`AppError::Conflict`].
 pub async fn register(
@@ -28,7 +28,7 @@ pub async fn register(
         .execute(pool)
         .await
         .map_err(|err| match err.as_database_error().and_then(|db| db.constraint()) {
-            Some("users_email_key") => AppError::Conflict(format!("an account for {email} already exists")),
+            Some("users_email_key") => AppError::Refused(Problem::AccountExists { email: email.clone() }),
             _ => AppError::from(err),
         })?;
     Ok(id)

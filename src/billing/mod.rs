@@ -111,7 +111,7 @@ pub async fn start_checkout() -> Result<(), AppError> {
     let state = crate::state::AppState::current()?;
     let user_id = crate::auth::session::require_user_id().await?;
     let (Some(stripe), Some(price_id)) = (state.stripe.as_ref(), state.config.stripe_price_id.as_deref()) else {
-        return Err(AppError::Unavailable("subscriptions are not available: Stripe is not configured".into()));
+        return Err(AppError::Refused(crate::error::Problem::StripeNotConfigured));
     };
     let (email, customer) = history::checkout_identity(&state.pool, user_id).await?;
     let base = state.config.public_url.trim_end_matches('/');

@@ -4,6 +4,7 @@ use leptos::prelude::*;
 
 use crate::ai::Generate;
 use crate::components::usage_meter::format_thousands;
+use crate::components::ErrorNotice;
 use crate::i18n::{t, t_string, use_i18n};
 
 /// Prompt box. `on_answer` runs after each successful generation (the dashboard re-reads the meter then).
@@ -60,9 +61,7 @@ pub fn AiPrompt(#[prop(into)] on_answer: Callback<()>) -> impl IntoView {
                         }
                         Err(err) => {
                             view! {
-                                <p class="form-error" role="alert" data-testid="ai-error">
-                                    {err.to_string()}
-                                </p>
+                                <ErrorNotice err test_id="ai-error" />
                             }
                                 .into_any()
                         }

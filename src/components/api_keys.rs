@@ -3,6 +3,7 @@
 use leptos::prelude::*;
 
 use crate::auth::{list_api_keys, ApiKeyInfo, CreateApiKey, RevokeApiKey};
+use crate::components::ErrorNotice;
 use crate::i18n::{t, use_i18n};
 
 /// Manages the signed-in user's API keys.
@@ -45,7 +46,7 @@ pub fn ApiKeys() -> impl IntoView {
                             }
                                 .into_any()
                         }
-                        Err(err) => view! { <p class="form-error" role="alert">{err.to_string()}</p> }.into_any(),
+                        Err(err) => view! { <ErrorNotice err /> }.into_any(),
                     })
             }}
             <Transition fallback=|| view! { <p class="loading">"Loading keys…"</p> }>
@@ -53,7 +54,7 @@ pub fn ApiKeys() -> impl IntoView {
                     match keys.await {
                         Ok(list) if list.is_empty() => view! { <p class="muted">{t!(i18n, no_keys)}</p> }.into_any(),
                         Ok(list) => view! { <KeyTable keys=list revoke /> }.into_any(),
-                        Err(err) => view! { <p class="form-error" role="alert">{err.to_string()}</p> }.into_any(),
+                        Err(err) => view! { <ErrorNotice err /> }.into_any(),
                     }
                 })}
             </Transition>

@@ -3,6 +3,7 @@
 use leptos::prelude::*;
 
 use crate::billing::{get_billing_overview, BillingOverview, MeterSync, StartCheckout};
+use crate::components::ErrorNotice;
 use crate::i18n::{t, use_i18n};
 
 /// Subscription status and billing history.
@@ -17,7 +18,7 @@ pub fn BillingHistory() -> impl IntoView {
                 {move || Suspend::new(async move {
                     match overview.await {
                         Ok(overview) => view! { <Overview overview /> }.into_any(),
-                        Err(err) => view! { <p class="form-error" role="alert">{err.to_string()}</p> }.into_any(),
+                        Err(err) => view! { <ErrorNotice err /> }.into_any(),
                     }
                 })}
             </Suspense>
@@ -151,7 +152,7 @@ fn Subscribe() -> impl IntoView {
                     .value()
                     .get()
                     .and_then(Result::err)
-                    .map(|err| view! { <p class="form-error" role="alert">{err.to_string()}</p> })
+                    .map(|err| view! { <ErrorNotice err /> })
             }}
         </ActionForm>
     }

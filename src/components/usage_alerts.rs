@@ -3,6 +3,7 @@
 
 use leptos::prelude::*;
 
+use crate::components::ErrorNotice;
 use crate::i18n::{t, use_i18n};
 use crate::usage::{get_alerts, AlertsOverview, SetAlertWebhook, UsageSummary};
 
@@ -20,7 +21,7 @@ pub fn UsageAlerts(live: RwSignal<Option<UsageSummary>>) -> impl IntoView {
                 {move || Suspend::new(async move {
                     match alerts.await {
                         Ok(overview) => view! { <Alerts overview save /> }.into_any(),
-                        Err(err) => view! { <p class="form-error" role="alert">{err.to_string()}</p> }.into_any(),
+                        Err(err) => view! { <ErrorNotice err /> }.into_any(),
                     }
                 })}
             </Transition>
@@ -92,7 +93,7 @@ fn Alerts(overview: AlertsOverview, save: ServerAction<SetAlertWebhook>) -> impl
                 save.value()
                     .get()
                     .and_then(Result::err)
-                    .map(|err| view! { <p class="form-error" role="alert">{err.to_string()}</p> })
+                    .map(|err| view! { <ErrorNotice err /> })
             }}
         </ActionForm>
         {secret

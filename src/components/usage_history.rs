@@ -2,6 +2,8 @@
 //! JavaScript through native tooltips and a table), a period selector, and the CSV download.
 
 use leptos::prelude::*;
+
+use crate::components::ErrorNotice;
 use leptos_router::hooks::use_query_map;
 
 use crate::i18n::{t, use_i18n};
@@ -24,7 +26,7 @@ pub fn UsageHistoryCard(live: RwSignal<Option<UsageSummary>>) -> impl IntoView {
                 {move || Suspend::new(async move {
                     match history.await {
                         Ok(history) => view! { <History history /> }.into_any(),
-                        Err(err) => view! { <p class="form-error" role="alert">{err.to_string()}</p> }.into_any(),
+                        Err(err) => view! { <ErrorNotice err /> }.into_any(),
                     }
                 })}
             </Transition>

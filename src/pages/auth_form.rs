@@ -2,6 +2,7 @@
 
 use leptos::prelude::*;
 
+use crate::components::ErrorNotice;
 use crate::error::AppError;
 use crate::i18n::{t, use_i18n};
 
@@ -46,9 +47,7 @@ pub fn AuthFields(
                 .get()
                 .map(|err| {
                     view! {
-                        <p class="form-error" role="alert" data-testid="form-error">
-                            {err.to_string()}
-                        </p>
+                        <ErrorNotice err test_id="form-error" />
                     }
                 })
         }}

@@ -1,6 +1,8 @@
 //! `/`: the signed-in user's dashboard with the UsageMeter.
 
 use leptos::prelude::*;
+
+use crate::components::ErrorNotice;
 use leptos_router::components::Redirect;
 
 use crate::auth::{get_current_user, CurrentUser, Logout};
@@ -24,7 +26,7 @@ pub fn DashboardPage() -> impl IntoView {
                 match user.await {
                     Ok(Some(_)) => ().into_any(),
                     Ok(None) | Err(AppError::Unauthorized) => view! { <Redirect path="/login" /> }.into_any(),
-                    Err(err) => view! { <p class="form-error" role="alert">{err.to_string()}</p> }.into_any(),
+                    Err(err) => view! { <ErrorNotice err /> }.into_any(),
                 }
             })}
         </Suspense>
@@ -125,7 +127,7 @@ fn Dashboard(user: Resource<Result<Option<CurrentUser>, AppError>>) -> impl Into
 
 /// Why the usage could not be read (first read or a refresh).
 fn usage_error(err: AppError) -> impl IntoView {
-    view! { <p class="form-error" role="alert" data-testid="usage-error">{err.to_string()}</p> }
+    view! { <ErrorNotice err test_id="usage-error" /> }
 }
 
 /// The meter, kept current by the live stream: it starts from the server-rendered summary and takes every newer
@@ -157,6 +159,8 @@ fn UsageCard(summary: UsageSummary, live: RwSignal<Option<UsageSummary>>) -> imp
 
 /// Whether the live stream is feeding the meter, as the page shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+// Only the browser's stream moves it on; the server renders the first state.
+#[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
 enum LiveState {
     /// Before the stream's first answer (and always without JavaScript): nothing to say yet.
     Connecting,

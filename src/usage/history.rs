@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::period::{self, BillingPeriod};
 use super::{DayUsage, PeriodChoice};
-use crate::error::AppError;
+use crate::error::{AppError, Problem};
 use crate::state::AppState;
 
 /// The periods `user_id` has usage in (from the period counters, newest first), with the current one always
@@ -44,12 +44,13 @@ pub async fn periods(
         // A period that is not the caller's is refused rather than swapped for the current one: an export labelled
         // with the wrong period would be a wrong number on a customer's desk.
         Some(raw) => {
-            let start = DateTime::parse_from_rfc3339(raw).map_err(|_| {
-                AppError::Invalid(format!("period {raw:?} is not a start time such as 2026-11-01T00:00:00+09:00"))
-            })?;
-            choices.iter().find(|p| p.period_start == start).cloned().ok_or_else(|| {
-                AppError::Invalid(format!("you have no billing period starting at {raw}; pick one from the list"))
-            })?
+            let start = DateTime::parse_from_rfc3339(raw)
+                .map_err(|_| AppError::Refused(Problem::PeriodMalformed { period: raw.to_owned() }))?;
+            choices
+                .iter()
+                .find(|p| p.period_start == start)
+                .cloned()
+                .ok_or_else(|| AppError::Refused(Problem::PeriodUnknown { period: raw.to_owned() }))?
         }
     };
     Ok((selected, choices))

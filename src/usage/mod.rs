@@ -322,11 +322,10 @@ pub async fn set_alert_webhook(url: String) -> Result<(), AppError> {
             .await?;
         return Ok(());
     }
-    let parsed = url::Url::parse(url).map_err(|_| AppError::Invalid(format!("{url:?} is not a URL")))?;
+    let parsed = url::Url::parse(url)
+        .map_err(|_| AppError::Refused(crate::error::Problem::UrlInvalid { url: url.to_owned() }))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() || url.len() > 2000 {
-        return Err(AppError::Invalid(
-            "the alert URL must be an http:// or https:// address of at most 2,000 characters".into(),
-        ));
+        return Err(AppError::Refused(crate::error::Problem::UrlNotWeb));
     }
     let secret = alert_webhooks::new_secret()?;
     sqlx::query(
