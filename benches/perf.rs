@@ -6,7 +6,7 @@
 //!
 //! Run it through `scripts/perf` (release build, durable throwaway PostgreSQL, the server, the Stripe drain bench),
 //! which sets TALLY_URL, TALLY_PID, DATABASE_URL (the server's database), PGBENCH, SITE_PKG and DRAIN_REPORT.
-//! Arguments: `--only ingest,pgbench,meter,ssr,bundle,live,drain,memory`, `--seconds N` per phase (default 10),
+//! Arguments: `--only ingest,pgbench,meter,ssr,export,bundle,live,drain,memory`, `--seconds N` per phase (default 10),
 //! `--clients 1,16,64,256`, `--streams 1000`, `--soak-seconds 600`.
 
 use std::collections::HashMap;
@@ -93,14 +93,21 @@ impl Suite {
 
     /// The server's resident memory now, in MiB.
     fn rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
-        let kib: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        kib / 1024.0
+        Self::rss_of(self.pid)()
+    }
+
+    /// A reader of process `pid`'s resident memory in MiB, for tasks that cannot borrow the suite.
+    fn rss_of(pid: u32) -> impl Fn() -> f64 + Send {
+        move || {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let kib: f64 = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0);
+            kib / 1024.0
+        }
     }
 }
 
@@ -493,6 +500,101 @@ async fn meter_reads(suite: &mut Suite) {
     println!("  (background ingest: {} events; heavy user's total {used})", thousands(events as f64));
 }
 
+/// The CSV export of a period with 1,000,000 events, downloaded once: time to first byte, duration, rows/s, the
+/// server's peak RSS while streaming, and the file checked against PostgreSQL (rows, sum, every time with its offset).
+async fn export(suite: &mut Suite) {
+    println!("CSV export: GET /api/usage/export.csv of a period with 1,000,000 events");
+    let users = customers(suite, "export", 1, true).await;
+    let events = 1_000_000;
+    fill(suite, &users[0], events).await;
+    let (expected_rows, expected_sum): (i64, i64) =
+        sqlx::query_as("SELECT count(*), coalesce(sum(quantity), 0)::bigint FROM usage_events WHERE user_id = $1")
+            .bind(users[0].user_id)
+            .fetch_one(&suite.pool)
+            .await
+            .unwrap();
+    let rss_before = suite.rss_mib();
+    let peak = Arc::new(Mutex::new(rss_before));
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (peak, sampling, pid) = (peak.clone(), sampling.clone(), suite.pid);
+        tokio::spawn(async move {
+            let probe = Suite::rss_of(pid);
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                let now = probe();
+                {
+                    let mut highest = peak.lock().unwrap();
+                    *highest = highest.max(now);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let started = Instant::now();
+    let reply = suite
+        .http
+        .get(format!("{}/api/usage/export.csv", suite.url))
+        .header("cookie", &users[0].cookie)
+        .send()
+        .await
+        .expect("export");
+    assert!(reply.status().is_success(), "export: {}", reply.status());
+    let mut reply = reply;
+    let (mut first_byte, mut bytes, mut rows, mut sum, mut without_offset) = (None, 0usize, 0i64, 0i64, 0i64);
+    let mut pending = Vec::new();
+    let mut header = true;
+    while let Some(chunk) = reply.chunk().await.expect("the download broke off") {
+        first_byte.get_or_insert_with(|| started.elapsed());
+        bytes += chunk.len();
+        pending.extend_from_slice(&chunk);
+        let complete = pending.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        for line in pending[..complete].split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            if std::mem::take(&mut header) {
+                continue;
+            }
+            // id, occurred_at, event_type, quantity, idempotency_key, stripe (no field here needs quoting)
+            let line = std::str::from_utf8(line).expect("UTF-8");
+            let mut fields = line.split(',');
+            let occurred_at = fields.nth(1).unwrap_or_default();
+            if chrono::DateTime::parse_from_rfc3339(occurred_at).is_err() || occurred_at.ends_with('Z') {
+                without_offset += 1;
+            }
+            sum += fields.nth(1).and_then(|q| q.parse::<i64>().ok()).unwrap_or(0);
+            rows += 1;
+        }
+        pending.drain(..complete);
+    }
+    let elapsed = started.elapsed();
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    sampler.await.unwrap();
+    let peak = *peak.lock().unwrap();
+    let exact = rows == expected_rows && sum == expected_sum && without_offset == 0;
+    if !exact {
+        suite.inexact = true;
+    }
+    suite.row(
+        "CSV export, 1,000,000 events",
+        "streamed, exact, flat memory",
+        format!(
+            "{} rows in {:.1} s ({} rows/s, {:.0} MB), first byte after {}; server RSS {:.0} → peak {:.0} MiB; {}",
+            thousands(rows as f64),
+            elapsed.as_secs_f64(),
+            thousands(rows as f64 / elapsed.as_secs_f64()),
+            bytes as f64 / 1e6,
+            ms(first_byte.unwrap_or(elapsed)),
+            rss_before,
+            peak,
+            if exact {
+                "rows, sum and offsets exact".to_owned()
+            } else {
+                format!("INEXACT: {rows} rows / sum {sum} vs {expected_rows} / {expected_sum}; {without_offset} times without offset")
+            }
+        ),
+        "—".into(),
+        "scripts/perf --only export",
+    );
+}
+
 async fn ssr(suite: &mut Suite) {
     println!("dashboard SSR: GET / for a signed-in user (meter, chart, history, alerts, billing)");
     let users = customers(suite, "ssr", 1, true).await;
@@ -821,6 +923,9 @@ async fn main() {
     }
     if suite.wanted("ssr") {
         ssr(&mut suite).await;
+    }
+    if suite.wanted("export") {
+        export(&mut suite).await;
     }
     if suite.wanted("bundle") {
         bundle(&mut suite).await;
