@@ -218,9 +218,19 @@ impl DeliveryWorker {
         progress.batched = batched;
         progress.deliveries = deliveries;
 
-        let (claimed, budget_wait) = self.claim().await?;
-        progress.budget_wait = budget_wait;
-        let outcomes = futures::future::join_all(claimed.into_iter().map(|d| self.deliver(d))).await;
+        let (claimed, budget) = self.claim().await?;
+        progress.budget_wait = match budget {
+            Budget::Empty { wait } => Some(wait),
+            Budget::Held { .. } => None,
+        };
+        let sends = claimed.into_iter().enumerate().map(|(position, delivery)| {
+            let slot = match budget {
+                Budget::Held { milli_calls } => self.budget.slot(position, milli_calls),
+                Budget::Empty { .. } => Duration::ZERO,
+            };
+            self.deliver(delivery, slot)
+        });
+        let outcomes = futures::future::join_all(sends).await;
         for outcome in outcomes {
             progress.calls += 1;
             match outcome? {
@@ -339,17 +349,18 @@ impl DeliveryWorker {
         Ok((deliveries.members.len() as u64, batches.len() as u64))
     }
 
-    /// Leases up to `max_in_flight` due deliveries, one per customer and meter, none whose customer and meter
-    /// already has a call in flight anywhere, and no more than the shared call budget holds (each is a call).
-    /// With the budget spent, claims nothing and says how long until it holds a call again.
-    async fn claim(&self) -> Result<(Vec<Claimed>, Option<Duration>), AppError> {
+    /// Leases up to `max_in_flight` due deliveries (and at most a second's worth of calls), one per customer and
+    /// meter, none whose customer and meter already has a call in flight anywhere. Each is a call reserved from
+    /// the shared budget, which may go into debt: the calls beyond what it held wait for their slot
+    /// ([`CallBudget::slot`]), and every worker waits until the debt is paid. With less than one call in the
+    /// budget, claims nothing and says how long until it holds one.
+    async fn claim(&self) -> Result<(Vec<Claimed>, Budget), AppError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(CLAIM_LOCK).execute(&mut *tx).await?;
         let milli_calls = self.budget.refill(&mut tx).await?;
-        let affordable = milli_calls / 1_000;
-        if affordable < 1 {
+        if milli_calls < 1_000 {
             tx.commit().await?;
-            return Ok((Vec::new(), Some(self.budget.wait_for_one(milli_calls))));
+            return Ok((Vec::new(), Budget::Empty { wait: self.budget.wait_for_one(milli_calls) }));
         }
         let claimed: Vec<Claimed> = sqlx::query_as(
             "WITH claimed AS (
@@ -379,21 +390,23 @@ impl DeliveryWorker {
              )
              SELECT * FROM claimed",
         )
-        .bind(i64::from(self.settings.max_in_flight).min(affordable))
+        .bind(i64::from(self.settings.max_in_flight.min(self.budget.rate.get())))
         .bind(self.settings.lease_ms as f64)
         .bind(CallBudget::NAME)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok((claimed, None))
+        Ok((claimed, Budget::Held { milli_calls }))
     }
 
-    /// Sends one claimed delivery and records how it ended.
-    async fn deliver(&self, delivery: Claimed) -> Result<Outcome, AppError> {
+    /// Sends one claimed delivery after waiting `slot` (its place in the shared call budget) and records how it
+    /// ended.
+    async fn deliver(&self, delivery: Claimed, slot: Duration) -> Result<Outcome, AppError> {
         if delivery.event_timestamp < Utc::now() - STRIPE_WINDOW + chrono::Duration::minutes(1) {
             self.settle(&delivery, "expired", Some("older than the 35 days Stripe accepts meter events for")).await?;
             return Ok(Outcome::Expired);
         }
+        tokio::time::sleep(slot).await;
         let event = MeterEvent {
             event_name: &delivery.event_name,
             customer: &delivery.stripe_customer_id,
@@ -484,8 +497,18 @@ impl DeliveryWorker {
     }
 }
 
+/// What the shared call budget held when a worker claimed.
+#[derive(Debug, Clone, Copy)]
+enum Budget {
+    /// Less than one call: nothing was claimed; the budget holds a call again after `wait`.
+    Empty { wait: Duration },
+    /// `milli_calls` thousandths of a call, before the claim spent from it.
+    Held { milli_calls: i64 },
+}
+
 /// Stripe's meter event rate limit, shared by every worker on the database: a token bucket in
-/// `stripe_call_budget`, refilled at `rate` calls per second and holding at most a twentieth of a second's worth.
+/// `stripe_call_budget`, refilled at `rate` calls per second and holding at most a twentieth of a second's worth;
+/// a claim may take it into debt by up to a second's worth, paid off by spacing the calls at the rate.
 /// (Stripe counts per second: a full second's burst at the end of one second plus the steady rate in the next
 /// would run into 429s.)
 #[derive(Debug, Clone, Copy)]
@@ -523,10 +546,22 @@ impl CallBudget {
         .await
     }
 
-    /// How long until a bucket holding `milli_calls` holds one whole call.
+    /// How long until a bucket holding `milli_calls` (perhaps in debt) holds one whole call.
     fn wait_for_one(&self, milli_calls: i64) -> Duration {
-        let missing = u64::try_from(1_000 - milli_calls).unwrap_or(1_000).max(1);
-        Duration::from_micros(missing * 1_000 / u64::from(self.rate.get()))
+        self.refill_time(1_000 - milli_calls)
+    }
+
+    /// When the call at `position` (from 0) of a claim made with `milli_calls` in the bucket may go out: at once
+    /// while the bucket covers it, then one call every `1 / rate` seconds, as the bucket refills.
+    fn slot(&self, position: usize, milli_calls: i64) -> Duration {
+        let needed = (i64::try_from(position).unwrap_or(i64::MAX).saturating_add(1)).saturating_mul(1_000);
+        self.refill_time(needed - milli_calls)
+    }
+
+    /// How long the bucket takes to refill `milli_calls` thousandths of a call (nothing for zero or less).
+    fn refill_time(&self, milli_calls: i64) -> Duration {
+        let missing = u64::try_from(milli_calls).unwrap_or(0);
+        Duration::from_micros(missing.saturating_mul(1_000) / u64::from(self.rate.get()))
     }
 }
 
@@ -695,6 +730,23 @@ impl NewDeliveries {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn calls_beyond_the_budget_are_spaced_at_the_rate() {
+        let test_mode = CallBudget::new(NonZeroU32::new(25).unwrap());
+        assert_eq!(test_mode.capacity_milli, 1_000, "test mode holds one call at a time");
+        let slots: Vec<u128> = (0..4).map(|i| test_mode.slot(i, 1_000).as_millis()).collect();
+        assert_eq!(slots, [0, 40, 80, 120]);
+        // In debt: the next call waits until the debt is paid and one call refilled.
+        assert_eq!(test_mode.wait_for_one(-2_000).as_millis(), 120);
+        assert_eq!(test_mode.wait_for_one(400).as_millis(), 24);
+
+        let live = CallBudget::new(NonZeroU32::new(1_000).unwrap());
+        assert_eq!(live.capacity_milli, 50_000, "a twentieth of a second");
+        assert_eq!(live.slot(49, 50_000), Duration::ZERO);
+        assert_eq!(live.slot(50, 50_000), Duration::from_millis(1));
+        assert_eq!(live.slot(0, 1_500), Duration::ZERO);
+    }
 
     fn row(user: u128, quantity: i64, at: i64, period: (i64, i64)) -> DueRow {
         let time = |s: i64| DateTime::from_timestamp(s, 0).unwrap();
