@@ -174,6 +174,8 @@ pub enum Problem {
         period: String,
     },
     StripeNotConfigured,
+    /// As many CSV exports as this instance allows are being downloaded; try again shortly.
+    ExportsBusy,
     /// PostgreSQL is down, restarting, read-only or out of disk. A commit whose answer was lost may have happened:
     /// the message says how to retry without counting twice.
     DatabaseUnavailable,
@@ -184,7 +186,7 @@ impl Problem {
         match self {
             Problem::AccountExists { .. } => 409,
             Problem::NoSuchKey => 404,
-            Problem::StripeNotConfigured | Problem::DatabaseUnavailable => 503,
+            Problem::StripeNotConfigured | Problem::ExportsBusy | Problem::DatabaseUnavailable => 503,
             _ => 422,
         }
     }
@@ -194,7 +196,7 @@ impl Problem {
         match self {
             Problem::AccountExists { .. } => "conflict",
             Problem::NoSuchKey => "not_found",
-            Problem::StripeNotConfigured | Problem::DatabaseUnavailable => "unavailable",
+            Problem::StripeNotConfigured | Problem::ExportsBusy | Problem::DatabaseUnavailable => "unavailable",
             _ => "invalid",
         }
     }
@@ -221,6 +223,7 @@ impl Problem {
                 td_string!(locale, problem_period_unknown, period = period).to_string()
             }
             Problem::StripeNotConfigured => td_string!(locale, problem_stripe_not_configured).to_string(),
+            Problem::ExportsBusy => td_string!(locale, problem_exports_busy).to_string(),
             Problem::DatabaseUnavailable => td_string!(locale, problem_database_unavailable).to_string(),
         }
     }
@@ -521,6 +524,7 @@ mod tests {
             Problem::PeriodMalformed { period: "x".into() },
             Problem::PeriodUnknown { period: "2020-01-01T00:00:00Z".into() },
             Problem::StripeNotConfigured,
+            Problem::ExportsBusy,
             Problem::DatabaseUnavailable,
         ]
     }

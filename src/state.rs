@@ -27,6 +27,9 @@ pub struct AppState {
     pub stripe: Option<crate::billing::stripe::StripeClient>,
     /// Usage changes announced by any instance, for the live meters.
     pub live: crate::usage::live::LiveHub,
+    /// CSV exports streaming now: each holds a database connection for its whole download (a slow client keeps
+    /// it), so at most a quarter of the pool may be taken by them.
+    pub exports: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -38,7 +41,8 @@ impl AppState {
         let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60)).build().unwrap_or_default();
         let stripe = crate::billing::stripe::StripeClient::from_config(http.clone(), &config);
         let live = crate::usage::live::LiveHub::start(pool.clone());
-        AppState { leptos_options, pool, config: Arc::new(config), clock, writer, http, stripe, live }
+        let exports = Arc::new(tokio::sync::Semaphore::new((config.database_max_connections as usize / 4).max(1)));
+        AppState { leptos_options, pool, config: Arc::new(config), clock, writer, http, stripe, live, exports }
     }
 
     /// The state of the request being served (inside a server function or an SSR render).

@@ -182,11 +182,14 @@ pub async fn export(
 ) -> Result<Response, AppError> {
     let user_id = crate::auth::session::user_of(&session).await?.ok_or(AppError::Unauthorized)?;
     let (selected, _) = periods(&state, user_id, query.period.as_deref()).await?;
+    // Held by the streaming task until the last row is sent or the client goes away.
+    let permit = state.exports.clone().try_acquire_owned().map_err(|_| AppError::Refused(Problem::ExportsBusy))?;
     let filename = format!("tally-usage-{}-{}.csv", selected.first_day, selected.last_day);
     let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let pool = state.pool.clone();
     let timezone = state.config.billing_timezone.clone();
     tokio::spawn(async move {
+        let _permit = permit;
         let mut rows = sqlx::query_as::<_, ExportRow>(EXPORT_SQL)
             .bind(user_id)
             .bind(selected.period_start)

@@ -17,7 +17,16 @@ fn now() -> String {
 
 /// Opens the live stream with `cookie`; returns the status and, for a 200, a reader of its events.
 async fn open_stream(app: &TestApp, cookie: Option<&str>) -> (StatusCode, Option<axum::body::BodyDataStream>) {
-    let mut request = Request::get(tally::usage::live::PATH).header(header::HOST, "127.0.0.1:3000");
+    open_download(app, tally::usage::live::PATH, cookie).await
+}
+
+/// GETs `path` with `cookie` without reading the body; returns the status and, for a 200, the body as it streams.
+async fn open_download(
+    app: &TestApp,
+    path: &str,
+    cookie: Option<&str>,
+) -> (StatusCode, Option<axum::body::BodyDataStream>) {
+    let mut request = Request::get(path).header(header::HOST, "127.0.0.1:3000");
     if let Some(cookie) = cookie {
         request = request.header(header::COOKIE, cookie);
     }
@@ -209,6 +218,52 @@ async fn the_csv_export_holds_the_periods_events_with_local_offsets(pool: PgPool
     assert!(rows.iter().all(|r| r[1].ends_with("+09:00")), "times carry Tokyo's offset: {}", &rows[0][1]);
     assert!(rows.iter().any(|r| &r[4] == "with,comma\"quoted\""), "quoting survives");
     assert!(rows.iter().all(|r| &r[5] == "awaiting_customer"));
+}
+
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn slow_csv_downloads_cannot_take_the_whole_database_pool(pool: PgPool) {
+    use futures::StreamExt;
+
+    let app = app(pool.clone());
+    let cookie = app.signup("exports@example.com").await;
+    let user = app.user_id("exports@example.com").await;
+    // More rows than the export buffers (4 chunks of 1,000): an unread download keeps its database connection.
+    sqlx::query(
+        "INSERT INTO usage_events (id, user_id, event_type, quantity, occurred_at)
+         SELECT gen_random_uuid(), $1, 'ai_token_consumed', 1, now() - n * interval '1 millisecond'
+         FROM generate_series(1, 8000) AS n",
+    )
+    .bind(user)
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    // The test app's pool has 5 connections: one export may stream at a time.
+    let (status, stalled) = open_download(&app, tally::usage::history::EXPORT_PATH, Some(&cookie)).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut stalled = stalled.unwrap();
+    let _first_chunk = stalled.next().await;
+    let busy = app.get(tally::usage::history::EXPORT_PATH, Some(&cookie)).await;
+    assert_eq!(busy.status, StatusCode::SERVICE_UNAVAILABLE, "{}", busy.body);
+    assert_eq!(busy.json()["code"], "unavailable");
+    assert!(busy.body.contains("try again"), "{}", busy.body);
+    // The app itself still answers from the pool meanwhile.
+    let summary = app.post_form("/api/usage/summary", &[], Some(&cookie)).await;
+    assert_eq!(summary.status, StatusCode::OK);
+
+    // The stalled client goes away: its export ends and frees its place.
+    drop(stalled);
+    let mut reply = None;
+    for _ in 0..50 {
+        let attempt = app.get(tally::usage::history::EXPORT_PATH, Some(&cookie)).await;
+        if attempt.status == StatusCode::OK {
+            reply = Some(attempt);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reply = reply.expect("the export's place was freed");
+    assert_eq!(reply.body.lines().count(), 8_001, "header and every event");
 }
 
 /// A local receiver that keeps every alert webhook request it gets.
