@@ -66,7 +66,7 @@ pub fn App() -> impl IntoView {
             <main class="app" data-hydrated=move || hydrated.get().to_string()>
                 // Async SSR: the page is sent once its data is loaded, so the numbers are in the HTML itself and a
                 // signed-out visitor gets a real 302 to /login.
-                <Routes fallback=|| view! { <p class="not-found">"Page not found."</p> }>
+                <Routes fallback=NotFound>
                     <Route path=StaticSegment("") view=DashboardPage ssr=SsrMode::Async />
                     <Route path=StaticSegment("login") view=LoginPage ssr=SsrMode::Async />
                     <Route path=StaticSegment("signup") view=SignupPage ssr=SsrMode::Async />
@@ -75,4 +75,11 @@ pub fn App() -> impl IntoView {
         </Router>
         </I18nContextProvider>
     }
+}
+
+/// Any other path.
+#[component]
+fn NotFound() -> impl IntoView {
+    let i18n = crate::i18n::use_i18n();
+    view! { <p class="not-found">{crate::i18n::t!(i18n, page_not_found)}</p> }
 }

@@ -19,6 +19,25 @@ test.describe("in Japanese (Accept-Language: ja)", () => {
     await expect(page.getByTestId("usage-period")).toContainText("請求期間");
     await expect(page.getByTestId("usage-period")).toContainText("年");
     await expect(page.getByTestId("history-caption")).toContainText("合計 1,234,567 トークン");
+    // The text alternatives are Japanese too: the meter's value, the chart and its bars.
+    await expect(page.getByTestId("usage-bar")).toHaveAttribute("aria-valuetext", "2,000,000 のうち 1,234,567（61%）");
+    await expect(page.getByTestId("history-chart")).toHaveAttribute("aria-label", /合計 1,234,567 トークン/);
+    await expect(page.locator('[data-testid="history-chart"] rect[data-quantity="1234567"]')).toHaveAttribute(
+      "aria-label",
+      /^\d{4}年\d{1,2}月\d{1,2}日：1,234,567 トークン$/,
+    );
+    // No English left on the page, in what is shown or in what screen readers are told.
+    await page.getByTestId("key-name").fill("本番");
+    await page.getByTestId("key-create").click();
+    await expect(page.getByTestId("key-secret")).toBeVisible();
+    const shown = await page.locator("main").innerText();
+    const told = await page.locator("main [aria-label], main [aria-valuetext], main [placeholder]").evaluateAll((nodes) =>
+      nodes.map((n) => ["aria-label", "aria-valuetext", "placeholder"].map((a) => n.getAttribute(a) ?? "").join(" ")).join(" "),
+    );
+    for (const english of ["tokens", "Loading", "Subscription", "revoked", "Copy this", "Actions", "Refresh", "Sign out", " of ", "e.g."]) {
+      expect(shown, `shown: ${english}`).not.toContain(english);
+      expect(told, `told: ${english}`).not.toContain(english);
+    }
 
     await page.getByTestId("language").click();
     await expect(page.locator(".usage-meter__label")).toHaveText("AI tokens this period");

@@ -47,12 +47,13 @@ pub fn AiPrompt(#[prop(into)] on_answer: Callback<()>) -> impl IntoView {
                                 <div class="ai-prompt__answer" data-testid="ai-answer">
                                     <p>{answer.text}</p>
                                     <p class="ai-prompt__tokens" data-testid="ai-tokens">
-                                        {format!(
-                                            "{} tokens ({} prompt + {} completion) · {}",
-                                            format_thousands(answer.total_tokens),
-                                            format_thousands(answer.prompt_tokens),
-                                            format_thousands(answer.completion_tokens),
-                                            answer.model,
+                                        {t!(
+                                            i18n,
+                                            ai_tokens_line,
+                                            total = format_thousands(answer.total_tokens),
+                                            prompt = format_thousands(answer.prompt_tokens),
+                                            completion = format_thousands(answer.completion_tokens),
+                                            model = answer.model.clone()
                                         )}
                                     </p>
                                 </div>

@@ -4,7 +4,7 @@ use leptos::prelude::*;
 
 use crate::auth::{list_api_keys, ApiKeyInfo, CreateApiKey, RevokeApiKey};
 use crate::components::ErrorNotice;
-use crate::i18n::{t, use_i18n};
+use crate::i18n::{t, t_string, use_i18n};
 
 /// Manages the signed-in user's API keys.
 #[component]
@@ -28,7 +28,7 @@ pub fn ApiKeys() -> impl IntoView {
             <ActionForm action=create attr:class="api-keys__create">
                 <label>
                     {t!(i18n, name)}
-                    <input type="text" name="name" required maxlength="100" placeholder="e.g. production" data-testid="key-name" />
+                    <input type="text" name="name" required maxlength="100" placeholder=move || t_string!(i18n, key_name_placeholder) data-testid="key-name" />
                 </label>
                 <button type="submit" data-testid="key-create">{t!(i18n, create_key)}</button>
             </ActionForm>
@@ -40,7 +40,7 @@ pub fn ApiKeys() -> impl IntoView {
                         Ok(created) => {
                             view! {
                                 <div class="api-keys__secret" role="status">
-                                    <p>"Copy this key now: it is not shown again."</p>
+                                    <p>{t!(i18n, copy_key_now)}</p>
                                     <code data-testid="key-secret">{created.secret}</code>
                                 </div>
                             }
@@ -49,7 +49,7 @@ pub fn ApiKeys() -> impl IntoView {
                         Err(err) => view! { <ErrorNotice err /> }.into_any(),
                     })
             }}
-            <Transition fallback=|| view! { <p class="loading">"Loading keys…"</p> }>
+            <Transition fallback=move || view! { <p class="loading">{t!(i18n, loading)}</p> }>
                 {move || Suspend::new(async move {
                     match keys.await {
                         Ok(list) if list.is_empty() => view! { <p class="muted">{t!(i18n, no_keys)}</p> }.into_any(),
@@ -77,7 +77,7 @@ fn KeyTable(keys: Vec<ApiKeyInfo>, revoke: ServerAction<RevokeApiKey>) -> impl I
                     <th scope="col">{t!(i18n, created)}</th>
                     <th scope="col">{t!(i18n, last_used)}</th>
                     <th scope="col">
-                        <span class="visually-hidden">"Actions"</span>
+                        <span class="visually-hidden">{t!(i18n, actions)}</span>
                     </th>
                 </tr>
             </thead>
@@ -92,11 +92,16 @@ fn KeyTable(keys: Vec<ApiKeyInfo>, revoke: ServerAction<RevokeApiKey>) -> impl I
                                 <td>
                                     <code>{format!("{}…", key.display_prefix)}</code>
                                 </td>
-                                <td>{key.created_at.format("%Y-%m-%d").to_string()}</td>
+                                <td>
+                                    {
+                                        let created = key.created_at.format("%Y-%m-%d").to_string();
+                                        move || crate::i18n::day(i18n.get_locale(), &created)
+                                    }
+                                </td>
                                 <td>{when(key.last_used_at)}</td>
                                 <td>
                                     {if revoked {
-                                        view! { <span class="muted">"revoked"</span> }.into_any()
+                                        view! { <span class="muted">{t!(i18n, revoked)}</span> }.into_any()
                                     } else {
                                         view! {
                                             <ActionForm action=revoke>

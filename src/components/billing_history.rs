@@ -4,7 +4,7 @@ use leptos::prelude::*;
 
 use crate::billing::{get_billing_overview, BillingOverview, MeterSync, StartCheckout};
 use crate::components::ErrorNotice;
-use crate::i18n::{t, use_i18n};
+use crate::i18n::{t, td_string, use_i18n, Locale};
 
 /// Subscription status and billing history.
 #[component]
@@ -31,17 +31,25 @@ fn Overview(overview: BillingOverview) -> impl IntoView {
     let i18n = use_i18n();
     let subscription = match overview.subscription {
         Some(s) => {
-            let period = match (s.current_period_start, s.current_period_end) {
-                (Some(start), Some(end)) => {
-                    format!(" · current period {} – {} (UTC)", start.format("%Y-%m-%d"), end.format("%Y-%m-%d"))
-                }
-                _ => String::new(),
-            };
-            let ending = if s.cancel_at_period_end { " · ends at period end" } else { "" };
             let alert = matches!(s.status.as_str(), "past_due" | "unpaid" | "incomplete");
+            let line = move || {
+                let locale = i18n.get_locale();
+                let mut line =
+                    td_string!(locale, subscription_line, status = subscription_status(locale, &s.status)).to_string();
+                if let (Some(start), Some(end)) = (s.current_period_start, s.current_period_end) {
+                    let day = |at: chrono::DateTime<chrono::Utc>| {
+                        crate::i18n::day(locale, &at.format("%Y-%m-%d").to_string())
+                    };
+                    line += &td_string!(locale, subscription_period, first = day(start), last = day(end)).to_string();
+                }
+                if s.cancel_at_period_end {
+                    line += td_string!(locale, subscription_ends);
+                }
+                line
+            };
             view! {
                 <p class="billing__status" class:billing__status--alert=alert data-testid="subscription-status">
-                    {format!("Subscription: {}{period}{ending}", s.status.replace('_', " "))}
+                    {line}
                 </p>
             }
             .into_any()
@@ -155,5 +163,20 @@ fn Subscribe() -> impl IntoView {
                     .map(|err| view! { <ErrorNotice err /> })
             }}
         </ActionForm>
+    }
+}
+
+/// A Stripe subscription status in `locale` (Stripe's own word for statuses it may add later).
+fn subscription_status(locale: Locale, status: &str) -> String {
+    match status {
+        "active" => td_string!(locale, subscription_active).to_string(),
+        "trialing" => td_string!(locale, subscription_trialing).to_string(),
+        "past_due" => td_string!(locale, subscription_past_due).to_string(),
+        "canceled" => td_string!(locale, subscription_canceled).to_string(),
+        "unpaid" => td_string!(locale, subscription_unpaid).to_string(),
+        "incomplete" => td_string!(locale, subscription_incomplete).to_string(),
+        "incomplete_expired" => td_string!(locale, subscription_incomplete_expired).to_string(),
+        "paused" => td_string!(locale, subscription_paused).to_string(),
+        other => other.replace('_', " "),
     }
 }

@@ -3,10 +3,10 @@
 
 use leptos::prelude::*;
 
-use crate::components::ErrorNotice;
 use leptos_router::hooks::use_query_map;
 
-use crate::i18n::{t, use_i18n};
+use crate::components::ErrorNotice;
+use crate::i18n::{t, t_string, use_i18n};
 use crate::usage::{get_usage_history, UsageHistory, UsageSummary, EXPORT_PATH};
 
 /// The history card. The selected period comes from `?period=` (a plain GET form picks it, with or without
@@ -48,28 +48,40 @@ fn History(history: UsageHistory) -> impl IntoView {
         .map(|p| {
             let value = p.period_start.to_rfc3339();
             let selected = value == selected_start;
-            view! { <option value=value selected=selected>{format!("{} – {}", p.first_day, p.last_day)}</option> }
+            let (first, last) = (p.first_day.clone(), p.last_day.clone());
+            let range = move || {
+                let locale = i18n.get_locale();
+                t_string!(
+                    i18n,
+                    period_range,
+                    first = crate::i18n::day(locale, &first),
+                    last = crate::i18n::day(locale, &last)
+                )
+                .to_string()
+            };
+            view! { <option value=value selected=selected>{range}</option> }
         })
         .collect_view();
     let export = format!("{EXPORT_PATH}?period={}", urlencode(&selected_start));
     let total: i64 = history.days.iter().map(|d| d.quantity).sum();
-    let caption = format!(
-        "{} – {} ({}): {} tokens",
-        history.selected.first_day,
-        history.selected.last_day,
-        history.timezone,
-        format_thousands(total)
-    );
     let (first_day, last_day, zone) =
         (history.selected.first_day.clone(), history.selected.last_day.clone(), history.timezone.clone());
     let first = move || crate::i18n::day(i18n.get_locale(), &first_day);
     let last = move || crate::i18n::day(i18n.get_locale(), &last_day);
     let tz = move || zone.clone();
     let total_text = move || crate::i18n::number(i18n.get_locale(), total);
+    // The chart's text alternative: the caption's words.
+    let caption = Signal::derive({
+        let (first, last, tz) = (first.clone(), last.clone(), tz.clone());
+        move || {
+            t_string!(i18n, history_caption, first = first(), last = last(), tz = tz(), total = total_text())
+                .to_string()
+        }
+    });
     let chart = if total == 0 {
         view! { <p class="muted" data-testid="history-empty">{t!(i18n, history_empty)}</p> }.into_any()
     } else {
-        view! { <Chart days=history.days.clone() caption=caption.clone() /> }.into_any()
+        view! { <Chart days=history.days.clone() caption /> }.into_any()
     };
     view! {
         <form method="get" action="/" class="history__controls">
@@ -99,7 +111,10 @@ fn History(history: UsageHistory) -> impl IntoView {
                     {history
                         .days
                         .into_iter()
-                        .map(|d| view! { <tr><td>{d.day}</td><td class="numeric">{format_thousands(d.quantity)}</td></tr> })
+                        .map(|d| {
+                            let day = move || crate::i18n::day(i18n.get_locale(), &d.day);
+                            view! { <tr><td>{day}</td><td class="numeric">{format_thousands(d.quantity)}</td></tr> }
+                        })
                         .collect_view()}
                 </tbody>
             </table>
@@ -108,8 +123,8 @@ fn History(history: UsageHistory) -> impl IntoView {
 }
 
 #[component]
-fn Chart(days: Vec<crate::usage::DayUsage>, caption: String) -> impl IntoView {
-    let format_thousands = crate::components::usage_meter::format_thousands;
+fn Chart(days: Vec<crate::usage::DayUsage>, caption: Signal<String>) -> impl IntoView {
+    let i18n = use_i18n();
     let max = days.iter().map(|d| d.quantity).max().unwrap_or(0).max(1);
     let width = days.len() as i64 * 12;
     // After hydration, hovering or focusing a bar names its day and value here.
@@ -119,10 +134,15 @@ fn Chart(days: Vec<crate::usage::DayUsage>, caption: String) -> impl IntoView {
         .enumerate()
         .map(|(i, day)| {
             let height = (day.quantity * CHART_HEIGHT / max).max(if day.quantity > 0 { 1 } else { 0 });
-            let label = format!("{}: {} tokens", day.day, format_thousands(day.quantity));
-            let shown = label.clone();
-            let shown_on_focus = label.clone();
-            let title = label.clone();
+            let label = {
+                let (iso_day, quantity) = (day.day.clone(), day.quantity);
+                move || {
+                    let locale = i18n.get_locale();
+                    let (day, tokens) = (crate::i18n::day(locale, &iso_day), crate::i18n::number(locale, quantity));
+                    t_string!(i18n, history_bar_label, day, tokens).to_string()
+                }
+            };
+            let (shown, shown_on_focus, title) = (label.clone(), label.clone(), label.clone());
             view! {
                 <rect
                     class="history__bar"
@@ -135,8 +155,8 @@ fn Chart(days: Vec<crate::usage::DayUsage>, caption: String) -> impl IntoView {
                     aria-label=label
                     data-day=day.day.clone()
                     data-quantity=day.quantity.to_string()
-                    on:mouseenter=move |_| focused.set(Some(shown.clone()))
-                    on:focus=move |_| focused.set(Some(shown_on_focus.clone()))
+                    on:mouseenter=move |_| focused.set(Some(shown()))
+                    on:focus=move |_| focused.set(Some(shown_on_focus()))
                     on:mouseleave=move |_| focused.set(None)
                     on:blur=move |_| focused.set(None)
                 >

@@ -62,10 +62,15 @@ pub fn UsageMeter(
     let i18n = use_i18n();
     let limit_text = move || limit.get().map(format_thousands).unwrap_or_else(|| t_string!(i18n, no_limit).into());
     let value_text = move || match (fill.get(), limit.get()) {
-        (Some(fill), Some(limit)) => {
-            format!("{} of {} ({}%)", format_thousands(used.get()), format_thousands(limit), fill.basis_points / 100)
-        }
-        _ => format!("{} used, no limit", format_thousands(used.get())),
+        (Some(fill), Some(limit)) => t_string!(
+            i18n,
+            meter_value_text,
+            used = format_thousands(used.get()),
+            limit = format_thousands(limit),
+            percent = fill.basis_points / 100
+        )
+        .to_string(),
+        _ => t_string!(i18n, meter_value_text_unlimited, used = format_thousands(used.get())).to_string(),
     };
     let label_id = "usage-meter-label";
 
