@@ -165,8 +165,9 @@ fn Chart(days: Vec<crate::usage::DayUsage>, caption: Signal<String>) -> impl Int
             }
         })
         .collect_view();
-    let first = days.first().map(|d| d.day.clone()).unwrap_or_default();
-    let last = days.last().map(|d| d.day.clone()).unwrap_or_default();
+    let (first_day, last_day) = (days.first().map(|d| d.day.clone()), days.last().map(|d| d.day.clone()));
+    let first = move || crate::i18n::day(i18n.get_locale(), first_day.as_deref().unwrap_or_default());
+    let last = move || crate::i18n::day(i18n.get_locale(), last_day.as_deref().unwrap_or_default());
     view! {
         <figure class="history__chart">
             <svg
