@@ -2,7 +2,6 @@
 //! JavaScript through native tooltips and a table), a period selector, and the CSV download.
 
 use leptos::prelude::*;
-
 use leptos_router::hooks::use_query_map;
 
 use crate::components::ErrorNotice;
