@@ -17,7 +17,8 @@ use crate::i18n::{td_string, Locale};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(into = "WireError", try_from = "WireError")]
 pub enum AppError {
-    /// The request is well-formed but a value is not acceptable (a bad email, a short password…).
+    /// The request is well-formed but a value is not acceptable (an event's quantity, a limit that is not
+    /// positive…); what a person can type on a page is refused as [`AppError::Refused`] instead.
     Invalid(String),
     /// The request could not be read at all (missing or mistyped arguments, malformed body).
     BadRequest(String),
@@ -33,7 +34,7 @@ pub enum AppError {
     TooLarge(usize),
     /// The body is not in the format the endpoint reads (e.g. `text/plain` where JSON is expected).
     UnsupportedMediaType(String),
-    /// The request conflicts with what is stored (an email that already has an account).
+    /// The request conflicts with what is stored (a Stripe customer already linked to another account).
     Conflict(String),
     /// Some events of a batch are invalid; nothing of the batch was stored.
     InvalidEvents(Vec<EventProblem>),
@@ -386,8 +387,8 @@ mod ssr {
     }
 
     impl AppError {
-        /// [`AppError::Unavailable`] with the retry advice (logged as a warning) when `err` says the database
-        /// cannot serve right now; `None` for errors of the statement itself.
+        /// [`super::Problem::DatabaseUnavailable`] (503, with the retry advice; logged as a warning) when `err`
+        /// says the database cannot serve right now; `None` for errors of the statement itself.
         pub fn database_unavailable(err: &sqlx::Error) -> Option<Self> {
             is_database_unavailable(err).then(|| {
                 tracing::warn!(error = %err, "database unavailable");

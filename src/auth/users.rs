@@ -6,7 +6,8 @@ use uuid::Uuid;
 use super::{check_new_password, normalize_email, password, CurrentUser};
 use crate::error::{AppError, Problem};
 
-/// Creates an account after validating the email and password; a taken email is a [`AppError::Conflict`].
+/// Creates an account after validating the email and password; a taken email is refused with
+/// [`Problem::AccountExists`] (409).
 pub async fn register(
     pool: &PgPool,
     email: &str,
