@@ -18,31 +18,29 @@ use tally::stripe_double::{Faults, StripeDouble, DEFAULT_SECRET_KEY};
 
 const EVENT: &str = "ai_token_consumed";
 
+/// The benchmark's arguments (after `cargo bench --bench delivery --`).
+#[derive(clap::Parser)]
 struct Options {
+    /// Usage events in the batched backlog.
+    #[arg(long, default_value_t = 1_000_000)]
     events: i64,
+    /// Customers the events belong to.
+    #[arg(long, default_value_t = 1_000)]
     customers: i64,
+    /// Usage events sent one meter event each (0 skips that part).
+    #[arg(long, default_value_t = 20_000)]
     unbatched_events: i64,
+    /// Worker processes draining together.
+    #[arg(long, default_value_t = 1)]
     workers: usize,
+    /// Stripe's limit the double enforces and the workers share.
+    #[arg(long, default_value_t = 1_000)]
     calls_per_second: u32,
 }
 
+/// The arguments, without the `--bench` cargo adds.
 fn options() -> Options {
-    let mut options =
-        Options { events: 1_000_000, customers: 1_000, unbatched_events: 20_000, workers: 1, calls_per_second: 1_000 };
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
-    for pair in args.chunks(2) {
-        let value = pair.get(1).map(String::as_str).unwrap_or_default();
-        let number = || value.parse::<i64>().unwrap_or_else(|_| panic!("{} takes a number", pair[0]));
-        match pair[0].as_str() {
-            "--events" => options.events = number(),
-            "--customers" => options.customers = number(),
-            "--unbatched-events" => options.unbatched_events = number(),
-            "--workers" => options.workers = number() as usize,
-            "--calls-per-second" => options.calls_per_second = number() as u32,
-            other => panic!("unknown option {other}"),
-        }
-    }
-    options
+    clap::Parser::parse_from(std::env::args().filter(|a| a != "--bench"))
 }
 
 /// A fresh database next to DATABASE_URL's, migrated.

@@ -26,25 +26,23 @@ const WEBHOOK_SECRET: &str = "whsec_fault_suite_secret";
 const CUSTOMERS: usize = 12;
 const CLIENTS: usize = 24;
 
+/// The suite's arguments (after `cargo bench --bench faults --`).
+#[derive(clap::Parser)]
 struct Options {
+    /// Scenarios to run, comma-separated: sigkill, pg-restart, read-only, stripe, instances, webhooks (default: all).
+    #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
+    /// Seconds of load per scenario.
+    #[arg(long, default_value_t = 20)]
     seconds: u64,
+    /// Seconds the Stripe double keeps failing in the Stripe scenario.
+    #[arg(long, default_value_t = 120)]
     stripe_fault_seconds: u64,
 }
 
+/// The arguments, without the `--bench` cargo adds.
 fn options() -> Options {
-    let mut options = Options { only: None, seconds: 20, stripe_fault_seconds: 120 };
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
-    for pair in args.chunks(2) {
-        let value = pair.get(1).cloned().unwrap_or_default();
-        match pair[0].as_str() {
-            "--only" => options.only = Some(value.split(',').map(str::to_owned).collect()),
-            "--seconds" => options.seconds = value.parse().expect("--seconds N"),
-            "--stripe-fault-seconds" => options.stripe_fault_seconds = value.parse().expect("--stripe-fault-seconds N"),
-            other => panic!("unknown argument {other}"),
-        }
-    }
-    options
+    clap::Parser::parse_from(std::env::args().filter(|a| a != "--bench"))
 }
 
 /// The machine the scenarios run on: the cluster, the server binary, the double.

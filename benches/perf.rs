@@ -19,41 +19,35 @@ use uuid::Uuid;
 
 const PASSWORD: &str = "perf suite password";
 
+/// The suite's arguments (after `cargo bench --bench perf --`).
+#[derive(clap::Parser)]
 struct Options {
+    /// Phases to run, comma-separated: ingest, meter, ssr, export, bundle, live, drain, memory (default: all).
+    #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
+    /// Seconds per measured phase.
+    #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Concurrent clients of the single-event ingest phases.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 16, 64, 256])]
     clients: Vec<usize>,
+    /// Concurrent clients of the batch ingest phase.
+    #[arg(long, default_value_t = 8)]
     batch_clients: usize,
+    /// Events per batch request.
+    #[arg(long, default_value_t = 500)]
     batch_size: usize,
+    /// Live streams held open at once.
+    #[arg(long, default_value_t = 1000)]
     streams: usize,
+    /// Length of the memory soak.
+    #[arg(long, default_value_t = 600)]
     soak_seconds: u64,
 }
 
+/// The arguments, without the `--bench` cargo adds.
 fn options() -> Options {
-    let mut options = Options {
-        only: None,
-        seconds: 10,
-        clients: vec![1, 16, 64, 256],
-        batch_clients: 8,
-        batch_size: 500,
-        streams: 1000,
-        soak_seconds: 600,
-    };
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
-    for pair in args.chunks(2) {
-        let value = pair.get(1).cloned().unwrap_or_default();
-        match pair[0].as_str() {
-            "--only" => options.only = Some(value.split(',').map(str::to_owned).collect()),
-            "--seconds" => options.seconds = value.parse().expect("--seconds N"),
-            "--clients" => options.clients = value.split(',').map(|c| c.parse().expect("--clients N[,N…]")).collect(),
-            "--batch-clients" => options.batch_clients = value.parse().expect("--batch-clients N"),
-            "--batch-size" => options.batch_size = value.parse().expect("--batch-size N"),
-            "--streams" => options.streams = value.parse().expect("--streams N"),
-            "--soak-seconds" => options.soak_seconds = value.parse().expect("--soak-seconds N"),
-            other => panic!("unknown argument {other}"),
-        }
-    }
-    options
+    clap::Parser::parse_from(std::env::args().filter(|a| a != "--bench"))
 }
 
 /// One line of the final table.
