@@ -65,17 +65,18 @@ fn History(history: UsageHistory) -> impl IntoView {
     let total: i64 = history.days.iter().map(|d| d.quantity).sum();
     let (first_day, last_day, zone) =
         (history.selected.first_day.clone(), history.selected.last_day.clone(), history.timezone.clone());
-    let first = move || crate::i18n::day(i18n.get_locale(), &first_day);
-    let last = move || crate::i18n::day(i18n.get_locale(), &last_day);
-    let tz = move || zone.clone();
-    let total_text = move || crate::i18n::number(i18n.get_locale(), total);
-    // The chart's text alternative: the caption's words.
-    let caption = Signal::derive({
-        let (first, last, tz) = (first.clone(), last.clone(), tz.clone());
-        move || {
-            t_string!(i18n, history_caption, first = first(), last = last(), tz = tz(), total = total_text())
-                .to_string()
-        }
+    // The caption's words, shown above the chart and given to screen readers as the chart's text alternative.
+    let caption = Signal::derive(move || {
+        let locale = i18n.get_locale();
+        t_string!(
+            i18n,
+            history_caption,
+            first = crate::i18n::day(locale, &first_day),
+            last = crate::i18n::day(locale, &last_day),
+            tz = zone.clone(),
+            total = crate::i18n::number(locale, total)
+        )
+        .to_string()
     });
     let chart = if total == 0 {
         view! { <p class="muted" data-testid="history-empty">{t!(i18n, history_empty)}</p> }.into_any()
@@ -94,7 +95,7 @@ fn History(history: UsageHistory) -> impl IntoView {
             </a>
         </form>
         <p class="history__caption" data-testid="history-caption">
-            {t!(i18n, history_caption, first, last, tz, total = total_text)}
+            {caption}
         </p>
         {chart}
         <details class="history__table">
