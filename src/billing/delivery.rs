@@ -219,17 +219,18 @@ impl DeliveryWorker {
         progress.deliveries = deliveries;
 
         let (claimed, budget) = self.claim().await?;
-        progress.budget_wait = match budget {
-            Budget::Empty { wait } => Some(wait),
-            Budget::Held { .. } => None,
+        let milli_calls = match budget {
+            // Nothing was claimed.
+            Budget::Empty { wait } => {
+                progress.budget_wait = Some(wait);
+                return Ok(progress);
+            }
+            Budget::Held { milli_calls } => milli_calls,
         };
-        let sends = claimed.into_iter().enumerate().map(|(position, delivery)| {
-            let slot = match budget {
-                Budget::Held { milli_calls } => self.budget.slot(position, milli_calls),
-                Budget::Empty { .. } => Duration::ZERO,
-            };
-            self.deliver(delivery, slot)
-        });
+        let sends = claimed
+            .into_iter()
+            .enumerate()
+            .map(|(position, delivery)| self.deliver(delivery, self.budget.slot(position, milli_calls)));
         let outcomes = futures::future::join_all(sends).await;
         for outcome in outcomes {
             progress.calls += 1;
