@@ -477,16 +477,10 @@ impl Drop for InFlight<'_> {
 /// Picks the fault of this call from the knobs (counters first, one fault per call), and the delays before
 /// handling it and before answering (only for calls without another fault, so each knob counts on its own).
 fn pick_fault(inner: &mut Inner) -> (Fault, u64, u64) {
-    let second = now();
     let faults = &mut inner.faults;
-    if faults.calls_per_second > 0 {
-        if inner.rate_window.0 != second {
-            inner.rate_window = (second, 0);
-        }
-        inner.rate_window.1 += 1;
-        if inner.rate_window.1 > faults.calls_per_second {
-            return (Fault::RateLimited, 0, 0);
-        }
+    // The call was already counted in its second (`Inner::count_call_in_second`).
+    if faults.calls_per_second > 0 && inner.call_second.1 > faults.calls_per_second {
+        return (Fault::RateLimited, 0, 0);
     }
     let fault = if faults.rate_limit > 0 {
         faults.rate_limit -= 1;

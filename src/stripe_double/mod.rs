@@ -123,9 +123,8 @@ struct Inner {
     in_flight: HashMap<(String, String), u32>,
     /// Full v2 events by id (`GET /v2/core/events/{id}`), e.g. meter error reports.
     v2_events: HashMap<String, Value>,
-    /// (unix second, calls in it) for `calls_per_second`.
-    rate_window: (i64, u32),
-    /// (unix second, meter event calls in it) for `busiest_second_meter_event_calls`.
+    /// (unix second, meter event calls in it, replays included as Stripe's limiter counts them): the
+    /// `calls_per_second` knob's window and the source of `busiest_second_meter_event_calls`.
     call_second: (i64, u32),
     state: DoubleState,
     next_id: u64,
