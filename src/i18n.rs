@@ -258,6 +258,16 @@ pub fn day(locale: Locale, iso_day: &str) -> String {
     }
 }
 
+/// The UTC day of `at`, as [`day`] shows it.
+pub fn utc_day(locale: Locale, at: chrono::DateTime<chrono::Utc>) -> String {
+    day(locale, &at.format("%Y-%m-%d").to_string())
+}
+
+/// Two `YYYY-MM-DD` days as a range: `2026-11-01 – 2026-11-30` / `2026年11月1日 〜 2026年11月30日`.
+pub fn day_range(locale: Locale, first: &str, last: &str) -> String {
+    td_string!(locale, period_range, first = day(locale, first), last = day(locale, last)).to_string()
+}
+
 /// `n events` / `n 件`.
 pub fn events(locale: Locale, n: i64) -> String {
     match locale {
@@ -281,5 +291,9 @@ mod tests {
         assert_eq!(events(Locale::en, 1), "1 event");
         assert_eq!(events(Locale::en, 1200), "1,200 events");
         assert_eq!(events(Locale::ja, 1200), "1,200 件");
+        assert_eq!(day_range(Locale::en, "2026-11-01", "2026-11-30"), "2026-11-01 – 2026-11-30");
+        assert_eq!(day_range(Locale::ja, "2026-11-01", "2026-11-30"), "2026年11月1日 〜 2026年11月30日");
+        let at = chrono::DateTime::parse_from_rfc3339("2026-01-05T23:30:00-02:00").unwrap().to_utc();
+        assert_eq!(utc_day(Locale::ja, at), "2026年1月6日");
     }
 }

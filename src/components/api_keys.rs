@@ -93,10 +93,7 @@ fn KeyTable(keys: Vec<ApiKeyInfo>, revoke: ServerAction<RevokeApiKey>) -> impl I
                                     <code>{format!("{}…", key.display_prefix)}</code>
                                 </td>
                                 <td>
-                                    {
-                                        let created = key.created_at.format("%Y-%m-%d").to_string();
-                                        move || crate::i18n::day(i18n.get_locale(), &created)
-                                    }
+                                    {move || crate::i18n::utc_day(i18n.get_locale(), key.created_at)}
                                 </td>
                                 <td>{when(key.last_used_at)}</td>
                                 <td>

@@ -37,10 +37,8 @@ fn Overview(overview: BillingOverview) -> impl IntoView {
                 let mut line =
                     td_string!(locale, subscription_line, status = subscription_status(locale, &s.status)).to_string();
                 if let (Some(start), Some(end)) = (s.current_period_start, s.current_period_end) {
-                    let day = |at: chrono::DateTime<chrono::Utc>| {
-                        crate::i18n::day(locale, &at.format("%Y-%m-%d").to_string())
-                    };
-                    line += &td_string!(locale, subscription_period, first = day(start), last = day(end)).to_string();
+                    let (first, last) = (crate::i18n::utc_day(locale, start), crate::i18n::utc_day(locale, end));
+                    line += &td_string!(locale, subscription_period, first, last).to_string();
                 }
                 if s.cancel_at_period_end {
                     line += td_string!(locale, subscription_ends);
@@ -76,7 +74,11 @@ fn Overview(overview: BillingOverview) -> impl IntoView {
                             let failed = cycle.status != "paid";
                             view! {
                                 <tr data-testid="billing-row" class:billing__row--failed=failed>
-                                    <td>{format!("{} – {}", cycle.first_day, cycle.last_day)}</td>
+                                    <td>
+                                        {move || {
+                                            crate::i18n::day_range(i18n.get_locale(), &cycle.first_day, &cycle.last_day)
+                                        }}
+                                    </td>
                                     <td class="billing__amount">
                                         {move || crate::i18n::money(i18n.get_locale(), cycle.amount_paid, &cycle.currency)}
                                     </td>

@@ -48,16 +48,7 @@ fn History(history: UsageHistory) -> impl IntoView {
             let value = p.period_start.to_rfc3339();
             let selected = value == selected_start;
             let (first, last) = (p.first_day.clone(), p.last_day.clone());
-            let range = move || {
-                let locale = i18n.get_locale();
-                t_string!(
-                    i18n,
-                    period_range,
-                    first = crate::i18n::day(locale, &first),
-                    last = crate::i18n::day(locale, &last)
-                )
-                .to_string()
-            };
+            let range = move || crate::i18n::day_range(i18n.get_locale(), &first, &last);
             view! { <option value=value selected=selected>{range}</option> }
         })
         .collect_view();
