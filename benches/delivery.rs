@@ -122,6 +122,7 @@ async fn drain(pool: &PgPool, options: &Options, customers: i64, events: i64, ba
         lease_ms: 30_000,
         poll_ms: 20,
         create_customers: false,
+        invoice_grace_minutes: 60,
     };
     let started = Instant::now();
     let runs: Vec<_> = (0..options.workers)

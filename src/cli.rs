@@ -287,8 +287,15 @@ async fn stripe_command(pool: &sqlx::PgPool, config: &Config, command: StripeCom
             println!("linked {} to {customer}", email.trim().to_lowercase());
         }
         StripeCommand::Retry => {
-            let requeued = status::retry_failed(pool).await?;
-            println!("{requeued} failed events queued for delivery again");
+            let (requeued, to_settle) =
+                crate::billing::uncertain::retry_failed(pool, crate::clock::Clock::system().now()).await?;
+            println!("{requeued} failed meter events queued for delivery again, under new identifiers");
+            if to_settle > 0 {
+                println!(
+                    "{to_settle} had an attempt whose outcome is unknown: the worker settles them from Stripe's meter \
+                     summaries first, and sends again only what Stripe did not count"
+                );
+            }
         }
         StripeCommand::Setup { display_name, event_name, product_name, currency, unit_amount_decimal, lookup_key } => {
             let event_name = event_name

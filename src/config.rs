@@ -110,6 +110,11 @@ pub struct DeliveryConfig {
     /// Create a Stripe customer for every account that has none (at sign-up, and by the worker for the rest).
     #[arg(long = "stripe-create-customers", env = "STRIPE_CREATE_CUSTOMERS", default_value_t = true, action = clap::ArgAction::Set)]
     pub create_customers: bool,
+    /// Stripe's invoice finalization grace on this account, in minutes (Stripe's default: 60). Usage of a
+    /// subscription period is sent before its end plus this grace; what still misses it is billed on the next
+    /// invoice (see docs/reliability.md).
+    #[arg(long, env = "STRIPE_INVOICE_GRACE_MINUTES", default_value_t = 60, value_parser = clap::value_parser!(u32).range(10..=10_080))]
+    pub invoice_grace_minutes: u32,
 }
 
 impl Default for DeliveryConfig {
@@ -125,6 +130,7 @@ impl Default for DeliveryConfig {
             lease_ms: 90_000,
             poll_ms: 500,
             create_customers: true,
+            invoice_grace_minutes: 60,
         }
     }
 }

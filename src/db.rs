@@ -22,10 +22,16 @@ pub enum DbSetupError {
 }
 
 /// Opens the pool described by `config`.
+/// Every connection carries the billing time zone as `tally.billing_timezone`, which the `usage_monthly` view reads.
 pub async fn connect(config: &Config) -> Result<PgPool, DbSetupError> {
+    let options = config
+        .database_url
+        .parse::<sqlx::postgres::PgConnectOptions>()
+        .map_err(DbSetupError::Connect)?
+        .options([("tally.billing_timezone", config.billing_timezone.as_str())]);
     PgPoolOptions::new()
         .max_connections(config.database_max_connections)
-        .connect(&config.database_url)
+        .connect_with(options)
         .await
         .map_err(DbSetupError::Connect)
 }

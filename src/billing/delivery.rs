@@ -32,6 +32,7 @@ use uuid::Uuid;
 
 use crate::billing::stripe::{MeterEvent, StripeClient, StripeError};
 use crate::billing::LIVE_STATUSES;
+use crate::clock::Clock;
 use crate::config::DeliveryConfig;
 use crate::error::AppError;
 
@@ -45,6 +46,16 @@ const ROWS_PER_STEP: i64 = 100_000;
 const CUSTOMERS_PER_STEP: i64 = 2_000;
 /// After Stripe failed to create a customer, how long the worker waits before trying again.
 const CUSTOMER_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// Stripe de-duplicates identifiers for at least 24 hours. A delivery whose outcome is unknown is re-sent under its
+/// identifier only while its first unknown attempt is younger than this: well inside the window, so that a
+/// re-send can never be counted a second time by a Stripe that has forgotten the identifier.
+pub const IDENTIFIER_SAFE_AGE: chrono::Duration = chrono::Duration::hours(12);
+/// How long after its latest attempt an uncertain delivery is checked against the meter event summaries: Stripe
+/// aggregates asynchronously, so a summary read right after a call may not include it yet.
+pub const SUMMARY_SETTLE: chrono::Duration = chrono::Duration::minutes(30);
+/// Usage of a subscription period is sent at the latest this long before its invoice is finalized (period end +
+/// grace); a call in flight at the deadline could otherwise land after it.
+pub const DEADLINE_MARGIN: chrono::Duration = chrono::Duration::minutes(5);
 /// Serialises claims across workers so that "no call in flight for this customer and meter" is read and acted
 /// on atomically (the claim is one short statement), and so that the shared call budget is read and spent at once.
 const CLAIM_LOCK: i64 = 0x7461_6c6c_7964_6c76;
@@ -64,13 +75,26 @@ pub struct Progress {
     /// Outbox rows and deliveries marked expired.
     pub expired: u64,
     pub customers_created: u64,
+    /// Deliveries whose outcome became unknown beyond the identifier window's safety margin (now `uncertain`).
+    pub uncertain: u64,
+    /// Uncertain deliveries settled from the meter event summaries (counted, or resent under a new identifier).
+    pub resolved: u64,
+    /// Deliveries that missed their period's invoice, restamped into the current period (billed on the next one).
+    pub restamped: u64,
     /// Set when the shared call budget was spent: how long until the next call may be made.
     pub budget_wait: Option<Duration>,
 }
 
 impl Progress {
     fn did_work(&self) -> bool {
-        self.batched + self.calls + self.expired + self.customers_created > 0
+        self.batched
+            + self.calls
+            + self.expired
+            + self.customers_created
+            + self.resolved
+            + self.restamped
+            + self.uncertain
+            > 0
     }
 
     fn add(&mut self, other: Progress) {
@@ -82,6 +106,9 @@ impl Progress {
         self.failed += other.failed;
         self.expired += other.expired;
         self.customers_created += other.customers_created;
+        self.uncertain += other.uncertain;
+        self.resolved += other.resolved;
+        self.restamped += other.restamped;
         self.budget_wait = other.budget_wait;
     }
 }
@@ -94,6 +121,8 @@ pub struct DeliveryWorker {
     settings: DeliveryConfig,
     timezone: String,
     budget: CallBudget,
+    /// The billing clock (tests move it).
+    clock: Clock,
     /// Set after a customer could not be created: no sweep before then.
     customer_sweep_paused_until: Arc<Mutex<Option<Instant>>>,
 }
@@ -109,6 +138,8 @@ struct Claimed {
     event_timestamp: DateTime<Utc>,
     attempts: i32,
     lease_token: Uuid,
+    /// When this attempt began, by the billing clock.
+    attempt_started_at: DateTime<Utc>,
 }
 
 /// How one call ended, for the books.
@@ -117,6 +148,43 @@ enum Outcome {
     Retry,
     Failed,
     Expired,
+    /// Stripe may or may not have counted it, and it may not be re-sent: settled from the summaries later.
+    Uncertain,
+}
+
+/// What a meter event call's answer says about whether Stripe counted the event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallVerdict {
+    /// Counted: a 200 with Stripe's answer, or "an event already exists with this identifier".
+    Counted,
+    /// Refused before it was recorded (429, 409, 401, 403: nothing was counted); try again later.
+    RefusedRetry,
+    /// Refused for good (another 4xx): nothing was counted; the delivery fails with Stripe's message.
+    RefusedFinal,
+    /// Unknown (a timeout, a lost or garbled answer, a 5xx): Stripe may have counted it. Retried under the same
+    /// identifier while that is safe, else settled from the meter event summaries.
+    Unknown { retry: bool },
+}
+
+impl CallVerdict {
+    /// The verdict on one call's result.
+    pub fn of(result: &Result<(), StripeError>) -> CallVerdict {
+        match result {
+            Ok(()) => CallVerdict::Counted,
+            Err(err) if err.is_duplicate_identifier() => CallVerdict::Counted,
+            // Authentication and permission errors wait for the operator to fix the key instead of failing usage.
+            Err(StripeError::Api { status: 401 | 403 | 409 | 429, .. }) => CallVerdict::RefusedRetry,
+            // Stripe may have done the work behind a 5xx; `Stripe-Should-Retry: false` says not to call again.
+            Err(StripeError::Api { status, should_retry, .. }) if *status >= 500 => {
+                CallVerdict::Unknown { retry: *should_retry != Some(false) }
+            }
+            Err(err @ StripeError::Api { .. }) if err.is_retryable() => CallVerdict::RefusedRetry,
+            Err(StripeError::Api { .. }) => CallVerdict::RefusedFinal,
+            Err(StripeError::Network(_)) => CallVerdict::Unknown { retry: true },
+            // A 2xx whose body is not Stripe's answer: something answered, perhaps after Stripe counted it.
+            Err(StripeError::Decode(_)) => CallVerdict::Unknown { retry: false },
+        }
+    }
 }
 
 impl DeliveryWorker {
@@ -141,8 +209,15 @@ impl DeliveryWorker {
             settings,
             timezone: timezone.to_owned(),
             budget,
+            clock: Clock::system(),
             customer_sweep_paused_until: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// The same worker on `clock` (tests move it to pass Stripe's time windows without waiting).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// The worker the configuration asks for; `None` without `STRIPE_SECRET_KEY`.
@@ -214,6 +289,9 @@ impl DeliveryWorker {
         }
         self.fetch_meter_error_details().await?;
         progress.expired = self.expire_old_rows().await?;
+        progress.uncertain = self.stop_unsafe_resends().await?;
+        progress.resolved = super::uncertain::resolve_due(&self.pool, &self.stripe, self.clock.now()).await?;
+        progress.restamped = self.restamp_late().await?;
         let (batched, deliveries) = self.form_batches().await?;
         progress.batched = batched;
         progress.deliveries = deliveries;
@@ -238,6 +316,7 @@ impl DeliveryWorker {
                 Outcome::Delivered => progress.delivered += 1,
                 Outcome::Retry => progress.retried += 1,
                 Outcome::Failed => progress.failed += 1,
+                Outcome::Uncertain => progress.uncertain += 1,
                 Outcome::Expired => {
                     progress.calls -= 1;
                     progress.expired += 1;
@@ -298,22 +377,110 @@ impl DeliveryWorker {
              WHERE e.id = o.usage_event_id AND o.status IN ('pending', 'awaiting_customer')
                AND o.delivery_id IS NULL AND e.occurred_at < $1",
         )
-        .bind(Utc::now() - STRIPE_WINDOW + EXPIRY_MARGIN)
+        .bind(self.clock.now() - STRIPE_WINDOW + EXPIRY_MARGIN)
         .execute(&self.pool)
         .await?;
         Ok(expired.rows_affected())
     }
 
+    /// Deliveries whose first unknown attempt is older than [`IDENTIFIER_SAFE_AGE`], or whose period's invoice
+    /// deadline has passed, are not sent again under their identifier: they become `uncertain` (with their outbox rows) and are settled from the meter event
+    /// summaries ([`super::uncertain`]). A lease that ran out without being released is an attempt whose outcome
+    /// nobody learnt (its worker died mid-call), so it counts as unknown too.
+    async fn stop_unsafe_resends(&self) -> Result<u64, AppError> {
+        let now = self.clock.now();
+        let mut tx = self.pool.begin().await?;
+        let stopped: Vec<Uuid> = sqlx::query_scalar(
+            "UPDATE meter_deliveries d
+             SET status = 'uncertain',
+                 uncertain_since = coalesce(d.uncertain_since, d.attempt_started_at),
+                 leased_until = NULL, next_attempt_at = $1,
+                 last_error = 'outcome unknown for longer than is safe to re-send under the same identifier; '
+                              || 'checking Stripe''s meter event summaries',
+                 updated_at = now()
+             WHERE d.status = 'pending'
+               AND (d.leased_until IS NULL OR d.leased_until <= now())
+               AND coalesce(d.uncertain_since, CASE WHEN d.leased_until IS NOT NULL THEN d.attempt_started_at END)
+                   < CASE WHEN d.period_kind = 'subscription'
+                               AND d.period_end + $3 * interval '1 minute' <= $1 + $4 * interval '1 second'
+                          -- Past its invoice's deadline a re-send under the old stamp would bill nothing: settle it
+                          -- now, and if Stripe did not count it, it goes on the next invoice (restamp_late).
+                          THEN 'infinity'::timestamptz
+                          ELSE $2 END
+             RETURNING d.id",
+        )
+        .bind(now)
+        .bind(now - IDENTIFIER_SAFE_AGE)
+        .bind(f64::from(self.settings.invoice_grace_minutes))
+        .bind(DEADLINE_MARGIN.num_seconds() as f64)
+        .fetch_all(&mut *tx)
+        .await?;
+        if !stopped.is_empty() {
+            sqlx::query(
+                "UPDATE meter_event_outbox SET status = 'uncertain', updated_at = now() WHERE delivery_id = ANY($1)",
+            )
+            .bind(&stopped)
+            .execute(&mut *tx)
+            .await?;
+            tracing::warn!(
+                deliveries = stopped.len(),
+                "meter events with an unknown outcome past the safe re-send age"
+            );
+        }
+        tx.commit().await?;
+        Ok(stopped.len() as u64)
+    }
+
+    /// The late-usage rule. A delivery of a subscription period that has not reached Stripe by the period's
+    /// invoice deadline (period end + grace − [`DEADLINE_MARGIN`]) would be accepted and billed on no invoice, so
+    /// it is moved to the invoice after: stamped now, into the period containing now, under a new identifier, its
+    /// own period kept in `late_from_period_*`. Only deliveries Stripe provably has not counted move (no unknown
+    /// attempt, no lease left behind); the others are settled first.
+    async fn restamp_late(&self) -> Result<u64, AppError> {
+        let now = self.clock.now();
+        let restamped = sqlx::query(
+            "UPDATE meter_deliveries d
+             SET late_from_period_start = coalesce(d.late_from_period_start, d.period_start),
+                 late_from_period_end = coalesce(d.late_from_period_end, d.period_end),
+                 period_start = x.period_start, period_end = x.period_end, period_kind = x.period_kind,
+                 event_timestamp = $1,
+                 previous_identifiers = d.previous_identifiers || d.identifier,
+                 identifier = gen_random_uuid()::text,
+                 next_attempt_at = $1, updated_at = now()
+             FROM (SELECT c.id, p.* FROM meter_deliveries c
+                   CROSS JOIN LATERAL billing_period_at(c.user_id, $1, $3, $4) AS p
+                   WHERE c.status = 'pending' AND c.period_kind = 'subscription' AND c.uncertain_since IS NULL
+                     AND c.leased_until IS NULL
+                     AND c.period_end + $2 * interval '1 minute' <= $1 + $5 * interval '1 second'
+                   FOR UPDATE OF c SKIP LOCKED) AS x
+             WHERE d.id = x.id",
+        )
+        .bind(now)
+        .bind(f64::from(self.settings.invoice_grace_minutes))
+        .bind(&self.timezone)
+        .bind(LIVE_STATUSES)
+        .bind(DEADLINE_MARGIN.num_seconds() as f64)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if restamped > 0 {
+            tracing::warn!(deliveries = restamped, "usage missed its invoice's deadline; billed on the next invoice");
+        }
+        Ok(restamped)
+    }
+
     /// Puts due outbox rows of customers without an open delivery into new deliveries; returns (rows, deliveries).
     async fn form_batches(&self) -> Result<(u64, u64), AppError> {
+        let now = self.clock.now();
         let mut tx = self.pool.begin().await?;
         let users: Vec<Uuid> = sqlx::query_scalar(
             "SELECT DISTINCT o.user_id FROM meter_event_outbox o
-             WHERE o.status = 'pending' AND o.delivery_id IS NULL AND o.next_attempt_at <= now()
+             WHERE o.status = 'pending' AND o.delivery_id IS NULL AND o.next_attempt_at <= $2
                AND NOT EXISTS (SELECT 1 FROM meter_deliveries d WHERE d.user_id = o.user_id AND d.status = 'pending')
              LIMIT $1",
         )
         .bind(CUSTOMERS_PER_STEP)
+        .bind(now)
         .fetch_all(&mut *tx)
         .await?;
         if users.is_empty() {
@@ -323,13 +490,15 @@ impl DeliveryWorker {
         crate::usage::period::lock_users_shared(&mut tx, &users).await?;
         let rows: Vec<DueRow> = sqlx::query_as(
             "SELECT o.usage_event_id, o.user_id, u.stripe_customer_id, e.event_type, e.quantity, e.occurred_at,
-                    p.period_start, p.period_end
+                    p.period_start, p.period_end, p.period_kind,
+                    c.period_start AS current_start, c.period_end AS current_end, c.period_kind AS current_kind
              FROM meter_event_outbox o
              JOIN usage_events e ON e.id = o.usage_event_id
              JOIN users u ON u.id = o.user_id
-             CROSS JOIN LATERAL billing_period_of(o.user_id, e.occurred_at, $3, $4) AS p
+             CROSS JOIN LATERAL billing_period_at(o.user_id, e.occurred_at, $3, $4) AS p
+             CROSS JOIN LATERAL billing_period_at(o.user_id, $5, $3, $4) AS c
              WHERE o.user_id = ANY($1) AND o.status = 'pending' AND o.delivery_id IS NULL
-               AND o.next_attempt_at <= now() AND u.stripe_customer_id IS NOT NULL
+               AND o.next_attempt_at <= $5 AND u.stripe_customer_id IS NOT NULL
              ORDER BY o.user_id, e.occurred_at, o.usage_event_id
              LIMIT $2
              FOR UPDATE OF o SKIP LOCKED",
@@ -338,14 +507,20 @@ impl DeliveryWorker {
         .bind(ROWS_PER_STEP)
         .bind(&self.timezone)
         .bind(LIVE_STATUSES)
+        .bind(now)
         .fetch_all(&mut *tx)
         .await?;
-        let batches = plan_batches(rows, self.settings.batch_max_events as usize);
+        let rules = BatchRules {
+            max_events: self.settings.batch_max_events as usize,
+            now,
+            invoice_grace: chrono::Duration::minutes(i64::from(self.settings.invoice_grace_minutes)),
+        };
+        let batches = plan_batches(rows, &rules);
         let mut deliveries = NewDeliveries::default();
         for batch in &batches {
             deliveries.push(batch);
         }
-        deliveries.insert(&mut tx).await?;
+        deliveries.insert(&mut tx, now).await?;
         tx.commit().await?;
         Ok((deliveries.members.len() as u64, batches.len() as u64))
     }
@@ -367,23 +542,29 @@ impl DeliveryWorker {
             "WITH claimed AS (
                  UPDATE meter_deliveries d
                  SET leased_until = now() + $2 * interval '1 millisecond', lease_token = gen_random_uuid(),
-                     attempts = d.attempts + 1, updated_at = now()
+                     attempts = d.attempts + 1, updated_at = now(),
+                     -- A lease never released: the previous attempt's worker died mid-call, outcome unknown.
+                     uncertain_since = CASE WHEN d.leased_until IS NOT NULL
+                                            THEN coalesce(d.uncertain_since, d.attempt_started_at)
+                                            ELSE d.uncertain_since END,
+                     attempt_started_at = $4
                  WHERE d.id IN (
                      SELECT id FROM (
-                         SELECT DISTINCT ON (c.stripe_customer_id, c.event_name) c.id, c.next_attempt_at
+                         -- Per customer and meter the closing period's delivery first (its invoice is due first).
+                         SELECT DISTINCT ON (c.stripe_customer_id, c.event_name) c.id, c.period_end, c.next_attempt_at
                          FROM meter_deliveries c
-                         WHERE c.status = 'pending' AND c.next_attempt_at <= now()
+                         WHERE c.status = 'pending' AND c.next_attempt_at <= $4
                            AND (c.leased_until IS NULL OR c.leased_until <= now())
                            AND NOT EXISTS (
                                SELECT 1 FROM meter_deliveries f
                                WHERE f.status = 'pending' AND f.stripe_customer_id = c.stripe_customer_id
                                  AND f.event_name = c.event_name AND f.leased_until > now())
-                         ORDER BY c.stripe_customer_id, c.event_name, c.next_attempt_at, c.created_at
+                         ORDER BY c.stripe_customer_id, c.event_name, c.period_end, c.next_attempt_at, c.created_at
                      ) AS one_per_customer
-                     ORDER BY next_attempt_at
+                     ORDER BY period_end, next_attempt_at
                      LIMIT $1)
                  RETURNING d.id, d.identifier, d.stripe_customer_id, d.event_name, d.quantity, d.event_timestamp,
-                           d.attempts, d.lease_token
+                           d.attempts, d.lease_token, d.attempt_started_at
              ),
              spent AS (
                  UPDATE stripe_call_budget SET milli_calls = milli_calls - 1000 * (SELECT count(*) FROM claimed)
@@ -394,6 +575,7 @@ impl DeliveryWorker {
         .bind(i64::from(self.settings.max_in_flight.min(self.budget.rate.get())))
         .bind(self.settings.lease_ms as f64)
         .bind(CallBudget::NAME)
+        .bind(self.clock.now())
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -401,9 +583,9 @@ impl DeliveryWorker {
     }
 
     /// Sends one claimed delivery after waiting `slot` (its place in the shared call budget) and records how it
-    /// ended.
+    /// ended ([`CallVerdict`]).
     async fn deliver(&self, delivery: Claimed, slot: Duration) -> Result<Outcome, AppError> {
-        if delivery.event_timestamp < Utc::now() - STRIPE_WINDOW + chrono::Duration::minutes(1) {
+        if delivery.event_timestamp < self.clock.now() - STRIPE_WINDOW + chrono::Duration::minutes(1) {
             self.settle(&delivery, "expired", Some("older than the 35 days Stripe accepts meter events for")).await?;
             return Ok(Outcome::Expired);
         }
@@ -416,28 +598,44 @@ impl DeliveryWorker {
             timestamp: delivery.event_timestamp.timestamp(),
         };
         let idempotency_key = format!("{}-attempt-{}", delivery.identifier, delivery.attempts);
-        match self.stripe.create_meter_event(&event, &idempotency_key).await {
-            Ok(()) => {
+        let result = self.stripe.create_meter_event(&event, &idempotency_key).await;
+        match (CallVerdict::of(&result), result) {
+            (CallVerdict::Counted, Ok(())) => {
                 self.settle(&delivery, "delivered", None).await?;
                 Ok(Outcome::Delivered)
             }
-            Err(err) if err.is_duplicate_identifier() => {
+            (CallVerdict::Counted, Err(_)) => {
                 // An earlier attempt reached Stripe but its answer did not reach us.
                 self.settle(&delivery, "delivered", Some("Stripe already held this identifier")).await?;
                 Ok(Outcome::Delivered)
             }
-            Err(err) if should_retry(&err) => {
-                self.retry_later(&delivery, &err).await?;
+            (CallVerdict::RefusedRetry, Err(err)) => {
+                self.retry_later(&delivery, &err, false).await?;
                 Ok(Outcome::Retry)
             }
-            Err(err) => {
+            (CallVerdict::Unknown { retry: true }, Err(err)) => {
+                self.retry_later(&delivery, &err, true).await?;
+                Ok(Outcome::Retry)
+            }
+            (CallVerdict::Unknown { retry: false }, Err(err)) => {
+                tracing::warn!(
+                    identifier = %delivery.identifier,
+                    customer = %delivery.stripe_customer_id,
+                    error = %err,
+                    "meter event outcome unknown and not to be re-sent; settling it from the meter summaries"
+                );
+                self.mark_uncertain(&delivery, &err).await?;
+                Ok(Outcome::Uncertain)
+            }
+            (_, err) => {
+                let err = err.err().map(|e| e.to_string()).unwrap_or_default();
                 tracing::warn!(
                     identifier = %delivery.identifier,
                     customer = %delivery.stripe_customer_id,
                     error = %err,
                     "Stripe refused a meter event; marked failed"
                 );
-                self.settle(&delivery, "failed", Some(&err.to_string())).await?;
+                self.settle(&delivery, "failed", Some(&err)).await?;
                 Ok(Outcome::Failed)
             }
         }
@@ -450,12 +648,13 @@ impl DeliveryWorker {
         let settled = sqlx::query(
             "UPDATE meter_deliveries
              SET status = $2, last_error = $3, leased_until = NULL, updated_at = now(),
-                 delivered_at = CASE WHEN $2 = 'delivered' THEN now() END
+                 delivered_at = CASE WHEN $2 = 'delivered' THEN $4 END
              WHERE id = $1 AND status = 'pending'",
         )
         .bind(delivery.id)
         .bind(status)
         .bind(note)
+        .bind(self.clock.now())
         .execute(&mut *tx)
         .await?;
         if settled.rows_affected() == 1 {
@@ -473,8 +672,38 @@ impl DeliveryWorker {
         Ok(())
     }
 
-    /// Releases the lease and schedules the next attempt: exponential backoff with jitter.
-    async fn retry_later(&self, delivery: &Claimed, err: &StripeError) -> Result<(), AppError> {
+    /// An attempt whose outcome is unknown and that must not be repeated: the delivery waits as `uncertain` until
+    /// the meter event summaries can say whether it counted.
+    async fn mark_uncertain(&self, delivery: &Claimed, err: &StripeError) -> Result<(), AppError> {
+        let mut tx = self.pool.begin().await?;
+        let marked = sqlx::query(
+            "UPDATE meter_deliveries
+             SET status = 'uncertain', uncertain_since = coalesce(uncertain_since, $3), leased_until = NULL,
+                 next_attempt_at = $4, last_error = $5, updated_at = now()
+             WHERE id = $1 AND lease_token = $2 AND status = 'pending'",
+        )
+        .bind(delivery.id)
+        .bind(delivery.lease_token)
+        .bind(delivery.attempt_started_at)
+        .bind(self.clock.now() + SUMMARY_SETTLE)
+        .bind(err.to_string())
+        .execute(&mut *tx)
+        .await?;
+        if marked.rows_affected() == 1 {
+            sqlx::query(
+                "UPDATE meter_event_outbox SET status = 'uncertain', updated_at = now() WHERE delivery_id = $1",
+            )
+            .bind(delivery.id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Releases the lease and schedules the next attempt: exponential backoff with jitter. `unknown`: this attempt
+    /// may have been counted, which starts the identifier's safe re-send age if nothing had before.
+    async fn retry_later(&self, delivery: &Claimed, err: &StripeError, unknown: bool) -> Result<(), AppError> {
         let delay = backoff(
             delivery.attempts,
             Duration::from_millis(self.settings.retry_base_ms),
@@ -484,7 +713,8 @@ impl DeliveryWorker {
         tracing::debug!(identifier = %delivery.identifier, attempts = delivery.attempts, error = %err, ?delay, "meter event retry");
         sqlx::query(
             "UPDATE meter_deliveries
-             SET next_attempt_at = now() + $3 * interval '1 millisecond', leased_until = NULL, last_error = $4,
+             SET next_attempt_at = $5 + $3 * interval '1 millisecond', leased_until = NULL, last_error = $4,
+                 uncertain_since = CASE WHEN $6 THEN coalesce(uncertain_since, $7) ELSE uncertain_since END,
                  updated_at = now()
              WHERE id = $1 AND lease_token = $2 AND status = 'pending'",
         )
@@ -492,6 +722,9 @@ impl DeliveryWorker {
         .bind(delivery.lease_token)
         .bind(delay.as_millis() as f64)
         .bind(err.to_string())
+        .bind(self.clock.now())
+        .bind(unknown)
+        .bind(delivery.attempt_started_at)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -566,12 +799,6 @@ impl CallBudget {
     }
 }
 
-/// Whether a refused call should be tried again later. Besides Stripe's own rule ([`StripeError::is_retryable`]),
-/// authentication and permission errors wait for the operator to fix the key instead of failing the usage.
-fn should_retry(err: &StripeError) -> bool {
-    err.is_retryable() || matches!(err, StripeError::Api { status: 401 | 403, .. })
-}
-
 /// The delay before attempt `attempts + 1`: `base × 2^(attempts − 1)`, at most `max`, scaled into its upper
 /// half by `unit` (0–1) so that workers retrying together spread out.
 pub fn backoff(attempts: i32, base: Duration, max: Duration, unit: f64) -> Duration {
@@ -596,8 +823,34 @@ pub struct DueRow {
     pub event_type: String,
     pub quantity: i64,
     pub occurred_at: DateTime<Utc>,
+    /// The billing period the event was used in, and whether it is a subscription's (`subscription`) or a
+    /// calendar month with no subscription known for it (`calendar`).
     pub period_start: DateTime<Utc>,
     pub period_end: DateTime<Utc>,
+    pub period_kind: String,
+    /// The user's period at the time of batching (where late usage goes).
+    pub current_start: DateTime<Utc>,
+    pub current_end: DateTime<Utc>,
+    pub current_kind: String,
+}
+
+/// What batching needs to know besides the rows.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchRules {
+    /// Most usage events in one meter event.
+    pub max_events: usize,
+    /// Now, by the billing clock.
+    pub now: DateTime<Utc>,
+    /// Stripe's invoice finalization grace.
+    pub invoice_grace: chrono::Duration,
+}
+
+impl BatchRules {
+    /// Whether usage of this subscription period can no longer reach its invoice: past its end + grace, less the
+    /// margin a call needs.
+    fn missed_invoice(&self, period_end: DateTime<Utc>) -> bool {
+        period_end + self.invoice_grace <= self.now + DEADLINE_MARGIN
+    }
 }
 
 /// Rows that go out as one meter event.
@@ -609,27 +862,44 @@ pub struct Batch {
     pub event_name: String,
     pub period_start: DateTime<Utc>,
     pub period_end: DateTime<Utc>,
+    pub period_kind: String,
+    /// The period the usage was used in, when it missed that period's invoice and goes on the next one.
+    pub late_from: Option<(DateTime<Utc>, DateTime<Utc>)>,
     pub quantity: i64,
-    /// The latest member's time: inside the period, so Stripe bills the sum in the members' period.
+    /// Inside the period: the latest member's time for a subscription period; the members' common second for a
+    /// calendar month; now for late usage.
     pub timestamp: DateTime<Utc>,
 }
 
-/// Groups rows by customer, meter and billing period (never across a period boundary), each group cut into
-/// batches of at most `max_events` members and [`MAX_METER_VALUE`].
-pub fn plan_batches(rows: Vec<DueRow>, max_events: usize) -> Vec<Batch> {
-    type Key = (Uuid, String, String, DateTime<Utc>, DateTime<Utc>);
-    let mut groups: BTreeMap<Key, Vec<DueRow>> = BTreeMap::new();
+/// Groups rows into meter events, by three rules:
+/// - per customer, meter and billing period, never across a period boundary, each group cut into batches of at
+///   most `max_events` members and [`MAX_METER_VALUE`];
+/// - usage outside any subscription period Tally knows of is summed only within one whole second, stamped with
+///   it: Stripe bills each event by its own time, so a subscription Tally has not heard of yet (its webhooks late
+///   or out of order) bills exactly the usage at and after its start, never a second before;
+/// - usage of a subscription period that can no longer reach its invoice goes into the current period, stamped
+///   now, with its own period recorded (billed on the next invoice; see [`BatchRules::missed_invoice`]).
+pub fn plan_batches(rows: Vec<DueRow>, rules: &BatchRules) -> Vec<Batch> {
+    type Key =
+        (Uuid, String, String, DateTime<Utc>, DateTime<Utc>, Option<(DateTime<Utc>, DateTime<Utc>)>, Option<i64>);
+    let mut groups: BTreeMap<Key, (String, Vec<DueRow>)> = BTreeMap::new();
     for row in rows {
-        let key =
-            (row.user_id, row.stripe_customer_id.clone(), row.event_type.clone(), row.period_start, row.period_end);
-        groups.entry(key).or_default().push(row);
+        let late = row.period_kind == "subscription" && rules.missed_invoice(row.period_end);
+        let (start, end, kind, late_from) = if late {
+            (row.current_start, row.current_end, row.current_kind.clone(), Some((row.period_start, row.period_end)))
+        } else {
+            (row.period_start, row.period_end, row.period_kind.clone(), None)
+        };
+        let second = (kind == "calendar" && !late).then(|| row.occurred_at.timestamp());
+        let key = (row.user_id, row.stripe_customer_id.clone(), row.event_type.clone(), start, end, late_from, second);
+        groups.entry(key).or_insert_with(|| (kind, Vec::new())).1.push(row);
     }
     let mut batches = Vec::new();
-    for ((user_id, customer, event_name, period_start, period_end), rows) in groups {
+    for ((user_id, customer, event_name, period_start, period_end, late_from, second), (kind, rows)) in groups {
         let mut current: Option<Batch> = None;
         for row in rows {
             let fits = current.as_ref().is_some_and(|b| {
-                b.members.len() < max_events.max(1) && b.quantity.saturating_add(row.quantity) <= MAX_METER_VALUE
+                b.members.len() < rules.max_events.max(1) && b.quantity.saturating_add(row.quantity) <= MAX_METER_VALUE
             });
             if !fits {
                 batches.extend(current.take());
@@ -640,14 +910,22 @@ pub fn plan_batches(rows: Vec<DueRow>, max_events: usize) -> Vec<Batch> {
                     event_name: event_name.clone(),
                     period_start,
                     period_end,
+                    period_kind: kind.clone(),
+                    late_from,
                     quantity: 0,
-                    timestamp: row.occurred_at,
+                    timestamp: match (late_from, second) {
+                        (Some(_), _) => rules.now,
+                        (None, Some(second)) => DateTime::from_timestamp(second, 0).unwrap_or(row.occurred_at),
+                        (None, None) => row.occurred_at,
+                    },
                 });
             }
             let batch = current.as_mut().expect("set above");
             batch.members.push(row.usage_event_id);
             batch.quantity += row.quantity;
-            batch.timestamp = batch.timestamp.max(row.occurred_at);
+            if late_from.is_none() && second.is_none() {
+                batch.timestamp = batch.timestamp.max(row.occurred_at);
+            }
         }
         batches.extend(current);
     }
@@ -664,6 +942,9 @@ struct NewDeliveries {
     event_names: Vec<String>,
     period_starts: Vec<DateTime<Utc>>,
     period_ends: Vec<DateTime<Utc>>,
+    period_kinds: Vec<String>,
+    late_starts: Vec<Option<DateTime<Utc>>>,
+    late_ends: Vec<Option<DateTime<Utc>>>,
     timestamps: Vec<DateTime<Utc>>,
     quantities: Vec<i64>,
     counts: Vec<i32>,
@@ -686,6 +967,9 @@ impl NewDeliveries {
         self.event_names.push(batch.event_name.clone());
         self.period_starts.push(batch.period_start);
         self.period_ends.push(batch.period_end);
+        self.period_kinds.push(batch.period_kind.clone());
+        self.late_starts.push(batch.late_from.map(|(start, _)| start));
+        self.late_ends.push(batch.late_from.map(|(_, end)| end));
         self.timestamps.push(batch.timestamp);
         self.quantities.push(batch.quantity);
         self.counts.push(batch.members.len() as i32);
@@ -693,15 +977,22 @@ impl NewDeliveries {
         self.member_deliveries.extend(std::iter::repeat_n(id, batch.members.len()));
     }
 
-    async fn insert(&self, tx: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> Result<(), sqlx::Error> {
+    /// Inserts the deliveries, due at `now` (by the billing clock).
+    async fn insert(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        now: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
         if self.ids.is_empty() {
             return Ok(());
         }
         sqlx::query(
             "INSERT INTO meter_deliveries (id, identifier, user_id, stripe_customer_id, event_name, period_start,
-                                           period_end, event_timestamp, quantity, event_count)
-             SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::timestamptz[],
-                                  $7::timestamptz[], $8::timestamptz[], $9::bigint[], $10::int[])",
+                                           period_end, event_timestamp, quantity, event_count, period_kind,
+                                           late_from_period_start, late_from_period_end, next_attempt_at)
+             SELECT *, $14 FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::timestamptz[],
+                                       $7::timestamptz[], $8::timestamptz[], $9::bigint[], $10::int[], $11::text[],
+                                       $12::timestamptz[], $13::timestamptz[])",
         )
         .bind(&self.ids)
         .bind(&self.identifiers)
@@ -713,6 +1004,10 @@ impl NewDeliveries {
         .bind(&self.timestamps)
         .bind(&self.quantities)
         .bind(&self.counts)
+        .bind(&self.period_kinds)
+        .bind(&self.late_starts)
+        .bind(&self.late_ends)
+        .bind(now)
         .execute(&mut **tx)
         .await?;
         sqlx::query(
@@ -749,8 +1044,12 @@ mod tests {
         assert_eq!(live.slot(0, 1_500), Duration::ZERO);
     }
 
+    fn time(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(s, 0).unwrap()
+    }
+
+    /// A row of a subscription period; the current period is the same one.
     fn row(user: u128, quantity: i64, at: i64, period: (i64, i64)) -> DueRow {
-        let time = |s: i64| DateTime::from_timestamp(s, 0).unwrap();
         DueRow {
             usage_event_id: Uuid::new_v4(),
             user_id: Uuid::from_u128(user),
@@ -760,7 +1059,55 @@ mod tests {
             occurred_at: time(at),
             period_start: time(period.0),
             period_end: time(period.1),
+            period_kind: "subscription".into(),
+            current_start: time(period.0),
+            current_end: time(period.1),
+            current_kind: "subscription".into(),
         }
+    }
+
+    /// Rules at `now` (unix seconds) with a one-hour grace.
+    fn rules(max_events: usize, now: i64) -> BatchRules {
+        BatchRules { max_events, now: time(now), invoice_grace: chrono::Duration::hours(1) }
+    }
+
+    #[test]
+    fn usage_outside_a_known_subscription_is_summed_only_within_one_second() {
+        let calendar = |at_ms: i64| {
+            let mut r = row(1, 1, 0, (0, 100_000));
+            r.occurred_at = DateTime::from_timestamp_millis(at_ms).unwrap();
+            r.period_kind = "calendar".into();
+            r.current_kind = "calendar".into();
+            r
+        };
+        // Three events in second 10, two in second 11: a subscription starting at second 11 (whose webhook has not
+        // arrived) must bill exactly the two.
+        let rows = vec![calendar(10_000), calendar(10_400), calendar(10_999), calendar(11_000), calendar(11_500)];
+        let batches = plan_batches(rows, &rules(100, 12));
+        let summary: Vec<(i64, i64)> = batches.iter().map(|b| (b.timestamp.timestamp_millis(), b.quantity)).collect();
+        assert_eq!(summary, [(10_000, 3), (11_000, 2)]);
+        assert!(batches.iter().all(|b| b.period_kind == "calendar" && b.late_from.is_none()));
+    }
+
+    #[test]
+    fn usage_that_missed_its_invoice_goes_into_the_current_period_stamped_now() {
+        // Period [0, 1000) ended; its invoice is final at 1000 + 3600. The current period is [1000, 5000).
+        let late =
+            |at: i64| DueRow { current_start: time(1_000), current_end: time(5_000), ..row(1, 7, at, (0, 1_000)) };
+        let in_time = plan_batches(vec![late(900)], &rules(100, 1_000 + 3_600 - 301));
+        assert_eq!((in_time[0].period_start, in_time[0].timestamp, in_time[0].late_from), (time(0), time(900), None));
+        let now = 1_000 + 3_600 - 300;
+        let moved = plan_batches(vec![late(900), late(950)], &rules(100, now));
+        assert_eq!(moved.len(), 1);
+        assert_eq!((moved[0].period_start, moved[0].period_end), (time(1_000), time(5_000)));
+        assert_eq!(moved[0].timestamp, time(now));
+        assert_eq!(moved[0].late_from, Some((time(0), time(1_000))));
+        assert_eq!(moved[0].quantity, 14);
+        // Calendar months have no invoice: their usage keeps its own time, however old.
+        let mut calendar = late(900);
+        calendar.period_kind = "calendar".into();
+        let kept = plan_batches(vec![calendar], &rules(100, now + 100_000));
+        assert_eq!((kept[0].timestamp, kept[0].late_from), (time(900), None));
     }
 
     #[test]
@@ -771,7 +1118,7 @@ mod tests {
             row(1, 5, 1000, (1000, 2000)),
             row(2, 7, 50, (0, 1000)),
         ];
-        let batches = plan_batches(rows, 100);
+        let batches = plan_batches(rows, &rules(100, 1_000));
         let summary: Vec<(String, i64, i64, usize)> = batches
             .iter()
             .map(|b| (b.stripe_customer_id.clone(), b.quantity, b.timestamp.timestamp(), b.members.len()))
@@ -788,12 +1135,37 @@ mod tests {
     #[test]
     fn batches_are_cut_by_member_count_and_by_stripes_fifteen_digits() {
         let rows: Vec<DueRow> = (0..5).map(|i| row(1, 1, i, (0, 1000))).collect();
-        assert_eq!(plan_batches(rows, 2).iter().map(|b| b.members.len()).collect::<Vec<_>>(), [2, 2, 1]);
+        assert_eq!(plan_batches(rows, &rules(2, 1_000)).iter().map(|b| b.members.len()).collect::<Vec<_>>(), [2, 2, 1]);
         let big = 600_000_000_000_000;
         let rows = vec![row(1, big, 1, (0, 1000)), row(1, big, 2, (0, 1000))];
-        let batches = plan_batches(rows, 100);
+        let batches = plan_batches(rows, &rules(100, 1_000));
         assert_eq!(batches.len(), 2);
         assert!(batches.iter().all(|b| b.quantity <= MAX_METER_VALUE));
+    }
+
+    #[test]
+    fn only_answers_that_prove_nothing_was_counted_are_refusals() {
+        let api = |status: u16, should_retry: Option<bool>, message: &str| {
+            Err(StripeError::Api { status, kind: "x".into(), code: None, message: message.into(), should_retry })
+        };
+        assert_eq!(CallVerdict::of(&Ok(())), CallVerdict::Counted);
+        assert_eq!(
+            CallVerdict::of(&api(400, Some(false), "An event already exists with identifier x.")),
+            CallVerdict::Counted
+        );
+        for status in [401, 403, 409, 429] {
+            assert_eq!(CallVerdict::of(&api(status, None, "no")), CallVerdict::RefusedRetry, "{status}");
+        }
+        assert_eq!(CallVerdict::of(&api(400, None, "bad")), CallVerdict::RefusedFinal);
+        assert_eq!(CallVerdict::of(&api(500, None, "oops")), CallVerdict::Unknown { retry: true });
+        // Stripe may have counted it, and says not to call again: settled from the summaries, never failed.
+        assert_eq!(CallVerdict::of(&api(503, Some(false), "oops")), CallVerdict::Unknown { retry: false });
+        assert_eq!(CallVerdict::of(&Err(StripeError::Network("timeout".into()))), CallVerdict::Unknown { retry: true });
+        // A 200 whose body is not Stripe's answer: something took the call.
+        assert_eq!(
+            CallVerdict::of(&Err(StripeError::Decode("HTTP 200, not JSON".into()))),
+            CallVerdict::Unknown { retry: false }
+        );
     }
 
     #[test]

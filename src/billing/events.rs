@@ -85,6 +85,8 @@ pub async fn apply(tx: &mut Transaction<'_, Postgres>, envelope: &Envelope) -> R
     match envelope.kind.as_str() {
         "invoice.paid" | "invoice.payment_succeeded" => invoice(tx, envelope, "paid").await,
         "invoice.payment_failed" => invoice(tx, envelope, "payment_failed").await,
+        // Drafts and finalized invoices carry the metered line too: what Stripe bills, before it is paid.
+        "invoice.created" | "invoice.finalized" | "invoice.updated" => invoice_lines(tx, envelope).await,
         "customer.subscription.created" | "customer.subscription.updated" | "customer.subscription.deleted" => {
             subscription(tx, envelope).await
         }
@@ -167,7 +169,81 @@ async fn invoice(
     .bind(status)
     .execute(&mut **tx)
     .await?;
+    record_lines(tx, invoice, invoice_id, &customer, Some(user_id)).await?;
     Ok(Outcome::Applied)
+}
+
+/// Records an invoice's subscription lines (`invoice.created`, `finalized`, `updated`): what Stripe bills.
+async fn invoice_lines(tx: &mut Transaction<'_, Postgres>, envelope: &Envelope) -> Result<Outcome, sqlx::Error> {
+    let invoice = &envelope.object;
+    let (Some(invoice_id), Some(customer)) = (invoice["id"].as_str(), customer_of(envelope)) else {
+        return Ok(Outcome::Ignored);
+    };
+    let user_id = user_of_customer(tx, &customer).await?;
+    record_lines(tx, invoice, invoice_id, &customer, user_id).await?;
+    Ok(if user_id.is_some() { Outcome::Applied } else { Outcome::Unmatched })
+}
+
+/// One subscription line of an invoice: its price, billed period and quantity (the metered usage Stripe billed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvoiceLine {
+    pub id: String,
+    pub price: Option<String>,
+    pub period_start: DateTime<Utc>,
+    pub period_end: DateTime<Utc>,
+    pub quantity: i64,
+}
+
+/// The subscription lines of an invoice, in any API version's shape: basil and later name the price in
+/// `pricing.price_details.price` and mark the line with `parent.subscription_item_details`; older versions have a
+/// `price` object and `type: "subscription"`.
+pub fn subscription_lines(invoice: &Value) -> Vec<InvoiceLine> {
+    let lines = invoice["lines"]["data"].as_array().map(Vec::as_slice).unwrap_or_default();
+    lines
+        .iter()
+        .filter(|line| line["parent"]["type"] == "subscription_item_details" || line["type"] == "subscription")
+        .filter_map(|line| {
+            Some(InvoiceLine {
+                id: line["id"].as_str()?.to_owned(),
+                price: id_of(&line["pricing"]["price_details"]["price"]).or_else(|| id_of(&line["price"])),
+                period_start: timestamp(&line["period"]["start"])?,
+                period_end: timestamp(&line["period"]["end"])?,
+                quantity: line["quantity"].as_i64()?,
+            })
+        })
+        .collect()
+}
+
+async fn record_lines(
+    tx: &mut Transaction<'_, Postgres>,
+    invoice: &Value,
+    invoice_id: &str,
+    customer: &str,
+    user_id: Option<Uuid>,
+) -> Result<(), sqlx::Error> {
+    for line in subscription_lines(invoice) {
+        sqlx::query(
+            "INSERT INTO invoice_lines (stripe_invoice_id, line_id, user_id, stripe_customer_id, stripe_price_id,
+                                        period_start, period_end, quantity, invoice_status)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (stripe_invoice_id, line_id) DO UPDATE
+               SET quantity = EXCLUDED.quantity, period_start = EXCLUDED.period_start,
+                   period_end = EXCLUDED.period_end, invoice_status = EXCLUDED.invoice_status,
+                   user_id = coalesce(EXCLUDED.user_id, invoice_lines.user_id), recorded_at = now()",
+        )
+        .bind(invoice_id)
+        .bind(&line.id)
+        .bind(user_id)
+        .bind(customer)
+        .bind(&line.price)
+        .bind(line.period_start)
+        .bind(line.period_end.max(line.period_start))
+        .bind(line.quantity)
+        .bind(invoice["status"].as_str())
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }
 
 async fn subscription(tx: &mut Transaction<'_, Postgres>, envelope: &Envelope) -> Result<Outcome, sqlx::Error> {

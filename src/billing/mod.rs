@@ -24,6 +24,8 @@ pub mod status;
 #[cfg(feature = "ssr")]
 pub mod stripe;
 #[cfg(feature = "ssr")]
+pub mod uncertain;
+#[cfg(feature = "ssr")]
 pub mod webhook;
 
 /// The user's Stripe subscription as last reported by Stripe.

@@ -112,25 +112,6 @@ pub async fn for_user(
     })
 }
 
-/// Queues every failed meter event for another attempt (e.g. after fixing the meter Stripe refused them for);
-/// returns how many usage events were re-queued.
-pub async fn retry_failed(pool: &PgPool) -> Result<u64, AppError> {
-    let mut tx = pool.begin().await?;
-    sqlx::query(
-        "UPDATE meter_deliveries SET status = 'pending', next_attempt_at = now(), updated_at = now()
-         WHERE status = 'failed'",
-    )
-    .execute(&mut *tx)
-    .await?;
-    let requeued =
-        sqlx::query("UPDATE meter_event_outbox SET status = 'pending', updated_at = now() WHERE status = 'failed'")
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-    tx.commit().await?;
-    Ok(requeued)
-}
-
 /// Links an account to an existing Stripe customer (and the subscriptions already received for it).
 pub async fn link_customer(pool: &PgPool, email: &str, customer: &str) -> Result<(), AppError> {
     if !customer.starts_with("cus_") || customer.len() > 255 {

@@ -74,8 +74,9 @@ impl Answer {
     }
 }
 
-fn now() -> i64 {
-    chrono::Utc::now().timestamp()
+/// Now, in unix seconds, by the double's clock (tests move it, see [`crate::clock::Clock`]).
+fn now(inner: &Inner) -> i64 {
+    inner.clock.now().timestamp()
 }
 
 fn param<'a>(params: &'a Params, name: &str) -> Option<&'a str> {
@@ -228,8 +229,9 @@ fn route(inner: &mut Inner, method: &Method, path: &str, params: &Params) -> Res
 /// Inserts an active SUM meter and returns its id.
 pub(super) fn insert_meter(inner: &mut Inner, display_name: &str, event_name: &str) -> String {
     let id = inner.new_id("mtr");
+    let created = now(inner);
     inner.meters.push(json!({
-        "id": id, "object": "billing.meter", "created": now(), "updated": now(),
+        "id": id, "object": "billing.meter", "created": created, "updated": created,
         "display_name": display_name, "event_name": event_name, "event_time_window": null, "status": "active",
         "status_transitions": { "deactivated_at": null },
         "customer_mapping": { "type": "by_id", "event_payload_key": "stripe_customer_id" },
@@ -319,7 +321,7 @@ fn create_customer(inner: &mut Inner, params: &Params) -> Result<Answer, Answer>
     only(params, &["email", "name", "description", "phone"], &["metadata", "expand", "address"])?;
     let id = inner.new_id("cus");
     let customer = json!({
-        "id": id, "object": "customer", "created": now(), "email": param(params, "email"),
+        "id": id, "object": "customer", "created": now(inner), "email": param(params, "email"),
         "name": param(params, "name"), "metadata": nested(params, "metadata"), "livemode": false
     });
     inner.customers.push(customer.clone());
@@ -332,7 +334,7 @@ fn create_product(inner: &mut Inner, params: &Params) -> Result<Answer, Answer> 
     let name = require(params, "name")?;
     let id = inner.new_id("prod");
     let product = json!({
-        "id": id, "object": "product", "created": now(), "name": name, "active": true,
+        "id": id, "object": "product", "created": now(inner), "name": name, "active": true,
         "metadata": nested(params, "metadata"), "livemode": false
     });
     inner.products.push(product.clone());
@@ -399,7 +401,7 @@ fn create_price(inner: &mut Inner, params: &Params) -> Result<Answer, Answer> {
     let recurring = param(params, "recurring[interval]")
         .map(|interval| json!({ "interval": interval, "interval_count": 1, "usage_type": usage_type, "meter": meter }));
     let price = json!({
-        "id": id, "object": "price", "created": now(), "active": true, "currency": currency, "product": product,
+        "id": id, "object": "price", "created": now(inner), "active": true, "currency": currency, "product": product,
         "unit_amount": integer(params, "unit_amount")?, "unit_amount_decimal": param(params, "unit_amount_decimal"),
         "recurring": recurring, "lookup_key": lookup_key, "nickname": param(params, "nickname"),
         "type": if recurring.is_some() { "recurring" } else { "one_time" }, "livemode": false
@@ -527,7 +529,8 @@ async fn meter_event(
     let (fault, delay, answer_delay, _in_flight) = {
         let mut inner = double.lock();
         inner.state.meter_event_calls += 1;
-        inner.count_call_in_second(now());
+        let second = now(&inner);
+        inner.count_call_in_second(second);
         if let Some(answer) = replay(&inner, idempotency_key, &fingerprint) {
             return respond(answer);
         }
@@ -602,7 +605,7 @@ fn record_meter_event(inner: &mut Inner, params: &Params) -> Result<Answer, Answ
     let value: i64 =
         raw_value.parse().map_err(|_| Answer::invalid(format!("Invalid value: {raw_value}"), &value_key))?;
 
-    let now = now();
+    let now = now(inner);
     let timestamp = integer(params, "timestamp")?.unwrap_or(now);
     if timestamp < now - PAST_WINDOW_SECONDS {
         let message = "Timestamp must be within the past 35 calendar days.".to_owned();
@@ -640,6 +643,7 @@ fn record_meter_event(inner: &mut Inner, params: &Params) -> Result<Answer, Answ
         customer,
         value,
         timestamp,
+        received_at: now,
     });
     Ok(Answer::ok(json!({
         "object": "billing.meter_event", "created": now, "event_name": event_name, "identifier": identifier,

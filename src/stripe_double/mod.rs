@@ -91,6 +91,8 @@ pub struct AcceptedEvent {
     pub customer: String,
     pub value: i64,
     pub timestamp: i64,
+    /// When the double accepted it (unix seconds, by its clock): whether it made an invoice finalized meanwhile.
+    pub received_at: i64,
 }
 
 /// A running double's shared state; cheap to clone.
@@ -130,6 +132,8 @@ struct Inner {
     next_id: u64,
     /// Random per double, so ids never repeat across restarts (a database may outlive a double).
     run_id: String,
+    /// Stripe's clock: identifier memory, the timestamp window, invoices. Tests move it.
+    clock: crate::clock::Clock,
 }
 
 impl Inner {
@@ -149,12 +153,17 @@ impl Inner {
 }
 
 impl StripeDouble {
-    /// A double accepting `secret_key`.
+    /// A double accepting `secret_key`, on the system clock.
     pub fn new(secret_key: &str) -> StripeDouble {
+        StripeDouble::with_clock(secret_key, crate::clock::Clock::system())
+    }
+
+    /// A double on `clock` (share it with the app under test to move both through Stripe's time windows).
+    pub fn with_clock(secret_key: &str, clock: crate::clock::Clock) -> StripeDouble {
         let mut bytes = [0_u8; 5];
         getrandom::fill(&mut bytes).unwrap_or_default();
         let run_id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        let inner = Inner { secret_key: secret_key.to_owned(), run_id, ..Inner::default() };
+        let inner = Inner { secret_key: secret_key.to_owned(), run_id, clock, ..Inner::default() };
         StripeDouble { inner: Arc::new(Mutex::new(inner)) }
     }
 
@@ -185,7 +194,7 @@ impl StripeDouble {
     pub fn add_meter_error_report(&self, meter_id: &str, identifiers: &[&str], code: &str, message: &str) -> Value {
         let mut inner = self.lock();
         let id = inner.new_id("evt_test");
-        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let now = inner.clock.now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let related = serde_json::json!({
             "id": meter_id, "type": "billing.meter", "url": format!("/v1/billing/meters/{meter_id}")
         });
@@ -221,6 +230,30 @@ impl StripeDouble {
     /// Every accepted meter event, in arrival order.
     pub fn events(&self) -> Vec<AcceptedEvent> {
         self.lock().events.clone()
+    }
+
+    /// Accepts `secret_key` from now on (a rolled key: calls with the old one get 401 until the app has the new).
+    pub fn set_secret_key(&self, secret_key: &str) {
+        self.lock().secret_key = secret_key.to_owned();
+    }
+
+    /// The double's clock.
+    pub fn clock(&self) -> crate::clock::Clock {
+        self.lock().clock.clone()
+    }
+
+    /// What an invoice for `customer`'s subscription period `[start, end)` (unix seconds) bills on the `event_name`
+    /// meter, as Stripe finalizes it at `end + grace_seconds`: the events stamped inside the period that Stripe had
+    /// received by then. Usage that arrives later is still accepted (200) and shows in the summaries, but is on no
+    /// invoice of that period.
+    pub fn invoiced_quantity(&self, customer: &str, event_name: &str, start: i64, end: i64, grace_seconds: i64) -> i64 {
+        self.lock()
+            .events
+            .iter()
+            .filter(|e| e.customer == customer && e.event_name == event_name)
+            .filter(|e| start <= e.timestamp && e.timestamp < end && e.received_at < end + grace_seconds)
+            .map(|e| e.value)
+            .sum()
     }
 
     /// The sum of accepted values for `customer` and `event_name`.

@@ -36,6 +36,7 @@ pub fn fast_settings() -> DeliveryConfig {
         lease_ms: 1_000,
         poll_ms: 10,
         create_customers: false,
+        invoice_grace_minutes: 60,
     }
 }
 
@@ -262,7 +263,7 @@ async fn a_meter_event_stripe_refuses_is_failed_with_its_message_and_can_be_retr
 
     // Once the meter exists, `tally stripe retry` sends it again.
     double.add_meter("image_generated");
-    assert_eq!(tally::billing::status::retry_failed(&pool).await.unwrap(), 1);
+    assert_eq!(tally::billing::uncertain::retry_failed(&pool, chrono::Utc::now()).await.unwrap(), (1, 0));
     drain(&worker).await;
     assert_eq!(outbox(&pool, "delivered").await, 2);
     assert_eq!(double.total(&customer, "image_generated"), 3);

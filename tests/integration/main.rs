@@ -7,6 +7,7 @@ mod abuse;
 mod access;
 mod ai;
 mod auth;
+mod billing_clock;
 mod checkout;
 mod cli;
 mod config_files;

@@ -1,0 +1,242 @@
+//! The billing clock scenarios: the app, its delivery worker and a Stripe double that models Stripe's clocks
+//! (identifier memory that ends after 24 h, invoices finalized at period end + grace that ignore usage arriving
+//! later, meter event summaries), on one clock the tests move instead of waiting. Each scenario ends with the units
+//! on Stripe's invoices (or meter) equal to the units recorded, none twice.
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use sqlx::PgPool;
+use tally::billing::delivery::DeliveryWorker;
+use tally::billing::signature;
+use tally::clock::Clock;
+use tally::config::DeliveryConfig;
+use tally::stripe_double::{Faults, StripeDouble, DEFAULT_SECRET_KEY};
+use tally::usage::AI_TOKENS_EVENT;
+use uuid::Uuid;
+
+use crate::delivery::fast_settings;
+use crate::support::{app, TestApp, WEBHOOK_SECRET};
+
+/// Stripe's default finalization grace, as the worker is configured in these scenarios.
+const GRACE_SECONDS: i64 = 3_600;
+
+/// The app's worker and a double on one movable clock.
+struct Scenario {
+    app: TestApp,
+    double: StripeDouble,
+    worker: DeliveryWorker,
+    clock: Clock,
+}
+
+impl Scenario {
+    async fn start(pool: PgPool, settings: DeliveryConfig) -> Scenario {
+        let clock = Clock::system();
+        let double = StripeDouble::with_clock(DEFAULT_SECRET_KEY, clock.clone());
+        double.add_meter(AI_TOKENS_EVENT);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("address"));
+        tokio::spawn(tally::stripe_double::serve(listener, double.clone()));
+        let worker = DeliveryWorker::new(pool.clone(), &base, DEFAULT_SECRET_KEY, settings, "Asia/Tokyo")
+            .with_clock(clock.clone());
+        Scenario { app: app(pool), double, worker, clock }
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// A user linked to a customer of its own.
+    async fn customer(&self, email: &str) -> (Uuid, String) {
+        self.app.signup(email).await;
+        let user = self.app.user_id(email).await;
+        let customer = format!("cus_{}", &user.simple().to_string()[..12]);
+        tally::billing::status::link_customer(&self.app.pool, email, &customer).await.expect("link");
+        (user, customer)
+    }
+
+    async fn record(&self, user: Uuid, quantity: i64, at: DateTime<Utc>) {
+        self.app.insert_usage(user, AI_TOKENS_EVENT, quantity, &at.to_rfc3339()).await;
+    }
+
+    /// Worker steps until one does nothing.
+    async fn steps(&self) {
+        for _ in 0..50 {
+            let progress = self.worker.step().await.expect("worker step");
+            if progress.calls + progress.batched + progress.resolved + progress.restamped + progress.uncertain == 0 {
+                return;
+            }
+        }
+    }
+
+    /// Moves the clock `total` forward in `every` steps, letting the worker work after each.
+    async fn pass(&self, total: chrono::Duration, every: chrono::Duration) {
+        let mut passed = chrono::Duration::zero();
+        while passed < total {
+            self.clock.advance(every);
+            passed += every;
+            self.steps().await;
+        }
+    }
+
+    /// Delivers a Stripe event to the webhook endpoint, signed as Stripe signs it.
+    async fn webhook(&self, event: serde_json::Value) {
+        let payload = event.to_string().into_bytes();
+        let t = Utc::now().timestamp();
+        let request = Request::post("/api/stripe/webhook")
+            .header(header::HOST, "127.0.0.1:3000")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("stripe-signature", format!("t={t},v1={}", signature::sign(WEBHOOK_SECRET, t, &payload)))
+            .body(Body::from(payload))
+            .unwrap();
+        let reply = self.app.send(request).await;
+        assert_eq!(reply.status, StatusCode::OK, "webhook refused: {}", reply.body);
+    }
+
+    /// `customer.subscription.<kind>` with the current period `[start, end)`, created now.
+    async fn subscription_event(
+        &self,
+        kind: &str,
+        customer: &str,
+        status: &str,
+        period: (DateTime<Utc>, DateTime<Utc>),
+    ) {
+        let id = format!("evt_{}", Uuid::new_v4().simple());
+        self.webhook(json!({
+            "id": id, "object": "event", "type": format!("customer.subscription.{kind}"),
+            "created": self.now().timestamp(), "livemode": false, "api_version": "2025-03-31.basil",
+            "data": { "object": {
+                "id": format!("sub_{customer}"), "object": "subscription", "customer": customer, "status": status,
+                "cancel_at_period_end": false,
+                "items": { "object": "list", "data": [{
+                    "id": "si_1", "object": "subscription_item",
+                    "current_period_start": period.0.timestamp(), "current_period_end": period.1.timestamp()
+                }]}
+            }}
+        }))
+        .await;
+    }
+
+    /// What Stripe's invoice for `customer`'s period `[start, end)` bills, finalized at end + grace.
+    fn invoiced(&self, customer: &str, period: (DateTime<Utc>, DateTime<Utc>)) -> i64 {
+        self.double.invoiced_quantity(
+            customer,
+            AI_TOKENS_EVENT,
+            period.0.timestamp(),
+            period.1.timestamp(),
+            GRACE_SECONDS,
+        )
+    }
+
+    async fn delivery_column(&self, column: &str) -> Vec<Option<String>> {
+        sqlx::query_scalar(&format!("SELECT {column}::text FROM meter_deliveries ORDER BY created_at"))
+            .fetch_all(&self.app.pool)
+            .await
+            .unwrap()
+    }
+}
+
+fn minutes(m: i64) -> chrono::Duration {
+    chrono::Duration::minutes(m)
+}
+
+/// Settings on the scenario clock: retries every few simulated minutes.
+fn clocked_settings() -> DeliveryConfig {
+    DeliveryConfig { retry_base_ms: 60_000, retry_max_ms: 600_000, ..fast_settings() }
+}
+
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn a_lost_answer_then_thirty_hours_of_401s_bills_once(pool: PgPool) {
+    let s = Scenario::start(pool, clocked_settings()).await;
+    let (counted_user, counted_customer) = s.customer("counted@example.com").await;
+    let (dropped_user, dropped_customer) = s.customer("dropped@example.com").await;
+    s.record(counted_user, 100, s.now()).await;
+    // The first call of one customer is counted but its answer lost; the other's connection drops before Stripe
+    // handles it. Then the key is rolled at Stripe and Tally keeps the old one for 30 hours: 401 after 401.
+    s.double.set_faults(Faults { lose_response: 1, ..Faults::default() });
+    s.steps().await;
+    s.double.set_faults(Faults { drop_connection: 1, ..Faults::default() });
+    s.record(dropped_user, 7, s.now()).await;
+    s.steps().await;
+    assert_eq!(s.double.total(&counted_customer, AI_TOKENS_EVENT), 100, "the lost answer's event counted");
+    assert_eq!(s.double.total(&dropped_customer, AI_TOKENS_EVENT), 0, "the dropped call did not");
+    s.double.set_secret_key("sk_test_rolled");
+    s.pass(chrono::Duration::hours(30), minutes(10)).await;
+    // By now Stripe has long forgotten both identifiers: a re-send under them would be counted again.
+    assert_eq!(s.delivery_column("status").await, [Some("uncertain".to_owned()), Some("uncertain".to_owned())]);
+
+    s.double.set_secret_key(DEFAULT_SECRET_KEY);
+    s.pass(chrono::Duration::hours(2), minutes(10)).await;
+    assert_eq!(s.double.total(&counted_customer, AI_TOKENS_EVENT), 100, "counted once, not re-sent");
+    assert_eq!(s.double.total(&dropped_customer, AI_TOKENS_EVENT), 7, "not counted, so sent again");
+    assert_eq!(s.delivery_column("status").await, [Some("delivered".to_owned()), Some("delivered".to_owned())]);
+    let resolutions = s.delivery_column("resolution").await;
+    assert!(resolutions[0].as_deref().unwrap_or_default().starts_with("counted"), "{resolutions:?}");
+    assert!(resolutions[1].as_deref().unwrap_or_default().contains("new identifier"), "{resolutions:?}");
+    let previous: Vec<String> = sqlx::query_scalar("SELECT unnest(previous_identifiers) FROM meter_deliveries")
+        .fetch_all(&s.app.pool)
+        .await
+        .unwrap();
+    assert_eq!(previous.len(), 1, "the resent delivery keeps its old identifier on record");
+}
+
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn stripe_down_for_three_hours_across_a_renewal_bills_every_unit_on_the_next_invoice(pool: PgPool) {
+    let s = Scenario::start(pool, clocked_settings()).await;
+    let (user, customer) = s.customer("renewal@example.com").await;
+    let t0 = DateTime::from_timestamp(s.now().timestamp(), 0).unwrap();
+    let old_period = (t0 - chrono::Duration::days(29), t0 + minutes(30));
+    let new_period = (old_period.1, old_period.1 + chrono::Duration::days(30));
+    s.subscription_event("created", &customer, "active", old_period).await;
+
+    // Stripe goes down (every meter event call a 500) just before the period ends, for three hours.
+    s.double.set_faults(Faults { server_error: u32::MAX, ..Faults::default() });
+    s.record(user, 40, s.now()).await;
+    s.pass(minutes(20), minutes(5)).await;
+    s.record(user, 60, s.now()).await;
+    s.pass(minutes(40), minutes(5)).await;
+    // Renewed at Stripe meanwhile, but the webhook is as late as everything else: usage goes on.
+    s.record(user, 25, s.now()).await;
+    s.pass(minutes(120), minutes(5)).await;
+
+    s.double.set_faults(Faults::default());
+    s.subscription_event("updated", &customer, "active", new_period).await;
+    s.pass(minutes(60), minutes(5)).await;
+
+    assert_eq!(s.invoiced(&customer, old_period), 0, "nothing reached Stripe before that invoice was final");
+    assert_eq!(s.invoiced(&customer, new_period), 125, "so all of it is on the next invoice, once");
+    assert_eq!(s.double.total(&customer, AI_TOKENS_EVENT), 125);
+    let late: Vec<(DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT late_from_period_start, late_from_period_end FROM meter_deliveries WHERE late_from_period_start IS NOT NULL",
+    )
+    .fetch_all(&s.app.pool)
+    .await
+    .unwrap();
+    assert!(!late.is_empty() && late.iter().all(|p| *p == old_period), "late usage keeps its own period: {late:?}");
+}
+
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn usage_before_subscribing_is_not_billed_whatever_the_webhook_order(pool: PgPool) {
+    for webhook_first in [false, true] {
+        let s = Scenario::start(pool.clone(), clocked_settings()).await;
+        let (user, customer) = s.customer(&format!("order-{webhook_first}@example.com")).await;
+        let start = DateTime::from_timestamp(s.now().timestamp() + 60, 0).unwrap();
+        let period = (start, start + chrono::Duration::days(30));
+        // Free usage before the subscription starts (two of them in the second before it), billed usage after.
+        for (quantity, offset_ms) in [(10, -30_000), (20, -300), (30, 200), (40, 10_000)] {
+            s.record(user, quantity, start + chrono::Duration::milliseconds(offset_ms)).await;
+        }
+        s.clock.set(start + chrono::Duration::seconds(20));
+        if webhook_first {
+            s.subscription_event("created", &customer, "active", period).await;
+            s.steps().await;
+        } else {
+            s.steps().await;
+            s.subscription_event("created", &customer, "active", period).await;
+            s.steps().await;
+        }
+        assert_eq!(s.double.total(&customer, AI_TOKENS_EVENT), 100, "every unit reached the meter");
+        assert_eq!(s.invoiced(&customer, period), 70, "webhook first: {webhook_first}");
+    }
+}
