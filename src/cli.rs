@@ -262,6 +262,9 @@ async fn stripe_command(pool: &sqlx::PgPool, config: &Config, command: StripeCom
                         "  (refused by Stripe; reasons below; `tally stripe retry` sends them again)".to_owned()
                     }
                     "expired" => "  (older than the 35 days Stripe accepts; not sent)".to_owned(),
+                    "uncertain" => {
+                        "  (outcome unknown; settled from Stripe's meter summaries before any re-send)".to_owned()
+                    }
                     _ => String::new(),
                 };
                 println!("  {outbox_status:<18} {count:>10}{why}");
@@ -274,6 +277,37 @@ async fn stripe_command(pool: &sqlx::PgPool, config: &Config, command: StripeCom
                     "  retrying {identifier} after {attempts} attempts (next {}): {error}",
                     next.format("%Y-%m-%d %H:%M:%S UTC")
                 );
+            }
+            for (identifier, quantity, why, next) in &state.uncertain {
+                let why = why.as_deref().unwrap_or("waiting for Stripe's meter summaries");
+                println!(
+                    "  uncertain {identifier} ({quantity} units; next look {}): {why}",
+                    next.format("%Y-%m-%d %H:%M:%S UTC")
+                );
+            }
+            if !state.uncertain.is_empty() {
+                println!(
+                    "  what to do: nothing while Stripe answers; if one stays, compare its minute with the meter in \
+                     Stripe's dashboard"
+                );
+            }
+            for (customer, period_start, units, deliveries) in &state.late {
+                println!(
+                    "  late: {units} units of {customer}'s period from {} missed its invoice; billed on the next \
+                     invoice ({deliveries} meter events)",
+                    period_start.format("%Y-%m-%d %H:%M UTC")
+                );
+            }
+            for (subscription, other, customer) in &state.duplicate_subscriptions {
+                println!(
+                    "FLAGGED: {customer} has two live subscriptions ({subscription} and {other}): every unit is billed \
+                     by both. Cancel one in Stripe's dashboard, and refund what it billed."
+                );
+            }
+            for (email, attempts, error, next) in &state.customer_failures {
+                let next = next.map(|n| n.format("%Y-%m-%d %H:%M:%S UTC").to_string()).unwrap_or_default();
+                let error = error.as_deref().unwrap_or("-");
+                println!("  no Stripe customer yet for {email} after {attempts} attempts (next {next}): {error}");
             }
             println!("webhook events no user matched: {}", state.unmatched_events);
             for (id, kind, customer, received) in &state.latest_unmatched {

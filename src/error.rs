@@ -175,6 +175,8 @@ pub enum Problem {
         period: String,
     },
     StripeNotConfigured,
+    /// A Checkout for a user who has a live (or pending) subscription: a second one would bill every unit twice.
+    AlreadySubscribed,
     /// As many CSV exports as this instance allows are being downloaded; try again shortly.
     ExportsBusy,
     /// PostgreSQL is down, restarting, read-only or out of disk. A commit whose answer was lost may have happened:
@@ -185,7 +187,7 @@ pub enum Problem {
 impl Problem {
     fn status_code(&self) -> u16 {
         match self {
-            Problem::AccountExists { .. } => 409,
+            Problem::AccountExists { .. } | Problem::AlreadySubscribed => 409,
             Problem::NoSuchKey => 404,
             Problem::StripeNotConfigured | Problem::ExportsBusy | Problem::DatabaseUnavailable => 503,
             _ => 422,
@@ -195,7 +197,7 @@ impl Problem {
     /// The same codes the free-text variants answer with, so API clients see no difference.
     fn code(&self) -> &'static str {
         match self {
-            Problem::AccountExists { .. } => "conflict",
+            Problem::AccountExists { .. } | Problem::AlreadySubscribed => "conflict",
             Problem::NoSuchKey => "not_found",
             Problem::StripeNotConfigured | Problem::ExportsBusy | Problem::DatabaseUnavailable => "unavailable",
             _ => "invalid",
@@ -224,6 +226,7 @@ impl Problem {
                 td_string!(locale, problem_period_unknown, period = period).to_string()
             }
             Problem::StripeNotConfigured => td_string!(locale, problem_stripe_not_configured).to_string(),
+            Problem::AlreadySubscribed => td_string!(locale, problem_already_subscribed).to_string(),
             Problem::ExportsBusy => td_string!(locale, problem_exports_busy).to_string(),
             Problem::DatabaseUnavailable => td_string!(locale, problem_database_unavailable).to_string(),
         }
@@ -525,6 +528,7 @@ mod tests {
             Problem::PeriodMalformed { period: "x".into() },
             Problem::PeriodUnknown { period: "2020-01-01T00:00:00Z".into() },
             Problem::StripeNotConfigured,
+            Problem::AlreadySubscribed,
             Problem::ExportsBusy,
             Problem::DatabaseUnavailable,
         ]

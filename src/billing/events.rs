@@ -288,6 +288,9 @@ async fn subscription(tx: &mut Transaction<'_, Postgres>, envelope: &Envelope) -
     .execute(&mut **tx)
     .await?
     .rows_affected();
+    if let (1, Some(user)) = (written, user_id) {
+        flag_second_live_subscription(tx, id, user).await?;
+    }
     if let (1, Some(user), Some(start), Some(end)) = (written, user_id, period_start, period_end) {
         if end > start {
             crate::usage::totals::rebuild(tx, user, Span { start, end }).await?;
@@ -298,6 +301,37 @@ async fn subscription(tx: &mut Transaction<'_, Postgres>, envelope: &Envelope) -
         (_, None) => Outcome::Unmatched,
         _ => Outcome::Applied,
     })
+}
+
+/// A second live subscription of one user bills every unit twice (both metered prices read the same meter). It
+/// cannot be refused here (it exists at Stripe already), so it is marked `duplicate_of` the other, logged as an
+/// error, and shown by `tally stripe status` and on the user's dashboard until one is cancelled.
+async fn flag_second_live_subscription(
+    tx: &mut Transaction<'_, Postgres>,
+    subscription: &str,
+    user: Uuid,
+) -> Result<(), sqlx::Error> {
+    let other: Option<String> = sqlx::query_scalar(
+        "UPDATE subscriptions s
+         SET duplicate_of = CASE WHEN s.status = ANY($3) THEN
+                 (SELECT o.stripe_subscription_id FROM subscriptions o
+                  WHERE o.user_id = $2 AND o.stripe_subscription_id <> s.stripe_subscription_id AND o.status = ANY($3)
+                  ORDER BY o.state_at LIMIT 1) END
+         WHERE s.stripe_subscription_id = $1
+         RETURNING s.duplicate_of",
+    )
+    .bind(subscription)
+    .bind(user)
+    .bind(crate::billing::LIVE_STATUSES)
+    .fetch_one(&mut **tx)
+    .await?;
+    if let Some(other) = other {
+        tracing::error!(
+            user = %user, subscription, other = %other,
+            "a second live subscription for one user: every unit is billed by both; cancel one"
+        );
+    }
+    Ok(())
 }
 
 /// Links `customer` to `user` and hands the user what waited for that link: the subscriptions already received

@@ -34,14 +34,82 @@ pub async fn overview(pool: &PgPool, user_id: Uuid, timezone: &str) -> Result<Bi
     .bind(SHOWN_CYCLES)
     .fetch_all(pool)
     .await?;
-    Ok(BillingOverview { subscription, can_subscribe: false, cycles, sync: Default::default() })
+    let live: i64 = sqlx::query_scalar("SELECT count(*) FROM subscriptions WHERE user_id = $1 AND status = ANY($2)")
+        .bind(user_id)
+        .bind(super::LIVE_STATUSES)
+        .fetch_one(pool)
+        .await?;
+    Ok(BillingOverview {
+        subscription,
+        can_subscribe: false,
+        cycles,
+        sync: Default::default(),
+        duplicate_subscription: live > 1,
+    })
 }
 
-/// The email and Stripe customer (if linked) Checkout is opened for.
-pub async fn checkout_identity(pool: &PgPool, user_id: Uuid) -> Result<(String, Option<String>), AppError> {
-    sqlx::query_as("SELECT email, stripe_customer_id FROM users WHERE id = $1")
+/// Opens Stripe Checkout for `user_id` and returns its URL, once per user: the user's checkout lock makes
+/// concurrent requests (two tabs, a double click) wait for each other, a session opened in the last 23 hours (Stripe
+/// expires them after 24) is handed out again, and a user with a live or pending subscription is refused, since a
+/// second subscription would bill every unit twice.
+pub async fn open_checkout(
+    state: &crate::state::AppState,
+    stripe: &super::stripe::StripeClient,
+    price_id: &str,
+    user_id: Uuid,
+) -> Result<String, AppError> {
+    let mut tx = state.pool.begin().await?;
+    // An advisory lock, not the user's row: usage writers lock limited users' rows, and this one is held across
+    // the Stripe call.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('tally-checkout:' || $1::text, 0))")
         .bind(user_id)
-        .fetch_optional(pool)
-        .await?
-        .ok_or(AppError::Unauthorized)
+        .execute(&mut *tx)
+        .await?;
+    let (email, customer, subscribed, open): (String, Option<String>, bool, Option<String>) = sqlx::query_as(
+        "SELECT u.email, u.stripe_customer_id,
+                EXISTS (SELECT 1 FROM subscriptions s WHERE s.user_id = u.id AND s.status = ANY($2)),
+                (SELECT c.url FROM checkout_sessions c
+                 WHERE c.user_id = u.id AND c.created_at > now() - interval '23 hours')
+         FROM users u WHERE u.id = $1",
+    )
+    .bind(user_id)
+    .bind(super::LIVE_STATUSES)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(AppError::Unauthorized)?;
+    if subscribed {
+        return Err(AppError::Refused(crate::error::Problem::AlreadySubscribed));
+    }
+    if let Some(url) = open {
+        return Ok(url);
+    }
+    let base = state.config.public_url.trim_end_matches('/');
+    let (success_url, cancel_url) = (format!("{base}/?checkout=success"), format!("{base}/?checkout=cancelled"));
+    // New per session Tally opens (a saved Stripe error must not be replayed to every later attempt); a retry
+    // of the same attempt cannot happen, since the lock and the stored session cover it.
+    let idempotency_key = format!("checkout:{user_id}:{}", Uuid::new_v4());
+    let checkout = super::stripe::Checkout {
+        user_id: &user_id.to_string(),
+        email: &email,
+        customer: customer.as_deref(),
+        price_id,
+        success_url: &success_url,
+        cancel_url: &cancel_url,
+        idempotency_key: &idempotency_key,
+    };
+    let (session_id, url) = stripe.create_checkout_session(&checkout).await.map_err(|err| {
+        tracing::warn!(%err, "Stripe Checkout failed");
+        AppError::Upstream("Stripe could not start the checkout; try again in a moment".into())
+    })?;
+    sqlx::query(
+        "INSERT INTO checkout_sessions (user_id, stripe_session_id, url) VALUES ($1, $2, $3)
+         ON CONFLICT (user_id) DO UPDATE SET stripe_session_id = $2, url = $3, created_at = now()",
+    )
+    .bind(user_id)
+    .bind(&session_id)
+    .bind(&url)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(url)
 }

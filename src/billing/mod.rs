@@ -64,6 +64,9 @@ pub struct BillingOverview {
     pub can_subscribe: bool,
     /// Newest first.
     pub cycles: Vec<BillingCycle>,
+    /// The user has more than one live subscription: every unit is billed once per subscription.
+    #[serde(default)]
+    pub duplicate_subscription: bool,
     /// How far the user's usage has reached Stripe's meter.
     pub sync: MeterSync,
 }
@@ -115,24 +118,7 @@ pub async fn start_checkout() -> Result<(), AppError> {
     let (Some(stripe), Some(price_id)) = (state.stripe.as_ref(), state.config.stripe_price_id.as_deref()) else {
         return Err(AppError::Refused(crate::error::Problem::StripeNotConfigured));
     };
-    let (email, customer) = history::checkout_identity(&state.pool, user_id).await?;
-    let base = state.config.public_url.trim_end_matches('/');
-    let (success_url, cancel_url) = (format!("{base}/?checkout=success"), format!("{base}/?checkout=cancelled"));
-    // One session per user and minute: a double click opens the same Checkout.
-    let idempotency_key = format!("checkout:{user_id}:{}", chrono::Utc::now().timestamp() / 60);
-    let checkout = stripe::Checkout {
-        user_id: &user_id.to_string(),
-        email: &email,
-        customer: customer.as_deref(),
-        price_id,
-        success_url: &success_url,
-        cancel_url: &cancel_url,
-        idempotency_key: &idempotency_key,
-    };
-    let url = stripe.create_checkout_session(&checkout).await.map_err(|err| {
-        tracing::warn!(%err, "Stripe Checkout failed");
-        AppError::Upstream("Stripe could not start the checkout; try again in a moment".into())
-    })?;
+    let url = history::open_checkout(&state, stripe, price_id, user_id).await?;
     leptos_axum::redirect(&url);
     Ok(())
 }

@@ -18,6 +18,16 @@ pub struct SyncStatus {
     pub failures: Vec<(String, i64)>,
     /// Deliveries waiting for a retry: identifier, attempts, last error, next attempt.
     pub retrying: Vec<(String, i32, String, DateTime<Utc>)>,
+    /// Deliveries whose outcome is unknown and that are settled from the meter summaries before anything is sent
+    /// again: identifier, quantity, why it is not settled yet, next look.
+    pub uncertain: Vec<(String, i64, Option<String>, DateTime<Utc>)>,
+    /// Usage that missed its period's invoice and was moved onto the next one: customer, period it was used in,
+    /// units, deliveries.
+    pub late: Vec<(String, DateTime<Utc>, i64, i64)>,
+    /// Live subscriptions that duplicate another of the same user: subscription, the other, customer.
+    pub duplicate_subscriptions: Vec<(String, String, String)>,
+    /// Customers Tally could not create yet: email, attempts, Stripe's answer, next attempt.
+    pub customer_failures: Vec<(String, i32, Option<String>, Option<DateTime<Utc>>)>,
 }
 
 /// Reads the sync state.
@@ -46,7 +56,43 @@ pub async fn read(pool: &PgPool) -> Result<SyncStatus, AppError> {
     )
     .fetch_all(pool)
     .await?;
-    Ok(SyncStatus { outbox, unmatched_events, latest_unmatched, meter_error_reports, failures, retrying })
+    let uncertain = sqlx::query_as(
+        "SELECT identifier, quantity, last_error, next_attempt_at FROM meter_deliveries
+         WHERE status = 'uncertain' ORDER BY next_attempt_at LIMIT 10",
+    )
+    .fetch_all(pool)
+    .await?;
+    let late = sqlx::query_as(
+        "SELECT stripe_customer_id, late_from_period_start, sum(quantity)::bigint, count(*) FROM meter_deliveries
+         WHERE late_from_period_start IS NOT NULL GROUP BY 1, 2 ORDER BY 2 DESC, 1 LIMIT 20",
+    )
+    .fetch_all(pool)
+    .await?;
+    let duplicate_subscriptions = sqlx::query_as(
+        "SELECT stripe_subscription_id, duplicate_of, stripe_customer_id FROM subscriptions
+         WHERE duplicate_of IS NOT NULL AND status = ANY($1) ORDER BY state_at DESC",
+    )
+    .bind(crate::billing::LIVE_STATUSES)
+    .fetch_all(pool)
+    .await?;
+    let customer_failures = sqlx::query_as(
+        "SELECT email, customer_attempts, customer_last_error, customer_next_attempt_at FROM users
+         WHERE stripe_customer_id IS NULL AND customer_attempts > 0 ORDER BY customer_next_attempt_at LIMIT 10",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(SyncStatus {
+        outbox,
+        unmatched_events,
+        latest_unmatched,
+        meter_error_reports,
+        failures,
+        retrying,
+        uncertain,
+        late,
+        duplicate_subscriptions,
+        customer_failures,
+    })
 }
 
 /// One user's events by delivery state, of those that occurred in the billing period `[from, until)`

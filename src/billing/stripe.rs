@@ -226,9 +226,9 @@ impl StripeClient {
         self.get(&format!("/v2/core/events/{id}"), &[]).await
     }
 
-    /// Creates a Checkout Session subscribing a customer to `price_id` and returns its URL. `client_reference_id`
+    /// Creates a Checkout Session subscribing a customer to `price_id` and returns its id and URL. `client_reference_id`
     /// comes back in `checkout.session.completed`, which links the customer to the user.
-    pub async fn create_checkout_session(&self, checkout: &Checkout<'_>) -> Result<String, StripeError> {
+    pub async fn create_checkout_session(&self, checkout: &Checkout<'_>) -> Result<(String, String), StripeError> {
         let mut params = vec![
             ("mode", "subscription".to_owned()),
             // A metered price takes no quantity.
@@ -242,7 +242,7 @@ impl StripeClient {
             None => params.push(("customer_email", checkout.email.to_owned())),
         }
         let session = self.post("/v1/checkout/sessions", &params, checkout.idempotency_key).await?;
-        string_field(&session, "url")
+        Ok((string_field(&session, "id")?, string_field(&session, "url")?))
     }
 }
 

@@ -54,6 +54,13 @@ fn Overview(overview: BillingOverview) -> impl IntoView {
         }
         None => view! { <p class="muted" data-testid="subscription-status">{t!(i18n, no_subscription)}</p> }.into_any(),
     };
+    let duplicate = overview.duplicate_subscription.then(|| {
+        view! {
+            <p class="billing__status billing__status--alert" role="alert" data-testid="duplicate-subscription">
+                {t!(i18n, duplicate_subscription)}
+            </p>
+        }
+    });
     let cycles = if overview.cycles.is_empty() {
         view! { <p class="muted">{t!(i18n, no_invoices)}</p> }.into_any()
     } else {
@@ -97,6 +104,7 @@ fn Overview(overview: BillingOverview) -> impl IntoView {
     let subscribe = overview.can_subscribe.then(|| view! { <Subscribe /> });
     view! {
         {subscription}
+        {duplicate}
         {subscribe}
         <SyncState sync=overview.sync />
         {cycles}

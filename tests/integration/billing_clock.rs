@@ -26,6 +26,7 @@ const GRACE_SECONDS: i64 = 3_600;
 struct Scenario {
     app: TestApp,
     double: StripeDouble,
+    double_base: String,
     worker: DeliveryWorker,
     clock: Clock,
 }
@@ -40,7 +41,7 @@ impl Scenario {
         tokio::spawn(tally::stripe_double::serve(listener, double.clone()));
         let worker = DeliveryWorker::new(pool.clone(), &base, DEFAULT_SECRET_KEY, settings, "Asia/Tokyo")
             .with_clock(clock.clone());
-        Scenario { app: app(pool), double, worker, clock }
+        Scenario { app: app(pool), double, double_base: base, worker, clock }
     }
 
     fn now(&self) -> DateTime<Utc> {
@@ -239,4 +240,53 @@ async fn usage_before_subscribing_is_not_billed_whatever_the_webhook_order(pool:
         assert_eq!(s.double.total(&customer, AI_TOKENS_EVENT), 100, "every unit reached the meter");
         assert_eq!(s.invoiced(&customer, period), 70, "webhook first: {webhook_first}");
     }
+}
+
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn two_checkouts_at_once_open_one_session_and_a_second_subscription_is_flagged(pool: PgPool) {
+    let s = Scenario::start(pool.clone(), clocked_settings()).await;
+    let mut config = crate::support::config();
+    config.stripe_secret_key = Some(DEFAULT_SECRET_KEY.into());
+    config.stripe_api_base = s.double_base.clone();
+    config.stripe_price_id = Some("price_metered".into());
+    let app = crate::support::app_with(pool, config);
+    let cookie = app.signup("tabs@example.com").await;
+    let user = app.user_id("tabs@example.com").await;
+
+    let (first, second) = tokio::join!(
+        app.post_form("/api/billing/checkout", &[], Some(&cookie)),
+        app.post_form("/api/billing/checkout", &[], Some(&cookie))
+    );
+    let (first, second) = (first.headers["location"].clone(), second.headers["location"].clone());
+    assert_eq!(first, second, "both tabs get the same Checkout");
+    assert_eq!(s.double.state().calls.get("POST /v1/checkout/sessions"), Some(&1), "one session at Stripe");
+
+    // Subscribed: the server refuses another Checkout, whatever the page shows.
+    let customer: String = sqlx::query_scalar("SELECT stripe_customer_id FROM users WHERE id = $1")
+        .bind(user)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let period = (s.now(), s.now() + chrono::Duration::days(30));
+    let scenario = Scenario { app, ..s };
+    scenario.subscription_event("created", &customer, "active", period).await;
+    let refused = scenario.app.post_form("/api/billing/checkout", &[], Some(&cookie)).await;
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{}", refused.body);
+    assert!(refused.body.contains("already have a subscription"), "{}", refused.body);
+
+    // A second live subscription made elsewhere (Stripe's dashboard) is flagged, not silently billed twice.
+    scenario.webhook(json!({
+        "id": "evt_second_sub", "object": "event", "type": "customer.subscription.created",
+        "created": scenario.now().timestamp(), "livemode": false,
+        "data": { "object": {
+            "id": "sub_second", "object": "subscription", "customer": customer, "status": "active",
+            "items": { "data": [{ "current_period_start": period.0.timestamp(), "current_period_end": period.1.timestamp() }] }
+        }}
+    }))
+    .await;
+    let status = tally::billing::status::read(&scenario.app.pool).await.unwrap();
+    assert_eq!(status.duplicate_subscriptions.len(), 1, "{:?}", status.duplicate_subscriptions);
+    assert_eq!(status.duplicate_subscriptions[0].0, "sub_second");
+    let overview = scenario.app.post_form("/api/billing/overview", &[], Some(&cookie)).await.json();
+    assert_eq!(overview["duplicateSubscription"], true);
 }
