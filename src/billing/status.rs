@@ -5,6 +5,9 @@ use sqlx::PgPool;
 
 use crate::error::AppError;
 
+/// An account whose Stripe customer could not be created yet: email, attempts, Stripe's answer, next attempt.
+pub type CustomerFailure = (String, i32, Option<String>, Option<DateTime<Utc>>);
+
 /// The sync state, as `tally stripe status` prints it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncStatus {
@@ -27,7 +30,7 @@ pub struct SyncStatus {
     /// Live subscriptions that duplicate another of the same user: subscription, the other, customer.
     pub duplicate_subscriptions: Vec<(String, String, String)>,
     /// Customers Tally could not create yet: email, attempts, Stripe's answer, next attempt.
-    pub customer_failures: Vec<(String, i32, Option<String>, Option<DateTime<Utc>>)>,
+    pub customer_failures: Vec<CustomerFailure>,
 }
 
 /// Reads the sync state.
