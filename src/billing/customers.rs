@@ -1,17 +1,20 @@
 //! Stripe customers for accounts: created at sign-up when Stripe is configured, and by the delivery worker for
 //! accounts that have none yet (created before Stripe was configured, or while Stripe was unreachable).
 
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::billing::stripe::StripeClient;
 use crate::error::AppError;
 
-/// Gives `user_id` a Stripe customer unless it has one, and returns the customer id. The Idempotency-Key is
-/// derived from the account, so a retry after a lost answer gets the same customer instead of a second one.
+/// Gives `user_id` a Stripe customer unless it has one, and returns the customer id. A customer made for the
+/// account by an earlier attempt whose answer was lost is found by its `metadata[user_id]` first; the
+/// Idempotency-Key names the account *and the attempt*, because Stripe replays a key's first answer, a 500
+/// included, for 24 hours.
 pub async fn ensure(pool: &PgPool, stripe: &StripeClient, user_id: Uuid) -> Result<String, AppError> {
-    let (email, existing): (String, Option<String>) =
-        sqlx::query_as("SELECT email, stripe_customer_id FROM users WHERE id = $1")
+    let (email, existing, attempts): (String, Option<String>, i32) =
+        sqlx::query_as("SELECT email, stripe_customer_id, customer_attempts FROM users WHERE id = $1")
             .bind(user_id)
             .fetch_optional(pool)
             .await?
@@ -19,10 +22,14 @@ pub async fn ensure(pool: &PgPool, stripe: &StripeClient, user_id: Uuid) -> Resu
     if let Some(customer) = existing {
         return Ok(customer);
     }
-    let customer = stripe
-        .create_customer(&email, &user_id.to_string(), &format!("tally-customer-{user_id}"))
-        .await
-        .map_err(|err| AppError::Upstream(format!("Stripe did not create a customer: {err}")))?;
+    let upstream = |err| AppError::Upstream(format!("Stripe did not create a customer: {err}"));
+    let customer = match stripe.find_customer_by_user(&user_id.to_string()).await.map_err(upstream)? {
+        Some(found) => found,
+        None => stripe
+            .create_customer(&email, &user_id.to_string(), &format!("tally-customer-{user_id}-{attempts}"))
+            .await
+            .map_err(upstream)?,
+    };
     let mut tx = pool.begin().await?;
     let linked = crate::billing::events::attach_customer(&mut tx, user_id, &customer, false).await?;
     tx.commit().await?;
@@ -38,23 +45,52 @@ pub async fn ensure(pool: &PgPool, stripe: &StripeClient, user_id: Uuid) -> Resu
     Ok(customer)
 }
 
-/// Creates customers for up to `limit` accounts without one; returns how many were created and whether one
-/// failed (it is logged; the sweep stops there and the account is tried again later).
-pub async fn create_missing(pool: &PgPool, stripe: &StripeClient, limit: i64) -> Result<(u64, bool), AppError> {
-    let users: Vec<Uuid> =
-        sqlx::query_scalar("SELECT id FROM users WHERE stripe_customer_id IS NULL ORDER BY created_at LIMIT $1")
-            .bind(limit)
-            .fetch_all(pool)
-            .await?;
+/// Creates customers for up to `limit` accounts without one that are due; returns how many were created. An
+/// account Stripe refuses is retried with its own exponential backoff (from 1 minute to 6 hours) and never holds
+/// up the accounts after it.
+pub async fn create_missing(
+    pool: &PgPool,
+    stripe: &StripeClient,
+    limit: i64,
+    now: DateTime<Utc>,
+) -> Result<u64, AppError> {
+    let users: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM users
+         WHERE stripe_customer_id IS NULL AND (customer_next_attempt_at IS NULL OR customer_next_attempt_at <= $2)
+         ORDER BY customer_next_attempt_at NULLS FIRST, created_at
+         LIMIT $1",
+    )
+    .bind(limit)
+    .bind(now)
+    .fetch_all(pool)
+    .await?;
     let mut created = 0;
     for user in users {
         match ensure(pool, stripe, user).await {
             Ok(_) => created += 1,
             Err(err) => {
                 tracing::warn!(user = %user, error = %err, "could not create a Stripe customer; will retry");
-                return Ok((created, true));
+                let attempts: i32 = sqlx::query_scalar(
+                    "UPDATE users SET customer_attempts = customer_attempts + 1, customer_last_error = $2
+                     WHERE id = $1 RETURNING customer_attempts",
+                )
+                .bind(user)
+                .bind(err.to_string())
+                .fetch_one(pool)
+                .await?;
+                let delay = crate::billing::delivery::backoff(
+                    attempts,
+                    std::time::Duration::from_secs(60),
+                    std::time::Duration::from_secs(6 * 3600),
+                    crate::billing::delivery::random_unit(),
+                );
+                sqlx::query("UPDATE users SET customer_next_attempt_at = $2 WHERE id = $1")
+                    .bind(user)
+                    .bind(now + chrono::Duration::from_std(delay).unwrap_or_default())
+                    .execute(pool)
+                    .await?;
             }
         }
     }
-    Ok((created, false))
+    Ok(created)
 }

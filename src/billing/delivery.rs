@@ -23,7 +23,6 @@
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -44,8 +43,6 @@ const MAX_METER_VALUE: i64 = 999_999_999_999_999;
 /// Outbox rows batched per step, and customers considered per step.
 const ROWS_PER_STEP: i64 = 100_000;
 const CUSTOMERS_PER_STEP: i64 = 2_000;
-/// After Stripe failed to create a customer, how long the worker waits before trying again.
-const CUSTOMER_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// Stripe de-duplicates identifiers for at least 24 hours. A delivery whose outcome is unknown is re-sent under its
 /// identifier only while its first unknown attempt is younger than this: well inside the window, so that a
 /// re-send can never be counted a second time by a Stripe that has forgotten the identifier.
@@ -123,8 +120,6 @@ pub struct DeliveryWorker {
     budget: CallBudget,
     /// The billing clock (tests move it).
     clock: Clock,
-    /// Set after a customer could not be created: no sweep before then.
-    customer_sweep_paused_until: Arc<Mutex<Option<Instant>>>,
 }
 
 /// A delivery this worker holds the lease of.
@@ -203,15 +198,7 @@ impl DeliveryWorker {
         let stripe = StripeClient::new(http, stripe_api_base, secret_key);
         let rate = settings.calls_per_second.unwrap_or(if stripe.is_live() { 1_000 } else { 25 });
         let budget = CallBudget::new(NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN));
-        DeliveryWorker {
-            pool,
-            stripe,
-            settings,
-            timezone: timezone.to_owned(),
-            budget,
-            clock: Clock::system(),
-            customer_sweep_paused_until: Arc::new(Mutex::new(None)),
-        }
+        DeliveryWorker { pool, stripe, settings, timezone: timezone.to_owned(), budget, clock: Clock::system() }
     }
 
     /// The same worker on `clock` (tests move it to pass Stripe's time windows without waiting).
@@ -278,14 +265,9 @@ impl DeliveryWorker {
     /// claim and send up to `max_in_flight` deliveries at once.
     pub async fn step(&self) -> Result<Progress, AppError> {
         let mut progress = Progress::default();
-        if self.settings.create_customers && self.customer_sweep_due() {
-            let (created, failed) = super::customers::create_missing(&self.pool, &self.stripe, 100).await?;
-            progress.customers_created = created;
-            if failed {
-                if let Ok(mut paused) = self.customer_sweep_paused_until.lock() {
-                    *paused = Some(Instant::now() + CUSTOMER_RETRY_AFTER);
-                }
-            }
+        if self.settings.create_customers {
+            progress.customers_created =
+                super::customers::create_missing(&self.pool, &self.stripe, 100, self.clock.now()).await?;
         }
         self.fetch_meter_error_details().await?;
         progress.expired = self.expire_old_rows().await?;
@@ -358,12 +340,6 @@ impl DeliveryWorker {
             }
         }
         Ok(())
-    }
-
-    /// Accounts without a customer are looked for every step (one indexed query), except for a while after
-    /// Stripe failed to create one.
-    fn customer_sweep_due(&self) -> bool {
-        self.customer_sweep_paused_until.lock().is_ok_and(|paused| paused.is_none_or(|until| Instant::now() >= until))
     }
 
     /// Marks unsent rows older than Stripe's window as expired: Stripe would refuse them, so they are kept, with

@@ -145,6 +145,17 @@ impl StripeClient {
         string_field(&customer, "id")
     }
 
+    /// The customer Tally created for `user_id` (`metadata[user_id]`), if one exists: found before creating one, so
+    /// that an attempt whose answer was lost never leaves a second customer behind.
+    pub async fn find_customer_by_user(&self, user_id: &str) -> Result<Option<String>, StripeError> {
+        if !user_id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+            return Err(StripeError::Decode(format!("not a user id: {user_id:?}")));
+        }
+        let query = [("query", format!("metadata['user_id']:'{user_id}'"))];
+        let page = self.get("/v1/customers/search", &query).await?;
+        Ok(page["data"].as_array().and_then(|found| found.first()).and_then(|c| c["id"].as_str()).map(str::to_owned))
+    }
+
     /// The active meters of the account.
     pub async fn list_meters(&self) -> Result<Vec<Meter>, StripeError> {
         let list = self.get("/v1/billing/meters", &[("status", "active".into()), ("limit", "100".into())]).await?;

@@ -208,6 +208,7 @@ fn route(inner: &mut Inner, method: &Method, path: &str, params: &Params) -> Res
         ("POST", ["v1", "billing", "meters"]) => create_meter(inner, params),
         ("GET", ["v1", "billing", "meters", id, "event_summaries"]) => event_summaries(inner, id, params),
         ("POST", ["v1", "customers"]) => create_customer(inner, params),
+        ("GET", ["v1", "customers", "search"]) => search_customers(inner, params),
         ("POST", ["v1", "products"]) => create_product(inner, params),
         ("POST", ["v1", "prices"]) => create_price(inner, params),
         ("GET", ["v1", "prices"]) => list_prices(inner, params),
@@ -317,8 +318,31 @@ fn event_summaries(inner: &Inner, meter_id: &str, params: &Params) -> Result<Ans
     Ok(Answer::ok(list(&format!("/v1/billing/meters/{meter_id}/event_summaries"), vec![summary])))
 }
 
+/// `GET /v1/customers/search` for the one query form Tally sends: `metadata['KEY']:'VALUE'`.
+fn search_customers(inner: &Inner, params: &Params) -> Result<Answer, Answer> {
+    only(params, &["query", "limit", "page"], &["expand"])?;
+    let query = require(params, "query")?;
+    let parsed = query
+        .strip_prefix("metadata['")
+        .and_then(|rest| rest.split_once("']:'"))
+        .and_then(|(key, value)| Some((key, value.strip_suffix('\'')?)));
+    let Some((key, value)) = parsed else {
+        return Err(Answer::invalid(format!("The double only answers metadata queries, not {query:?}"), "query"));
+    };
+    let data = inner.customers.iter().filter(|c| c["metadata"][key] == value).cloned().collect();
+    let mut answer = list("/v1/customers/search", data);
+    answer["object"] = json!("search_result");
+    Ok(Answer::ok(answer))
+}
+
 fn create_customer(inner: &mut Inner, params: &Params) -> Result<Answer, Answer> {
     only(params, &["email", "name", "description", "phone"], &["metadata", "expand", "address"])?;
+    if param(params, "email").is_some_and(|email| inner.faults.customer_error_emails.iter().any(|e| e == email)) {
+        inner.state.injected_faults += 1;
+        let mut answer = Answer::error(500, "api_error", None, "An unknown error occurred.".into(), None);
+        answer.executed = true;
+        return Err(answer);
+    }
     let id = inner.new_id("cus");
     let customer = json!({
         "id": id, "object": "customer", "created": now(inner), "email": param(params, "email"),

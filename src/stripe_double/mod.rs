@@ -54,6 +54,9 @@ pub struct Faults {
     pub server_error_ratio: f64,
     /// Share (0–1) of all calls whose answer is lost after the event was recorded.
     pub lose_response_ratio: f64,
+    /// `POST /v1/customers` for these emails is answered 500 (and, as Stripe does, the answer is saved under the
+    /// call's Idempotency-Key).
+    pub customer_error_emails: Vec<String>,
     /// Calls per second accepted before answering 429 (Stripe: 1,000 live, 25 in test mode); 0 = no limit.
     pub calls_per_second: u32,
 }

@@ -290,3 +290,55 @@ async fn two_checkouts_at_once_open_one_session_and_a_second_subscription_is_fla
     let overview = scenario.app.post_form("/api/billing/overview", &[], Some(&cookie)).await.json();
     assert_eq!(overview["duplicateSubscription"], true);
 }
+
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn one_account_stripe_refuses_holds_up_no_other_and_gets_its_customer_once_fixed(pool: PgPool) {
+    let s = Scenario::start(pool.clone(), DeliveryConfig { create_customers: true, ..clocked_settings() }).await;
+    // Signed up before Stripe was configured: no customers yet. The first one's creation fails at Stripe.
+    for email in ["refused@example.com", "b@example.com", "c@example.com", "d@example.com"] {
+        s.app.signup(email).await;
+    }
+    s.double.set_faults(Faults { customer_error_emails: vec!["refused@example.com".into()], ..Faults::default() });
+    s.steps().await;
+    let customers: Vec<(String, Option<String>, i32)> =
+        sqlx::query_as("SELECT email, stripe_customer_id, customer_attempts FROM users ORDER BY created_at")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(customers[0].1.is_none() && customers[0].2 >= 1, "{customers:?}");
+    assert!(customers[1..].iter().all(|(_, customer, _)| customer.is_some()), "the others got theirs: {customers:?}");
+    let status = tally::billing::status::read(&pool).await.unwrap();
+    assert_eq!(status.customer_failures.len(), 1);
+    assert!(
+        status.customer_failures[0].2.as_deref().unwrap_or_default().contains("500"),
+        "{:?}",
+        status.customer_failures
+    );
+
+    // Fixed at Stripe: the next attempt (after its backoff) uses a new Idempotency-Key instead of replaying the 500.
+    s.double.set_faults(Faults::default());
+    s.pass(chrono::Duration::minutes(30), minutes(5)).await;
+    let refused: Option<String> =
+        sqlx::query_scalar("SELECT stripe_customer_id FROM users WHERE email = 'refused@example.com'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(refused.is_some());
+    assert_eq!(s.double.state().customers, 4, "one customer per account, no duplicates");
+}
+
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn a_customer_created_behind_a_lost_answer_is_found_not_duplicated(pool: PgPool) {
+    let s = Scenario::start(pool.clone(), DeliveryConfig { create_customers: true, ..clocked_settings() }).await;
+    s.app.signup("lost@example.com").await;
+    let user = s.app.user_id("lost@example.com").await;
+    // Stripe created it, but the answer never reached Tally (another Idempotency-Key would create a second one).
+    let stripe = tally::billing::stripe::StripeClient::new(reqwest::Client::new(), &s.double_base, DEFAULT_SECRET_KEY);
+    let made = stripe.create_customer("lost@example.com", &user.to_string(), "lost-answer").await.unwrap();
+    sqlx::query("UPDATE users SET customer_attempts = 3").execute(&pool).await.unwrap();
+    s.steps().await;
+    let linked: Option<String> =
+        sqlx::query_scalar("SELECT stripe_customer_id FROM users").fetch_one(&pool).await.unwrap();
+    assert_eq!(linked, Some(made));
+    assert_eq!(s.double.state().customers, 1);
+}
