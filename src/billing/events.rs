@@ -91,7 +91,10 @@ pub async fn apply(tx: &mut Transaction<'_, Postgres>, envelope: &Envelope) -> R
             subscription(tx, envelope).await
         }
         "checkout.session.completed" => checkout_completed(tx, envelope).await,
-        "v1.billing.meter.error_report_triggered" => meter_error_report(tx, envelope).await,
+        // Both name the events Stripe could not count; their details are fetched by the worker.
+        "v1.billing.meter.error_report_triggered" | "v1.billing.meter.no_meter_found" => {
+            meter_error_report(tx, envelope).await
+        }
         _ => Ok(Outcome::Ignored),
     }
 }
@@ -442,6 +445,28 @@ pub async fn store_meter_error_details(
     .bind(&identifiers)
     .bind(&codes)
     .bind(&messages)
+    .execute(&mut *tx)
+    .await?;
+    // Stripe could not count these: the deliveries (current or earlier identifiers) become failed with its reason,
+    // and `tally stripe retry` sends them again, under new identifiers, once the cause is fixed.
+    let failed: Vec<Uuid> = sqlx::query_scalar(
+        "UPDATE meter_deliveries d
+         SET status = 'failed', last_error = s.code || ': ' || s.message, uncertain_since = NULL, updated_at = now()
+         FROM unnest($1::text[], $2::text[], $3::text[]) AS s (identifier, code, message)
+         WHERE (d.identifier = s.identifier OR s.identifier = ANY(d.previous_identifiers))
+           AND d.status IN ('delivered', 'uncertain', 'pending') AND d.leased_until IS NULL
+         RETURNING d.id",
+    )
+    .bind(&identifiers)
+    .bind(&codes)
+    .bind(&messages)
+    .fetch_all(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE meter_event_outbox o SET status = 'failed', last_error = d.last_error, updated_at = now()
+         FROM meter_deliveries d WHERE d.id = ANY($1) AND o.delivery_id = d.id",
+    )
+    .bind(&failed)
     .execute(&mut *tx)
     .await?;
     sqlx::query(

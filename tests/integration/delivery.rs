@@ -595,6 +595,17 @@ async fn meter_error_reports_are_fetched_and_shown_to_the_user_they_concern(pool
     assert_eq!(sync["lastReport"], "meter_event_customer_not_found: Customer not found.");
     let page = app.get("/", Some(&cookie)).await.body.replace("<!>", "");
     assert!(page.contains("Stripe reported that it could not count 2 events"), "{page}");
+    // Not counted at Stripe, so not delivered: failed with Stripe's reason, and sent again under a new identifier
+    // once the cause is fixed.
+    assert_eq!(outbox(&pool, "failed").await, 2);
+    let reason: String = sqlx::query_scalar("SELECT last_error FROM meter_deliveries").fetch_one(&pool).await.unwrap();
+    assert_eq!(reason, "meter_event_customer_not_found: Customer not found.");
+    assert_eq!(tally::billing::uncertain::retry_failed(&pool, chrono::Utc::now()).await.unwrap(), (1, 0));
+    drain(&worker).await;
+    let resent: Vec<String> = double.events().into_iter().map(|e| e.identifier).collect();
+    assert_eq!(resent.len(), 2, "sent again: {resent:?}");
+    assert_ne!(resent[1], identifier, "under a new identifier");
+    assert_eq!(outbox(&pool, "delivered").await, 2);
 
     // Someone else's dashboard says nothing about it.
     let other = app.signup("unconcerned@example.com").await;
