@@ -392,12 +392,7 @@ impl DeliveryWorker {
         .fetch_all(&mut *tx)
         .await?;
         if !stopped.is_empty() {
-            sqlx::query(
-                "UPDATE meter_event_outbox SET status = 'uncertain', updated_at = now() WHERE delivery_id = ANY($1)",
-            )
-            .bind(&stopped)
-            .execute(&mut *tx)
-            .await?;
+            outbox_follows(&mut tx, &stopped, "uncertain", None).await?;
             tracing::warn!(
                 deliveries = stopped.len(),
                 "meter events with an unknown outcome past the safe re-send age"
@@ -634,15 +629,7 @@ impl DeliveryWorker {
         .execute(&mut *tx)
         .await?;
         if settled.rows_affected() == 1 {
-            sqlx::query(
-                "UPDATE meter_event_outbox SET status = $2, last_error = $3, updated_at = now()
-                 WHERE delivery_id = $1",
-            )
-            .bind(delivery.id)
-            .bind(status)
-            .bind(if status == "delivered" { None } else { note })
-            .execute(&mut *tx)
-            .await?;
+            outbox_follows(&mut tx, &[delivery.id], status, if status == "delivered" { None } else { note }).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -666,12 +653,7 @@ impl DeliveryWorker {
         .execute(&mut *tx)
         .await?;
         if marked.rows_affected() == 1 {
-            sqlx::query(
-                "UPDATE meter_event_outbox SET status = 'uncertain', updated_at = now() WHERE delivery_id = $1",
-            )
-            .bind(delivery.id)
-            .execute(&mut *tx)
-            .await?;
+            outbox_follows(&mut tx, &[delivery.id], "uncertain", None).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -705,6 +687,25 @@ impl DeliveryWorker {
         .await?;
         Ok(())
     }
+}
+
+/// The outbox rows of `deliveries` take their delivery's new `status`, with `note` as their last error (cleared when
+/// `None`): the one statement by which a delivery's state reaches the usage events it carries.
+pub(crate) async fn outbox_follows(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    deliveries: &[Uuid],
+    status: &str,
+    note: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE meter_event_outbox SET status = $2, last_error = $3, updated_at = now() WHERE delivery_id = ANY($1)",
+    )
+    .bind(deliveries)
+    .bind(status)
+    .bind(note)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// What the shared call budget held when a worker claimed.

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::delivery::SUMMARY_SETTLE;
+use super::delivery::{outbox_follows, SUMMARY_SETTLE};
 use super::stripe::StripeClient;
 use crate::error::AppError;
 
@@ -195,17 +195,8 @@ async fn settle_minute(
     .bind(&cleared_ids)
     .execute(&mut *tx)
     .await?;
-    sqlx::query(
-        "UPDATE meter_event_outbox SET status = 'delivered', last_error = NULL, updated_at = now()
-         WHERE delivery_id = ANY($1)",
-    )
-    .bind(&counted_ids)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query("UPDATE meter_event_outbox SET status = 'pending', updated_at = now() WHERE delivery_id = ANY($1)")
-        .bind(&resend_ids)
-        .execute(&mut *tx)
-        .await?;
+    outbox_follows(&mut tx, &counted_ids, "delivered", None).await?;
+    outbox_follows(&mut tx, &resend_ids, "pending", None).await?;
     tx.commit().await?;
     tracing::info!(
         customer = %delivery.stripe_customer_id,
@@ -253,17 +244,8 @@ pub async fn retry_failed(pool: &PgPool, now: DateTime<Utc>) -> Result<(u64, u64
     .bind(now)
     .fetch_all(&mut *tx)
     .await?;
-    sqlx::query(
-        "UPDATE meter_event_outbox SET status = 'pending', last_error = NULL, updated_at = now()
-         WHERE delivery_id = ANY($1)",
-    )
-    .bind(&requeued)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query("UPDATE meter_event_outbox SET status = 'uncertain', updated_at = now() WHERE delivery_id = ANY($1)")
-        .bind(&to_settle)
-        .execute(&mut *tx)
-        .await?;
+    outbox_follows(&mut tx, &requeued, "pending", None).await?;
+    outbox_follows(&mut tx, &to_settle, "uncertain", None).await?;
     tx.commit().await?;
     Ok((requeued.len() as u64, to_settle.len() as u64))
 }
