@@ -323,7 +323,7 @@ async fn audit(scenario: &str, pool: &PgPool, lab: &Lab, ledger: &Ledger, custom
         "SELECT count(*) FROM (
              SELECT user_id, sum(quantity) AS q FROM usage_events GROUP BY user_id
          ) e FULL JOIN (
-             SELECT user_id, sum(quantity) AS q FROM usage_period_totals GROUP BY user_id
+             SELECT user_id, sum(quantity) AS q FROM usage_period_totals WHERE period_kind = 'calendar' GROUP BY user_id
          ) t USING (user_id) WHERE e.q IS DISTINCT FROM t.q",
     )
     .fetch_one(pool)

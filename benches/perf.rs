@@ -298,7 +298,8 @@ async fn ingest_phase(suite: &Suite, clients: usize, batch_size: usize, seconds:
         let (count, sum, counters, buckets): (i64, i64, i64, i64) = sqlx::query_as(
             "SELECT (SELECT count(*) FROM usage_events WHERE user_id = $1),
                     (SELECT coalesce(sum(quantity), 0)::bigint FROM usage_events WHERE user_id = $1),
-                    (SELECT coalesce(sum(quantity), 0)::bigint FROM usage_period_totals WHERE user_id = $1),
+                    (SELECT coalesce(sum(quantity), 0)::bigint FROM usage_period_totals
+                     WHERE user_id = $1 AND period_kind = 'calendar'),
                     (SELECT coalesce(sum(quantity), 0)::bigint FROM usage_quarter_hour_totals WHERE user_id = $1)",
         )
         .bind(customer.user_id)

@@ -157,7 +157,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     .await?;
             // All time, within what PostgreSQL's timestamptz holds (chrono's MIN/MAX do not fit).
             let (from, until) = (chrono::DateTime::UNIX_EPOCH, chrono::Utc::now() + chrono::Duration::days(36_500));
-            let sync = crate::billing::status::for_user(&pool, id, from, until).await?;
+            let sync =
+                crate::billing::status::for_user(&pool, id, crate::usage::period::PeriodKind::Calendar, from, until)
+                    .await?;
             println!("account {} ({id})", email.trim().to_lowercase());
             println!("limit: {}", limit.map_or("none".to_owned(), |l| l.to_string()));
             println!("stripe customer: {}", customer.as_deref().unwrap_or("none"));

@@ -100,7 +100,7 @@ pub async fn get_billing_overview() -> Result<BillingOverview, AppError> {
     let mut overview = history::overview(&state.pool, user_id, &state.config.billing_timezone).await?;
     // This period's events: what the customer is about to be billed for.
     let period = crate::usage::period::current(&state, user_id).await?;
-    overview.sync = status::for_user(&state.pool, user_id, period.start, period.end).await?;
+    overview.sync = status::for_user(&state.pool, user_id, period.kind(), period.start, period.end).await?;
     overview.sync.stripe_configured = state.stripe.is_some();
     let live = overview.subscription.as_ref().is_some_and(|s| LIVE_STATUSES.contains(&s.status.as_str()));
     overview.can_subscribe = state.stripe.is_some() && state.config.stripe_price_id.is_some() && !live;

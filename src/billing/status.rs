@@ -99,7 +99,8 @@ pub async fn read(pool: &PgPool) -> Result<SyncStatus, AppError> {
 }
 
 /// One user's events by delivery state, of those that occurred in the billing period `[from, until)`
-/// (`stripe_configured` is left for the caller, who knows the config).
+/// (`stripe_configured` is left for the caller, who knows the config), counted from the period counters of `kind`
+/// (`Calendar` counters tile all usage, so any run of whole months can be summed; `Subscription` for one period).
 ///
 /// One statement, and its cost follows the *undelivered* events, not the period's: delivered = the period's event
 /// count from `usage_period_totals` (written with every event) minus the undelivered rows, counted from a partial
@@ -109,6 +110,7 @@ pub async fn read(pool: &PgPool) -> Result<SyncStatus, AppError> {
 pub async fn for_user(
     pool: &PgPool,
     user_id: uuid::Uuid,
+    kind: crate::usage::period::PeriodKind,
     from: DateTime<Utc>,
     until: DateTime<Utc>,
 ) -> Result<crate::billing::MeterSync, AppError> {
@@ -128,7 +130,7 @@ pub async fn for_user(
                  WHERE d.user_id = $1 AND d.period_start < $3 AND d.period_end > $2
              )
              SELECT (SELECT coalesce(sum(event_count), 0)::bigint FROM usage_period_totals
-                     WHERE user_id = $1 AND period_start >= $2 AND period_end <= $3),
+                     WHERE user_id = $1 AND period_kind = $4 AND period_start >= $2 AND period_end <= $3),
                     count(*) FILTER (WHERE status = 'pending'),
                     count(*) FILTER (WHERE status = 'awaiting_customer'),
                     count(*) FILTER (WHERE status = 'failed'),
@@ -145,6 +147,7 @@ pub async fn for_user(
         .bind(user_id)
         .bind(from)
         .bind(until)
+        .bind(kind.as_str())
         .fetch_one(pool)
         .await?;
     Ok(crate::billing::MeterSync {

@@ -26,10 +26,21 @@ pub async fn periods(
     let current = period::current(state, user_id).await?;
     let timezone = &state.config.billing_timezone;
     let mut choices: Vec<PeriodChoice> = sqlx::query_as(
-        "SELECT DISTINCT period_start, period_end,
+        // Subscription periods, and the calendar months not wholly covered by them (before subscribing, after
+        // cancelling): every event is in a calendar counter, so a covered month would only repeat that usage.
+        "WITH spans AS (
+             SELECT DISTINCT period_kind, period_start, period_end FROM usage_period_totals WHERE user_id = $1
+         )
+         SELECT DISTINCT period_start, period_end,
                 to_char(period_start AT TIME ZONE $2, 'YYYY-MM-DD') AS first_day,
                 to_char((period_end - interval '1 microsecond') AT TIME ZONE $2, 'YYYY-MM-DD') AS last_day
-         FROM usage_period_totals WHERE user_id = $1
+         FROM spans s
+         WHERE s.period_kind = 'subscription'
+            OR (SELECT coalesce(sum(least(o.period_end, s.period_end) - greatest(o.period_start, s.period_start)),
+                                interval '0')
+                FROM spans o
+                WHERE o.period_kind = 'subscription' AND o.period_start < s.period_end AND o.period_end > s.period_start)
+               < s.period_end - s.period_start
          ORDER BY period_start DESC
          LIMIT 36",
     )

@@ -4,11 +4,13 @@
 //! in webhooks. Everyone else (and any instant outside a known subscription period) falls in a calendar month of
 //! `BILLING_TIMEZONE`, cut by PostgreSQL's time zone database, the same one the `usage_monthly` view uses.
 //!
+//! The rule is written once, as the SQL functions `billing_period_at` and `calendar_month_at` (migration 15): the
+//! usage writer, the meter and the hard limit, the history and delivery all call them, and this module is how Rust
+//! asks. Copies that disagreed caused most billing bugs before.
+//!
 //! Usage counters are kept per period (see `totals.rs`), so a period must never change under a writer: writers
 //! hold a shared per-user advisory lock ([`lock_users_shared`]) while they pick periods and count, and a webhook
 //! that changes a user's period holds it exclusively ([`lock_user_exclusive`]) while it recounts the new period.
-
-use std::sync::RwLock;
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
@@ -55,43 +57,57 @@ pub async fn lock_user_exclusive(tx: &mut Transaction<'_, Postgres>, user_id: Uu
     Ok(())
 }
 
-/// The SQL condition on a `subscriptions` row for its current period to bill its user: a live subscription
-/// (statuses bound as `$2`, [`LIVE_STATUSES`]) with a known, non-empty current period. Used by the usage writer,
-/// which reads the spans of a whole group of users under their shared period locks.
-pub const LIVE_SUBSCRIPTION_PERIOD: &str =
-    "status = ANY($2) AND current_period_start IS NOT NULL AND current_period_end > current_period_start";
+/// Which rule a period comes from: a live Stripe subscription's current period, or a calendar month of the billing
+/// time zone. Stored as text (`period_kind`) next to every period counter and delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PeriodKind {
+    Subscription,
+    Calendar,
+}
 
-/// The live subscription period of user `$1` that contains the instant `$2`, with its first and last day in time
-/// zone `$3` (live statuses bound as `$4`): at most one row of `start, end, first_day, last_day, timezone`. The one
-/// statement of the rule, used alone by [`for_user`] and inside the meter's one-statement read (`totals.rs`).
-pub const SUBSCRIPTION_PERIOD_AT: &str = "
-    SELECT current_period_start AS start, current_period_end AS \"end\",
-           to_char(current_period_start AT TIME ZONE $3, 'YYYY-MM-DD') AS first_day,
-           to_char((current_period_end - interval '1 microsecond') AT TIME ZONE $3, 'YYYY-MM-DD') AS last_day,
+impl PeriodKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeriodKind::Subscription => "subscription",
+            PeriodKind::Calendar => "calendar",
+        }
+    }
+
+    pub fn parse(kind: &str) -> Option<PeriodKind> {
+        match kind {
+            "subscription" => Some(PeriodKind::Subscription),
+            "calendar" => Some(PeriodKind::Calendar),
+            _ => None,
+        }
+    }
+}
+
+/// The period that applies to user `$1` at the instant `$2`, cut in time zone `$3` (live statuses bound as `$4`,
+/// [`LIVE_STATUSES`]): one row of `start, end, kind, first_day, last_day, timezone`. The rule itself is the SQL
+/// function `billing_period_at` (migration 15), its one statement; this only names and formats its columns. Used
+/// alone by [`for_user`] and inside the meter's one-statement read (`totals.rs`).
+pub const PERIOD_AT: &str = "
+    SELECT p.period_start AS start, p.period_end AS \"end\", p.period_kind AS kind,
+           to_char(p.period_start AT TIME ZONE $3, 'YYYY-MM-DD') AS first_day,
+           to_char((p.period_end - interval '1 microsecond') AT TIME ZONE $3, 'YYYY-MM-DD') AS last_day,
            $3 AS timezone
-    FROM subscriptions
-    WHERE user_id = $1 AND status = ANY($4) AND current_period_start <= $2 AND $2 < current_period_end
-    ORDER BY state_at DESC LIMIT 1";
+    FROM billing_period_at($1, $2, $3, $4) AS p";
 
 /// The period `user_id` is billed for at `at`: the live subscription's current period containing it, else the
-/// calendar month from `clock`.
+/// calendar month of `clock`'s time zone.
 pub async fn for_user(
     pool: &PgPool,
     clock: &PeriodClock,
     user_id: Uuid,
     at: DateTime<Utc>,
 ) -> Result<BillingPeriod, AppError> {
-    let subscription: Option<BillingPeriod> = sqlx::query_as(SUBSCRIPTION_PERIOD_AT)
+    Ok(sqlx::query_as(PERIOD_AT)
         .bind(user_id)
         .bind(at)
         .bind(&clock.timezone)
         .bind(LIVE_STATUSES)
-        .fetch_optional(pool)
-        .await?;
-    match subscription {
-        Some(period) => Ok(period),
-        None => clock.containing(at).await,
-    }
+        .fetch_one(pool)
+        .await?)
 }
 
 /// One request's memo of the signed-in user's current billing period. The dashboard's server functions (meter,
@@ -120,6 +136,8 @@ pub async fn current(state: &crate::state::AppState, user_id: Uuid) -> Result<Bi
 pub struct BillingPeriod {
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,
+    /// `subscription` or `calendar` ([`PeriodKind`]).
+    pub kind: String,
     pub first_day: String,
     pub last_day: String,
     pub timezone: String,
@@ -134,19 +152,20 @@ impl BillingPeriod {
     pub fn span(&self) -> Span {
         Span { start: self.start, end: self.end }
     }
+
+    pub fn kind(&self) -> PeriodKind {
+        PeriodKind::parse(&self.kind).unwrap_or(PeriodKind::Calendar)
+    }
 }
 
-/// The calendar month in `timezone` that contains the instant `at`.
+/// The calendar month in `timezone` that contains the instant `at` (SQL function `calendar_month_at`).
 pub async fn containing(pool: &PgPool, at: DateTime<Utc>, timezone: &str) -> Result<BillingPeriod, AppError> {
-    // `m` is local wall-clock time (timestamp without time zone), so `+ interval '1 month'` is calendar
-    // arithmetic that no session TimeZone setting can bend.
     Ok(sqlx::query_as(
-        "SELECT m AT TIME ZONE $2                                       AS start,
-                (m + interval '1 month') AT TIME ZONE $2                AS \"end\",
-                to_char(m, 'YYYY-MM-DD')                                AS first_day,
-                to_char(m + interval '1 month' - interval '1 day', 'YYYY-MM-DD') AS last_day,
-                $2                                                      AS timezone
-         FROM (SELECT date_trunc('month', $1::timestamptz AT TIME ZONE $2) AS m) AS month",
+        "SELECT month_start AS start, month_end AS \"end\", 'calendar' AS kind,
+                to_char(month_start AT TIME ZONE $2, 'YYYY-MM-DD') AS first_day,
+                to_char((month_end - interval '1 microsecond') AT TIME ZONE $2, 'YYYY-MM-DD') AS last_day,
+                $2 AS timezone
+         FROM calendar_month_at($1, $2)",
     )
     .bind(at)
     .bind(timezone)
@@ -154,32 +173,20 @@ pub async fn containing(pool: &PgPool, at: DateTime<Utc>, timezone: &str) -> Res
     .await?)
 }
 
-/// [`containing`] with the latest period remembered, so the hot paths (every recorded event, every meter read)
-/// ask PostgreSQL only when time crosses into a new period.
+/// The billing time zone with the pool to ask it in: what the period functions need besides a user and an instant.
 pub struct PeriodClock {
     pool: PgPool,
     /// The billing time zone calendar periods are cut in.
     pub timezone: String,
-    latest: RwLock<Option<BillingPeriod>>,
 }
 
 impl PeriodClock {
     pub fn new(pool: PgPool, timezone: String) -> Self {
-        PeriodClock { pool, timezone, latest: RwLock::new(None) }
+        PeriodClock { pool, timezone }
     }
 
-    /// The period containing `at`.
+    /// The calendar month containing `at`.
     pub async fn containing(&self, at: DateTime<Utc>) -> Result<BillingPeriod, AppError> {
-        if let Some(period) = self.latest.read().ok().and_then(|p| p.clone()).filter(|p| p.contains(at)) {
-            return Ok(period);
-        }
-        let period = containing(&self.pool, at, &self.timezone).await?;
-        if let Ok(mut latest) = self.latest.write() {
-            // Keep the newest period: a late event from last month must not evict the current one.
-            if latest.as_ref().is_none_or(|current| current.start <= period.start) {
-                *latest = Some(period.clone());
-            }
-        }
-        Ok(period)
+        containing(&self.pool, at, &self.timezone).await
     }
 }

@@ -1,7 +1,10 @@
 //! Period totals: what the meter shows and the hard limit checks, without summing a heavy user's events.
 //!
-//! Design: `usage_period_totals` holds one counter per (user, event type, billing period, writer slot), updated
-//! in the same transaction as the events it counts (see `writer.rs`). A read sums a user's slots for one period:
+//! Design: `usage_period_totals` holds one counter per (user, event type, period, writer slot), updated in the
+//! same transaction as the events it counts (see `writer.rs`). Every event is counted in its calendar month and,
+//! when a subscription period applies to it, in that period too: the calendar months tile all usage, so whatever a
+//! subscription does (starts mid-month, renews, is cancelled or resumed), the period that applies next has a
+//! complete counter, and subscription counters are recounted from the events whenever Stripe announces a period. A read sums a user's slots for one period:
 //! a handful of rows through the primary key, however many events the period holds, so the meter's cost does not
 //! grow with usage. Two choices keep writes fast:
 //! - group commit adds a whole transaction's events of a user with one `UPDATE`, not one per event, so a busy
@@ -24,8 +27,8 @@ use super::UsageSummary;
 use crate::error::AppError;
 
 /// `user_id`'s usage of `event_type` with their limit, in the billing period containing `at` — the live
-/// subscription's, else `clock`'s calendar month — or `None` when the user does not exist. One statement: the meter's
-/// read, which the live stream runs after every change and the AI route before every call.
+/// subscription's, else the calendar month of `clock`'s time zone — or `None` when the user does not exist. One
+/// statement: the meter's read, which the live stream runs after every change and the AI route before every call.
 pub async fn summary_at(
     pool: &PgPool,
     clock: &PeriodClock,
@@ -35,21 +38,17 @@ pub async fn summary_at(
 ) -> Result<Option<UsageSummary>, AppError> {
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
-            "SELECT u.usage_limit, coalesce(s.start, $6), coalesce(s.\"end\", $7),
-                    coalesce(s.first_day, $8), coalesce(s.last_day, $9),
+            "SELECT u.usage_limit, p.start, p.\"end\", p.first_day, p.last_day,
                     COALESCE((SELECT sum(t.quantity)
                               FROM usage_period_totals t
-                              WHERE t.user_id = u.id AND t.event_type = $5
-                                AND t.period_start = coalesce(s.start, $6)), 0)::bigint
+                              WHERE t.user_id = u.id AND t.event_type = $5 AND t.period_kind = p.kind
+                                AND t.period_start = p.start AND t.period_end = p.\"end\"), 0)::bigint
              FROM users u
-             LEFT JOIN ({}) AS s ON true
+             CROSS JOIN LATERAL ({}) AS p
              WHERE u.id = $1",
-            period::SUBSCRIPTION_PERIOD_AT
+            period::PERIOD_AT
         )
     });
-    // The calendar month is known without asking PostgreSQL (the clock remembers it); it is the answer unless a
-    // subscription period contains `at`.
-    let calendar = clock.containing(at).await?;
     type Row = (Option<i64>, DateTime<Utc>, DateTime<Utc>, String, String, i64);
     let row: Option<Row> = sqlx::query_as(SQL.as_str())
         .bind(user_id)
@@ -57,10 +56,6 @@ pub async fn summary_at(
         .bind(&clock.timezone)
         .bind(crate::billing::LIVE_STATUSES)
         .bind(event_type)
-        .bind(calendar.start)
-        .bind(calendar.end)
-        .bind(&calendar.first_day)
-        .bind(&calendar.last_day)
         .fetch_optional(pool)
         .await?;
     Ok(row.map(|(limit, period_start, period_end, period_first_day, period_last_day, used)| UsageSummary {
@@ -90,20 +85,25 @@ pub async fn recount(pool: &PgPool, user_id: Uuid, event_type: &str, period: &Bi
     .await?)
 }
 
-/// Recounts `user_id`'s counters for `span` from the events, after the user's billing period changed (a new
-/// subscription period): events recorded before Stripe told us about the period were counted under the calendar
-/// month. Holds the user's exclusive period lock, so no writer counts into the old or new period meanwhile. Costs
+/// Recounts `user_id`'s subscription counters for `span` from the events, after Stripe announced or changed a
+/// subscription period: events recorded before Stripe told us about the period (or while the subscription was not
+/// live) were counted only under their calendar month. Holds the user's exclusive period lock, so no writer counts into the old or new period meanwhile. Costs
 /// one index range scan of the period's events, once per period change.
 pub async fn rebuild(tx: &mut Transaction<'_, Postgres>, user_id: Uuid, span: Span) -> Result<(), sqlx::Error> {
     period::lock_user_exclusive(tx, user_id).await?;
-    sqlx::query("DELETE FROM usage_period_totals WHERE user_id = $1 AND period_start = $2")
-        .bind(user_id)
-        .bind(span.start)
-        .execute(&mut **tx)
-        .await?;
     sqlx::query(
-        "INSERT INTO usage_period_totals (user_id, event_type, period_start, period_end, slot, quantity, event_count)
-         SELECT user_id, event_type, $2, $3, 0, sum(quantity), count(*)
+        "DELETE FROM usage_period_totals
+         WHERE user_id = $1 AND period_kind = 'subscription' AND period_start = $2 AND period_end = $3",
+    )
+    .bind(user_id)
+    .bind(span.start)
+    .bind(span.end)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO usage_period_totals
+             (user_id, event_type, period_kind, period_start, period_end, slot, quantity, event_count)
+         SELECT user_id, event_type, 'subscription', $2, $3, 0, sum(quantity), count(*)
          FROM usage_events
          WHERE user_id = $1 AND occurred_at >= $2 AND occurred_at < $3
          GROUP BY user_id, event_type",

@@ -13,7 +13,7 @@
 //! change (`period.rs`) never races a writer.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use uuid::Uuid;
 
 use super::alerts;
-use super::period::{self, PeriodClock, Span};
+use super::period::{self, PeriodClock, PeriodKind, Span};
 use super::AI_TOKENS_EVENT;
 use crate::auth::api_key;
 use crate::auth::caller::Caller;
@@ -195,25 +195,13 @@ impl Writer {
     /// Writes `group` in one transaction. The outer error means nothing was committed; the inner results are the
     /// per-submission answers of a committed transaction (a refused submission stored nothing).
     async fn commit(&self, group: &[Submission]) -> Result<Vec<Result<Outcome, AppError>>, CommitError> {
-        // Calendar periods come from the clock (cached); subscription periods are read under the period lock.
-        let mut calendar = HashMap::new();
-        for event in group.iter().flat_map(|s| &s.events) {
-            if let std::collections::hash_map::Entry::Vacant(slot) = calendar.entry(event.occurred_at) {
-                slot.insert(self.clock.containing(event.occurred_at).await.map_err(CommitError::Period)?.span());
-            }
-        }
-
         let mut tx = self.pool.begin().await?;
         let (resolved, mut results) = resolve_callers(&mut tx, group).await?;
         let users: Vec<Uuid> = resolved.iter().map(|r| r.user_id).collect::<BTreeSet<_>>().into_iter().collect();
         period::lock_users_shared(&mut tx, &users).await?;
-        let (limits, subscriptions) = lock_limits_read_spans(&mut tx, &users).await?;
-        let period_of = |user: Uuid, event: &NewEvent| -> Span {
-            subscriptions
-                .get(&user)
-                .and_then(|spans| spans.iter().find(|s| s.contains(event.occurred_at)).copied())
-                .unwrap_or(calendar[&event.occurred_at])
-        };
+        let (limits, periods) = lock_limits_read_periods(&mut tx, &resolved, &self.clock.timezone).await?;
+        // Complete: `lock_limits_read_periods` answers every (user, instant) of the group or fails.
+        let period_of = |user: Uuid, event: &NewEvent| -> EventPeriods { periods[&(user, event.occurred_at)] };
         let mut used = period_usage(&mut tx, &limits, &resolved, &period_of).await?;
         let used_before = used.clone();
         let mut known = existing_keys(&mut tx, &resolved).await?;
@@ -238,7 +226,12 @@ impl Writer {
                 }
             }
             let caps: HashMap<Uuid, i64> = limits.iter().map(|(user, l)| (*user, l.limit)).collect();
-            alerts::record_crossings(&mut tx, AI_TOKENS_EVENT, &caps, &used_before, &used).await?;
+            // Alerts are kept per (user, period start).
+            let by_start = |totals: &HashMap<(Uuid, Period), i64>| -> HashMap<(Uuid, DateTime<Utc>), i64> {
+                totals.iter().map(|((user, period), used)| ((*user, period.span.start), *used)).collect()
+            };
+            alerts::record_crossings(&mut tx, AI_TOKENS_EVENT, &caps, &by_start(&used_before), &by_start(&used))
+                .await?;
         }
         tx.commit().await?;
         Ok(results)
@@ -304,81 +297,156 @@ async fn resolve_callers<'a>(
     Ok((resolved, results))
 }
 
+/// The periods one event is counted in: the period that applies to it (its limit and meter), and its calendar
+/// month, whose counter every event feeds (see `totals.rs`).
+#[derive(Debug, Clone, Copy)]
+struct EventPeriods {
+    applies: Period,
+    month: Span,
+}
+
+/// A counter's period: its span and the rule it comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Period {
+    kind: PeriodKind,
+    span: Span,
+}
+
 /// Locks the group's users that have a hard limit, in id order (no deadlocks between writers), and reads their
-/// limits and the current periods of the users' live subscriptions, in one statement. Users without a limit are not
-/// locked, so their events never wait for another writer. The spans are read after the shared period locks are
-/// held (the caller took them in an earlier statement), so no period change can be in flight.
-async fn lock_limits_read_spans(
+/// limits and the periods of every (user, instant) the group records, in one statement. Users without a limit are
+/// not locked, so their events never wait for another writer. The periods come from `billing_period_at`, the one
+/// statement of the rule, read after the shared period locks are held (the caller took them in an earlier
+/// statement), so no period change can be in flight.
+async fn lock_limits_read_periods(
     tx: &mut Transaction<'_, Postgres>,
-    users: &[Uuid],
-) -> Result<(HashMap<Uuid, Limit>, HashMap<Uuid, Vec<Span>>), sqlx::Error> {
-    let (mut limits, mut spans) = (HashMap::new(), HashMap::<Uuid, Vec<Span>>::new());
-    if users.is_empty() {
-        return Ok((limits, spans));
+    group: &[Resolved<'_>],
+    timezone: &str,
+) -> Result<(HashMap<Uuid, Limit>, HashMap<(Uuid, DateTime<Utc>), EventPeriods>), sqlx::Error> {
+    let (mut limits, mut periods) = (HashMap::new(), HashMap::new());
+    let instants: BTreeSet<(Uuid, DateTime<Utc>)> =
+        group.iter().flat_map(|r| r.submission.events.iter().map(|e| (r.user_id, e.occurred_at))).collect();
+    if instants.is_empty() {
+        return Ok((limits, periods));
     }
-    type Row = (Uuid, Option<i64>, Option<i16>, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
-    static SQL: LazyLock<String> = LazyLock::new(|| {
-        format!(
-            "WITH limited AS (
-                 SELECT id, usage_limit, usage_warning_percent FROM users
-                 WHERE id = ANY($1) AND usage_limit IS NOT NULL
-                 ORDER BY id
-                 FOR NO KEY UPDATE
-             )
-             SELECT id, usage_limit, usage_warning_percent, NULL::timestamptz, NULL::timestamptz FROM limited
-             UNION ALL
-             SELECT user_id, NULL, NULL, current_period_start, current_period_end FROM subscriptions
-             WHERE user_id = ANY($1) AND {}",
-            period::LIVE_SUBSCRIPTION_PERIOD
-        )
-    });
-    let rows: Vec<Row> =
-        sqlx::query_as(SQL.as_str()).bind(users).bind(crate::billing::LIVE_STATUSES).fetch_all(&mut **tx).await?;
-    for (user, limit, warning_percent, start, end) in rows {
-        match (limit, warning_percent, start, end) {
-            (Some(limit), Some(warning_percent), _, _) => {
+    let (users, times): (Vec<Uuid>, Vec<DateTime<Utc>>) = instants.into_iter().unzip();
+    type Row = (
+        Uuid,
+        Option<i64>,
+        Option<i16>,
+        Option<i64>,
+        Option<DateTime<Utc>>,
+        Option<DateTime<Utc>>,
+        Option<String>,
+        Option<DateTime<Utc>>,
+        Option<DateTime<Utc>>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "WITH limited AS (
+             SELECT id, usage_limit, usage_warning_percent FROM users
+             WHERE id = ANY($1) AND usage_limit IS NOT NULL
+             ORDER BY id
+             FOR NO KEY UPDATE
+         )
+         SELECT id, usage_limit, usage_warning_percent, NULL::bigint, NULL::timestamptz, NULL::timestamptz,
+                NULL::text, NULL::timestamptz, NULL::timestamptz
+         FROM limited
+         UNION ALL
+         -- Rows name their instant by position: PostgreSQL keeps microseconds, the events' times may hold more.
+         SELECT w.user_id, NULL, NULL, w.position, p.period_start, p.period_end, p.period_kind, p.month_start,
+                p.month_end
+         FROM unnest($1::uuid[], $2::timestamptz[]) WITH ORDINALITY AS w (user_id, at, position)
+         CROSS JOIN LATERAL billing_period_at(w.user_id, w.at, $3, $4) AS p",
+    )
+    .bind(&users)
+    .bind(&times)
+    .bind(timezone)
+    .bind(crate::billing::LIVE_STATUSES)
+    .fetch_all(&mut **tx)
+    .await?;
+    for (user, limit, warning_percent, position, start, end, kind, month_start, month_end) in rows {
+        let at = position.and_then(|p| times.get(usize::try_from(p).ok()?.checked_sub(1)?)).copied();
+        match (
+            limit,
+            warning_percent,
+            at,
+            start,
+            end,
+            kind.as_deref().and_then(PeriodKind::parse),
+            month_start,
+            month_end,
+        ) {
+            (Some(limit), Some(warning_percent), ..) => {
                 limits.insert(user, Limit { limit, warning_percent });
             }
-            (_, _, Some(start), Some(end)) => spans.entry(user).or_default().push(Span { start, end }),
+            (_, _, Some(at), Some(start), Some(end), Some(kind), Some(month_start), Some(month_end)) => {
+                let applies = Period { kind, span: Span { start, end } };
+                periods
+                    .insert((user, at), EventPeriods { applies, month: Span { start: month_start, end: month_end } });
+            }
             _ => {}
         }
     }
-    Ok((limits, spans))
+    if periods.len() != times.len() {
+        // billing_period_at answers every instant; anything else is a broken schema, not a reason to guess.
+        return Err(sqlx::Error::Protocol(format!("periods for {} of {} instants", periods.len(), times.len())));
+    }
+    Ok((limits, periods))
 }
 
-/// Current totals of the limited event type for the limited users, per (user, period start). Read after the
-/// locks are held, so they include every commit of the other writers.
+/// Current totals of the limited event type for the limited users, per (user, period that applies). Read after
+/// the locks are held, so they include every commit of the other writers.
 async fn period_usage(
     tx: &mut Transaction<'_, Postgres>,
     limits: &HashMap<Uuid, Limit>,
     group: &[Resolved<'_>],
-    period_of: &impl Fn(Uuid, &NewEvent) -> Span,
-) -> Result<HashMap<(Uuid, DateTime<Utc>), i64>, sqlx::Error> {
-    let mut users = Vec::new();
-    let mut starts = Vec::new();
-    for entry in group.iter().filter(|s| limits.contains_key(&s.user_id)) {
-        for event in entry.submission.events.iter().filter(|e| e.event_type == AI_TOKENS_EVENT) {
-            users.push(entry.user_id);
-            starts.push(period_of(entry.user_id, event).start);
-        }
-    }
-    if users.is_empty() {
+    period_of: &impl Fn(Uuid, &NewEvent) -> EventPeriods,
+) -> Result<HashMap<(Uuid, Period), i64>, sqlx::Error> {
+    let wanted: BTreeSet<(Uuid, &'static str, DateTime<Utc>, DateTime<Utc>)> = group
+        .iter()
+        .filter(|s| limits.contains_key(&s.user_id))
+        .flat_map(|entry| {
+            entry.submission.events.iter().filter(|e| e.event_type == AI_TOKENS_EVENT).map(|event| {
+                let period = period_of(entry.user_id, event).applies;
+                (entry.user_id, period.kind.as_str(), period.span.start, period.span.end)
+            })
+        })
+        .collect();
+    if wanted.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows: Vec<(Uuid, DateTime<Utc>, i64)> = sqlx::query_as(
-        "SELECT t.user_id, t.period_start, sum(t.quantity)::bigint
+    let mut users = Vec::new();
+    let mut kinds = Vec::new();
+    let mut starts = Vec::new();
+    let mut ends = Vec::new();
+    for (user, kind, start, end) in wanted {
+        users.push(user);
+        kinds.push(kind);
+        starts.push(start);
+        ends.push(end);
+    }
+    type Row = (Uuid, String, DateTime<Utc>, DateTime<Utc>, i64);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT t.user_id, t.period_kind, t.period_start, t.period_end, sum(t.quantity)::bigint
          FROM usage_period_totals t
-         JOIN (SELECT DISTINCT * FROM unnest($1::uuid[], $2::timestamptz[])) AS wanted (user_id, period_start)
-           USING (user_id, period_start)
-         WHERE t.event_type = $3
-         GROUP BY t.user_id, t.period_start",
+         JOIN unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::timestamptz[])
+           AS wanted (user_id, period_kind, period_start, period_end)
+           USING (user_id, period_kind, period_start, period_end)
+         WHERE t.event_type = $5
+         GROUP BY t.user_id, t.period_kind, t.period_start, t.period_end",
     )
     .bind(&users)
+    .bind(&kinds)
     .bind(&starts)
+    .bind(&ends)
     .bind(AI_TOKENS_EVENT)
     .fetch_all(&mut **tx)
     .await?;
-    Ok(rows.into_iter().map(|(user, start, used)| ((user, start), used)).collect())
+    Ok(rows
+        .into_iter()
+        .filter_map(|(user, kind, start, end, used)| {
+            Some(((user, Period { kind: PeriodKind::parse(&kind)?, span: Span { start, end } }), used))
+        })
+        .collect())
 }
 
 /// Events already stored under the group's idempotency keys.
@@ -419,9 +487,9 @@ async fn keys_to_ids(
 fn plan(
     entry: &Resolved<'_>,
     limit: Option<Limit>,
-    used: &mut HashMap<(Uuid, DateTime<Utc>), i64>,
+    used: &mut HashMap<(Uuid, Period), i64>,
     known: &mut HashMap<UserKey, Uuid>,
-    period_of: &impl Fn(Uuid, &NewEvent) -> Span,
+    period_of: &impl Fn(Uuid, &NewEvent) -> EventPeriods,
     rows: &mut EventRows,
 ) -> Result<Outcome, AppError> {
     let (user, submission) = (entry.user_id, entry.submission);
@@ -445,9 +513,9 @@ fn plan(
     }
 
     // The hard limit: the new usage of each period must fit in what is left of it.
-    let mut added: HashMap<(Uuid, DateTime<Utc>), i64> = HashMap::new();
+    let mut added: HashMap<(Uuid, Period), i64> = HashMap::new();
     for (_, event) in fresh.iter().filter(|(_, e)| e.event_type == AI_TOKENS_EVENT) {
-        *added.entry((user, period_of(user, event).start)).or_default() += event.quantity;
+        *added.entry((user, period_of(user, event).applies)).or_default() += event.quantity;
     }
     let mut allowance = None;
     if let Some(Limit { limit, warning_percent }) = limit {
@@ -457,7 +525,7 @@ fn plan(
                 return Err(AppError::LimitExceeded { limit, remaining: (limit - before).max(0) });
             }
         }
-        let current = submission.events.last().map(|e| (user, period_of(user, e).start));
+        let current = submission.events.last().map(|e| (user, period_of(user, e).applies));
         let used_now = current.map_or(0, |p| used.get(&p).copied().unwrap_or(0) + added.get(&p).copied().unwrap_or(0));
         allowance = Some(Allowance { limit, used: used_now, warning_percent });
     }
@@ -482,12 +550,15 @@ struct EventRows {
     metadata: Vec<Json<serde_json::Value>>,
     keys: Vec<Option<String>>,
     occurred: Vec<DateTime<Utc>>,
+    period_kinds: Vec<&'static str>,
     period_starts: Vec<DateTime<Utc>>,
     period_ends: Vec<DateTime<Utc>>,
+    month_starts: Vec<DateTime<Utc>>,
+    month_ends: Vec<DateTime<Utc>>,
 }
 
 impl EventRows {
-    fn push(&mut self, id: Uuid, user: Uuid, event: &NewEvent, period: Span) {
+    fn push(&mut self, id: Uuid, user: Uuid, event: &NewEvent, periods: EventPeriods) {
         self.ids.push(id);
         self.users.push(user);
         self.types.push(event.event_type.clone());
@@ -495,8 +566,11 @@ impl EventRows {
         self.metadata.push(Json(event.metadata.clone()));
         self.keys.push(event.idempotency_key.clone());
         self.occurred.push(event.occurred_at);
-        self.period_starts.push(period.start);
-        self.period_ends.push(period.end);
+        self.period_kinds.push(periods.applies.kind.as_str());
+        self.period_starts.push(periods.applies.span.start);
+        self.period_ends.push(periods.applies.span.end);
+        self.month_starts.push(periods.month.start);
+        self.month_ends.push(periods.month.end);
     }
 
     fn key_of(&self, id: Uuid) -> Option<UserKey> {
@@ -511,9 +585,10 @@ impl EventRows {
         let inserted: Vec<Uuid> = sqlx::query_scalar(
             "WITH input AS (
                  SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::jsonb[], $6::text[],
-                                      $7::timestamptz[], $8::timestamptz[], $9::timestamptz[])
+                                      $7::timestamptz[], $12::text[], $8::timestamptz[], $9::timestamptz[],
+                                      $13::timestamptz[], $14::timestamptz[])
                    AS t (id, user_id, event_type, quantity, metadata, idempotency_key, occurred_at,
-                         period_start, period_end)
+                         period_kind, period_start, period_end, month_start, month_end)
              ), inserted AS (
                  INSERT INTO usage_events (id, user_id, event_type, quantity, metadata, idempotency_key, occurred_at)
                  SELECT id, user_id, event_type, quantity, metadata, idempotency_key, occurred_at
@@ -530,13 +605,21 @@ impl EventRows {
                         CASE WHEN u.stripe_customer_id IS NULL THEN 'awaiting_customer' ELSE 'pending' END
                  FROM inserted i JOIN users u ON u.id = i.user_id
              ), totals AS (
+                 -- Every event into its calendar month's counter, and into its subscription period's when one
+                 -- applies (a calendar period is the month itself: counted once).
                  INSERT INTO usage_period_totals
-                     (user_id, event_type, period_start, period_end, slot, quantity, event_count)
-                 SELECT input.user_id, input.event_type, input.period_start, input.period_end, $10,
+                     (user_id, event_type, period_kind, period_start, period_end, slot, quantity, event_count)
+                 SELECT input.user_id, input.event_type, counter.kind, counter.start, counter.end_, $10,
                         sum(input.quantity), count(*)
-                 FROM input JOIN inserted USING (id)
-                 GROUP BY input.user_id, input.event_type, input.period_start, input.period_end
-                 ON CONFLICT (user_id, event_type, period_start, slot) DO UPDATE
+                 FROM input
+                 JOIN inserted USING (id)
+                 CROSS JOIN LATERAL (VALUES ('calendar', input.month_start, input.month_end),
+                                            (nullif(input.period_kind, 'calendar'), input.period_start,
+                                             input.period_end))
+                   AS counter (kind, start, end_)
+                 WHERE counter.kind IS NOT NULL
+                 GROUP BY input.user_id, input.event_type, counter.kind, counter.start, counter.end_
+                 ON CONFLICT (user_id, event_type, period_kind, period_start, period_end, slot) DO UPDATE
                      SET quantity = usage_period_totals.quantity + EXCLUDED.quantity,
                          event_count = usage_period_totals.event_count + EXCLUDED.event_count
              ), buckets AS (
@@ -565,6 +648,9 @@ impl EventRows {
         .bind(&self.period_ends)
         .bind(slot)
         .bind(super::live::CHANNEL)
+        .bind(&self.period_kinds)
+        .bind(&self.month_starts)
+        .bind(&self.month_ends)
         .fetch_all(&mut **tx)
         .await?;
         if inserted.len() == self.ids.len() {
@@ -582,7 +668,6 @@ impl EventRows {
 #[derive(Debug, Clone)]
 enum CommitError {
     Database(Arc<sqlx::Error>),
-    Period(AppError),
 }
 
 impl From<sqlx::Error> for CommitError {
@@ -595,7 +680,6 @@ impl std::fmt::Display for CommitError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CommitError::Database(err) => write!(f, "{err}"),
-            CommitError::Period(err) => write!(f, "{err}"),
         }
     }
 }
@@ -604,7 +688,6 @@ impl std::fmt::Display for CommitError {
 fn commit_error(err: CommitError) -> AppError {
     match err {
         CommitError::Database(db) if is_missing_user(&db) => AppError::Unauthorized,
-        CommitError::Period(err) => err,
         CommitError::Database(db) => AppError::database_unavailable(&db)
             .unwrap_or_else(|| AppError::internal(format!("usage commit failed: {db}"))),
     }

@@ -342,3 +342,103 @@ async fn a_customer_created_behind_a_lost_answer_is_found_not_duplicated(pool: P
     assert_eq!(linked, Some(made));
     assert_eq!(s.double.state().customers, 1);
 }
+
+/// Rule 4: whatever the subscription does, the meter and the hard limit count exactly the usage of the period that
+/// applies now, from a counter that forgot nothing at the switch (before: cancelling fell back to a calendar-month
+/// counter that had missed everything recorded under the subscription that month).
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn cancel_mid_period_then_keep_using_keeps_the_meter_and_the_limit_whole(pool: PgPool) {
+    use tally::usage::writer::{LimitPolicy, NewEvent};
+
+    let s = Scenario::start(pool, clocked_settings()).await;
+    let (user, customer) = s.customer("cancel@example.com").await;
+    let state = &s.app.state;
+    // The meter reads the real time; the subscription's period is laid around it.
+    let now = DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
+    let period = (now - chrono::Duration::days(10), now + chrono::Duration::days(20));
+    let mut recorded = 0;
+    let mut record = |quantity: i64, at: DateTime<Utc>| {
+        recorded += quantity;
+        s.record(user, quantity, at)
+    };
+
+    // Usage before Stripe announces the subscription, then the subscription, then more usage.
+    record(300, now - chrono::Duration::days(5)).await;
+    s.subscription_event("created", &customer, "active", period).await;
+    record(200, now).await;
+    assert!(meter_is_whole(&s, user, "subscribed", "subscription").await >= 500);
+
+    // past_due still bills the subscription's period.
+    s.clock.advance(minutes(1));
+    s.subscription_event("updated", &customer, "past_due", period).await;
+    meter_is_whole(&s, user, "past due", "subscription").await;
+
+    // Paused (not live): the calendar month applies, with what was recorded under the subscription in it.
+    s.clock.advance(minutes(1));
+    s.subscription_event("updated", &customer, "paused", period).await;
+    let paused = meter_is_whole(&s, user, "paused", "calendar").await;
+    assert!(paused >= 200, "the month keeps the usage recorded under the subscription");
+    record(50, now).await;
+    meter_is_whole(&s, user, "used while paused", "calendar").await;
+
+    // Resumed: the subscription's period again, including what was used while paused.
+    s.clock.advance(minutes(1));
+    s.subscription_event("updated", &customer, "active", period).await;
+    assert!(meter_is_whole(&s, user, "resumed", "subscription").await >= 550);
+
+    // Cancelled immediately, mid-period, then used some more.
+    s.clock.advance(minutes(1));
+    s.subscription_event("deleted", &customer, "canceled", period).await;
+    let after_cancel = meter_is_whole(&s, user, "cancelled", "calendar").await;
+    assert!(after_cancel >= 250, "nothing recorded this month is forgotten at the switch");
+    record(25, now).await;
+    let used = meter_is_whole(&s, user, "used after cancelling", "calendar").await;
+
+    // The hard limit reads the same counter: room for exactly `limit - used`.
+    sqlx::query("UPDATE users SET usage_limit = $2 WHERE id = $1")
+        .bind(user)
+        .bind(used + 10)
+        .execute(&s.app.pool)
+        .await
+        .unwrap();
+    let submit = |quantity: i64| {
+        let event = NewEvent {
+            event_type: AI_TOKENS_EVENT.into(),
+            quantity,
+            metadata: json!({}),
+            idempotency_key: None,
+            occurred_at: Utc::now(),
+        };
+        state.writer.submit(tally::auth::caller::Caller::User(user), vec![event], LimitPolicy::Enforce)
+    };
+    let refused = submit(11).await.expect_err("one past the limit");
+    assert!(matches!(refused, tally::error::AppError::LimitExceeded { remaining: 10, .. }), "{refused:?}");
+    let allowed = submit(10).await.expect("exactly up to the limit");
+    assert_eq!(allowed.allowance.map(|a| a.used), Some(used + 10));
+    recorded += 10;
+    meter_is_whole(&s, user, "at the limit", "calendar").await;
+
+    // A new subscription starting now counts from its own start.
+    s.clock.advance(minutes(1));
+    let next = (now, now + chrono::Duration::days(30));
+    s.subscription_event("created", &customer, "active", next).await;
+    meter_is_whole(&s, user, "subscribed again", "subscription").await;
+
+    // And every unit recorded reached Stripe's meter once.
+    s.steps().await;
+    assert_eq!(s.double.total(&customer, AI_TOKENS_EVENT), recorded);
+}
+
+/// The meter equals the events of the period the rule says applies now (of `expected_kind`), recounted from the
+/// events themselves; returns it.
+async fn meter_is_whole(s: &Scenario, user: Uuid, step: &str, expected_kind: &str) -> i64 {
+    let (pool, clock) = (&s.app.pool, &s.app.state.clock);
+    let applying = tally::usage::period::for_user(pool, clock, user, Utc::now()).await.unwrap();
+    assert_eq!(applying.kind, expected_kind, "{step}");
+    let summary =
+        tally::usage::totals::summary_at(pool, clock, user, AI_TOKENS_EVENT, Utc::now()).await.unwrap().unwrap();
+    let recount = tally::usage::totals::recount(pool, user, AI_TOKENS_EVENT, &applying).await.unwrap();
+    assert_eq!((summary.period_start, summary.period_end), (applying.start, applying.end), "{step}");
+    assert_eq!(summary.used, recount, "{step}: the meter counts the whole period that applies");
+    summary.used
+}

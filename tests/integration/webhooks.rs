@@ -404,7 +404,8 @@ async fn the_meter_follows_the_subscription_period_and_its_rollover(pool: PgPool
 
     // The first period's counter was rebuilt too (the 100 tokens of its last day).
     let first: i64 = sqlx::query_scalar(
-        "SELECT COALESCE(sum(quantity), 0)::bigint FROM usage_period_totals WHERE user_id = $1 AND period_start = $2",
+        "SELECT COALESCE(sum(quantity), 0)::bigint FROM usage_period_totals
+         WHERE user_id = $1 AND period_kind = 'subscription' AND period_start = $2",
     )
     .bind(user)
     .bind(DateTime::from_timestamp(first_start.timestamp(), 0).unwrap())
