@@ -71,7 +71,8 @@ pub enum StripeCommand {
         #[arg(long, default_value = "tally_ai_tokens")]
         lookup_key: String,
     },
-    /// Compare the usage delivered per customer and billing period with Stripe's meter; exit 1 on a difference.
+    /// Compare the usage delivered per customer and billing period with Stripe's meter, and each metered invoice
+    /// line with the usage delivered in its period; print both tables and exit 1 on any difference.
     Reconcile {
         /// Periods ending after this date (YYYY-MM-DD, UTC) or instant (RFC 3339); default 35 days ago.
         #[arg(long)]
@@ -357,8 +358,9 @@ async fn stripe_command(pool: &sqlx::PgPool, config: &Config, command: StripeCom
                 Some(raw) => parse_since(&raw)?,
                 None => chrono::Utc::now() - chrono::Duration::days(35),
             };
-            let lines = setup::reconcile(pool, &stripe()?, since).await?;
+            let lines = crate::billing::reconcile::meter(pool, &stripe()?, since).await?;
             let mut differing = 0;
+            println!("Stripe's meter against what Tally delivered, per billing period:");
             println!("customer                        event              period (UTC)                      tally      stripe  undelivered");
             for line in &lines {
                 let mark = if line.matches() { "" } else { "  DIFFERS" };
@@ -375,10 +377,42 @@ async fn stripe_command(pool: &sqlx::PgPool, config: &Config, command: StripeCom
                 );
             }
             println!("{} periods compared, {differing} differ", lines.len());
-            if differing > 0 {
+
+            let event_name = config.event_types.first().map_or(crate::usage::AI_TOKENS_EVENT, String::as_str);
+            let checks =
+                crate::billing::reconcile::invoices(pool, since, event_name, config.stripe_price_id.as_deref()).await?;
+            let mut differing_lines = 0;
+            println!();
+            println!("Stripe's invoices against what Tally delivered in each invoiced period:");
+            println!(
+                "invoice                         status  customer                        period (UTC)                      \
+                 invoiced      tally  to next  uncertain  undelivered"
+            );
+            for check in &checks {
+                let mark = if check.matches() { "" } else { "  DIFFERS" };
+                differing_lines += usize::from(!check.matches());
+                println!(
+                    "{:<31} {:<7} {:<31} {} – {} {:>8} {:>10} {:>8} {:>10} {:>12}{mark}",
+                    check.invoice,
+                    check.invoice_status.as_deref().unwrap_or("-"),
+                    check.customer,
+                    check.period_start.format("%Y-%m-%d %H:%M"),
+                    check.period_end.format("%Y-%m-%d %H:%M"),
+                    check.invoiced,
+                    check.delivered,
+                    check.moved_to_next,
+                    check.uncertain,
+                    check.undelivered
+                );
+                if let Some(reason) = check.reason() {
+                    println!("    why: {reason}");
+                }
+            }
+            println!("{} invoice lines compared, {differing_lines} differ", checks.len());
+            if differing + differing_lines > 0 {
                 anyhow::bail!(
-                    "{differing} periods differ (Stripe aggregates asynchronously: recent deliveries may take a few \
-                     minutes to show)"
+                    "{differing} periods and {differing_lines} invoice lines differ (Stripe aggregates asynchronously: \
+                     recent deliveries may take a few minutes to show on the meter)"
                 );
             }
         }

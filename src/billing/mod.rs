@@ -16,6 +16,8 @@ pub mod events;
 #[cfg(feature = "ssr")]
 pub mod history;
 #[cfg(feature = "ssr")]
+pub mod reconcile;
+#[cfg(feature = "ssr")]
 pub mod setup;
 #[cfg(feature = "ssr")]
 pub mod signature;

@@ -119,6 +119,45 @@ impl Scenario {
         .await;
     }
 
+    /// `invoice.<kind>` for `customer` with one metered line of `quantity` for `period`, as Stripe sends it (basil).
+    async fn invoice_event(
+        &self,
+        kind: &str,
+        invoice: &str,
+        customer: &str,
+        status: &str,
+        period: (DateTime<Utc>, DateTime<Utc>),
+        quantity: i64,
+    ) {
+        let id = format!("evt_{}", Uuid::new_v4().simple());
+        self.webhook(json!({
+            "id": id, "object": "event", "type": format!("invoice.{kind}"),
+            "created": self.now().timestamp(), "livemode": false, "api_version": "2025-03-31.basil",
+            "data": { "object": {
+                "id": invoice, "object": "invoice", "customer": customer, "status": status, "currency": "jpy",
+                "amount_paid": 0,
+                "parent": { "type": "subscription_details",
+                            "subscription_details": { "subscription": format!("sub_{customer}") } },
+                "lines": { "object": "list", "data": [{
+                    "id": format!("il_{invoice}"), "object": "line_item",
+                    "parent": { "type": "subscription_item_details",
+                                "subscription_item_details": { "subscription_item": "si_1" } },
+                    "pricing": { "type": "price_details", "price_details": { "price": "price_metered" } },
+                    "period": { "start": period.0.timestamp(), "end": period.1.timestamp() },
+                    "quantity": quantity
+                }]}
+            }}
+        }))
+        .await;
+    }
+
+    /// Stripe's invoices against Tally's deliveries, as `tally stripe reconcile` compares them.
+    async fn invoice_checks(&self) -> Vec<tally::billing::reconcile::InvoiceCheck> {
+        tally::billing::reconcile::invoices(&self.app.pool, DateTime::UNIX_EPOCH, AI_TOKENS_EVENT, None)
+            .await
+            .expect("reconcile invoices")
+    }
+
     /// What Stripe's invoice for `customer`'s period `[start, end)` bills, finalized at end + grace.
     fn invoiced(&self, customer: &str, period: (DateTime<Utc>, DateTime<Utc>)) -> i64 {
         self.double.invoiced_quantity(
@@ -215,6 +254,43 @@ async fn stripe_down_for_three_hours_across_a_renewal_bills_every_unit_on_the_ne
     .await
     .unwrap();
     assert!(!late.is_empty() && late.iter().all(|p| *p == old_period), "late usage keeps its own period: {late:?}");
+
+    // Stripe's invoices, as their webhooks report them, agree with Tally period by period, and the old period's
+    // line names what went to the next invoice.
+    s.invoice_event("finalized", "in_old", &customer, "open", old_period, s.invoiced(&customer, old_period)).await;
+    s.invoice_event("created", "in_new", &customer, "draft", new_period, s.invoiced(&customer, new_period)).await;
+    let checks = s.invoice_checks().await;
+    assert_eq!(checks.len(), 2);
+    assert!(checks.iter().all(|c| c.matches()), "{checks:?}");
+    let old = checks.iter().find(|c| c.invoice == "in_old").unwrap();
+    assert_eq!((old.invoiced, old.moved_to_next), (0, 100), "the 40 + 60 used before the renewal");
+}
+
+/// An operator who sets STRIPE_INVOICE_GRACE_MINUTES longer than the account's real grace lets usage reach Stripe
+/// after the invoice was final: the meter has it, the invoice does not, and the invoice comparison says so.
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn usage_that_missed_a_finalized_invoice_shows_in_the_invoice_comparison_with_its_reason(pool: PgPool) {
+    let settings = DeliveryConfig { invoice_grace_minutes: 180, ..clocked_settings() };
+    let s = Scenario::start(pool, settings).await;
+    let (user, customer) = s.customer("grace@example.com").await;
+    let t0 = DateTime::from_timestamp(s.now().timestamp(), 0).unwrap();
+    let period = (t0 - chrono::Duration::days(29), t0 + minutes(10));
+    s.subscription_event("created", &customer, "active", period).await;
+    s.double.set_faults(Faults { server_error: u32::MAX, ..Faults::default() });
+    s.record(user, 80, s.now()).await;
+    s.pass(minutes(100), minutes(5)).await;
+    s.double.set_faults(Faults::default());
+    s.pass(minutes(10), minutes(5)).await;
+
+    assert_eq!(s.double.total(&customer, AI_TOKENS_EVENT), 80, "the meter has it");
+    assert_eq!(s.invoiced(&customer, period), 0, "Stripe's invoice, final an hour after the period, does not");
+    s.invoice_event("finalized", "in_missed", &customer, "open", period, 0).await;
+    let checks = s.invoice_checks().await;
+    assert_eq!(checks.len(), 1);
+    assert!(!checks[0].matches());
+    assert_eq!((checks[0].invoiced, checks[0].delivered), (0, 80));
+    let reason = checks[0].reason().unwrap();
+    assert!(reason.contains("STRIPE_INVOICE_GRACE_MINUTES"), "{reason}");
 }
 
 #[sqlx::test(migrator = "tally::db::MIGRATOR")]

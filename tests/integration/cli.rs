@@ -240,9 +240,32 @@ async fn setup_worker_and_reconcile_from_the_command_line(pool: PgPool) {
         .unwrap();
     assert_eq!(double.total(&customer, "ai_token_consumed"), 600);
 
+    // The invoice Stripe drafts for the period (as its webhook records it) bills what was delivered.
+    let invoice_line = |invoice: &'static str, quantity: i64| {
+        sqlx::query(
+            "INSERT INTO invoice_lines (stripe_invoice_id, line_id, user_id, stripe_customer_id, stripe_price_id,
+                                        period_start, period_end, quantity, invoice_status)
+             VALUES ($1, 'il_1', $2, $3, NULL, now() - interval '1 day', now() + interval '1 day', $4, 'open')",
+        )
+        .bind(invoice)
+        .bind(user)
+        .bind(customer.clone())
+        .bind(quantity)
+        .execute(&pool)
+    };
+    invoice_line("in_matching", 600).await.unwrap();
     let reconciled = run(&["stripe", "reconcile"]).await.unwrap();
     assert!(reconciled.status.success(), "{}", text(&reconciled));
     assert!(text(&reconciled).contains("1 periods compared, 0 differ"), "{}", text(&reconciled));
+    assert!(text(&reconciled).contains("1 invoice lines compared, 0 differ"), "{}", text(&reconciled));
+    // An invoice that billed less than was delivered in its period differs, with the reason under it.
+    invoice_line("in_short", 500).await.unwrap();
+    let short = run(&["stripe", "reconcile"]).await.unwrap();
+    assert!(!short.status.success());
+    let table = text(&short);
+    assert!(table.contains("2 invoice lines compared, 1 differ"), "{table}");
+    assert!(table.contains("in_short") && table.contains("why: Stripe billed less than Tally delivered"), "{table}");
+    sqlx::query("DELETE FROM invoice_lines WHERE stripe_invoice_id = 'in_short'").execute(&pool).await.unwrap();
     // Usage Stripe holds that Tally never sent makes the period differ, and the command fail.
     let stripe = tally::billing::stripe::StripeClient::new(
         reqwest::Client::new(),

@@ -534,7 +534,7 @@ async fn setup_creates_the_meter_and_price_once_and_reconcile_finds_differences(
     record(&app, user, 250).await;
     drain(&worker(&pool, &base, fast_settings())).await;
     let since = chrono::Utc::now() - chrono::Duration::days(40);
-    let lines = tally::billing::setup::reconcile(&pool, &stripe, since).await.unwrap();
+    let lines = tally::billing::reconcile::meter(&pool, &stripe, since).await.unwrap();
     assert_eq!(lines.len(), 1);
     assert!(lines[0].matches(), "{lines:?}");
     assert_eq!((lines[0].delivered, lines[0].stripe), (750, 750));
@@ -548,7 +548,7 @@ async fn setup_creates_the_meter_and_price_once_and_reconcile_finds_differences(
         timestamp: chrono::Utc::now().timestamp(),
     };
     stripe.create_meter_event(&stray, "stray-key").await.unwrap();
-    let lines = tally::billing::setup::reconcile(&pool, &stripe, since).await.unwrap();
+    let lines = tally::billing::reconcile::meter(&pool, &stripe, since).await.unwrap();
     assert!(!lines[0].matches());
     assert_eq!((lines[0].delivered, lines[0].stripe), (750, 751));
 }
