@@ -1,5 +1,7 @@
 //! `tally stripe setup`: the Stripe objects Tally needs.
 
+#[cfg(doc)]
+use crate::billing::stripe::Meter;
 use crate::billing::stripe::{NewMeteredPrice, StripeClient};
 use crate::error::AppError;
 
@@ -29,14 +31,29 @@ pub struct SetupResult {
     pub price_created: bool,
 }
 
-/// Finds or creates the meter and the metered price. Lookups come first, so a second run creates nothing; the
+/// Finds or creates the meter and the metered price. An existing meter for the event name is used only if it bills
+/// Tally's events right (sum, customer by id, the value key, raw events: see [`Meter::differences`]); otherwise
+/// setup stops and says what differs. Lookups come first, so a second run creates nothing; the
 /// Idempotency-Keys are derived from the names, so a run interrupted between product and price reuses the
 /// product when it is run again.
 pub async fn setup(stripe: &StripeClient, plan: &SetupPlan) -> Result<SetupResult, AppError> {
     let upstream = |err| AppError::Upstream(format!("Stripe: {err}"));
     let existing = stripe.list_meters().await.map_err(upstream)?;
     let (meter_id, meter_created) = match existing.into_iter().find(|m| m.event_name == plan.event_name) {
-        Some(meter) => (meter.id, false),
+        Some(meter) => {
+            let differences = meter.differences();
+            if !differences.is_empty() {
+                return Err(AppError::Invalid(format!(
+                    "Stripe's meter {} for event {:?} would not bill Tally's usage correctly: {}. A meter cannot be \
+                     changed once created: deactivate it in Stripe's dashboard and choose another event name \
+                     (--event-name, TALLY_EVENT_TYPES), then run setup again.",
+                    meter.id,
+                    plan.event_name,
+                    differences.join("; ")
+                )));
+            }
+            (meter.id, false)
+        }
         None => {
             let key = format!("tally-setup-meter-{}", plan.event_name);
             let meter =

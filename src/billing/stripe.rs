@@ -125,8 +125,8 @@ impl StripeClient {
     pub async fn create_meter_event(&self, event: &MeterEvent<'_>, idempotency_key: &str) -> Result<(), StripeError> {
         let params = [
             ("event_name", event.event_name.to_owned()),
-            ("payload[stripe_customer_id]", event.customer.to_owned()),
-            ("payload[value]", event.value.to_string()),
+            (CUSTOMER_PAYLOAD, event.customer.to_owned()),
+            (VALUE_PAYLOAD, event.value.to_string()),
             ("identifier", event.identifier.to_owned()),
             ("timestamp", event.timestamp.to_string()),
         ];
@@ -157,8 +157,9 @@ impl StripeClient {
     }
 
     /// The active meters of the account.
+    /// Every meter of the account, active or not (an event name belongs to one meter either way).
     pub async fn list_meters(&self) -> Result<Vec<Meter>, StripeError> {
-        let list = self.get("/v1/billing/meters", &[("status", "active".into()), ("limit", "100".into())]).await?;
+        let list = self.get("/v1/billing/meters", &[("limit", "100".into())]).await?;
         decode(&list["data"])
     }
 
@@ -167,10 +168,10 @@ impl StripeClient {
         let params = [
             ("display_name", display_name.to_owned()),
             ("event_name", event_name.to_owned()),
-            ("default_aggregation[formula]", "sum".to_owned()),
+            ("default_aggregation[formula]", METER_FORMULA.to_owned()),
             ("customer_mapping[type]", "by_id".to_owned()),
-            ("customer_mapping[event_payload_key]", "stripe_customer_id".to_owned()),
-            ("value_settings[event_payload_key]", "value".to_owned()),
+            ("customer_mapping[event_payload_key]", CUSTOMER_PAYLOAD_KEY.to_owned()),
+            ("value_settings[event_payload_key]", VALUE_PAYLOAD_KEY.to_owned()),
         ];
         decode(&self.post("/v1/billing/meters", &params, key).await?)
     }
@@ -279,13 +280,88 @@ pub struct MeterEvent<'a> {
     pub timestamp: i64,
 }
 
-/// A Stripe billing meter.
-#[derive(Debug, Clone, serde::Deserialize)]
+/// How Tally's meter aggregates: every event's value adds to the period's total.
+pub const METER_FORMULA: &str = "sum";
+/// The payload key of a meter event that names the customer (the meter's `customer_mapping`).
+pub const CUSTOMER_PAYLOAD_KEY: &str = "stripe_customer_id";
+/// The payload key of a meter event that carries the usage (the meter's `value_settings`).
+pub const VALUE_PAYLOAD_KEY: &str = "value";
+const CUSTOMER_PAYLOAD: &str = "payload[stripe_customer_id]";
+const VALUE_PAYLOAD: &str = "payload[value]";
+
+/// A Stripe billing meter, with the settings that decide what it bills.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
 pub struct Meter {
     pub id: String,
     pub event_name: String,
     #[serde(default)]
     pub status: String,
+    #[serde(default)]
+    pub default_aggregation: MeterAggregation,
+    #[serde(default)]
+    pub customer_mapping: MeterCustomerMapping,
+    #[serde(default)]
+    pub value_settings: MeterValueSettings,
+    /// `hour` or `day` for a pre-aggregated meter, which keeps only the latest event of each window.
+    #[serde(default)]
+    pub event_time_window: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct MeterAggregation {
+    #[serde(default)]
+    pub formula: String,
+}
+
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct MeterCustomerMapping {
+    #[serde(default, rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub event_payload_key: String,
+}
+
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct MeterValueSettings {
+    #[serde(default)]
+    pub event_payload_key: String,
+}
+
+impl Meter {
+    /// What in this meter would make it bill Tally's meter events wrongly (empty when it bills them right). A
+    /// meter cannot be changed after it is created, except its display name.
+    pub fn differences(&self) -> Vec<String> {
+        let mut differences = Vec::new();
+        if self.status != "active" {
+            differences.push(format!("it is {} (it accepts no meter events)", self.status));
+        }
+        if self.default_aggregation.formula != METER_FORMULA {
+            differences.push(format!(
+                "it aggregates by {:?}, not {METER_FORMULA:?} (it would not add the events up)",
+                self.default_aggregation.formula
+            ));
+        }
+        if self.customer_mapping.kind != "by_id" || self.customer_mapping.event_payload_key != CUSTOMER_PAYLOAD_KEY {
+            differences.push(format!(
+                "it finds the customer {} by payload key {:?}, not by_id by {CUSTOMER_PAYLOAD_KEY:?} (Stripe would \
+                 refuse every event Tally sends)",
+                self.customer_mapping.kind, self.customer_mapping.event_payload_key
+            ));
+        }
+        if self.value_settings.event_payload_key != VALUE_PAYLOAD_KEY {
+            differences.push(format!(
+                "it reads the value from payload key {:?}, not {VALUE_PAYLOAD_KEY:?}",
+                self.value_settings.event_payload_key
+            ));
+        }
+        if let Some(window) = &self.event_time_window {
+            differences.push(format!(
+                "it is pre-aggregated per {window} (event_time_window), so it would keep only the latest event of \
+                 each {window} instead of their sum"
+            ));
+        }
+        differences
+    }
 }
 
 /// A Stripe price.

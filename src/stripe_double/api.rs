@@ -275,6 +275,12 @@ fn create_meter(inner: &mut Inner, params: &Params) -> Result<Answer, Answer> {
     if let Some(key) = param(params, "value_settings[event_payload_key]") {
         meter["value_settings"]["event_payload_key"] = json!(key);
     }
+    if let Some(window) = param(params, "event_time_window") {
+        if !["hour", "day"].contains(&window) {
+            return Err(Answer::invalid(format!("Invalid event_time_window: {window}"), "event_time_window"));
+        }
+        meter["event_time_window"] = json!(window);
+    }
     debug_assert_eq!(meter["id"], id);
     Ok(Answer::ok(meter.clone()))
 }

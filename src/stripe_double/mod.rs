@@ -191,6 +191,16 @@ impl StripeDouble {
         api::insert_meter(&mut inner, event_name, event_name)
     }
 
+    /// Deactivates a meter, as `POST /v1/billing/meters/{id}/deactivate` would.
+    pub fn deactivate_meter(&self, meter_id: &str) {
+        let mut inner = self.lock();
+        let now = inner.clock.now().timestamp();
+        if let Some(meter) = inner.meters.iter_mut().find(|m| m["id"] == meter_id) {
+            meter["status"] = serde_json::json!("inactive");
+            meter["status_transitions"]["deactivated_at"] = serde_json::json!(now);
+        }
+    }
+
     /// Files a meter error report about events Stripe could not count (as its asynchronous validation does) and
     /// returns the thin event notification Stripe would POST to a webhook endpoint; the full event is then served
     /// at `GET /v2/core/events/{id}`.

@@ -553,6 +553,65 @@ async fn setup_creates_the_meter_and_price_once_and_reconcile_finds_differences(
     assert_eq!((lines[0].delivered, lines[0].stripe), (750, 751));
 }
 
+/// `tally stripe setup` takes an existing meter for the event name only if it bills Tally's events right; any
+/// other is refused with what differs (a meter cannot be changed once created).
+#[tokio::test]
+async fn setup_refuses_an_existing_meter_that_would_not_bill_right_saying_what_differs() {
+    let (base, double) = start_double().await;
+    let stripe = tally::billing::stripe::StripeClient::new(reqwest::Client::new(), &base, DEFAULT_SECRET_KEY);
+    let http = reqwest::Client::new();
+    let create = |event_name: &'static str, extra: &'static [(&'static str, &'static str)]| {
+        let mut form = vec![
+            ("display_name", event_name),
+            ("event_name", event_name),
+            ("default_aggregation[formula]", "sum"),
+            ("customer_mapping[type]", "by_id"),
+            ("customer_mapping[event_payload_key]", "stripe_customer_id"),
+            ("value_settings[event_payload_key]", "value"),
+        ];
+        for (key, value) in extra {
+            form.retain(|(k, _)| k != key);
+            form.push((key, value));
+        }
+        let request = http.post(format!("{base}/v1/billing/meters")).bearer_auth(DEFAULT_SECRET_KEY).form(&form);
+        async move {
+            let reply = request.send().await.unwrap();
+            assert!(reply.status().is_success(), "{}", reply.text().await.unwrap());
+            reply.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let plan = |event_name: &str| tally::billing::setup::SetupPlan {
+        event_name: event_name.into(),
+        meter_display_name: "AI tokens".into(),
+        product_name: "Tally AI tokens".into(),
+        currency: "jpy".into(),
+        unit_amount_decimal: "0.00005".into(),
+        lookup_key: format!("tally_{event_name}"),
+    };
+    // (event name, the meter's settings that differ from Tally's, what setup must say)
+    type Case = (&'static str, &'static [(&'static str, &'static str)], &'static str);
+    let cases: [Case; 4] = [
+        ("counted", &[("default_aggregation[formula]", "count")], "aggregates by \"count\""),
+        ("by_customer_key", &[("customer_mapping[event_payload_key]", "customer")], "payload key \"customer\""),
+        ("by_tokens_key", &[("value_settings[event_payload_key]", "tokens")], "payload key \"tokens\""),
+        ("hourly", &[("event_time_window", "hour")], "pre-aggregated per hour"),
+    ];
+    for (event_name, extra, expected) in cases {
+        let meter = create(event_name, extra).await;
+        let refused = tally::billing::setup::setup(&stripe, &plan(event_name)).await.expect_err(event_name).to_string();
+        assert!(refused.contains(&meter) && refused.contains(expected), "{event_name}: {refused}");
+        assert_eq!(double.state().prices, 0, "{event_name}: no price was made for a meter that bills wrong");
+    }
+    // A deactivated meter accepts no events: refused too, while a right one is taken as it is.
+    let right = create("right", &[]).await;
+    double.deactivate_meter(&right);
+    let refused = tally::billing::setup::setup(&stripe, &plan("right")).await.expect_err("inactive").to_string();
+    assert!(refused.contains("inactive"), "{refused}");
+    let fine = create("fine", &[]).await;
+    let done = tally::billing::setup::setup(&stripe, &plan("fine")).await.unwrap();
+    assert_eq!((done.meter_id, done.meter_created, done.price_created), (fine, false, true));
+}
+
 #[sqlx::test(migrator = "tally::db::MIGRATOR")]
 async fn meter_error_reports_are_fetched_and_shown_to_the_user_they_concern(pool: PgPool) {
     let (base, double) = start_double().await;
