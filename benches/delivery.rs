@@ -57,14 +57,26 @@ async fn fresh_database(name: &str) -> PgPool {
     pool
 }
 
-/// `customers` linked users and `events` usage events spread evenly over them, all due now, written in bulk
-/// (the ingest path is measured by the ingest benchmark).
+/// `customers` linked users, each with a live subscription whose current period holds the last hour (paying
+/// customers: their usage is batched per period; see docs/reliability.md for customers without one), and `events`
+/// usage events spread evenly over them, all due now, written in bulk (the ingest path is measured by the ingest
+/// benchmark).
 async fn backlog(pool: &PgPool, customers: i64, events: i64) {
     sqlx::query(
         "INSERT INTO users (id, email, password_hash, stripe_customer_id)
          SELECT gen_random_uuid(), 'bench' || i || '@bench.test', 'x', 'cus_bench' || i FROM generate_series(1, $1) i",
     )
     .bind(customers)
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO subscriptions (stripe_subscription_id, stripe_customer_id, user_id, status, current_period_start,
+                                    current_period_end, state_at)
+         SELECT 'sub_' || stripe_customer_id, stripe_customer_id, id, 'active', now() - interval '10 days',
+                now() + interval '20 days', now()
+         FROM users WHERE email LIKE '%@bench.test'",
+    )
     .execute(pool)
     .await
     .unwrap();
