@@ -301,6 +301,22 @@ async fn stripe_command(pool: &sqlx::PgPool, config: &Config, command: StripeCom
                     period_start.format("%Y-%m-%d %H:%M UTC")
                 );
             }
+            for line in &state.invoice_differences {
+                println!(
+                    "INVOICE DIFFERS: {} ({}) billed {} units for {}'s period {} – {}, Tally delivered {}: {}",
+                    line.invoice,
+                    line.invoice_status.as_deref().unwrap_or("-"),
+                    line.invoiced,
+                    line.customer,
+                    line.period_start.format("%Y-%m-%d %H:%M"),
+                    line.period_end.format("%Y-%m-%d %H:%M"),
+                    line.delivered,
+                    line.reason().unwrap_or_default()
+                );
+            }
+            if !state.invoice_differences.is_empty() {
+                println!("  what to do: `tally stripe reconcile` prints the whole comparison");
+            }
             for (subscription, other, customer) in &state.duplicate_subscriptions {
                 println!(
                     "FLAGGED: {customer} has two live subscriptions ({subscription} and {other}): every unit is billed \
@@ -379,8 +395,13 @@ async fn stripe_command(pool: &sqlx::PgPool, config: &Config, command: StripeCom
             println!("{} periods compared, {differing} differ", lines.len());
 
             let event_name = config.event_types.first().map_or(crate::usage::AI_TOKENS_EVENT, String::as_str);
-            let checks =
-                crate::billing::reconcile::invoices(pool, since, event_name, config.stripe_price_id.as_deref()).await?;
+            let filter = crate::billing::reconcile::InvoiceFilter {
+                since,
+                event_name: Some(event_name),
+                price: config.stripe_price_id.as_deref(),
+                invoice: None,
+            };
+            let checks = crate::billing::reconcile::invoices(pool, &filter).await?;
             let mut differing_lines = 0;
             println!();
             println!("Stripe's invoices against what Tally delivered in each invoiced period:");

@@ -173,7 +173,36 @@ async fn invoice(
     .execute(&mut **tx)
     .await?;
     record_lines(tx, invoice, invoice_id, &customer, Some(user_id)).await?;
+    log_invoice_differences(tx, invoice, invoice_id).await?;
     Ok(Outcome::Applied)
+}
+
+/// Tells the operator's log when a finalized invoice bills a different quantity than Tally delivered in its period
+/// (a draft may still grow, so only from finalization on).
+async fn log_invoice_differences(
+    tx: &mut Transaction<'_, Postgres>,
+    invoice: &Value,
+    invoice_id: &str,
+) -> Result<(), sqlx::Error> {
+    if invoice["status"].as_str().is_none_or(|status| status == "draft") {
+        return Ok(());
+    }
+    let filter = crate::billing::reconcile::InvoiceFilter {
+        since: DateTime::UNIX_EPOCH,
+        event_name: None,
+        price: None,
+        invoice: Some(invoice_id),
+    };
+    for line in crate::billing::reconcile::invoices(&mut **tx, &filter).await? {
+        if let Some(reason) = line.reason() {
+            tracing::warn!(
+                invoice = %line.invoice, customer = %line.customer, invoiced = line.invoiced,
+                delivered = line.delivered, period_start = %line.period_start,
+                "a Stripe invoice bills a different quantity than Tally delivered in its period: {reason}"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Records an invoice's subscription lines (`invoice.created`, `finalized`, `updated`): what Stripe bills.
@@ -184,6 +213,7 @@ async fn invoice_lines(tx: &mut Transaction<'_, Postgres>, envelope: &Envelope) 
     };
     let user_id = user_of_customer(tx, &customer).await?;
     record_lines(tx, invoice, invoice_id, &customer, user_id).await?;
+    log_invoice_differences(tx, invoice, invoice_id).await?;
     Ok(if user_id.is_some() { Outcome::Applied } else { Outcome::Unmatched })
 }
 

@@ -163,44 +163,58 @@ impl InvoiceCheck {
     }
 }
 
-/// Every metered invoice line of a period that ends after `since`, against Tally's deliveries of `event_name`
-/// stamped in the line's period. Only lines of `price` when it is given (the metered price Tally bills with), so
-/// flat-fee lines of the same subscription are not compared with usage.
-pub async fn invoices(
-    pool: &PgPool,
-    since: DateTime<Utc>,
-    event_name: &str,
-    price: Option<&str>,
-) -> Result<Vec<InvoiceCheck>, AppError> {
-    Ok(sqlx::query_as(
+/// Which invoice lines [`invoices`] compares.
+#[derive(Debug, Clone, Copy)]
+pub struct InvoiceFilter<'a> {
+    /// Lines of periods that end after this.
+    pub since: DateTime<Utc>,
+    /// The meter's event name whose deliveries are compared (all of the customer's when `None`).
+    pub event_name: Option<&'a str>,
+    /// Only lines of this price (the metered price Tally bills with), so flat-fee lines of the same subscription
+    /// are not compared with usage.
+    pub price: Option<&'a str>,
+    /// Only this invoice's lines.
+    pub invoice: Option<&'a str>,
+}
+
+/// Every metered invoice line `filter` selects, against Tally's deliveries stamped in the line's period. The one
+/// comparison of invoices with Tally: `tally stripe reconcile`, `tally stripe status` and the invoice webhooks'
+/// log all use it.
+pub async fn invoices<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    filter: &InvoiceFilter<'_>,
+) -> Result<Vec<InvoiceCheck>, sqlx::Error> {
+    sqlx::query_as(
         "SELECT l.stripe_invoice_id AS invoice, l.invoice_status, l.stripe_customer_id AS customer,
                 l.period_start, l.period_end, l.quantity AS invoiced,
                 coalesce((SELECT sum(d.quantity) FROM meter_deliveries d
-                          WHERE d.stripe_customer_id = l.stripe_customer_id AND d.event_name = $2
+                          WHERE d.stripe_customer_id = l.stripe_customer_id AND ($2::text IS NULL OR d.event_name = $2)
                             AND d.status = 'delivered'
                             AND d.event_timestamp >= l.period_start AND d.event_timestamp < l.period_end), 0)::bigint
                     AS delivered,
                 coalesce((SELECT sum(d.quantity) FROM meter_deliveries d
-                          WHERE d.stripe_customer_id = l.stripe_customer_id AND d.event_name = $2
+                          WHERE d.stripe_customer_id = l.stripe_customer_id AND ($2::text IS NULL OR d.event_name = $2)
                             AND d.late_from_period_start = l.period_start
                             AND d.late_from_period_end = l.period_end), 0)::bigint AS moved_to_next,
                 coalesce((SELECT sum(d.quantity) FROM meter_deliveries d
-                          WHERE d.stripe_customer_id = l.stripe_customer_id AND d.event_name = $2
+                          WHERE d.stripe_customer_id = l.stripe_customer_id AND ($2::text IS NULL OR d.event_name = $2)
                             AND d.status = 'uncertain'
                             AND d.event_timestamp >= l.period_start AND d.event_timestamp < l.period_end), 0)::bigint
                     AS uncertain,
                 coalesce((SELECT sum(e.quantity) FROM meter_event_outbox o JOIN usage_events e ON e.id = o.usage_event_id
                           WHERE o.user_id = l.user_id AND o.status NOT IN ('delivered', 'uncertain')
-                            AND e.event_type = $2
+                            AND ($2::text IS NULL OR e.event_type = $2)
                             AND e.occurred_at >= l.period_start AND e.occurred_at < l.period_end), 0)::bigint
                     AS undelivered
          FROM invoice_lines l
          WHERE l.period_end > $1 AND ($3::text IS NULL OR l.stripe_price_id = $3)
+           AND ($4::text IS NULL OR l.stripe_invoice_id = $4)
          ORDER BY l.stripe_customer_id, l.period_start, l.stripe_invoice_id",
     )
-    .bind(since)
-    .bind(event_name)
-    .bind(price)
-    .fetch_all(pool)
-    .await?)
+    .bind(filter.since)
+    .bind(filter.event_name)
+    .bind(filter.price)
+    .bind(filter.invoice)
+    .fetch_all(db)
+    .await
 }

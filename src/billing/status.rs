@@ -31,6 +31,8 @@ pub struct SyncStatus {
     pub duplicate_subscriptions: Vec<(String, String, String)>,
     /// Customers Tally could not create yet: email, attempts, Stripe's answer, next attempt.
     pub customer_failures: Vec<CustomerFailure>,
+    /// Finalized invoice lines of the last 35 days whose quantity differs from what Tally delivered in their period.
+    pub invoice_differences: Vec<crate::billing::reconcile::InvoiceCheck>,
 }
 
 /// Reads the sync state.
@@ -84,6 +86,17 @@ pub async fn read(pool: &PgPool) -> Result<SyncStatus, AppError> {
     )
     .fetch_all(pool)
     .await?;
+    let recent = crate::billing::reconcile::InvoiceFilter {
+        since: Utc::now() - chrono::Duration::days(35),
+        event_name: None,
+        price: None,
+        invoice: None,
+    };
+    let invoice_differences = crate::billing::reconcile::invoices(pool, &recent)
+        .await?
+        .into_iter()
+        .filter(|line| !line.matches() && line.invoice_status.as_deref() != Some("draft"))
+        .collect();
     Ok(SyncStatus {
         outbox,
         unmatched_events,
@@ -95,6 +108,7 @@ pub async fn read(pool: &PgPool) -> Result<SyncStatus, AppError> {
         late,
         duplicate_subscriptions,
         customer_failures,
+        invoice_differences,
     })
 }
 

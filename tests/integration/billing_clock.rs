@@ -153,9 +153,13 @@ impl Scenario {
 
     /// Stripe's invoices against Tally's deliveries, as `tally stripe reconcile` compares them.
     async fn invoice_checks(&self) -> Vec<tally::billing::reconcile::InvoiceCheck> {
-        tally::billing::reconcile::invoices(&self.app.pool, DateTime::UNIX_EPOCH, AI_TOKENS_EVENT, None)
-            .await
-            .expect("reconcile invoices")
+        let filter = tally::billing::reconcile::InvoiceFilter {
+            since: DateTime::UNIX_EPOCH,
+            event_name: Some(AI_TOKENS_EVENT),
+            price: None,
+            invoice: None,
+        };
+        tally::billing::reconcile::invoices(&self.app.pool, &filter).await.expect("reconcile invoices")
     }
 
     /// What Stripe's invoice for `customer`'s period `[start, end)` bills, finalized at end + grace.
@@ -291,6 +295,9 @@ async fn usage_that_missed_a_finalized_invoice_shows_in_the_invoice_comparison_w
     assert_eq!((checks[0].invoiced, checks[0].delivered), (0, 80));
     let reason = checks[0].reason().unwrap();
     assert!(reason.contains("STRIPE_INVOICE_GRACE_MINUTES"), "{reason}");
+    // `tally stripe status` lists it too.
+    let status = tally::billing::status::read(&s.app.pool).await.unwrap();
+    assert_eq!(status.invoice_differences, checks);
 }
 
 #[sqlx::test(migrator = "tally::db::MIGRATOR")]
