@@ -40,6 +40,10 @@ export default defineConfig({
           LEPTOS_SITE_ADDR: `127.0.0.1:${port}`,
           TALLY_PUBLIC_URL: baseURL,
           TALLY_DEFAULT_USAGE_LIMIT: "100000",
+          // The alert webhook test's receiver listens on this machine.
+          TALLY_ALERT_WEBHOOK_ALLOW_PRIVATE: "true",
+          // Every test signs up its own accounts from 127.0.0.1.
+          TALLY_SIGNUPS_PER_ADDRESS_PER_HOUR: "100000",
           BILLING_TIMEZONE: "Asia/Tokyo",
           STRIPE_WEBHOOK_SECRET: "whsec_e2e_endpoint_secret",
           STRIPE_SECRET_KEY: STRIPE_DOUBLE_KEY,

@@ -207,6 +207,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 // Alert webhooks too: several senders are safe (rows are claimed under a lease).
                 let alerts = crate::usage::alert_webhooks::AlertWebhookWorker::new(
                     pool,
+                    cli.config.alert_webhook_allow_private,
                     std::time::Duration::from_millis(cli.config.delivery.retry_base_ms),
                     std::time::Duration::from_millis(cli.config.delivery.poll_ms),
                 );

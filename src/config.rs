@@ -31,6 +31,19 @@ pub struct Config {
     #[arg(long, env = "TALLY_TRUST_FORWARDED_FOR", default_value_t = false, action = clap::ArgAction::Set)]
     pub trust_forwarded_for: bool,
 
+    /// Let alert webhook URLs point at this machine or private networks (local development only): otherwise
+    /// loopback, private, link-local and other non-public addresses are refused when saved and when sent to.
+    #[arg(long, env = "TALLY_ALERT_WEBHOOK_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub alert_webhook_allow_private: bool,
+
+    /// Sign-ups allowed per client address (IPv6: per /64) per hour.
+    #[arg(long, env = "TALLY_SIGNUPS_PER_ADDRESS_PER_HOUR", default_value_t = 10)]
+    pub signups_per_address_per_hour: i64,
+
+    /// Sign-ups allowed per hour over all addresses.
+    #[arg(long, env = "TALLY_SIGNUPS_PER_HOUR", default_value_t = 1_000)]
+    pub signups_per_hour: i64,
+
     /// Event types that may be recorded (comma-separated); anything else is refused with 422.
     #[arg(long, env = "TALLY_EVENT_TYPES", default_value = "ai_token_consumed", value_delimiter = ',')]
     pub event_types: Vec<String>,
@@ -153,6 +166,14 @@ pub fn parse_usage_limit(raw: &str) -> Result<UsageLimit, AppError> {
 }
 
 impl Config {
+    /// The sign-up limits (`TALLY_SIGNUPS_PER_ADDRESS_PER_HOUR`, `TALLY_SIGNUPS_PER_HOUR`).
+    pub fn signup_limits(&self) -> crate::auth::throttle::SignupLimits {
+        crate::auth::throttle::SignupLimits {
+            per_address: self.signups_per_address_per_hour,
+            overall: self.signups_per_hour,
+        }
+    }
+
     /// The configured webhook secrets, trimmed, without empty entries.
     pub fn stripe_webhook_secrets(&self) -> Vec<String> {
         self.stripe_webhook_secret
@@ -180,6 +201,9 @@ impl std::fmt::Debug for Config {
             .field("default_usage_limit", &self.default_usage_limit)
             .field("public_url", &self.public_url)
             .field("trust_forwarded_for", &self.trust_forwarded_for)
+            .field("alert_webhook_allow_private", &self.alert_webhook_allow_private)
+            .field("signups_per_address_per_hour", &self.signups_per_address_per_hour)
+            .field("signups_per_hour", &self.signups_per_hour)
             .field("event_types", &self.event_types)
             .field("ingest_writers", &self.ingest_writers)
             .field("openai_api_key", &self.openai_api_key.as_ref().map(|_| "<hidden>"))
@@ -233,6 +257,9 @@ mod tests {
             default_usage_limit: UsageLimit(None),
             public_url: "https://tally.example".into(),
             trust_forwarded_for: false,
+            alert_webhook_allow_private: false,
+            signups_per_address_per_hour: 10,
+            signups_per_hour: 1_000,
             event_types: vec!["ai_token_consumed".into()],
             ingest_writers: 2,
             openai_api_key: Some("sk-s3cret".into()),

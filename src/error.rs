@@ -159,6 +159,7 @@ pub enum Problem {
         email: String,
     },
     PromptMissing,
+    PromptCharacters,
     PromptTooLong {
         max: usize,
     },
@@ -168,6 +169,10 @@ pub enum Problem {
         url: String,
     },
     UrlNotWeb,
+    UrlCredentials,
+    UrlPrivate {
+        host: String,
+    },
     PeriodMalformed {
         period: String,
     },
@@ -214,11 +219,14 @@ impl Problem {
             Problem::PasswordTooLong { max } => td_string!(locale, problem_password_too_long, max = *max).to_string(),
             Problem::AccountExists { email } => td_string!(locale, problem_account_exists, email = email).to_string(),
             Problem::PromptMissing => td_string!(locale, problem_prompt_missing).to_string(),
+            Problem::PromptCharacters => td_string!(locale, problem_prompt_characters).to_string(),
             Problem::PromptTooLong { max } => td_string!(locale, problem_prompt_too_long, max = *max).to_string(),
             Problem::KeyNameLength => td_string!(locale, problem_key_name_length).to_string(),
             Problem::NoSuchKey => td_string!(locale, problem_no_such_key).to_string(),
             Problem::UrlInvalid { url } => td_string!(locale, problem_url_invalid, url = url).to_string(),
             Problem::UrlNotWeb => td_string!(locale, problem_url_not_web).to_string(),
+            Problem::UrlCredentials => td_string!(locale, problem_url_credentials).to_string(),
+            Problem::UrlPrivate { host } => td_string!(locale, problem_url_private, host = host).to_string(),
             Problem::PeriodMalformed { period } => {
                 td_string!(locale, problem_period_malformed, period = period).to_string()
             }
@@ -264,6 +272,23 @@ struct WireError {
 
 /// Largest request body accepted anywhere (server functions included).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Most characters of a caller's input an error message quotes.
+pub const MAX_QUOTED_CHARS: usize = 64;
+
+/// `text` as an error message may quote it: at most [`MAX_QUOTED_CHARS`] characters (then "…"), control characters
+/// shown as `\u{..}` escapes. An error never echoes unbounded input.
+pub fn excerpt(text: &str) -> String {
+    let mut quoted: String = text
+        .chars()
+        .take(MAX_QUOTED_CHARS)
+        .flat_map(|c| if c.is_control() { c.escape_unicode().collect::<Vec<_>>() } else { vec![c] })
+        .collect();
+    if text.chars().count() > MAX_QUOTED_CHARS {
+        quoted.push('…');
+    }
+    quoted
+}
 
 impl From<AppError> for WireError {
     fn from(err: AppError) -> Self {
@@ -432,8 +457,23 @@ mod ssr {
     /// Middleware: gives server function error responses the status of their [`AppError`]. The server function
     /// machinery answers every error with 500, including the argument errors it raises before our code runs;
     /// this puts a 400, 401, 422… on them, from [`AppError::status_code`].
+    ///
+    /// It also holds every `/api/…` error to the promised `{"error","code"}` shape: the rejections of axum's own
+    /// extractors (a duplicate query parameter, a wrong method) answer `text/plain`, and are rewritten here, keeping
+    /// their status, with at most a short, cleaned excerpt of their text (it may quote the request).
     pub async fn server_fn_error_status(request: Request, next: Next) -> Response {
+        let api = request.uri().path().starts_with("/api/");
         let response = next.run(request).await;
+        let plain_error = (response.status().is_client_error() || response.status().is_server_error())
+            && !response.headers().contains_key(SERVER_FN_ERROR_HEADER)
+            && !response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|t| t.to_str().ok())
+                .is_some_and(|t| t.starts_with("application/json"));
+        if api && plain_error {
+            return as_json_error(response).await;
+        }
         if response.status() != StatusCode::INTERNAL_SERVER_ERROR
             || !response.headers().contains_key(SERVER_FN_ERROR_HEADER)
         {
@@ -450,6 +490,39 @@ mod ssr {
             parts.headers.insert(header::RETRY_AFTER, value);
         }
         Response::from_parts(parts, Body::from(bytes))
+    }
+
+    /// Most of a rejection's text an API error quotes.
+    const MAX_QUOTED: usize = 200;
+
+    /// A non-JSON error response as the JSON error of its status (the status kept).
+    async fn as_json_error(response: Response) -> Response {
+        let (parts, body) = response.into_parts();
+        let text = axum::body::to_bytes(body, MAX_ERROR_BODY).await.unwrap_or_default();
+        let detail: String = String::from_utf8_lossy(&text)
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .take(MAX_QUOTED)
+            .collect::<String>()
+            .trim()
+            .to_owned();
+        let error = match parts.status.as_u16() {
+            400 => AppError::BadRequest(detail),
+            404 => AppError::NotFound("no such endpoint".into()),
+            413 => AppError::TooLarge(crate::error::MAX_BODY_BYTES),
+            415 => AppError::UnsupportedMediaType(detail),
+            422 => AppError::Invalid(detail),
+            status if status >= 500 => AppError::internal(format!("{status} without a JSON body: {detail}")),
+            _ => AppError::BadRequest(detail),
+        };
+        let mut json = error.into_response();
+        *json.status_mut() = parts.status;
+        for name in [header::ALLOW, header::RETRY_AFTER] {
+            if let Some(value) = parts.headers.get(&name) {
+                json.headers_mut().insert(name, value.clone());
+            }
+        }
+        json
     }
 }
 
@@ -522,9 +595,12 @@ mod tests {
             Problem::PromptMissing,
             Problem::PromptTooLong { max: 4000 },
             Problem::KeyNameLength,
+            Problem::PromptCharacters,
             Problem::NoSuchKey,
             Problem::UrlInvalid { url: "x".into() },
             Problem::UrlNotWeb,
+            Problem::UrlCredentials,
+            Problem::UrlPrivate { host: "127.0.0.1".into() },
             Problem::PeriodMalformed { period: "x".into() },
             Problem::PeriodUnknown { period: "2020-01-01T00:00:00Z".into() },
             Problem::StripeNotConfigured,

@@ -56,10 +56,11 @@ pub fn router(state: AppState, routes: Vec<AxumRouteListing>) -> Router {
             move || shell(options.clone())
         })
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
+        .layer(middleware::from_fn_with_state(state.clone(), crate::page_errors::guard))
         .layer(middleware::from_fn(crate::auth::session::renew_while_used))
         .layer(sessions)
         .layer(middleware::from_fn(crate::error::server_fn_error_status))
-        .layer(middleware::from_fn(refuse_cross_site_writes))
+        .layer(middleware::from_fn_with_state(state.clone(), refuse_cross_site_writes))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(middleware::from_fn(body_too_large_as_json))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_as_internal_error))
@@ -117,14 +118,21 @@ async fn choose_language(axum::extract::Path(locale): axum::extract::Path<String
 /// Refuses state-changing requests that a browser marks as coming from another site. SameSite=Lax cookies already
 /// keep the session off such requests; this also stops cross-site form posts to sign-up and log-in (login CSRF).
 /// Requests without these headers (curl, services with API keys) are not browsers and pass.
-async fn refuse_cross_site_writes(request: Request, next: Next) -> Response {
-    if is_cross_site_write(request.method(), request.headers()) {
+async fn refuse_cross_site_writes(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if is_cross_site_write(request.method(), request.headers(), &state.config.public_url) {
         return AppError::Forbidden("cross-site request refused".into()).into_response();
     }
     next.run(request).await
 }
 
-fn is_cross_site_write(method: &Method, headers: &axum::http::HeaderMap) -> bool {
+/// Whether a browser sent this write from another site. Same-site means the `Origin` is the configured public URL's
+/// origin (`TALLY_PUBLIC_URL`: what users reach, even behind a proxy that rewrites `Host`), or names the `Host` the
+/// request was sent to (a server reached directly, as in development on `localhost`).
+fn is_cross_site_write(method: &Method, headers: &axum::http::HeaderMap, public_url: &str) -> bool {
     if method.is_safe() {
         return false;
     }
@@ -134,13 +142,21 @@ fn is_cross_site_write(method: &Method, headers: &axum::http::HeaderMap) -> bool
     let Some(origin) = headers.get(header::ORIGIN) else {
         return false;
     };
-    let host = headers.get(header::HOST).and_then(|host| host.to_str().ok());
-    let origin_host = origin.to_str().ok().and_then(|origin| origin.split_once("://")).map(|(_, host)| host);
-    match (origin_host, host) {
-        (Some(origin_host), Some(host)) => !origin_host.eq_ignore_ascii_case(host),
-        // `Origin: null` (sandboxed frames, some redirects) or an unreadable header: not provably same-site.
-        _ => true,
+    // `Origin: null` (sandboxed frames, some redirects) or an unreadable header: not provably same-site.
+    let Some(origin) = origin.to_str().ok().and_then(|o| url::Url::parse(o).ok()).filter(|o| o.has_host()) else {
+        return true;
+    };
+    let public = url::Url::parse(public_url).ok().map(|url| url.origin());
+    if public.is_some_and(|public| public == origin.origin()) {
+        return false;
     }
+    let host = headers.get(header::HOST).and_then(|host| host.to_str().ok());
+    let origin_host = match (origin.host_str(), origin.port()) {
+        (Some(host), Some(port)) => format!("{host}:{port}"),
+        (Some(host), None) => host.to_owned(),
+        (None, _) => return true,
+    };
+    !host.is_some_and(|host| origin_host.eq_ignore_ascii_case(host))
 }
 
 /// Reads the leptos settings: `Leptos.toml` in the working directory when present, then `LEPTOS_*` variables.
@@ -168,6 +184,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let alerts = tokio::spawn(
         crate::usage::alert_webhooks::AlertWebhookWorker::new(
             pool.clone(),
+            config.alert_webhook_allow_private,
             std::time::Duration::from_millis(config.delivery.retry_base_ms),
             std::time::Duration::from_millis(config.delivery.poll_ms),
         )
@@ -236,27 +253,39 @@ mod tests {
         pairs.iter().map(|(k, v)| (k.parse().unwrap(), HeaderValue::from_static(v))).collect()
     }
 
+    const PUBLIC: &str = "https://tally.example";
+
     #[test]
     fn same_origin_posts_pass() {
         let h = headers(&[("host", "127.0.0.1:3000"), ("origin", "http://127.0.0.1:3000")]);
-        assert!(!is_cross_site_write(&Method::POST, &h));
+        assert!(!is_cross_site_write(&Method::POST, &h, PUBLIC));
+    }
+
+    #[test]
+    fn behind_a_proxy_that_rewrites_host_the_public_url_is_same_site() {
+        let h = headers(&[("host", "10.0.0.7:3000"), ("origin", "https://tally.example")]);
+        assert!(!is_cross_site_write(&Method::POST, &h, PUBLIC));
+        let h = headers(&[("host", "10.0.0.7:3000"), ("origin", "https://tally.example.evil.test")]);
+        assert!(is_cross_site_write(&Method::POST, &h, PUBLIC));
+        let h = headers(&[("host", "10.0.0.7:3000"), ("origin", "http://tally.example")]);
+        assert!(is_cross_site_write(&Method::POST, &h, PUBLIC), "another scheme is another origin");
     }
 
     #[test]
     fn cross_origin_posts_are_refused() {
         let h = headers(&[("host", "127.0.0.1:3000"), ("origin", "http://evil.example")]);
-        assert!(is_cross_site_write(&Method::POST, &h));
+        assert!(is_cross_site_write(&Method::POST, &h, PUBLIC));
         let h = headers(&[("host", "127.0.0.1:3000"), ("sec-fetch-site", "cross-site")]);
-        assert!(is_cross_site_write(&Method::POST, &h));
+        assert!(is_cross_site_write(&Method::POST, &h, PUBLIC));
         let h = headers(&[("host", "127.0.0.1:3000"), ("origin", "null")]);
-        assert!(is_cross_site_write(&Method::POST, &h));
+        assert!(is_cross_site_write(&Method::POST, &h, PUBLIC));
     }
 
     #[test]
     fn reads_and_non_browser_clients_pass() {
         let h = headers(&[("host", "127.0.0.1:3000"), ("origin", "http://evil.example")]);
-        assert!(!is_cross_site_write(&Method::GET, &h));
-        assert!(!is_cross_site_write(&Method::POST, &headers(&[("host", "127.0.0.1:3000")])));
+        assert!(!is_cross_site_write(&Method::GET, &h, PUBLIC));
+        assert!(!is_cross_site_write(&Method::POST, &headers(&[("host", "127.0.0.1:3000")]), PUBLIC));
     }
 
     #[tokio::test]

@@ -30,6 +30,8 @@ pub struct AppState {
     /// CSV exports streaming now: each holds a database connection for its whole download (a slow client keeps
     /// it), so at most a quarter of the pool may be taken by them.
     pub exports: Arc<tokio::sync::Semaphore>,
+    /// The key form errors in page URLs are signed with (`page_errors.rs`), read from the database once.
+    page_error_key: Arc<tokio::sync::OnceCell<Vec<u8>>>,
 }
 
 impl AppState {
@@ -42,7 +44,23 @@ impl AppState {
         let stripe = crate::billing::stripe::StripeClient::from_config(http.clone(), &config);
         let live = crate::usage::live::LiveHub::start(pool.clone());
         let exports = Arc::new(tokio::sync::Semaphore::new((config.database_max_connections as usize / 4).max(1)));
-        AppState { leptos_options, pool, config: Arc::new(config), clock, writer, http, stripe, live, exports }
+        AppState {
+            leptos_options,
+            pool,
+            config: Arc::new(config),
+            clock,
+            writer,
+            http,
+            stripe,
+            live,
+            exports,
+            page_error_key: Arc::default(),
+        }
+    }
+
+    /// The key form errors in page URLs are signed with (see `page_errors.rs`).
+    pub async fn page_error_key(&self) -> Result<Vec<u8>, sqlx::Error> {
+        self.page_error_key.get_or_try_init(|| crate::page_errors::load_key(&self.pool)).await.cloned()
     }
 
     /// The state of the request being served (inside a server function or an SSR render).

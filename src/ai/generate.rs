@@ -23,19 +23,103 @@ pub struct Completion {
     pub request_id: String,
 }
 
-/// Refuses with [`AppError::LimitExceeded`] when the user has a hard limit and nothing of it is left.
-pub async fn ensure_allowance(state: &AppState, user_id: Uuid) -> Result<(), AppError> {
-    let summary = crate::usage::current_summary(state, user_id).await?.ok_or(AppError::Unauthorized)?;
-    match summary.limit {
-        Some(limit) if summary.used >= limit => Err(AppError::LimitExceeded { limit, remaining: 0 }),
-        _ => Ok(()),
-    }
+/// Most completion tokens one call may produce (sent to the provider as `max_tokens`).
+pub const MAX_COMPLETION_TOKENS: i64 = 1_024;
+/// Tokens a chat request adds around the prompt (role markers), reserved on top of the prompt's own.
+const CHAT_OVERHEAD_TOKENS: i64 = 16;
+/// How long a reservation counts if its call never settles it (the process died): longer than any call.
+const RESERVATION_SECONDS: f64 = 600.0;
+
+/// Tokens held for one AI call until its real count is recorded.
+#[derive(Debug)]
+pub struct Reservation {
+    /// `None` for users without a hard limit: nothing to hold.
+    id: Option<Uuid>,
+    /// The call's `max_tokens`: at most what the reservation leaves room for.
+    pub max_completion_tokens: i64,
 }
 
-/// Completes `prompt` with the configured provider.
-pub async fn complete(config: &Config, http: &reqwest::Client, prompt: &str) -> Result<Completion, AppError> {
+/// Holds an upper bound of the tokens a call for `prompt` can consume against the user's hard limit, or refuses
+/// with [`AppError::LimitExceeded`] when it does not fit. The limit check sees the recorded usage *and* the calls
+/// in flight (their reservations), under a lock on the user's row, so N concurrent calls cannot overshoot the limit
+/// by N completions. The bound: the prompt's tokens plus `max_tokens`, which is lowered to what is left (the
+/// offline model's answer is known before the call, so exactly that). [`release`] settles it once the real count
+/// is recorded (or the call failed).
+pub async fn reserve(state: &AppState, user_id: Uuid, prompt: &str) -> Result<Reservation, AppError> {
+    let mut tx = state.pool.begin().await?;
+    let limit: Option<Option<i64>> = sqlx::query_scalar("SELECT usage_limit FROM users WHERE id = $1 FOR UPDATE")
+        .bind(user_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let Some(limit) = limit.ok_or(AppError::Unauthorized)? else {
+        return Ok(Reservation { id: None, max_completion_tokens: MAX_COMPLETION_TOKENS });
+    };
+    // Read on the locked transaction's own connection: calls waiting for the lock hold connections too.
+    let used = crate::usage::totals::summary_at(
+        &mut *tx,
+        &state.clock,
+        user_id,
+        crate::usage::AI_TOKENS_EVENT,
+        chrono::Utc::now(),
+    )
+    .await?
+    .map_or(0, |summary| summary.used);
+    sqlx::query("DELETE FROM ai_reservations WHERE user_id = $1 AND expires_at <= now()")
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+    let held: i64 =
+        sqlx::query_scalar("SELECT coalesce(sum(tokens), 0)::bigint FROM ai_reservations WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_one(&mut *tx)
+            .await?;
+    let left = limit - used - held;
+    let (bound, max_completion_tokens) = match state.config.openai_api_key {
+        None => (complete_offline(prompt).total_tokens, MAX_COMPLETION_TOKENS),
+        Some(_) => {
+            let prompt_tokens = count_tokens(prompt) + CHAT_OVERHEAD_TOKENS;
+            let max_completion = MAX_COMPLETION_TOKENS.min(left - prompt_tokens);
+            (prompt_tokens + max_completion, max_completion)
+        }
+    };
+    if max_completion_tokens < 1 || bound > left {
+        return Err(AppError::LimitExceeded { limit, remaining: (limit - used).max(0) });
+    }
+    let id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO ai_reservations (id, user_id, tokens, expires_at)
+         VALUES ($1, $2, $3, now() + make_interval(secs => $4))",
+    )
+    .bind(id)
+    .bind(user_id)
+    .bind(bound)
+    .bind(RESERVATION_SECONDS)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Reservation { id: Some(id), max_completion_tokens })
+}
+
+/// Settles a reservation: its call's real tokens are recorded (or it failed), so the hold goes.
+pub async fn release(pool: &sqlx::PgPool, reservation: &Reservation) -> Result<(), AppError> {
+    if let Some(id) = reservation.id {
+        sqlx::query("DELETE FROM ai_reservations WHERE id = $1").bind(id).execute(pool).await?;
+    }
+    Ok(())
+}
+
+/// Completes `prompt` with the configured provider, producing at most `max_completion_tokens`.
+pub async fn complete(
+    config: &Config,
+    http: &reqwest::Client,
+    prompt: &str,
+    max_completion_tokens: i64,
+) -> Result<Completion, AppError> {
     match &config.openai_api_key {
-        Some(key) => complete_online(http, &config.openai_base_url, key, &config.openai_model, prompt).await,
+        Some(key) => {
+            let model = &config.openai_model;
+            complete_online(http, &config.openai_base_url, key, model, prompt, max_completion_tokens).await
+        }
         None => Ok(complete_offline(prompt)),
     }
 }
@@ -99,9 +183,14 @@ async fn complete_online(
     api_key: &str,
     model: &str,
     prompt: &str,
+    max_completion_tokens: i64,
 ) -> Result<Completion, AppError> {
     let url = format!("{}/chat/completions", base_url.trim_end_matches('/'));
-    let body = serde_json::json!({ "model": model, "messages": [{ "role": "user", "content": prompt }] });
+    let body = serde_json::json!({
+        "model": model,
+        "messages": [{ "role": "user", "content": prompt }],
+        "max_tokens": max_completion_tokens,
+    });
     let response = http.post(&url).bearer_auth(api_key).json(&body).send().await.map_err(|err| {
         tracing::warn!(%err, "AI provider unreachable");
         AppError::Upstream("the AI provider could not be reached; try again".into())

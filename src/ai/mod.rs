@@ -39,13 +39,24 @@ pub async fn generate(prompt: String) -> Result<Generation, AppError> {
     if prompt.is_empty() {
         return Err(AppError::Refused(crate::error::Problem::PromptMissing));
     }
+    if prompt.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) {
+        return Err(AppError::Refused(crate::error::Problem::PromptCharacters));
+    }
     if prompt.chars().count() > MAX_PROMPT_CHARS {
         return Err(AppError::Refused(crate::error::Problem::PromptTooLong { max: MAX_PROMPT_CHARS }));
     }
     // Refuse before spending tokens when nothing is left. Once the model has answered, its tokens are recorded
     // even past the limit: they were consumed, and an unbilled unit is a lost unit.
-    generate::ensure_allowance(&state, user_id).await?;
-    let completion = generate::complete(&state.config, &state.http, prompt).await?;
+    // The call's upper bound is held against the limit until its real count is recorded.
+    let reservation = generate::reserve(&state, user_id, prompt).await?;
+    let completion = generate::complete(&state.config, &state.http, prompt, reservation.max_completion_tokens).await;
+    let completion = match completion {
+        Ok(completion) => completion,
+        Err(err) => {
+            generate::release(&state.pool, &reservation).await?;
+            return Err(err);
+        }
+    };
     let event = NewEvent {
         event_type: AI_TOKENS_EVENT.to_owned(),
         quantity: completion.total_tokens,
@@ -59,7 +70,10 @@ pub async fn generate(prompt: String) -> Result<Generation, AppError> {
         occurred_at: chrono::Utc::now(),
     };
     let caller = crate::auth::caller::Caller::User(user_id);
-    let outcome = state.writer.submit(caller, vec![event], LimitPolicy::RecordAnyway).await?;
+    let outcome = state.writer.submit(caller, vec![event], LimitPolicy::RecordAnyway).await;
+    // Recorded (or not): either way the hold goes; the recorded tokens now count instead.
+    generate::release(&state.pool, &reservation).await?;
+    let outcome = outcome?;
     let recorded = outcome.events.first().ok_or(AppError::Internal)?;
     Ok(Generation {
         text: completion.text,

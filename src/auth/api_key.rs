@@ -105,7 +105,7 @@ pub async fn owners<'e>(
 /// Stores a new key for `user_id` and returns it with its secret.
 pub async fn create(pool: &PgPool, user_id: Uuid, name: &str) -> Result<(ApiKeyInfo, String), AppError> {
     let name = name.trim();
-    if name.is_empty() || name.chars().count() > 100 {
+    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
         return Err(AppError::Refused(Problem::KeyNameLength));
     }
     let key = generate()?;

@@ -83,7 +83,7 @@ pub fn normalize_email(raw: &str) -> Result<String, AppError> {
     if valid {
         Ok(email)
     } else {
-        Err(AppError::Refused(Problem::EmailInvalid { email: raw.trim().to_owned() }))
+        Err(AppError::Refused(Problem::EmailInvalid { email: crate::error::excerpt(raw.trim()) }))
     }
 }
 
@@ -103,6 +103,10 @@ pub fn check_new_password(password: &str) -> Result<(), AppError> {
 #[server(endpoint = "auth/signup")]
 pub async fn signup(email: String, password: String) -> Result<(), AppError> {
     let state = crate::state::AppState::current()?;
+    let parts: axum::http::request::Parts = leptos_axum::extract().await.map_err(AppError::internal)?;
+    let ip = throttle::client_ip(&parts, state.config.trust_forwarded_for);
+    // Counted before any hashing, taken emails included: sign-ups cannot be used to list accounts at speed.
+    throttle::begin_signup(&state.pool, ip, state.config.signup_limits()).await?;
     let user_id = users::register(&state.pool, &email, &password, state.config.default_usage_limit.0).await?;
     if let (Some(stripe), true) = (&state.stripe, state.config.delivery.create_customers) {
         // The account exists either way; a customer Stripe could not create now is created by the worker later.
@@ -123,16 +127,10 @@ pub async fn login(email: String, password: String) -> Result<(), AppError> {
     let ip = throttle::client_ip(&parts, state.config.trust_forwarded_for);
     // Throttled as typed when it is not an email at all, so garbage cannot dodge the per-account count.
     let account = normalize_email(&email).unwrap_or_else(|_| email.trim().to_lowercase());
-    throttle::check(&state.pool, &account, ip).await?;
-    let user_id = match users::authenticate(&state.pool, &email, &password).await {
-        Ok(user_id) => user_id,
-        Err(AppError::InvalidCredentials) => {
-            throttle::record_failure(&state.pool, &account, ip).await?;
-            return Err(AppError::InvalidCredentials);
-        }
-        Err(other) => return Err(other),
-    };
-    throttle::clear(&state.pool, &account, ip).await?;
+    // Counted before the password is checked; a wrong password leaves it counted.
+    let attempt = throttle::begin(&state.pool, &account, ip).await?;
+    let user_id = users::authenticate(&state.pool, &email, &password).await?;
+    throttle::succeeded(&state.pool, attempt, &account, ip).await?;
     session::sign_in(user_id).await?;
     leptos_axum::redirect("/");
     Ok(())

@@ -1,15 +1,17 @@
-//! Sign-in throttling: failed attempts are counted per account and address, per address and per account, over a
-//! sliding window, in PostgreSQL so every app instance enforces the same limits.
+//! Sign-in and sign-up throttling, in PostgreSQL so every app instance enforces the same limits.
 //!
-//! A throttled attempt is refused before the password is checked (and is not counted again), so guessing stops
-//! costing hashing work too. A successful sign-in clears the failures of its own account and address only.
+//! Sign-in: attempts are counted per account and address, per address and per account, over a sliding window. An
+//! attempt is counted (as a failure) *before* its password is checked, atomically with the check of the limits
+//! ([`begin`]), and a right password takes it back ([`succeeded`]): parallel guesses cannot all pass the check
+//! before any of them is recorded. A throttled attempt is refused before any hashing work. Sign-up: every attempt
+//! is counted per address and overall ([`begin_signup`]). IPv6 addresses count per /64 ([`counted_address`]).
 
 use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::ConnectInfo;
 use axum::http::request::Parts;
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, Transaction};
 
 use crate::error::AppError;
 
@@ -37,6 +39,18 @@ pub fn client_ip(parts: &Parts, trust_forwarded_for: bool) -> Option<IpAddr> {
     parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(peer)| peer.ip())
 }
 
+/// The address attempts are counted under: an IPv4 address as it is, an IPv6 address by its /64. One subscriber
+/// usually holds a whole /64 and can pick any of its 2^64 addresses, so counting per /128 counts nothing.
+pub fn counted_address(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(v6.to_bits() & !u128::from(u64::MAX))),
+        },
+    }
+}
+
 /// Failures within the window: for the account from the address, from the address, for the account.
 #[derive(sqlx::FromRow)]
 struct RecentFailures {
@@ -48,9 +62,50 @@ struct RecentFailures {
     account_oldest: Option<DateTime<Utc>>,
 }
 
-/// Refuses with [`AppError::TooManyAttempts`] when any limit is reached for `email` (normalised) from `ip`.
-pub async fn check(pool: &PgPool, email: &str, ip: Option<IpAddr>) -> Result<(), AppError> {
-    let ip = ip.map(|ip| ip.to_string());
+/// A sign-in attempt that has been counted as a failure until [`succeeded`] says otherwise.
+#[derive(Debug)]
+pub struct Attempt {
+    id: i64,
+}
+
+/// Takes PostgreSQL advisory locks on `keys` for the rest of the transaction, in one order (no deadlocks): every
+/// instance that counts the same account or address waits for the others.
+async fn lock_keys(tx: &mut Transaction<'_, Postgres>, keys: &[String]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0)))
+         FROM (SELECT DISTINCT unnest($1::text[]) AS k ORDER BY 1) AS keys",
+    )
+    .bind(keys)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The refusal for limits that reopen at `reopens` (the latest of them), or `Ok` when none is reached.
+fn refusal(reopens: impl IntoIterator<Item = DateTime<Utc>>, what: &str, ip: &Option<String>) -> Result<(), AppError> {
+    match reopens.into_iter().max() {
+        Some(at) => {
+            let retry_after_secs = (at - Utc::now()).num_seconds().max(1) as u64;
+            tracing::warn!(client_ip = ?ip, retry_after_secs, "{what} throttled");
+            Err(AppError::TooManyAttempts { retry_after_secs })
+        }
+        None => Ok(()),
+    }
+}
+
+/// Counts a sign-in attempt for `email` (normalised, or as typed when it is not an email) from `ip` *before* the
+/// password is checked, or refuses it with [`AppError::TooManyAttempts`] when any limit is reached.
+///
+/// The count and the insert happen under advisory locks on the account and the address, so concurrent attempts
+/// (on any instance) are counted one after another: 30 parallel guesses get at most the limit's worth of password
+/// checks. The attempt stays counted as a failure unless [`succeeded`] removes it. A refused attempt is not counted,
+/// so a count never passes its limit.
+pub async fn begin(pool: &PgPool, email: &str, ip: Option<IpAddr>) -> Result<Attempt, AppError> {
+    let ip = ip.map(|ip| counted_address(ip).to_string());
+    let mut tx = pool.begin().await?;
+    let mut keys = vec![format!("sign-in account {email}")];
+    keys.extend(ip.iter().map(|ip| format!("sign-in address {ip}")));
+    lock_keys(&mut tx, &keys).await?;
     let counts: RecentFailures = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE email = $1 AND client_ip IS NOT DISTINCT FROM $2::inet) AS pair,
                 count(*) FILTER (WHERE client_ip = $2::inet) AS address,
@@ -64,11 +119,9 @@ pub async fn check(pool: &PgPool, email: &str, ip: Option<IpAddr>) -> Result<(),
     .bind(email)
     .bind(&ip)
     .bind(WINDOW_SECS as f64)
-    .fetch_one(pool)
+    .fetch_one(&mut *tx)
     .await?;
-
-    // The earliest moment the exceeded count drops below its limit: its oldest failure leaving the window (a
-    // throttled attempt is not counted, so a count never passes its limit by more than concurrent attempts).
+    // The earliest moment the exceeded count drops below its limit: its oldest failure leaving the window.
     let reopens = [
         (counts.pair >= MAX_PER_ACCOUNT_AND_ADDRESS, counts.pair_oldest),
         (counts.address >= MAX_PER_ADDRESS, counts.address_oldest),
@@ -76,45 +129,83 @@ pub async fn check(pool: &PgPool, email: &str, ip: Option<IpAddr>) -> Result<(),
     ]
     .into_iter()
     .filter_map(|(exceeded, oldest)| exceeded.then_some(oldest).flatten())
-    .map(|oldest| oldest + chrono::Duration::seconds(WINDOW_SECS))
-    .max();
-    match reopens {
-        Some(at) => {
-            let retry_after_secs = (at - Utc::now()).num_seconds().max(1) as u64;
-            tracing::warn!(client_ip = ?ip, retry_after_secs, "sign-in throttled");
-            Err(AppError::TooManyAttempts { retry_after_secs })
-        }
-        None => Ok(()),
-    }
+    .map(|oldest| oldest + chrono::Duration::seconds(WINDOW_SECS));
+    refusal(reopens, "sign-in", &ip)?;
+    let id = sqlx::query_scalar("INSERT INTO login_failures (email, client_ip) VALUES ($1, $2::inet) RETURNING id")
+        .bind(email)
+        .bind(&ip)
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Attempt { id })
 }
 
-/// Counts a failed attempt for `email` (normalised, or as typed when it is not an email) from `ip`.
-pub async fn record_failure(pool: &PgPool, email: &str, ip: Option<IpAddr>) -> Result<(), AppError> {
-    sqlx::query("INSERT INTO login_failures (email, client_ip) VALUES ($1, $2::inet)")
-        .bind(email)
-        .bind(ip.map(|ip| ip.to_string()))
-        .execute(pool)
-        .await?;
+/// The attempt's password was right: it is not a failure, and the earlier failures of its account from its
+/// address are forgotten.
+pub async fn succeeded(pool: &PgPool, attempt: Attempt, email: &str, ip: Option<IpAddr>) -> Result<(), AppError> {
+    sqlx::query(
+        "DELETE FROM login_failures
+         WHERE id = $1 OR (email = $2 AND client_ip IS NOT DISTINCT FROM $3::inet)",
+    )
+    .bind(attempt.id)
+    .bind(email)
+    .bind(ip.map(|ip| counted_address(ip).to_string()))
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
-/// Forgets the failures of `email` from `ip` after a successful sign-in.
-pub async fn clear(pool: &PgPool, email: &str, ip: Option<IpAddr>) -> Result<(), AppError> {
-    sqlx::query("DELETE FROM login_failures WHERE email = $1 AND client_ip IS NOT DISTINCT FROM $2::inet")
-        .bind(email)
-        .bind(ip.map(|ip| ip.to_string()))
-        .execute(pool)
+/// Sign-ups allowed per address (IPv6: per /64) within [`SIGNUP_WINDOW_SECS`], and over all addresses: each costs an
+/// Argon2 hash (and a Stripe customer), and "this email is taken" answers must not be an enumeration oracle at speed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignupLimits {
+    pub per_address: i64,
+    pub overall: i64,
+}
+
+/// How far back sign-up attempts count.
+pub const SIGNUP_WINDOW_SECS: i64 = 60 * 60;
+
+/// Counts a sign-up attempt from `ip` before any hashing, or refuses it with [`AppError::TooManyAttempts`]. Every
+/// attempt counts, taken emails and refusals for bad input included; under the same kind of advisory locks as
+/// [`begin`], so parallel requests cannot pass the limits.
+pub async fn begin_signup(pool: &PgPool, ip: Option<IpAddr>, limits: SignupLimits) -> Result<(), AppError> {
+    let ip = ip.map(|ip| counted_address(ip).to_string());
+    let mut tx = pool.begin().await?;
+    let mut keys = vec!["sign-up overall".to_owned()];
+    keys.extend(ip.iter().map(|ip| format!("sign-up address {ip}")));
+    lock_keys(&mut tx, &keys).await?;
+    let (address, overall, address_oldest, overall_oldest): (i64, i64, Option<DateTime<Utc>>, Option<DateTime<Utc>>) =
+        sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE client_ip IS NOT DISTINCT FROM $1::inet), count(*),
+                    min(attempted_at) FILTER (WHERE client_ip IS NOT DISTINCT FROM $1::inet), min(attempted_at)
+             FROM signup_attempts WHERE attempted_at > now() - make_interval(secs => $2)",
+        )
+        .bind(&ip)
+        .bind(SIGNUP_WINDOW_SECS as f64)
+        .fetch_one(&mut *tx)
         .await?;
+    let reopens = [(address >= limits.per_address, address_oldest), (overall >= limits.overall, overall_oldest)]
+        .into_iter()
+        .filter_map(|(exceeded, oldest)| exceeded.then_some(oldest).flatten())
+        .map(|oldest| oldest + chrono::Duration::seconds(SIGNUP_WINDOW_SECS));
+    refusal(reopens, "sign-up", &ip)?;
+    sqlx::query("INSERT INTO signup_attempts (client_ip) VALUES ($1::inet)").bind(&ip).execute(&mut *tx).await?;
+    tx.commit().await?;
     Ok(())
 }
 
-/// Deletes failures older than the window; returns how many.
+/// Deletes failures and sign-up attempts older than their windows; returns how many.
 pub async fn prune(pool: &PgPool) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query("DELETE FROM login_failures WHERE failed_at <= now() - make_interval(secs => $1)")
+    let failures = sqlx::query("DELETE FROM login_failures WHERE failed_at <= now() - make_interval(secs => $1)")
         .bind(WINDOW_SECS as f64)
         .execute(pool)
         .await?;
-    Ok(done.rows_affected())
+    let signups = sqlx::query("DELETE FROM signup_attempts WHERE attempted_at <= now() - make_interval(secs => $1)")
+        .bind(SIGNUP_WINDOW_SECS as f64)
+        .execute(pool)
+        .await?;
+    Ok(failures.rows_affected() + signups.rows_affected())
 }
 
 #[cfg(test)]
@@ -148,6 +239,17 @@ mod tests {
         assert_eq!(client_ip(&request, true), Some("198.51.100.7".parse().unwrap()));
         let request = parts(&["1.2.3.4", "198.51.100.8"], None);
         assert_eq!(client_ip(&request, true), Some("198.51.100.8".parse().unwrap()));
+    }
+
+    #[test]
+    fn ipv6_counts_per_64_and_mapped_ipv4_as_ipv4() {
+        let one: IpAddr = "2001:db8:1:2:aaaa:bbbb:cccc:dddd".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        assert_eq!(counted_address(one), counted_address(other));
+        assert_eq!(counted_address(one), "2001:db8:1:2::".parse::<IpAddr>().unwrap());
+        assert_ne!(counted_address(one), counted_address("2001:db8:1:3::1".parse().unwrap()));
+        assert_eq!(counted_address("::ffff:198.51.100.7".parse().unwrap()), "198.51.100.7".parse::<IpAddr>().unwrap());
+        assert_eq!(counted_address("198.51.100.7".parse().unwrap()), "198.51.100.7".parse::<IpAddr>().unwrap());
     }
 
     #[test]

@@ -13,6 +13,8 @@ pub const CRITICAL_PERCENT: i64 = 90;
 pub struct MeterFill {
     pub basis_points: i64,
     pub critical: bool,
+    /// The whole percent used, not capped: 120 past the limit, so the value text says what happened.
+    pub percent: i64,
 }
 
 impl MeterFill {
@@ -23,7 +25,8 @@ impl MeterFill {
         let limit = i128::from(limit);
         let basis_points = (used * 10_000 / limit).min(10_000) as i64;
         let critical = used * 100 >= limit * i128::from(CRITICAL_PERCENT);
-        Some(MeterFill { basis_points, critical })
+        let percent = (used * 100 / limit).min(i128::from(i64::MAX)) as i64;
+        Some(MeterFill { basis_points, critical, percent })
     }
 
     /// The CSS width, e.g. `"12.34%"`.
@@ -67,7 +70,7 @@ pub fn UsageMeter(
             meter_value_text,
             used = format_thousands(used.get()),
             limit = format_thousands(limit),
-            percent = fill.basis_points / 100
+            percent = fill.percent
         )
         .to_string(),
         _ => t_string!(i18n, meter_value_text_unlimited, used = format_thousands(used.get())).to_string(),
@@ -102,7 +105,11 @@ pub fn UsageMeter(
                                 role="progressbar"
                                 aria-labelledby=label_id
                                 aria-valuemin="0"
-                                aria-valuenow=used.get().to_string()
+                                // Within [0, max] as ARIA requires; the value text says how far past it.
+                                aria-valuenow=match limit.get() {
+                                    Some(limit) => used.get().clamp(0, limit.max(0)).to_string(),
+                                    None => used.get().max(0).to_string(),
+                                }
                                 aria-valuemax=limit.get().unwrap_or_default().to_string()
                                 aria-valuetext=value_text()
                                 data-testid="usage-bar"
@@ -133,6 +140,13 @@ mod tests {
         assert_eq!(format_thousands(1_234_567), "1,234,567");
         assert_eq!(format_thousands(-12_345), "-12,345");
         assert_eq!(format_thousands(i64::MIN), "-9,223,372,036,854,775,808");
+    }
+
+    #[test]
+    fn past_the_limit_the_bar_is_full_and_the_percent_says_how_far() {
+        let fill = MeterFill::new(1_200, Some(1_000)).unwrap();
+        assert_eq!((fill.basis_points, fill.percent, fill.critical), (10_000, 120, true));
+        assert_eq!(MeterFill::new(999, Some(1_000)).unwrap().percent, 99);
     }
 
     #[test]

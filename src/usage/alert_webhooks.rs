@@ -36,6 +36,7 @@ pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Result<Strin
 pub struct AlertWebhookWorker {
     pool: PgPool,
     http: reqwest::Client,
+    allow_private: bool,
     retry_base: Duration,
     poll: Duration,
 }
@@ -50,14 +51,12 @@ struct Due {
 }
 
 impl AlertWebhookWorker {
-    pub fn new(pool: PgPool, retry_base: Duration, poll: Duration) -> Self {
-        // No redirects: a signed alert goes where the user said, nowhere else.
-        let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap_or_default();
-        AlertWebhookWorker { pool, http, retry_base, poll }
+    /// `allow_private` lets alerts go to this machine and private networks (`TALLY_ALERT_WEBHOOK_ALLOW_PRIVATE`,
+    /// local development only; see `outbound.rs`).
+    pub fn new(pool: PgPool, allow_private: bool, retry_base: Duration, poll: Duration) -> Self {
+        // No redirects, public addresses only: a signed alert goes where the user said, and never inside.
+        let http = crate::outbound::client(allow_private, REQUEST_TIMEOUT);
+        AlertWebhookWorker { pool, http, allow_private, retry_base, poll }
     }
 
     /// Delivers forever.
@@ -136,6 +135,12 @@ impl AlertWebhookWorker {
     }
 
     async fn post(&self, due: &Due, secret: &str) -> Result<(), String> {
+        // Checked again at send time: a URL saved before this check existed, or an address literal, which the
+        // client's resolver never sees.
+        let url = url::Url::parse(&due.url).map_err(|_| format!("{} is not a URL", due.url))?;
+        if let Err(refusal) = crate::outbound::check_url(&url, self.allow_private) {
+            return Err(format!("refused to send to {}: {refusal:?}", due.url));
+        }
         let id = due.id.to_string();
         let timestamp = chrono::Utc::now().timestamp();
         let signature = sign(secret, &id, timestamp, due.body.as_bytes()).map_err(|e| e.to_string())?;
@@ -149,11 +154,23 @@ impl AlertWebhookWorker {
             .body(due.body.clone())
             .send()
             .await
-            .map_err(|err| format!("could not reach {}: {}", due.url, err.without_url()))?;
+            .map_err(|err| format!("could not reach {}: {}", due.url, error_chain(&err.without_url())))?;
         if response.status().is_success() {
             Ok(())
         } else {
             Err(format!("{} answered {}", due.url, response.status()))
         }
     }
+}
+
+/// An error with its causes ("error sending request: …: host resolves to no public address").
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

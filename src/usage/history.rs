@@ -56,12 +56,12 @@ pub async fn periods(
         // with the wrong period would be a wrong number on a customer's desk.
         Some(raw) => {
             let start = DateTime::parse_from_rfc3339(raw)
-                .map_err(|_| AppError::Refused(Problem::PeriodMalformed { period: raw.to_owned() }))?;
+                .map_err(|_| AppError::Refused(Problem::PeriodMalformed { period: crate::error::excerpt(raw) }))?;
             choices
                 .iter()
                 .find(|p| p.period_start == start)
                 .cloned()
-                .ok_or_else(|| AppError::Refused(Problem::PeriodUnknown { period: raw.to_owned() }))?
+                .ok_or_else(|| AppError::Refused(Problem::PeriodUnknown { period: crate::error::excerpt(raw) }))?
         }
     };
     Ok((selected, choices))

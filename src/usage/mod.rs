@@ -323,10 +323,17 @@ pub async fn set_alert_webhook(url: String) -> Result<(), AppError> {
         return Ok(());
     }
     let parsed = url::Url::parse(url)
-        .map_err(|_| AppError::Refused(crate::error::Problem::UrlInvalid { url: url.to_owned() }))?;
-    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() || url.len() > 2000 {
+        .map_err(|_| AppError::Refused(crate::error::Problem::UrlInvalid { url: crate::error::excerpt(url) }))?;
+    if url.len() > 2000 {
         return Err(AppError::Refused(crate::error::Problem::UrlNotWeb));
     }
+    crate::outbound::check_url(&parsed, state.config.alert_webhook_allow_private).map_err(|refusal| {
+        AppError::Refused(match refusal {
+            crate::outbound::Refusal::NotWeb => crate::error::Problem::UrlNotWeb,
+            crate::outbound::Refusal::Credentials => crate::error::Problem::UrlCredentials,
+            crate::outbound::Refusal::Private { host } => crate::error::Problem::UrlPrivate { host },
+        })
+    })?;
     let secret = alert_webhooks::new_secret()?;
     sqlx::query(
         "UPDATE users SET alert_webhook_url = $2, alert_webhook_secret = coalesce(alert_webhook_secret, $3)

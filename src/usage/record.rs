@@ -18,7 +18,8 @@ pub const MAX_BATCH_EVENTS: usize = 1_000;
 /// Checks one event and turns it into a [`NewEvent`] stamped `occurred_at`; the error is a user-facing sentence.
 pub fn validate(input: EventInput, allowed_types: &[String], occurred_at: DateTime<Utc>) -> Result<NewEvent, String> {
     if !allowed_types.contains(&input.event_type) {
-        return Err(format!("unknown event type {:?} (accepted: {})", input.event_type, allowed_types.join(", ")));
+        let quoted = crate::error::excerpt(&input.event_type);
+        return Err(format!("unknown event type \"{quoted}\" (accepted: {})", allowed_types.join(", ")));
     }
     Ok(NewEvent {
         quantity: quantity(&input.quantity)?,
@@ -46,6 +47,10 @@ pub fn metadata(raw: Option<Value>) -> Result<Value, String> {
     match raw {
         None | Some(Value::Null) => Ok(Value::Object(Default::default())),
         Some(value @ Value::Object(_)) => {
+            if holds_nul(&value) {
+                // PostgreSQL's jsonb cannot store U+0000; refused here instead of failing in the database.
+                return Err("metadata must not contain the NUL character (\\u0000) in a key or value".into());
+            }
             let size = serde_json::to_vec(&value).map(|v| v.len()).unwrap_or(usize::MAX);
             if size > MAX_METADATA_BYTES {
                 Err(format!("metadata must be at most {MAX_METADATA_BYTES} bytes of JSON, not {size}"))
@@ -54,6 +59,16 @@ pub fn metadata(raw: Option<Value>) -> Result<Value, String> {
             }
         }
         Some(_) => Err("metadata must be a JSON object".into()),
+    }
+}
+
+/// Whether a key or string anywhere in `value` holds U+0000.
+fn holds_nul(value: &Value) -> bool {
+    match value {
+        Value::String(text) => text.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(fields) => fields.iter().any(|(key, value)| key.contains('\0') || holds_nul(value)),
+        _ => false,
     }
 }
 
@@ -97,6 +112,18 @@ mod tests {
         assert!(metadata(Some(serde_json::json!("text"))).is_err());
         let big = serde_json::json!({ "blob": "x".repeat(MAX_METADATA_BYTES) });
         assert!(metadata(Some(big)).unwrap_err().contains("at most"));
+        for nul in [r#"{"a\u0000b": 1}"#, r#"{"a": "x\u0000"}"#, r#"{"a": [{"b": ["\u0000"]}]}"#] {
+            let value: Value = serde_json::from_str(nul).unwrap();
+            assert!(metadata(Some(value)).unwrap_err().contains("NUL"), "{nul}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_event_type_is_quoted_short() {
+        let input =
+            EventInput { event_type: "x".repeat(100_000), quantity: n("1"), metadata: None, idempotency_key: None };
+        let err = validate(input, &["ai_token_consumed".into()], Utc::now()).unwrap_err();
+        assert!(err.len() < 200, "{} bytes", err.len());
     }
 
     #[test]

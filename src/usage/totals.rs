@@ -29,8 +29,8 @@ use crate::error::AppError;
 /// `user_id`'s usage of `event_type` with their limit, in the billing period containing `at` — the live
 /// subscription's, else the calendar month of `clock`'s time zone — or `None` when the user does not exist. One
 /// statement: the meter's read, which the live stream runs after every change and the AI route before every call.
-pub async fn summary_at(
-    pool: &PgPool,
+pub async fn summary_at<'e>(
+    db: impl sqlx::PgExecutor<'e>,
     clock: &PeriodClock,
     user_id: Uuid,
     event_type: &str,
@@ -56,7 +56,7 @@ pub async fn summary_at(
         .bind(&clock.timezone)
         .bind(crate::billing::LIVE_STATUSES)
         .bind(event_type)
-        .fetch_optional(pool)
+        .fetch_optional(db)
         .await?;
     Ok(row.map(|(limit, period_start, period_end, period_first_day, period_last_day, used)| UsageSummary {
         event_type: event_type.to_owned(),

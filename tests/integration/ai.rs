@@ -143,3 +143,57 @@ async fn prompts_are_checked_and_callers_authenticated(pool: PgPool) {
     );
     assert_eq!(app.count("usage_events").await, 0);
 }
+
+/// Issue 16, finding 10: concurrent AI calls each hold their upper bound against the limit before the model is
+/// called, so together they never pass it (before: every call saw the same unspent limit, and all went through).
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn concurrent_calls_cannot_overshoot_the_limit(pool: PgPool) {
+    let app = Arc::new(app(pool));
+    let cookie = app.signup("ada@example.com").await;
+    let prompt = "How are billing periods cut?";
+    let per_call = tally::ai::generate::complete_offline(prompt).total_tokens;
+    sqlx::query("UPDATE users SET usage_limit = $1")
+        .bind(per_call * 3 + per_call / 2)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let calls: Vec<_> = (0..10)
+        .map(|_| {
+            let (app, cookie) = (app.clone(), cookie.clone());
+            tokio::spawn(async move {
+                let body = json!({ "prompt": prompt }).to_string();
+                app.post_json(GENERATE, &body, &[("cookie", &cookie)]).await.status
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for call in calls {
+        statuses.push(call.await.unwrap());
+    }
+    let answered = statuses.iter().filter(|s| **s == StatusCode::OK).count() as i64;
+    assert_eq!(answered, 3, "{statuses:?}");
+    assert!(statuses.iter().all(|s| *s == StatusCode::OK || *s == StatusCode::TOO_MANY_REQUESTS), "{statuses:?}");
+    assert_eq!(used(&app, &cookie).await, per_call * 3, "within the limit");
+    assert_eq!(app.count("ai_reservations").await, 0, "every hold was settled");
+}
+
+/// The online call is told how many tokens it may produce: at most what the limit leaves.
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn an_online_call_may_produce_no_more_than_the_limit_leaves(pool: PgPool) {
+    let answer = json!({
+        "id": "chatcmpl-1", "model": "gpt-4o-mini",
+        "choices": [{"message": {"content": "ok"}}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11}
+    });
+    let (url, _, seen) = fake_provider(StatusCode::OK, answer).await;
+    let mut config = config();
+    config.openai_api_key = Some("sk-test-123".into());
+    config.openai_base_url = url;
+    let app = app_with(pool, config);
+    let cookie = app.signup("ada@example.com").await;
+    sqlx::query("UPDATE users SET usage_limit = 200").execute(&app.pool).await.unwrap();
+    let reply = app.post_json(GENERATE, r#"{"prompt": "hi"}"#, &[("cookie", &cookie)]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let max_tokens = seen.lock().unwrap()[0].1["max_tokens"].as_i64().unwrap();
+    assert!(max_tokens > 0 && count_tokens("hi") + max_tokens <= 200, "{max_tokens}");
+}

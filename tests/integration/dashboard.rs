@@ -288,9 +288,15 @@ async fn receiver() -> (String, Arc<Mutex<Vec<(axum::http::HeaderMap, String)>>>
     (url, seen)
 }
 
+/// The test config with alert webhooks allowed to reach this machine (`TALLY_ALERT_WEBHOOK_ALLOW_PRIVATE`).
+fn local_alerts_config() -> tally::config::Config {
+    tally::config::Config { alert_webhook_allow_private: true, ..crate::support::config() }
+}
+
 #[sqlx::test(migrator = "tally::db::MIGRATOR")]
 async fn thresholds_fire_once_each_even_under_concurrent_writes_and_webhooks_arrive_signed(pool: PgPool) {
-    let app = app(pool.clone());
+    // The receiver listens on this machine: allowed only by the development setting.
+    let app = crate::support::app_with(pool.clone(), local_alerts_config());
     let cookie = app.signup("alerts@example.com").await;
     let user = app.user_id("alerts@example.com").await;
     sqlx::query("UPDATE users SET usage_limit = 1000 WHERE id = $1").bind(user).execute(&pool).await.unwrap();
@@ -334,6 +340,7 @@ async fn thresholds_fire_once_each_even_under_concurrent_writes_and_webhooks_arr
 
     let worker = tally::usage::alert_webhooks::AlertWebhookWorker::new(
         pool.clone(),
+        true,
         Duration::from_millis(5),
         Duration::from_millis(5),
     );
@@ -359,7 +366,7 @@ async fn thresholds_fire_once_each_even_under_concurrent_writes_and_webhooks_arr
 
 #[sqlx::test(migrator = "tally::db::MIGRATOR")]
 async fn an_alert_webhook_the_receiver_refuses_is_retried_until_it_is_taken(pool: PgPool) {
-    let app = app(pool.clone());
+    let app = crate::support::app_with(pool.clone(), local_alerts_config());
     let cookie = app.signup("retry-alert@example.com").await;
     let user = app.user_id("retry-alert@example.com").await;
     sqlx::query("UPDATE users SET usage_limit = 100 WHERE id = $1").bind(user).execute(&pool).await.unwrap();
@@ -373,6 +380,7 @@ async fn an_alert_webhook_the_receiver_refuses_is_retried_until_it_is_taken(pool
 
     let worker = tally::usage::alert_webhooks::AlertWebhookWorker::new(
         pool.clone(),
+        true,
         Duration::from_millis(5),
         Duration::from_millis(5),
     );
@@ -400,6 +408,39 @@ async fn an_alert_webhook_the_receiver_refuses_is_retried_until_it_is_taken(pool
     assert_eq!(*seen.lock().unwrap(), 1);
     let status: String = sqlx::query_scalar("SELECT status FROM alert_webhooks").fetch_one(&pool).await.unwrap();
     assert_eq!(status, "delivered");
+}
+
+/// A private target saved before URLs were checked (or written by hand) is still never sent to: the worker checks
+/// again at send time, without the development setting, and the receiver on this machine sees nothing.
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn alerts_are_never_sent_to_a_private_address_whatever_the_stored_url(pool: PgPool) {
+    let app = app(pool.clone());
+    let cookie = app.signup("ssrf@example.com").await;
+    let user = app.user_id("ssrf@example.com").await;
+    sqlx::query("UPDATE users SET usage_limit = 100 WHERE id = $1").bind(user).execute(&pool).await.unwrap();
+    let (url, seen) = receiver().await;
+    let refused = app.post_form("/api/usage/alert-webhook", &[("url", &url)], Some(&cookie)).await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", refused.body);
+    assert!(refused.body.contains("public address"), "{}", refused.body);
+    sqlx::query("UPDATE users SET alert_webhook_url = $2, alert_webhook_secret = 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw' WHERE id = $1")
+        .bind(user)
+        .bind(&url)
+        .execute(&pool)
+        .await
+        .unwrap();
+    app.insert_usage(user, AI_TOKENS_EVENT, 85, &now()).await;
+    let worker = tally::usage::alert_webhooks::AlertWebhookWorker::new(
+        pool.clone(),
+        false,
+        Duration::from_millis(5),
+        Duration::from_millis(5),
+    );
+    assert_eq!(worker.step().await.unwrap(), 1);
+    let (status, error): (String, Option<String>) =
+        sqlx::query_as("SELECT status, last_error FROM alert_webhooks").fetch_one(&pool).await.unwrap();
+    assert_eq!(status, "pending");
+    assert!(error.as_deref().unwrap_or_default().contains("refused"), "{error:?}");
+    assert_eq!(seen.lock().unwrap().len(), 0, "nothing reached the receiver");
 }
 
 #[sqlx::test(migrator = "tally::db::MIGRATOR")]

@@ -87,6 +87,104 @@ async fn failed_logins_are_throttled_per_account_and_address(pool: PgPool) {
     assert_eq!(app.count("login_failures").await, limit);
 }
 
+/// Finding 1: the attempt is counted before the password is checked, atomically. 30 parallel guesses (over
+/// three app instances, one database) get exactly the limit's worth of password checks; before, all 30 got 401.
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn parallel_guesses_get_no_more_password_checks_than_the_limit(pool: PgPool) {
+    let apps: Vec<std::sync::Arc<TestApp>> = (0..3).map(|_| std::sync::Arc::new(app(pool.clone()))).collect();
+    apps[0].signup("ada@example.com").await;
+    let guesses: Vec<_> = (0..30)
+        .map(|i| {
+            let app = apps[i % apps.len()].clone();
+            tokio::spawn(async move { login_from(&app, "198.51.100.1", "ada@example.com", "wrong password").await })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for guess in guesses {
+        statuses.push(guess.await.unwrap().status);
+    }
+    let checked = statuses.iter().filter(|s| **s == StatusCode::UNAUTHORIZED).count() as i64;
+    let throttled = statuses.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count() as i64;
+    assert_eq!((checked, throttled), (tally::auth::throttle::MAX_PER_ACCOUNT_AND_ADDRESS, 30 - checked));
+    assert_eq!(apps[0].count("login_failures").await, tally::auth::throttle::MAX_PER_ACCOUNT_AND_ADDRESS);
+}
+
+/// Finding 10: one IPv6 subscriber holds a /64 and can use any address in it; attempts count per /64.
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn ipv6_guesses_count_per_64_not_per_address(pool: PgPool) {
+    let app = app(pool);
+    app.signup("ada@example.com").await;
+    for n in 1..=tally::auth::throttle::MAX_PER_ACCOUNT_AND_ADDRESS {
+        let reply = login_from(&app, &format!("[2001:db8:7:7::{n:x}]"), "ada@example.com", "wrong password").await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.body);
+    }
+    let next = login_from(&app, "[2001:db8:7:7:ffff:ffff:ffff:ffff]", "ada@example.com", PASSWORD).await;
+    assert_eq!(next.status, StatusCode::TOO_MANY_REQUESTS, "{}", next.body);
+    let other_network = login_from(&app, "[2001:db8:7:8::1]", "ada@example.com", PASSWORD).await;
+    assert_eq!(other_network.status, StatusCode::OK, "{}", other_network.body);
+}
+
+/// Finding 2: an unknown email costs the same password hashing as a wrong password, so the answer's time does not
+/// tell which emails have accounts. Compared as medians of the same machine's runs, not against a fixed time.
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn an_unknown_email_takes_as_long_as_a_wrong_password(pool: PgPool) {
+    let app = app(pool);
+    app.signup("ada@example.com").await;
+    let mut known = Vec::new();
+    let mut unknown = Vec::new();
+    for n in 0..4 {
+        // A fresh address each time, so the throttle never answers first.
+        let started = std::time::Instant::now();
+        let reply = login_from(&app, &format!("198.51.100.{}", 10 + n), "ada@example.com", "wrong password").await;
+        known.push(started.elapsed());
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+        let started = std::time::Instant::now();
+        let reply = login_from(&app, &format!("198.51.100.{}", 50 + n), "nobody@example.com", "wrong password").await;
+        unknown.push(started.elapsed());
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    }
+    known.sort();
+    unknown.sort();
+    let (known, unknown) = (known[2], unknown[2]);
+    // Before the fix the unknown email skipped Argon2: about a tenth of the time.
+    assert!(unknown * 2 >= known, "unknown email {unknown:?} against wrong password {known:?}");
+}
+
+/// A sign-up request from `ip`.
+async fn signup_from(app: &TestApp, ip: &str, email: &str) -> Reply {
+    let body = format!("email={}&password={}", email.replace('@', "%40"), PASSWORD.replace(' ', "+"));
+    let mut request = Request::post("/api/auth/signup")
+        .header(header::HOST, "127.0.0.1:3000")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(body))
+        .unwrap();
+    let peer: std::net::SocketAddr = format!("{ip}:40000").parse().unwrap();
+    request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+    app.send(request).await
+}
+
+/// Finding 7 (and 2's sign-up half): sign-ups are limited per address and overall, every attempt counted before any
+/// hashing, taken emails included, so "taken" cannot be asked about at speed.
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn sign_ups_are_throttled_per_address_and_overall(pool: PgPool) {
+    let config =
+        tally::config::Config { signups_per_address_per_hour: 3, signups_per_hour: 5, ..crate::support::config() };
+    let app = crate::support::app_with(pool, config);
+    assert_eq!(signup_from(&app, "198.51.100.1", "one@example.com").await.status, StatusCode::OK);
+    assert_eq!(signup_from(&app, "198.51.100.1", "one@example.com").await.status, StatusCode::CONFLICT);
+    assert_eq!(signup_from(&app, "198.51.100.1", "two@example.com").await.status, StatusCode::OK);
+    let refused = signup_from(&app, "198.51.100.1", "three@example.com").await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS, "{}", refused.body);
+    assert!(refused.headers.contains_key(header::RETRY_AFTER));
+    // The same /64 is the same address.
+    assert_eq!(signup_from(&app, "[2001:db8:1:1::1]", "four@example.com").await.status, StatusCode::OK);
+    assert_eq!(signup_from(&app, "[2001:db8:1:1::2]", "five@example.com").await.status, StatusCode::OK);
+    // Five attempts overall: a sixth address is refused too.
+    let overall = signup_from(&app, "203.0.113.9", "six@example.com").await;
+    assert_eq!(overall.status, StatusCode::TOO_MANY_REQUESTS, "{}", overall.body);
+    assert_eq!(app.count("users").await, 4);
+}
+
 #[sqlx::test(migrator = "tally::db::MIGRATOR")]
 async fn one_address_guessing_many_accounts_is_throttled(pool: PgPool) {
     let app = app(pool);
@@ -188,4 +286,37 @@ async fn logs_hold_no_passwords_keys_or_secrets_even_at_trace_level(pool: PgPool
     for secret in [PASSWORD, wrong_password, key.as_str(), forged.as_str(), stripe_key, WEBHOOK_SECRET, session_id] {
         assert!(!text.contains(secret), "the log contains {secret:?}");
     }
+}
+
+/// Finding 6: a crafted `/login?__path=…&__err=…` link cannot put its text in the sign-in form; the errors the
+/// server itself sends back to a form without JavaScript (signed) are still shown.
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn only_form_errors_the_server_sent_are_shown_on_a_page(pool: PgPool) {
+    use base64::Engine;
+    let app = app(pool);
+    app.signup("ada@example.com").await;
+    let forged =
+        serde_json::json!({"error": "Your account is locked. Call +1 555 0100 to unlock it.", "code": "invalid"});
+    let encoded = base64::engine::general_purpose::URL_SAFE.encode(forged.to_string());
+    let page = app.get(&format!("/login?__path=%2Fapi%2Fauth%2Flogin&__err={encoded}"), None).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(!page.body.contains("Call +1 555"), "the forged text is on the page");
+    let with_sig = app.get(&format!("/login?__path=%2Fapi%2Fauth%2Flogin&__err={encoded}&__sig=AAAA"), None).await;
+    assert!(!with_sig.body.contains("Call +1 555"), "a made-up signature passes");
+
+    // The real thing: a form posted without JavaScript, answered by a redirect back with the error, signed.
+    let request = Request::post("/api/auth/login")
+        .header(header::HOST, "127.0.0.1:3000")
+        .header(header::ACCEPT, "text/html")
+        .header(header::REFERER, "http://127.0.0.1:3000/login")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from("email=ada%40example.com&password=wrong+password"))
+        .unwrap();
+    let reply = app.send(request).await;
+    assert!(reply.status.is_redirection(), "{} {}", reply.status, reply.body);
+    let location = reply.headers[header::LOCATION].to_str().unwrap().to_owned();
+    assert!(location.contains("__err=") && location.contains("__sig="), "{location}");
+    let path = location.trim_start_matches("http://127.0.0.1:3000");
+    let page = app.get(path, None).await;
+    assert!(page.body.contains("email or password is incorrect"), "{}", page.body);
 }
