@@ -36,6 +36,22 @@ pub struct Config {
     #[arg(long, env = "TALLY_ALERT_WEBHOOK_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set)]
     pub alert_webhook_allow_private: bool,
 
+    /// Seconds a client may take to send a request's head (its line and headers) before the connection is closed.
+    #[arg(long, env = "TALLY_HEADER_READ_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_secs: u64,
+
+    /// Seconds a request body may stop arriving before the request is ended.
+    #[arg(long, env = "TALLY_BODY_READ_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_read_timeout_secs: u64,
+
+    /// Largest request head (request line and headers) in bytes; larger ones are answered 431.
+    #[arg(long, env = "TALLY_MAX_HEADER_BYTES", default_value_t = 16_384)]
+    pub max_header_bytes: usize,
+
+    /// Connections served at once; more wait in the kernel's backlog. Keep it below `ulimit -n`.
+    #[arg(long, env = "TALLY_MAX_CONNECTIONS", default_value_t = 4_096, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
+
     /// Sign-ups allowed per client address (IPv6: per /64) per hour.
     #[arg(long, env = "TALLY_SIGNUPS_PER_ADDRESS_PER_HOUR", default_value_t = 10)]
     pub signups_per_address_per_hour: i64,
@@ -166,6 +182,15 @@ pub fn parse_usage_limit(raw: &str) -> Result<UsageLimit, AppError> {
 }
 
 impl Config {
+    /// The limits connections are served with (see `connections.rs`).
+    pub fn connection_limits(&self) -> crate::connections::ConnectionLimits {
+        crate::connections::ConnectionLimits {
+            header_read_timeout: std::time::Duration::from_secs(self.header_read_timeout_secs),
+            max_header_bytes: self.max_header_bytes,
+            max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+        }
+    }
+
     /// The sign-up limits (`TALLY_SIGNUPS_PER_ADDRESS_PER_HOUR`, `TALLY_SIGNUPS_PER_HOUR`).
     pub fn signup_limits(&self) -> crate::auth::throttle::SignupLimits {
         crate::auth::throttle::SignupLimits {
@@ -204,6 +229,10 @@ impl std::fmt::Debug for Config {
             .field("alert_webhook_allow_private", &self.alert_webhook_allow_private)
             .field("signups_per_address_per_hour", &self.signups_per_address_per_hour)
             .field("signups_per_hour", &self.signups_per_hour)
+            .field("header_read_timeout_secs", &self.header_read_timeout_secs)
+            .field("body_read_timeout_secs", &self.body_read_timeout_secs)
+            .field("max_header_bytes", &self.max_header_bytes)
+            .field("max_connections", &self.max_connections)
             .field("event_types", &self.event_types)
             .field("ingest_writers", &self.ingest_writers)
             .field("openai_api_key", &self.openai_api_key.as_ref().map(|_| "<hidden>"))
@@ -260,6 +289,10 @@ mod tests {
             alert_webhook_allow_private: false,
             signups_per_address_per_hour: 10,
             signups_per_hour: 1_000,
+            header_read_timeout_secs: 10,
+            body_read_timeout_secs: 30,
+            max_header_bytes: 16_384,
+            max_connections: 4_096,
             event_types: vec!["ai_token_consumed".into()],
             ingest_writers: 2,
             openai_api_key: Some("sk-s3cret".into()),

@@ -62,6 +62,10 @@ pub fn router(state: AppState, routes: Vec<AxumRouteListing>) -> Router {
         .layer(middleware::from_fn(crate::error::server_fn_error_status))
         .layer(middleware::from_fn_with_state(state.clone(), refuse_cross_site_writes))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        // A body that stops arriving ends its request (`connections.rs` bounds the head).
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(std::time::Duration::from_secs(
+            state.config.body_read_timeout_secs,
+        )))
         .layer(middleware::from_fn(body_too_large_as_json))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_as_internal_error))
         .layer(SetResponseHeaderLayer::overriding(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
@@ -190,6 +194,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         )
         .run(),
     );
+    let limits = config.connection_limits();
     let state = AppState::new(leptos_options, pool.clone(), config);
     let app = router(state, routes());
 
@@ -211,10 +216,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!("Tally listening on http://{addr}");
-    // The peer address feeds sign-in throttling.
-    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    crate::connections::serve(listener, app, limits, shutdown_signal()).await?;
     deletion.abort();
     pruning.abort();
     // In-flight calls are safe to abandon: their leases expire and the identifiers make the retries count once.

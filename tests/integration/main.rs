@@ -11,6 +11,7 @@ mod billing_clock;
 mod checkout;
 mod cli;
 mod config_files;
+mod connections;
 mod dashboard;
 mod delivery;
 mod ingest;

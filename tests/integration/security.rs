@@ -320,3 +320,21 @@ async fn only_form_errors_the_server_sent_are_shown_on_a_page(pool: PgPool) {
     let page = app.get(path, None).await;
     assert!(page.body.contains("email or password is incorrect"), "{}", page.body);
 }
+
+/// Finding 9: every `/api/…` error is `{"error","code"}`, also the rejections axum's extractors answer in plain text
+/// (a duplicate query parameter on the CSV export, a wrong method).
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn api_errors_are_json_even_from_the_frameworks_extractors(pool: PgPool) {
+    let app = app(pool);
+    let cookie = app.signup("ada@example.com").await;
+    let duplicate = app
+        .get(&format!("{}?period=2026-11-30T15:00:00Z&period=x", tally::usage::history::EXPORT_PATH), Some(&cookie))
+        .await;
+    assert_eq!(duplicate.status, StatusCode::BAD_REQUEST, "{}", duplicate.body);
+    assert!(duplicate.headers[header::CONTENT_TYPE].to_str().unwrap().starts_with("application/json"));
+    assert_eq!(duplicate.json()["code"], "bad_request");
+    let request = Request::delete("/api/stripe/webhook").header(header::HOST, "127.0.0.1:3000").body(Body::empty());
+    let wrong_method = app.send(request.unwrap()).await;
+    assert_eq!(wrong_method.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(wrong_method.json()["error"].as_str().is_some_and(|e| !e.is_empty()), "{}", wrong_method.body);
+}

@@ -43,6 +43,10 @@ pub fn config() -> Config {
         // The suite signs up thousands of accounts from one (unknown) address; the limits' own test lowers these.
         signups_per_address_per_hour: 1_000_000,
         signups_per_hour: 1_000_000,
+        header_read_timeout_secs: 10,
+        body_read_timeout_secs: 30,
+        max_header_bytes: 16_384,
+        max_connections: 4_096,
         event_types: vec![AI_TOKENS_EVENT.into(), "image_generated".into()],
         ingest_writers: 2,
         openai_api_key: None,
