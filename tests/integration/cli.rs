@@ -227,8 +227,10 @@ async fn setup_worker_and_reconcile_from_the_command_line(pool: PgPool) {
     let app = crate::support::app(pool.clone());
     app.signup("cli-delivery@example.com").await;
     let user = app.user_id("cli-delivery@example.com").await;
+    // One instant for the three: without a subscription, batches never sum across a second.
+    let now = chrono::Utc::now().to_rfc3339();
     for quantity in [100, 200, 300] {
-        app.insert_usage(user, "ai_token_consumed", quantity, &chrono::Utc::now().to_rfc3339()).await;
+        app.insert_usage(user, "ai_token_consumed", quantity, &now).await;
     }
     let drained = run(&["worker", "--drain", "--timeout-seconds", "60"]).await.unwrap();
     assert!(drained.status.success(), "{}", text(&drained));

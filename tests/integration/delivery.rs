@@ -118,6 +118,18 @@ async fn due_events_of_a_customer_go_out_as_one_meter_event_carrying_their_sum(p
     let app = app(pool.clone());
     let (a, customer_a) = customer(&app, "a@example.com").await;
     let (b, customer_b) = customer(&app, "b@example.com").await;
+    // Subscribed customers: their usage is summed per billing period (without a subscription Stripe bills each
+    // event by its own time, so batches never span a second, and 50 records may cross one).
+    sqlx::query(
+        "INSERT INTO subscriptions (stripe_subscription_id, stripe_customer_id, user_id, status, current_period_start,
+                                    current_period_end, state_at)
+         SELECT 'sub_' || id, stripe_customer_id, id, 'active', now() - interval '1 day', now() + interval '29 days',
+                now()
+         FROM users",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
     for i in 1..=50 {
         record(&app, a, i).await;
     }
