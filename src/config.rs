@@ -182,23 +182,6 @@ pub fn parse_usage_limit(raw: &str) -> Result<UsageLimit, AppError> {
 }
 
 impl Config {
-    /// The limits connections are served with (see `connections.rs`).
-    pub fn connection_limits(&self) -> crate::connections::ConnectionLimits {
-        crate::connections::ConnectionLimits {
-            header_read_timeout: std::time::Duration::from_secs(self.header_read_timeout_secs),
-            max_header_bytes: self.max_header_bytes,
-            max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
-        }
-    }
-
-    /// The sign-up limits (`TALLY_SIGNUPS_PER_ADDRESS_PER_HOUR`, `TALLY_SIGNUPS_PER_HOUR`).
-    pub fn signup_limits(&self) -> crate::auth::throttle::SignupLimits {
-        crate::auth::throttle::SignupLimits {
-            per_address: self.signups_per_address_per_hour,
-            overall: self.signups_per_hour,
-        }
-    }
-
     /// The configured webhook secrets, trimmed, without empty entries.
     pub fn stripe_webhook_secrets(&self) -> Vec<String> {
         self.stripe_webhook_secret

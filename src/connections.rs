@@ -32,6 +32,17 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
 }
 
+impl ConnectionLimits {
+    /// The limits `config` sets (`TALLY_HEADER_READ_TIMEOUT_SECS`, `TALLY_MAX_HEADER_BYTES`, `TALLY_MAX_CONNECTIONS`).
+    pub fn from_config(config: &crate::config::Config) -> ConnectionLimits {
+        ConnectionLimits {
+            header_read_timeout: Duration::from_secs(config.header_read_timeout_secs),
+            max_header_bytes: config.max_header_bytes,
+            max_connections: usize::try_from(config.max_connections).unwrap_or(usize::MAX),
+        }
+    }
+}
+
 /// Serves `app` on `listener` until `shutdown` completes, then lets open connections finish their requests.
 /// Each request carries its peer address as `ConnectInfo<SocketAddr>` (sign-in throttling counts by it).
 pub async fn serve(

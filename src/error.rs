@@ -273,6 +273,13 @@ struct WireError {
 /// Largest request body accepted anywhere (server functions included).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
+/// The `T` the server put in the leptos context of this request (each domain's handles, see `state.rs`).
+#[cfg(feature = "ssr")]
+pub fn from_context<T: Clone + Send + Sync + 'static>() -> Result<T, AppError> {
+    leptos::prelude::use_context::<T>()
+        .ok_or_else(|| AppError::internal(format!("{} missing from the leptos context", std::any::type_name::<T>())))
+}
+
 /// Most characters of a caller's input an error message quotes.
 pub const MAX_QUOTED_CHARS: usize = 64;
 

@@ -246,26 +246,27 @@ leptos_i18n::declare_locales! {
 
 pub use i18n::{t, t_string, td_string, use_i18n, I18nContextProvider, Locale};
 
-/// `1234567` → `1,234,567` (both locales group by thousands with a comma).
+/// The language `crate::format` formats for on a page in `locale`.
+pub fn lang(locale: Locale) -> crate::format::Lang {
+    match locale {
+        Locale::ja => crate::format::Lang::Ja,
+        Locale::en => crate::format::Lang::En,
+    }
+}
+
+/// `1234567` → `1,234,567` in `locale` ([`crate::format::thousands`]).
 pub fn number(_locale: Locale, value: i64) -> String {
-    crate::components::usage_meter::format_thousands(value)
+    crate::format::thousands(value)
 }
 
-/// A yen amount: `¥1,500` in English, `1,500円` in Japanese; other currencies as [`crate::billing::format_money`].
+/// An amount in minor units of `currency`, as `locale` writes it ([`crate::format::money`]).
 pub fn money(locale: Locale, amount_minor: i64, currency: &str) -> String {
-    match (locale, currency.to_ascii_lowercase().as_str()) {
-        (Locale::ja, "jpy") => format!("{}円", number(locale, amount_minor)),
-        _ => crate::billing::format_money(amount_minor, currency),
-    }
+    crate::format::money(lang(locale), amount_minor, currency)
 }
 
-/// A `YYYY-MM-DD` day: unchanged in English (unambiguous), `2026年11月25日` in Japanese.
+/// A `YYYY-MM-DD` day as `locale` writes it ([`crate::format::day`]).
 pub fn day(locale: Locale, iso_day: &str) -> String {
-    let mut parts = iso_day.splitn(3, '-').map(|p| p.trim_start_matches('0'));
-    match (locale, parts.next(), parts.next(), parts.next()) {
-        (Locale::ja, Some(year), Some(month), Some(day)) => format!("{year}年{month}月{day}日"),
-        _ => iso_day.to_owned(),
-    }
+    crate::format::day(lang(locale), iso_day)
 }
 
 /// The UTC day of `at`, as [`day`] shows it.

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod billing;
 pub mod components;
 pub mod error;
+pub mod format;
 pub mod i18n;
 pub mod pages;
 pub mod usage;
@@ -27,6 +28,8 @@ pub mod db;
 pub mod outbound;
 #[cfg(feature = "ssr")]
 pub mod page_errors;
+#[cfg(feature = "ssr")]
+pub mod retry;
 #[cfg(feature = "ssr")]
 pub mod server;
 #[cfg(feature = "ssr")]

@@ -16,12 +16,27 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use sqlx::PgPool;
 
-use crate::state::AppState;
-
 const KEY_NAME: &str = "page_errors";
 
+/// The signing key, read from the database on first use.
+#[derive(Clone)]
+pub struct PageErrorKey {
+    pool: PgPool,
+    key: std::sync::Arc<tokio::sync::OnceCell<Vec<u8>>>,
+}
+
+impl PageErrorKey {
+    pub fn new(pool: PgPool) -> Self {
+        PageErrorKey { pool, key: Default::default() }
+    }
+
+    async fn get(&self) -> Result<Vec<u8>, sqlx::Error> {
+        self.key.get_or_try_init(|| load_key(&self.pool)).await.cloned()
+    }
+}
+
 /// The signing key: created once per database, the same for every instance.
-pub async fn load_key(pool: &PgPool) -> Result<Vec<u8>, sqlx::Error> {
+async fn load_key(pool: &PgPool) -> Result<Vec<u8>, sqlx::Error> {
     let mut fresh = [0_u8; 32];
     getrandom::fill(&mut fresh).map_err(|err| sqlx::Error::Protocol(format!("no randomness: {err}")))?;
     sqlx::query("INSERT INTO server_keys (name, key) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
@@ -71,8 +86,8 @@ fn verified(key: &[u8], query: &str) -> bool {
 }
 
 /// The middleware: drops unsigned errors from requests and signs the errors of redirects.
-pub async fn guard(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let key = match state.page_error_key().await {
+pub async fn guard(State(key): State<PageErrorKey>, mut request: Request, next: Next) -> Response {
+    let key = match key.get().await {
         Ok(key) => key,
         Err(err) => {
             tracing::error!(error = %err, "no page error key; form errors from URLs are not shown");

@@ -51,10 +51,21 @@ pub fn router(state: AppState, routes: Vec<AxumRouteListing>) -> Router {
                 .precompressed_br()
                 .precompressed_gzip()
         })
-        .leptos_routes_with_context(&state, routes, || provide_context(crate::usage::period::RequestMemo::default()), {
-            let options = state.leptos_options.clone();
-            move || shell(options.clone())
-        })
+        .leptos_routes_with_context(
+            &state,
+            routes,
+            {
+                let state = state.clone();
+                move || {
+                    state.provide_domains();
+                    provide_context(crate::usage::period::RequestMemo::default());
+                }
+            },
+            {
+                let options = state.leptos_options.clone();
+                move || shell(options.clone())
+            },
+        )
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
         .layer(middleware::from_fn_with_state(state.clone(), crate::page_errors::guard))
         .layer(middleware::from_fn(crate::auth::session::renew_while_used))
@@ -194,7 +205,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         )
         .run(),
     );
-    let limits = config.connection_limits();
+    let limits = crate::connections::ConnectionLimits::from_config(&config);
     let state = AppState::new(leptos_options, pool.clone(), config);
     let app = router(state, routes());
 

@@ -4,9 +4,9 @@
 use serde::Deserialize;
 use uuid::Uuid;
 
+use super::AiState;
 use crate::config::Config;
 use crate::error::AppError;
-use crate::state::AppState;
 
 /// Name the offline model reports.
 pub const OFFLINE_MODEL: &str = "tally-offline-echo";
@@ -45,7 +45,7 @@ pub struct Reservation {
 /// by N completions. The bound: the prompt's tokens plus `max_tokens`, which is lowered to what is left (the
 /// offline model's answer is known before the call, so exactly that). [`release`] settles it once the real count
 /// is recorded (or the call failed).
-pub async fn reserve(state: &AppState, user_id: Uuid, prompt: &str) -> Result<Reservation, AppError> {
+pub async fn reserve(state: &AiState, user_id: Uuid, prompt: &str) -> Result<Reservation, AppError> {
     let mut tx = state.pool.begin().await?;
     let limit: Option<Option<i64>> = sqlx::query_scalar("SELECT usage_limit FROM users WHERE id = $1 FOR UPDATE")
         .bind(user_id)

@@ -9,6 +9,26 @@ use crate::error::AppError;
 #[cfg(feature = "ssr")]
 pub mod generate;
 
+/// What the AI route needs from the server: the database, the settings, an HTTP client for the provider, and the
+/// usage period clock and writer its tokens are recorded with.
+#[cfg(feature = "ssr")]
+#[derive(Clone)]
+pub struct AiState {
+    pub pool: sqlx::PgPool,
+    pub config: std::sync::Arc<crate::config::Config>,
+    pub http: reqwest::Client,
+    pub clock: std::sync::Arc<crate::usage::period::PeriodClock>,
+    pub writer: crate::usage::writer::UsageWriter,
+}
+
+#[cfg(feature = "ssr")]
+impl AiState {
+    /// This request's, from the leptos context.
+    pub fn current() -> Result<AiState, AppError> {
+        crate::error::from_context()
+    }
+}
+
 /// Longest prompt accepted, in characters.
 pub const MAX_PROMPT_CHARS: usize = 8_000;
 
@@ -32,7 +52,7 @@ pub async fn generate(prompt: String) -> Result<Generation, AppError> {
     use crate::usage::writer::{LimitPolicy, NewEvent};
     use crate::usage::AI_TOKENS_EVENT;
 
-    let state = crate::state::AppState::current()?;
+    let state = AiState::current()?;
     crate::auth::caller::require_json(&crate::auth::caller::request_headers().await?)?;
     let user_id = crate::auth::caller::user_id(&state.pool).await?;
     let prompt = prompt.trim();

@@ -10,6 +10,22 @@ use uuid::Uuid;
 
 use crate::error::{AppError, Problem};
 
+/// What accounts need from the server: the database and the settings.
+#[cfg(feature = "ssr")]
+#[derive(Clone)]
+pub struct AuthState {
+    pub pool: sqlx::PgPool,
+    pub config: std::sync::Arc<crate::config::Config>,
+}
+
+#[cfg(feature = "ssr")]
+impl AuthState {
+    /// This request's, from the leptos context.
+    pub fn current() -> Result<AuthState, AppError> {
+        crate::error::from_context()
+    }
+}
+
 #[cfg(feature = "ssr")]
 pub mod api_key;
 #[cfg(feature = "ssr")]
@@ -102,18 +118,14 @@ pub fn check_new_password(password: &str) -> Result<(), AppError> {
 /// Creates an account with the configured default usage limit and signs it in.
 #[server(endpoint = "auth/signup")]
 pub async fn signup(email: String, password: String) -> Result<(), AppError> {
-    let state = crate::state::AppState::current()?;
+    let state = AuthState::current()?;
     let parts: axum::http::request::Parts = leptos_axum::extract().await.map_err(AppError::internal)?;
     let ip = throttle::client_ip(&parts, state.config.trust_forwarded_for);
     // Counted before any hashing, taken emails included: sign-ups cannot be used to list accounts at speed.
-    throttle::begin_signup(&state.pool, ip, state.config.signup_limits()).await?;
+    throttle::begin_signup(&state.pool, ip, throttle::SignupLimits::from_config(&state.config)).await?;
+    // No Stripe call here: the delivery worker creates the customers of new accounts (and Checkout its user's), so
+    // sign-up never waits for Stripe and accounts depend on no other domain.
     let user_id = users::register(&state.pool, &email, &password, state.config.default_usage_limit.0).await?;
-    if let (Some(stripe), true) = (&state.stripe, state.config.delivery.create_customers) {
-        // The account exists either way; a customer Stripe could not create now is created by the worker later.
-        if let Err(err) = crate::billing::customers::ensure(&state.pool, stripe, user_id).await {
-            tracing::warn!(user = %user_id, error = %err, "no Stripe customer at sign-up; the worker will retry");
-        }
-    }
     session::sign_in(user_id).await?;
     leptos_axum::redirect("/");
     Ok(())
@@ -122,7 +134,7 @@ pub async fn signup(email: String, password: String) -> Result<(), AppError> {
 /// Signs in with email and password. Failed attempts are throttled per account and address (see [`throttle`]).
 #[server(endpoint = "auth/login")]
 pub async fn login(email: String, password: String) -> Result<(), AppError> {
-    let state = crate::state::AppState::current()?;
+    let state = AuthState::current()?;
     let parts: axum::http::request::Parts = leptos_axum::extract().await.map_err(AppError::internal)?;
     let ip = throttle::client_ip(&parts, state.config.trust_forwarded_for);
     // Throttled as typed when it is not an email at all, so garbage cannot dodge the per-account count.
@@ -147,7 +159,7 @@ pub async fn logout() -> Result<(), AppError> {
 /// The signed-in user, or `None`.
 #[server(endpoint = "auth/me")]
 pub async fn get_current_user() -> Result<Option<CurrentUser>, AppError> {
-    let state = crate::state::AppState::current()?;
+    let state = AuthState::current()?;
     match session::user_id().await? {
         Some(id) => Ok(users::find(&state.pool, id).await?),
         None => Ok(None),
@@ -157,7 +169,7 @@ pub async fn get_current_user() -> Result<Option<CurrentUser>, AppError> {
 /// The signed-in user's API keys.
 #[server(endpoint = "keys/list")]
 pub async fn list_api_keys() -> Result<Vec<ApiKeyInfo>, AppError> {
-    let state = crate::state::AppState::current()?;
+    let state = AuthState::current()?;
     let user_id = session::require_user_id().await?;
     api_key::list(&state.pool, user_id).await
 }
@@ -165,7 +177,7 @@ pub async fn list_api_keys() -> Result<Vec<ApiKeyInfo>, AppError> {
 /// Creates an API key for the signed-in user; the answer holds the secret, which is never shown again.
 #[server(endpoint = "keys/create")]
 pub async fn create_api_key(name: String) -> Result<CreatedApiKey, AppError> {
-    let state = crate::state::AppState::current()?;
+    let state = AuthState::current()?;
     let user_id = session::require_user_id().await?;
     let (info, secret) = api_key::create(&state.pool, user_id, &name).await?;
     Ok(CreatedApiKey { info, secret })
@@ -174,7 +186,7 @@ pub async fn create_api_key(name: String) -> Result<CreatedApiKey, AppError> {
 /// Revokes one of the signed-in user's API keys; it stops working at once.
 #[server(endpoint = "keys/revoke")]
 pub async fn revoke_api_key(id: Uuid) -> Result<(), AppError> {
-    let state = crate::state::AppState::current()?;
+    let state = AuthState::current()?;
     let user_id = session::require_user_id().await?;
     api_key::revoke(&state.pool, user_id, id).await
 }

@@ -163,6 +163,13 @@ pub struct SignupLimits {
     pub overall: i64,
 }
 
+impl SignupLimits {
+    /// The limits `config` sets (`TALLY_SIGNUPS_PER_ADDRESS_PER_HOUR`, `TALLY_SIGNUPS_PER_HOUR`).
+    pub fn from_config(config: &crate::config::Config) -> SignupLimits {
+        SignupLimits { per_address: config.signups_per_address_per_hour, overall: config.signups_per_hour }
+    }
+}
+
 /// How far back sign-up attempts count.
 pub const SIGNUP_WINDOW_SECS: i64 = 60 * 60;
 

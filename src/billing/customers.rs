@@ -78,11 +78,11 @@ pub async fn create_missing(
                 .bind(err.to_string())
                 .fetch_one(pool)
                 .await?;
-                let delay = crate::billing::delivery::backoff(
+                let delay = crate::retry::backoff(
                     attempts,
                     std::time::Duration::from_secs(60),
                     std::time::Duration::from_secs(6 * 3600),
-                    crate::billing::delivery::random_unit(),
+                    crate::retry::random_unit(),
                 );
                 sqlx::query("UPDATE users SET customer_next_attempt_at = $2 WHERE id = $1")
                     .bind(user)

@@ -30,10 +30,11 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::billing::stripe::{MeterEvent, StripeClient, StripeError};
-use crate::billing::LIVE_STATUSES;
 use crate::clock::Clock;
 use crate::config::DeliveryConfig;
 use crate::error::AppError;
+use crate::retry::{backoff, random_unit};
+use crate::usage::period::LIVE_STATUSES;
 
 /// Stripe takes meter events from the past 35 days; older ones are expired with this margin left for the call.
 const STRIPE_WINDOW: chrono::Duration = chrono::Duration::days(35);
@@ -776,21 +777,6 @@ impl CallBudget {
     }
 }
 
-/// The delay before attempt `attempts + 1`: `base × 2^(attempts − 1)`, at most `max`, scaled into its upper
-/// half by `unit` (0–1) so that workers retrying together spread out.
-pub fn backoff(attempts: i32, base: Duration, max: Duration, unit: f64) -> Duration {
-    let exponent = attempts.saturating_sub(1).clamp(0, 30) as u32;
-    let full = base.saturating_mul(2_u32.saturating_pow(exponent)).min(max);
-    full.mul_f64(0.5 + 0.5 * unit.clamp(0.0, 1.0))
-}
-
-/// A uniform random number in `[0, 1)` from the operating system's generator (retry jitter, the double's faults).
-pub fn random_unit() -> f64 {
-    let mut bytes = [0_u8; 8];
-    getrandom::fill(&mut bytes).unwrap_or_default();
-    (u64::from_le_bytes(bytes) >> 11) as f64 / (1_u64 << 53) as f64
-}
-
 /// A due outbox row with what batching needs.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DueRow {
@@ -1143,16 +1129,5 @@ mod tests {
             CallVerdict::of(&Err(StripeError::Decode("HTTP 200, not JSON".into()))),
             CallVerdict::Unknown { retry: false }
         );
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap_with_jitter_in_the_upper_half() {
-        let base = Duration::from_millis(100);
-        let max = Duration::from_secs(1);
-        assert_eq!(backoff(1, base, max, 1.0), Duration::from_millis(100));
-        assert_eq!(backoff(3, base, max, 1.0), Duration::from_millis(400));
-        assert_eq!(backoff(3, base, max, 0.0), Duration::from_millis(200));
-        assert_eq!(backoff(30, base, max, 1.0), max);
-        assert_eq!(backoff(i32::MAX, base, max, 0.5), Duration::from_millis(750));
     }
 }

@@ -355,7 +355,7 @@ async fn flag_second_live_subscription(
     )
     .bind(subscription)
     .bind(user)
-    .bind(crate::billing::LIVE_STATUSES)
+    .bind(crate::usage::period::LIVE_STATUSES)
     .fetch_one(&mut **tx)
     .await?;
     if let Some(other) = other {

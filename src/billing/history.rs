@@ -36,7 +36,7 @@ pub async fn overview(pool: &PgPool, user_id: Uuid, timezone: &str) -> Result<Bi
     .await?;
     let live: i64 = sqlx::query_scalar("SELECT count(*) FROM subscriptions WHERE user_id = $1 AND status = ANY($2)")
         .bind(user_id)
-        .bind(super::LIVE_STATUSES)
+        .bind(crate::usage::period::LIVE_STATUSES)
         .fetch_one(pool)
         .await?;
     Ok(BillingOverview {
@@ -53,7 +53,7 @@ pub async fn overview(pool: &PgPool, user_id: Uuid, timezone: &str) -> Result<Bi
 /// expires them after 24) is handed out again, and a user with a live or pending subscription is refused, since a
 /// second subscription would bill every unit twice.
 pub async fn open_checkout(
-    state: &crate::state::AppState,
+    state: &super::BillingState,
     stripe: &super::stripe::StripeClient,
     price_id: &str,
     user_id: Uuid,
@@ -73,7 +73,7 @@ pub async fn open_checkout(
          FROM users u WHERE u.id = $1",
     )
     .bind(user_id)
-    .bind(super::LIVE_STATUSES)
+    .bind(crate::usage::period::LIVE_STATUSES)
     .fetch_optional(&mut *tx)
     .await?
     .ok_or(AppError::Unauthorized)?;

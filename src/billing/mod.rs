@@ -7,6 +7,25 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::AppError;
 
+/// What billing needs from the server: the database, the settings, Stripe (when configured) and usage's handles
+/// (billing reports usage and its periods).
+#[cfg(feature = "ssr")]
+#[derive(Clone)]
+pub struct BillingState {
+    pub pool: sqlx::PgPool,
+    pub config: std::sync::Arc<crate::config::Config>,
+    pub stripe: Option<stripe::StripeClient>,
+    pub usage: crate::usage::UsageState,
+}
+
+#[cfg(feature = "ssr")]
+impl BillingState {
+    /// This request's, from the leptos context.
+    pub fn current() -> Result<BillingState, AppError> {
+        crate::error::from_context()
+    }
+}
+
 #[cfg(feature = "ssr")]
 pub mod customers;
 #[cfg(feature = "ssr")]
@@ -97,80 +116,34 @@ pub struct MeterSync {
 /// The signed-in user's subscription and invoices.
 #[server(endpoint = "billing/overview")]
 pub async fn get_billing_overview() -> Result<BillingOverview, AppError> {
-    let state = crate::state::AppState::current()?;
+    let state = BillingState::current()?;
     let user_id = crate::auth::session::require_user_id().await?;
     let mut overview = history::overview(&state.pool, user_id, &state.config.billing_timezone).await?;
     // This period's events: what the customer is about to be billed for.
-    let period = crate::usage::period::current(&state, user_id).await?;
+    let period = crate::usage::period::current(&state.usage, user_id).await?;
     overview.sync = status::for_user(&state.pool, user_id, period.kind(), period.start, period.end).await?;
     overview.sync.stripe_configured = state.stripe.is_some();
-    let live = overview.subscription.as_ref().is_some_and(|s| LIVE_STATUSES.contains(&s.status.as_str()));
+    let live = overview
+        .subscription
+        .as_ref()
+        .is_some_and(|s| crate::usage::period::LIVE_STATUSES.contains(&s.status.as_str()));
     overview.can_subscribe = state.stripe.is_some() && state.config.stripe_price_id.is_some() && !live;
     Ok(overview)
 }
 
-/// Subscription statuses that bill: a user in one of them is not offered another subscription.
-pub const LIVE_STATUSES: &[&str] = &["active", "trialing", "past_due", "unpaid", "incomplete"];
-
 /// Starts Stripe Checkout for the signed-in user's subscription and redirects the browser to it.
 #[server(endpoint = "billing/checkout")]
 pub async fn start_checkout() -> Result<(), AppError> {
-    let state = crate::state::AppState::current()?;
+    let state = BillingState::current()?;
     let user_id = crate::auth::session::require_user_id().await?;
     let (Some(stripe), Some(price_id)) = (state.stripe.as_ref(), state.config.stripe_price_id.as_deref()) else {
         return Err(AppError::Refused(crate::error::Problem::StripeNotConfigured));
     };
+    // Checkout subscribes the user's own customer (the worker creates missing ones too, but not necessarily yet).
+    if state.config.delivery.create_customers {
+        customers::ensure(&state.pool, stripe, user_id).await?;
+    }
     let url = history::open_checkout(&state, stripe, price_id, user_id).await?;
     leptos_axum::redirect(&url);
     Ok(())
-}
-
-/// Currencies whose amounts have no minor unit (Stripe's zero-decimal list).
-const ZERO_DECIMAL: &[&str] =
-    &["bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv", "xaf", "xof", "xpf"];
-/// Currencies with three decimals.
-const THREE_DECIMAL: &[&str] = &["bhd", "jod", "kwd", "omr", "tnd"];
-
-/// Formats an amount in minor units for its currency: `190 usd` → `$1.90`, `1500 jpy` → `¥1,500`.
-pub fn format_money(amount_minor: i64, currency: &str) -> String {
-    let currency = currency.to_ascii_lowercase();
-    let decimals: u32 = if ZERO_DECIMAL.contains(&currency.as_str()) {
-        0
-    } else if THREE_DECIMAL.contains(&currency.as_str()) {
-        3
-    } else {
-        2
-    };
-    let scale = 10_i64.pow(decimals);
-    let whole = crate::components::usage_meter::format_thousands(amount_minor.abs() / scale);
-    let sign = if amount_minor < 0 { "-" } else { "" };
-    let number = if decimals == 0 {
-        whole
-    } else {
-        format!("{whole}.{:0width$}", amount_minor.abs() % scale, width = decimals as usize)
-    };
-    match currency.as_str() {
-        "jpy" => format!("{sign}¥{number}"),
-        "usd" => format!("{sign}${number}"),
-        "eur" => format!("{sign}€{number}"),
-        "gbp" => format!("{sign}£{number}"),
-        other => format!("{sign}{number} {}", other.to_uppercase()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::format_money;
-
-    #[test]
-    fn money_is_formatted_by_its_currencys_minor_unit() {
-        assert_eq!(format_money(190, "usd"), "$1.90");
-        assert_eq!(format_money(123_456_789, "usd"), "$1,234,567.89");
-        assert_eq!(format_money(1_500, "jpy"), "¥1,500");
-        assert_eq!(format_money(5, "JPY"), "¥5");
-        assert_eq!(format_money(1_234, "kwd"), "1.234 KWD");
-        assert_eq!(format_money(7, "eur"), "€0.07");
-        assert_eq!(format_money(-250, "gbp"), "-£2.50");
-        assert_eq!(format_money(100, "krw"), "100 KRW");
-    }
 }

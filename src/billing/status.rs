@@ -77,7 +77,7 @@ pub async fn read(pool: &PgPool) -> Result<SyncStatus, AppError> {
         "SELECT stripe_subscription_id, duplicate_of, stripe_customer_id FROM subscriptions
          WHERE duplicate_of IS NOT NULL AND status = ANY($1) ORDER BY state_at DESC",
     )
-    .bind(crate::billing::LIVE_STATUSES)
+    .bind(crate::usage::period::LIVE_STATUSES)
     .fetch_all(pool)
     .await?;
     let customer_failures = sqlx::query_as(

@@ -10,15 +10,19 @@ use axum::http::HeaderMap;
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::BillingState;
 use super::{events, signature};
 use crate::error::AppError;
-use crate::state::AppState;
 
 /// Where Stripe delivers events.
 pub const PATH: &str = "/api/stripe/webhook";
 
 /// Receives one Stripe event.
-pub async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>, AppError> {
+pub async fn receive(
+    State(state): State<BillingState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, AppError> {
     let secrets = state.config.stripe_webhook_secrets();
     if secrets.is_empty() {
         tracing::error!("a Stripe webhook arrived but STRIPE_WEBHOOK_SECRET is not set");

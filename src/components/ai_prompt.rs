@@ -3,7 +3,6 @@
 use leptos::prelude::*;
 
 use crate::ai::Generate;
-use crate::components::usage_meter::format_thousands;
 use crate::components::ErrorNotice;
 use crate::i18n::{t, t_string, use_i18n};
 
@@ -50,9 +49,9 @@ pub fn AiPrompt(#[prop(into)] on_answer: Callback<()>) -> impl IntoView {
                                         {t!(
                                             i18n,
                                             ai_tokens_line,
-                                            total = format_thousands(answer.total_tokens),
-                                            prompt = format_thousands(answer.prompt_tokens),
-                                            completion = format_thousands(answer.completion_tokens),
+                                            total = crate::format::thousands(answer.total_tokens),
+                                            prompt = crate::format::thousands(answer.prompt_tokens),
+                                            completion = crate::format::thousands(answer.completion_tokens),
                                             model = answer.model.clone()
                                         )}
                                     </p>

@@ -35,22 +35,6 @@ impl MeterFill {
     }
 }
 
-/// `1234567` → `"1,234,567"`.
-pub fn format_thousands(value: i64) -> String {
-    let digits = value.unsigned_abs().to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 1);
-    if value < 0 {
-        out.push('-');
-    }
-    for (i, digit) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(digit);
-    }
-    out
-}
-
 /// Shows `used / limit` with a progress bar; with no limit, only the number.
 #[component]
 pub fn UsageMeter(
@@ -63,17 +47,18 @@ pub fn UsageMeter(
 ) -> impl IntoView {
     let fill = Memo::new(move |_| MeterFill::new(used.get(), limit.get()));
     let i18n = use_i18n();
-    let limit_text = move || limit.get().map(format_thousands).unwrap_or_else(|| t_string!(i18n, no_limit).into());
+    let limit_text =
+        move || limit.get().map(crate::format::thousands).unwrap_or_else(|| t_string!(i18n, no_limit).into());
     let value_text = move || match (fill.get(), limit.get()) {
         (Some(fill), Some(limit)) => t_string!(
             i18n,
             meter_value_text,
-            used = format_thousands(used.get()),
-            limit = format_thousands(limit),
+            used = crate::format::thousands(used.get()),
+            limit = crate::format::thousands(limit),
             percent = fill.percent
         )
         .to_string(),
-        _ => t_string!(i18n, meter_value_text_unlimited, used = format_thousands(used.get())).to_string(),
+        _ => t_string!(i18n, meter_value_text_unlimited, used = crate::format::thousands(used.get())).to_string(),
     };
     let label_id = "usage-meter-label";
 
@@ -81,7 +66,7 @@ pub fn UsageMeter(
         <section class="usage-meter" data-testid="usage-meter" aria-labelledby=label_id>
             <h2 class="usage-meter__label" id=label_id>{t!(i18n, meter_label)}</h2>
             <p class="usage-meter__numbers">
-                <span class="usage-meter__used" data-testid="usage-used">{move || format_thousands(used.get())}</span>
+                <span class="usage-meter__used" data-testid="usage-used">{move || crate::format::thousands(used.get())}</span>
                 " / "
                 <span class="usage-meter__limit" data-testid="usage-limit">{limit_text}</span>
             </p>
@@ -131,16 +116,6 @@ pub fn UsageMeter(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn thousands_separators() {
-        assert_eq!(format_thousands(0), "0");
-        assert_eq!(format_thousands(999), "999");
-        assert_eq!(format_thousands(1_000), "1,000");
-        assert_eq!(format_thousands(1_234_567), "1,234,567");
-        assert_eq!(format_thousands(-12_345), "-12,345");
-        assert_eq!(format_thousands(i64::MIN), "-9,223,372,036,854,775,808");
-    }
 
     #[test]
     fn past_the_limit_the_bar_is_full_and_the_percent_says_how_far() {

@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 
 use super::server::Hangup;
 use super::{AcceptedEvent, Inner, Saved, StripeDouble};
-use crate::billing::delivery::random_unit as chance;
+use crate::retry::random_unit as chance;
 
 /// Stripe keeps identifiers for at least 24 hours; the double for exactly that long.
 const IDENTIFIER_WINDOW_SECONDS: i64 = 24 * 3600;

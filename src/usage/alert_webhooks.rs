@@ -114,8 +114,7 @@ impl AlertWebhookWorker {
                 .await?;
             }
             Err(error) => {
-                let delay =
-                    crate::billing::delivery::backoff(due.attempts, self.retry_base, Duration::from_secs(3600), 0.75);
+                let delay = crate::retry::backoff(due.attempts, self.retry_base, Duration::from_secs(3600), 0.75);
                 tracing::info!(alert = %due.id, attempts = due.attempts, %error, "alert webhook not accepted; will retry");
                 sqlx::query(
                     "UPDATE alert_webhooks

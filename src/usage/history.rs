@@ -12,14 +12,14 @@ use tower_sessions::Session;
 use uuid::Uuid;
 
 use super::period::{self, BillingPeriod};
+use super::UsageState;
 use super::{DayUsage, PeriodChoice};
 use crate::error::{AppError, Problem};
-use crate::state::AppState;
 
 /// The periods `user_id` has usage in (from the period counters, newest first), with the current one always
 /// first even when it is still empty, and the one `wanted` names (its start, RFC 3339), else the current one.
 pub async fn periods(
-    state: &AppState,
+    state: &UsageState,
     user_id: Uuid,
     wanted: Option<&str>,
 ) -> Result<(PeriodChoice, Vec<PeriodChoice>), AppError> {
@@ -187,7 +187,7 @@ pub struct ExportQuery {
 /// database in chunks (memory stays flat for millions of rows). A database failure mid-way aborts the download
 /// instead of ending it as if complete.
 pub async fn export(
-    State(state): State<AppState>,
+    State(state): State<UsageState>,
     session: Session,
     Query(query): Query<ExportQuery>,
 ) -> Result<Response, AppError> {

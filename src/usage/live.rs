@@ -21,8 +21,8 @@ use tokio::sync::watch;
 use tower_sessions::Session;
 use uuid::Uuid;
 
+use super::UsageState;
 use crate::error::AppError;
-use crate::state::AppState;
 
 /// The NOTIFY channel usage changes are announced on.
 pub const CHANNEL: &str = "tally_usage";
@@ -106,7 +106,7 @@ async fn listen(pool: PgPool, hub: LiveHub) {
 /// `GET /api/usage/live`: the signed-in user's usage summary now, then after every change, as server-sent
 /// events (`event: usage`, JSON data). Browsers' `EventSource` reconnects by itself.
 pub async fn stream(
-    State(state): State<AppState>,
+    State(state): State<UsageState>,
     session: Session,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppError> {
     let user = crate::auth::session::user_of(&session).await?.ok_or(AppError::Unauthorized)?;

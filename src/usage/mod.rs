@@ -24,6 +24,29 @@ pub mod totals;
 #[cfg(feature = "ssr")]
 pub mod writer;
 
+/// What usage needs from the server: the database, the settings, the period clock, the writer, the live hub and
+/// the export slots. Provided per request in the leptos context (and to the usage routes as axum state).
+#[cfg(feature = "ssr")]
+#[derive(Clone)]
+pub struct UsageState {
+    pub pool: sqlx::PgPool,
+    pub config: std::sync::Arc<crate::config::Config>,
+    pub clock: std::sync::Arc<period::PeriodClock>,
+    pub writer: writer::UsageWriter,
+    pub live: live::LiveHub,
+    /// CSV exports streaming now: each holds a database connection for its whole download (a slow client keeps
+    /// it), so at most a quarter of the pool may be taken by them.
+    pub exports: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+#[cfg(feature = "ssr")]
+impl UsageState {
+    /// This request's, from the leptos context.
+    pub fn current() -> Result<UsageState, AppError> {
+        crate::error::from_context()
+    }
+}
+
 /// Where the browser opens the live usage stream (server-sent events).
 pub const LIVE_PATH: &str = "/api/usage/live";
 /// Where a period's usage events are downloaded as CSV.
@@ -177,7 +200,7 @@ pub async fn record_usage(
     quantity: serde_json::Number,
     #[server(default)] metadata: Option<serde_json::Value>,
 ) -> Result<RecordReceipt, AppError> {
-    let state = crate::state::AppState::current()?;
+    let state = UsageState::current()?;
     let headers = crate::auth::caller::request_headers().await?;
     crate::auth::caller::require_json(&headers)?;
     let caller = crate::auth::caller::identify_by(&headers).await?;
@@ -203,7 +226,7 @@ pub async fn record_usage(
 pub async fn record_usage_batch(events: Vec<EventInput>) -> Result<BatchReceipt, AppError> {
     use crate::error::EventProblem;
 
-    let state = crate::state::AppState::current()?;
+    let state = UsageState::current()?;
     let headers = crate::auth::caller::request_headers().await?;
     crate::auth::caller::require_json(&headers)?;
     let caller = crate::auth::caller::identify_by(&headers).await?;
@@ -239,7 +262,7 @@ pub async fn record_usage_batch(events: Vec<EventInput>) -> Result<BatchReceipt,
 /// The answer to a request refused for its content: `invalid`, unless the API key is not a live key, which is
 /// answered 401 first (keys are normally resolved in the writing transaction, which a refused request never reaches).
 #[cfg(feature = "ssr")]
-async fn refusal(state: &crate::state::AppState, caller: crate::auth::caller::Caller, invalid: AppError) -> AppError {
+async fn refusal(state: &UsageState, caller: crate::auth::caller::Caller, invalid: AppError) -> AppError {
     match crate::auth::caller::confirm(&state.pool, caller).await {
         Ok(()) => invalid,
         Err(err) => err,
@@ -256,7 +279,7 @@ impl From<writer::Allowance> for AllowanceInfo {
 /// The signed-in user's AI token usage in the current billing period.
 #[server(endpoint = "usage/summary")]
 pub async fn get_usage_summary() -> Result<UsageSummary, AppError> {
-    let state = crate::state::AppState::current()?;
+    let state = UsageState::current()?;
     let user_id = crate::auth::session::require_user_id().await?;
     // A session whose account was deleted is no session.
     current_summary(&state, user_id).await?.ok_or(AppError::Unauthorized)
@@ -265,14 +288,14 @@ pub async fn get_usage_summary() -> Result<UsageSummary, AppError> {
 /// `user_id`'s AI token usage in their current billing period; `None` when the account does not exist. One
 /// statement: the period lookup is part of it (the live stream re-reads this after every change).
 #[cfg(feature = "ssr")]
-pub async fn current_summary(state: &crate::state::AppState, user_id: Uuid) -> Result<Option<UsageSummary>, AppError> {
+pub async fn current_summary(state: &UsageState, user_id: Uuid) -> Result<Option<UsageSummary>, AppError> {
     totals::summary_at(&state.pool, &state.clock, user_id, AI_TOKENS_EVENT, Utc::now()).await
 }
 
 /// Per-day usage of one of the signed-in user's periods (`period`: its start, RFC 3339; default the current one).
 #[server(endpoint = "usage/history")]
 pub async fn get_usage_history(period: Option<String>) -> Result<UsageHistory, AppError> {
-    let state = crate::state::AppState::current()?;
+    let state = UsageState::current()?;
     let user_id = crate::auth::session::require_user_id().await?;
     let (selected, periods) = history::periods(&state, user_id, period.as_deref()).await?;
     let timezone = state.config.billing_timezone.clone();
@@ -283,7 +306,7 @@ pub async fn get_usage_history(period: Option<String>) -> Result<UsageHistory, A
 /// The alerts of the signed-in user's current period, and their alert webhook settings.
 #[server(endpoint = "usage/alerts")]
 pub async fn get_alerts() -> Result<AlertsOverview, AppError> {
-    let state = crate::state::AppState::current()?;
+    let state = UsageState::current()?;
     let user_id = crate::auth::session::require_user_id().await?;
     let period = period::current(&state, user_id).await?;
     let alerts = sqlx::query_as(
@@ -312,7 +335,7 @@ pub async fn get_alerts() -> Result<AlertsOverview, AppError> {
 /// is created with the first URL and kept after.
 #[server(endpoint = "usage/alert-webhook")]
 pub async fn set_alert_webhook(url: String) -> Result<(), AppError> {
-    let state = crate::state::AppState::current()?;
+    let state = UsageState::current()?;
     let user_id = crate::auth::session::require_user_id().await?;
     let url = url.trim();
     if url.is_empty() {

@@ -16,7 +16,6 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::billing::LIVE_STATUSES;
 use crate::error::AppError;
 
 /// `[start, end)` of a billing period.
@@ -56,6 +55,10 @@ pub async fn lock_user_exclusive(tx: &mut Transaction<'_, Postgres>, user_id: Uu
     sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(lock_key(user_id)).execute(&mut **tx).await?;
     Ok(())
 }
+
+/// Subscription statuses whose current period bills the user (and in which a user is not offered another
+/// subscription). Subscriptions and their periods belong to usage: billing reports them to Stripe.
+pub const LIVE_STATUSES: &[&str] = &["active", "trialing", "past_due", "unpaid", "incomplete"];
 
 /// Which rule a period comes from: a live Stripe subscription's current period, or a calendar month of the billing
 /// time zone. Stored as text (`period_kind`) next to every period counter and delivery.
@@ -117,7 +120,7 @@ pub async fn for_user(
 pub struct RequestMemo(std::sync::Arc<tokio::sync::OnceCell<(Uuid, BillingPeriod)>>);
 
 /// `user_id`'s current billing period, looked up at most once per request (see [`RequestMemo`]).
-pub async fn current(state: &crate::state::AppState, user_id: Uuid) -> Result<BillingPeriod, AppError> {
+pub async fn current(state: &super::UsageState, user_id: Uuid) -> Result<BillingPeriod, AppError> {
     let lookup = || for_user(&state.pool, &state.clock, user_id, Utc::now());
     let Some(memo) = leptos::prelude::use_context::<RequestMemo>() else {
         return lookup().await;

@@ -54,7 +54,7 @@ pub async fn summary_at<'e>(
         .bind(user_id)
         .bind(at)
         .bind(&clock.timezone)
-        .bind(crate::billing::LIVE_STATUSES)
+        .bind(crate::usage::period::LIVE_STATUSES)
         .bind(event_type)
         .fetch_optional(db)
         .await?;

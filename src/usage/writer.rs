@@ -360,7 +360,7 @@ async fn lock_limits_read_periods(
     .bind(&users)
     .bind(&times)
     .bind(timezone)
-    .bind(crate::billing::LIVE_STATUSES)
+    .bind(crate::usage::period::LIVE_STATUSES)
     .fetch_all(&mut **tx)
     .await?;
     for (user, limit, warning_percent, position, start, end, kind, month_start, month_end) in rows {

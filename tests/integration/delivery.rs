@@ -486,23 +486,16 @@ async fn without_stripe_usage_stays_pending_and_the_dashboard_says_why(pool: PgP
 }
 
 #[sqlx::test(migrator = "tally::db::MIGRATOR")]
-async fn sign_up_creates_a_stripe_customer_and_the_worker_covers_accounts_without_one(pool: PgPool) {
+async fn sign_up_never_waits_for_stripe_and_the_worker_creates_the_customer(pool: PgPool) {
     let (base, double) = start_double().await;
     let mut config = crate::support::config();
     config.stripe_secret_key = Some(DEFAULT_SECRET_KEY.into());
     config.stripe_api_base = base.clone();
     let app = crate::support::app_with(pool.clone(), config);
     app.signup("new@example.com").await;
-    let customer: Option<String> =
-        sqlx::query_scalar("SELECT stripe_customer_id FROM users WHERE email = 'new@example.com'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    assert!(customer.as_deref().is_some_and(|c| c.starts_with("cus_")), "{customer:?}");
-    assert_eq!(double.state().customers, 1);
-
-    // An account made while Stripe was away: its events wait, then the worker creates its customer and sends them.
-    let user = tally::auth::users::register(&pool, "cli@example.com", "operator password", None).await.unwrap();
+    assert_eq!(double.state().customers, 0, "sign-up makes no Stripe call");
+    let user = app.user_id("new@example.com").await;
+    // Its events wait for a customer; the worker creates one and sends them.
     record(&app, user, 12).await;
     assert_eq!(outbox(&pool, "awaiting_customer").await, 1);
     let worker = worker(&pool, &base, DeliveryConfig { create_customers: true, ..fast_settings() });
@@ -513,8 +506,9 @@ async fn sign_up_creates_a_stripe_customer_and_the_worker_covers_accounts_withou
         .fetch_one(&pool)
         .await
         .unwrap();
+    assert!(customer.starts_with("cus_"), "{customer}");
     assert_eq!(double.total(&customer, AI_TOKENS_EVENT), 12);
-    assert_eq!(double.state().customers, 2);
+    assert_eq!(double.state().customers, 1);
 }
 
 #[sqlx::test(migrator = "tally::db::MIGRATOR")]

@@ -145,7 +145,7 @@ async fn the_current_period_is_looked_up_once_per_request(pool: PgPool) {
     let request = Owner::new();
     request.set();
     provide_context(period::RequestMemo::default());
-    let first = period::current(&app.state, user).await.unwrap();
+    let first = period::current(&app.state.usage, user).await.unwrap();
 
     // A subscription with its own period arrives mid-request.
     sqlx::query(
@@ -157,14 +157,14 @@ async fn the_current_period_is_looked_up_once_per_request(pool: PgPool) {
     .execute(&pool)
     .await
     .unwrap();
-    assert_eq!(period::current(&app.state, user).await.unwrap(), first, "same request, same period");
-    let others = period::current(&app.state, other).await.unwrap();
+    assert_eq!(period::current(&app.state.usage, user).await.unwrap(), first, "same request, same period");
+    let others = period::current(&app.state.usage, other).await.unwrap();
     assert_eq!(others, period::for_user(&pool, &app.state.clock, other, Utc::now()).await.unwrap());
 
     let next_request = Owner::new();
     next_request.set();
     provide_context(period::RequestMemo::default());
-    let fresh = period::current(&app.state, user).await.unwrap();
+    let fresh = period::current(&app.state.usage, user).await.unwrap();
     assert_ne!(fresh, first, "the next request sees the subscription");
     assert_eq!(fresh.start, period::for_user(&pool, &app.state.clock, user, Utc::now()).await.unwrap().start);
 }
