@@ -343,6 +343,8 @@ async fn two_checkouts_at_once_open_one_session_and_a_second_subscription_is_fla
     let (first, second) = (first.headers["location"].clone(), second.headers["location"].clone());
     assert_eq!(first, second, "both tabs get the same Checkout");
     assert_eq!(s.double.state().calls.get("POST /v1/checkout/sessions"), Some(&1), "one session at Stripe");
+    // Sign-up made no customer; Checkout gave the account its one (both tabs asked for it).
+    assert_eq!(s.double.state().customers, 1);
 
     // Subscribed: the server refuses another Checkout, whatever the page shows.
     let customer: String = sqlx::query_scalar("SELECT stripe_customer_id FROM users WHERE id = $1")

@@ -44,6 +44,8 @@ fn with_stripe(pool: PgPool, base: &str) -> TestApp {
     config.stripe_secret_key = Some("sk_test_checkout".into());
     config.stripe_api_base = base.into();
     config.stripe_price_id = Some("price_metered_1".into());
+    // This fake Stripe answers Checkout only: no customers are made first, so Checkout gets the email.
+    config.delivery.create_customers = false;
     app_with(pool, config)
 }
 

@@ -629,7 +629,8 @@ async fn meter_error_reports_are_fetched_and_shown_to_the_user_they_concern(pool
     let user = app.user_id("reported@example.com").await;
     record(&app, user, 30).await;
     record(&app, user, 12).await;
-    let worker = worker(&pool, &base, fast_settings());
+    // Sign-up makes no Stripe call; the worker gives the account its customer before sending.
+    let worker = worker(&pool, &base, DeliveryConfig { create_customers: true, ..fast_settings() });
     drain(&worker).await;
     let identifier: String =
         sqlx::query_scalar("SELECT identifier FROM meter_deliveries").fetch_one(&pool).await.unwrap();
