@@ -1,0 +1,316 @@
+//! The writer's statements: who the callers are, the limits and periods under their locks, the usage so far, the
+//! idempotency keys already stored, and the one statement that inserts a group.
+
+use std::collections::{BTreeSet, HashMap};
+
+use chrono::{DateTime, Utc};
+use sqlx::{Postgres, Transaction};
+use uuid::Uuid;
+
+use super::plan::{EventPeriods, EventRows, Limit, Period, UserKey};
+use super::{NewEvent, Outcome, Submission};
+use crate::auth::api_key;
+use crate::auth::caller::Caller;
+use crate::error::AppError;
+use crate::usage::period::{PeriodKind, Span};
+use crate::usage::AI_TOKENS_EVENT;
+
+/// A submission whose caller is known to be `user_id`.
+pub(super) struct Resolved<'a> {
+    /// Position in the group (and in its results).
+    pub(super) index: usize,
+    pub(super) user_id: Uuid,
+    pub(super) submission: &'a Submission,
+}
+
+/// Finds each submission's user; API keys are looked up all at once. Submissions with an unknown or revoked key
+/// are answered [`AppError::Unauthorized`] in the returned results and take no further part.
+pub(super) async fn resolve_callers<'a>(
+    tx: &mut Transaction<'_, Postgres>,
+    group: &'a [Submission],
+) -> Result<(Vec<Resolved<'a>>, Vec<Result<Outcome, AppError>>), sqlx::Error> {
+    let hashes: Vec<_> = group
+        .iter()
+        .filter_map(|s| match s.caller {
+            Caller::ApiKey(hash) => Some(hash),
+            Caller::User(_) => None,
+        })
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let owners = if hashes.is_empty() { HashMap::new() } else { api_key::owners(&mut **tx, &hashes).await? };
+    let mut resolved = Vec::with_capacity(group.len());
+    let mut results = Vec::with_capacity(group.len());
+    for (index, submission) in group.iter().enumerate() {
+        let user_id = match submission.caller {
+            Caller::User(id) => Some(id),
+            Caller::ApiKey(hash) => owners.get(&hash).copied(),
+        };
+        results.push(Err(AppError::Unauthorized));
+        if let Some(user_id) = user_id {
+            resolved.push(Resolved { index, user_id, submission });
+        }
+    }
+    Ok((resolved, results))
+}
+
+/// Locks the group's users that have a hard limit, in id order (no deadlocks between writers), and reads their
+/// limits and the periods of every (user, instant) the group records, in one statement. Users without a limit are
+/// not locked, so their events never wait for another writer. The periods come from `billing_period_at`, the one
+/// statement of the rule, read after the shared period locks are held (the caller took them in an earlier
+/// statement), so no period change can be in flight.
+pub(super) async fn lock_limits_read_periods(
+    tx: &mut Transaction<'_, Postgres>,
+    group: &[Resolved<'_>],
+    timezone: &str,
+) -> Result<(HashMap<Uuid, Limit>, HashMap<(Uuid, DateTime<Utc>), EventPeriods>), sqlx::Error> {
+    let (mut limits, mut periods) = (HashMap::new(), HashMap::new());
+    let instants: BTreeSet<(Uuid, DateTime<Utc>)> =
+        group.iter().flat_map(|r| r.submission.events.iter().map(|e| (r.user_id, e.occurred_at))).collect();
+    if instants.is_empty() {
+        return Ok((limits, periods));
+    }
+    let (users, times): (Vec<Uuid>, Vec<DateTime<Utc>>) = instants.into_iter().unzip();
+    type Row = (
+        Uuid,
+        Option<i64>,
+        Option<i16>,
+        Option<i64>,
+        Option<DateTime<Utc>>,
+        Option<DateTime<Utc>>,
+        Option<String>,
+        Option<DateTime<Utc>>,
+        Option<DateTime<Utc>>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "WITH limited AS (
+             SELECT id, usage_limit, usage_warning_percent FROM users
+             WHERE id = ANY($1) AND usage_limit IS NOT NULL
+             ORDER BY id
+             FOR NO KEY UPDATE
+         )
+         SELECT id, usage_limit, usage_warning_percent, NULL::bigint, NULL::timestamptz, NULL::timestamptz,
+                NULL::text, NULL::timestamptz, NULL::timestamptz
+         FROM limited
+         UNION ALL
+         -- Rows name their instant by position: PostgreSQL keeps microseconds, the events' times may hold more.
+         SELECT w.user_id, NULL, NULL, w.position, p.period_start, p.period_end, p.period_kind, p.month_start,
+                p.month_end
+         FROM unnest($1::uuid[], $2::timestamptz[]) WITH ORDINALITY AS w (user_id, at, position)
+         CROSS JOIN LATERAL billing_period_at(w.user_id, w.at, $3, $4) AS p",
+    )
+    .bind(&users)
+    .bind(&times)
+    .bind(timezone)
+    .bind(crate::usage::period::LIVE_STATUSES)
+    .fetch_all(&mut **tx)
+    .await?;
+    for (user, limit, warning_percent, position, start, end, kind, month_start, month_end) in rows {
+        let at = position.and_then(|p| times.get(usize::try_from(p).ok()?.checked_sub(1)?)).copied();
+        match (
+            limit,
+            warning_percent,
+            at,
+            start,
+            end,
+            kind.as_deref().and_then(PeriodKind::parse),
+            month_start,
+            month_end,
+        ) {
+            (Some(limit), Some(warning_percent), ..) => {
+                limits.insert(user, Limit { limit, warning_percent });
+            }
+            (_, _, Some(at), Some(start), Some(end), Some(kind), Some(month_start), Some(month_end)) => {
+                let applies = Period { kind, span: Span { start, end } };
+                periods
+                    .insert((user, at), EventPeriods { applies, month: Span { start: month_start, end: month_end } });
+            }
+            _ => {}
+        }
+    }
+    if periods.len() != times.len() {
+        // billing_period_at answers every instant; anything else is a broken schema, not a reason to guess.
+        return Err(sqlx::Error::Protocol(format!("periods for {} of {} instants", periods.len(), times.len())));
+    }
+    Ok((limits, periods))
+}
+
+/// Current totals of the limited event type for the limited users, per (user, period that applies). Read after
+/// the locks are held, so they include every commit of the other writers.
+pub(super) async fn period_usage(
+    tx: &mut Transaction<'_, Postgres>,
+    limits: &HashMap<Uuid, Limit>,
+    group: &[Resolved<'_>],
+    period_of: &impl Fn(Uuid, &NewEvent) -> EventPeriods,
+) -> Result<HashMap<(Uuid, Period), i64>, sqlx::Error> {
+    let wanted: BTreeSet<(Uuid, &'static str, DateTime<Utc>, DateTime<Utc>)> = group
+        .iter()
+        .filter(|s| limits.contains_key(&s.user_id))
+        .flat_map(|entry| {
+            entry.submission.events.iter().filter(|e| e.event_type == AI_TOKENS_EVENT).map(|event| {
+                let period = period_of(entry.user_id, event).applies;
+                (entry.user_id, period.kind.as_str(), period.span.start, period.span.end)
+            })
+        })
+        .collect();
+    if wanted.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut users = Vec::new();
+    let mut kinds = Vec::new();
+    let mut starts = Vec::new();
+    let mut ends = Vec::new();
+    for (user, kind, start, end) in wanted {
+        users.push(user);
+        kinds.push(kind);
+        starts.push(start);
+        ends.push(end);
+    }
+    type Row = (Uuid, String, DateTime<Utc>, DateTime<Utc>, i64);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT t.user_id, t.period_kind, t.period_start, t.period_end, sum(t.quantity)::bigint
+         FROM usage_period_totals t
+         JOIN unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::timestamptz[])
+           AS wanted (user_id, period_kind, period_start, period_end)
+           USING (user_id, period_kind, period_start, period_end)
+         WHERE t.event_type = $5
+         GROUP BY t.user_id, t.period_kind, t.period_start, t.period_end",
+    )
+    .bind(&users)
+    .bind(&kinds)
+    .bind(&starts)
+    .bind(&ends)
+    .bind(AI_TOKENS_EVENT)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(user, kind, start, end, used)| {
+            Some(((user, Period { kind: PeriodKind::parse(&kind)?, span: Span { start, end } }), used))
+        })
+        .collect())
+}
+
+/// Events already stored under the group's idempotency keys.
+pub(super) async fn existing_keys(
+    tx: &mut Transaction<'_, Postgres>,
+    group: &[Resolved<'_>],
+) -> Result<HashMap<UserKey, Uuid>, sqlx::Error> {
+    let (users, keys): (Vec<Uuid>, Vec<String>) = group
+        .iter()
+        .flat_map(|s| s.submission.events.iter().filter_map(|e| Some((s.user_id, e.idempotency_key.clone()?))))
+        .unzip();
+    if users.is_empty() {
+        return Ok(HashMap::new());
+    }
+    keys_to_ids(tx, &users.into_iter().zip(keys).collect()).await
+}
+
+pub(super) async fn keys_to_ids(
+    tx: &mut Transaction<'_, Postgres>,
+    wanted: &BTreeSet<UserKey>,
+) -> Result<HashMap<UserKey, Uuid>, sqlx::Error> {
+    let (users, keys): (Vec<Uuid>, Vec<String>) = wanted.iter().cloned().unzip();
+    let rows: Vec<(Uuid, String, Uuid)> = sqlx::query_as(
+        "SELECT e.user_id, e.idempotency_key, e.id
+         FROM usage_events e
+         JOIN unnest($1::uuid[], $2::text[]) AS wanted (user_id, idempotency_key)
+           USING (user_id, idempotency_key)",
+    )
+    .bind(&users)
+    .bind(&keys)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows.into_iter().map(|(user, key, id)| ((user, key), id)).collect())
+}
+
+impl EventRows {
+    /// Inserts the events with their outbox rows, adds them to this writer's totals slot and notifies the live
+    /// meters of their users, in one statement.
+    /// Returns the idempotency keys whose events were not inserted because a concurrent writer stored them first.
+    pub(super) async fn insert(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        slot: i16,
+    ) -> Result<BTreeSet<UserKey>, sqlx::Error> {
+        let inserted: Vec<Uuid> = sqlx::query_scalar(
+            "WITH input AS (
+                 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::jsonb[], $6::text[],
+                                      $7::timestamptz[], $12::text[], $8::timestamptz[], $9::timestamptz[],
+                                      $13::timestamptz[], $14::timestamptz[])
+                   AS t (id, user_id, event_type, quantity, metadata, idempotency_key, occurred_at,
+                         period_kind, period_start, period_end, month_start, month_end)
+             ), inserted AS (
+                 INSERT INTO usage_events (id, user_id, event_type, quantity, metadata, idempotency_key, occurred_at)
+                 SELECT id, user_id, event_type, quantity, metadata, idempotency_key, occurred_at
+                 FROM input
+                 -- One insertion order for all writers, so two writers with the same keys cannot deadlock.
+                 ORDER BY user_id, idempotency_key
+                 -- Any conflict: an idempotency key a concurrent writer stored first, or an id this submission
+                 -- already wrote in an attempt whose commit answer was lost (those count once, as written).
+                 ON CONFLICT DO NOTHING
+                 RETURNING id, user_id, occurred_at
+             ), outbox AS (
+                 INSERT INTO meter_event_outbox (usage_event_id, user_id, occurred_at, status)
+                 SELECT i.id, i.user_id, i.occurred_at,
+                        CASE WHEN u.stripe_customer_id IS NULL THEN 'awaiting_customer' ELSE 'pending' END
+                 FROM inserted i JOIN users u ON u.id = i.user_id
+             ), totals AS (
+                 -- Every event into its calendar month's counter, and into its subscription period's when one
+                 -- applies (a calendar period is the month itself: counted once).
+                 INSERT INTO usage_period_totals
+                     (user_id, event_type, period_kind, period_start, period_end, slot, quantity, event_count)
+                 SELECT input.user_id, input.event_type, counter.kind, counter.start, counter.end_, $10,
+                        sum(input.quantity), count(*)
+                 FROM input
+                 JOIN inserted USING (id)
+                 CROSS JOIN LATERAL (VALUES ('calendar', input.month_start, input.month_end),
+                                            (nullif(input.period_kind, 'calendar'), input.period_start,
+                                             input.period_end))
+                   AS counter (kind, start, end_)
+                 WHERE counter.kind IS NOT NULL
+                 GROUP BY input.user_id, input.event_type, counter.kind, counter.start, counter.end_
+                 ON CONFLICT (user_id, event_type, period_kind, period_start, period_end, slot) DO UPDATE
+                     SET quantity = usage_period_totals.quantity + EXCLUDED.quantity,
+                         event_count = usage_period_totals.event_count + EXCLUDED.event_count
+             ), buckets AS (
+                 INSERT INTO usage_quarter_hour_totals (user_id, event_type, bucket, slot, quantity, event_count)
+                 SELECT input.user_id, input.event_type, usage_bucket(input.occurred_at), $10,
+                        sum(input.quantity), count(*)
+                 FROM input JOIN inserted USING (id)
+                 GROUP BY 1, 2, 3
+                 ON CONFLICT (user_id, event_type, bucket, slot) DO UPDATE
+                     SET quantity = usage_quarter_hour_totals.quantity + EXCLUDED.quantity,
+                         event_count = usage_quarter_hour_totals.event_count + EXCLUDED.event_count
+             ), notified AS (
+                 -- Open meters of these users, on every instance (see `notify_usage`).
+                 SELECT count(pg_notify($11, user_id::text)) FROM (SELECT DISTINCT user_id FROM inserted) AS changed
+             )
+             SELECT id FROM inserted, notified",
+        )
+        .bind(&self.ids)
+        .bind(&self.users)
+        .bind(&self.types)
+        .bind(&self.quantities)
+        .bind(&self.metadata)
+        .bind(&self.keys)
+        .bind(&self.occurred)
+        .bind(&self.period_starts)
+        .bind(&self.period_ends)
+        .bind(slot)
+        .bind(crate::usage::live::CHANNEL)
+        .bind(&self.period_kinds)
+        .bind(&self.month_starts)
+        .bind(&self.month_ends)
+        .fetch_all(&mut **tx)
+        .await?;
+        if inserted.len() == self.ids.len() {
+            return Ok(BTreeSet::new());
+        }
+        let inserted: BTreeSet<Uuid> = inserted.into_iter().collect();
+        Ok((0..self.ids.len())
+            .filter(|i| !inserted.contains(&self.ids[*i]))
+            .filter_map(|i| Some((self.users[i], self.keys[i].clone()?)))
+            .collect())
+    }
+}
