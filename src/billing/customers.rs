@@ -5,30 +5,30 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::billing::error::BillingError;
 use crate::billing::stripe::StripeClient;
-use crate::error::AppError;
 
 /// Gives `user_id` a Stripe customer unless it has one, and returns the customer id. A customer made for the
 /// account by an earlier attempt whose answer was lost is found by its `metadata[user_id]` first; the
 /// Idempotency-Key names the account *and the attempt*, because Stripe replays a key's first answer, a 500
 /// included, for 24 hours.
-pub async fn ensure(pool: &PgPool, stripe: &StripeClient, user_id: Uuid) -> Result<String, AppError> {
+pub async fn ensure(pool: &PgPool, stripe: &StripeClient, user_id: Uuid) -> Result<String, BillingError> {
     let (email, existing, attempts): (String, Option<String>, i32) =
         sqlx::query_as("SELECT email, stripe_customer_id, customer_attempts FROM users WHERE id = $1")
             .bind(user_id)
             .fetch_optional(pool)
             .await?
-            .ok_or_else(|| AppError::Invalid(format!("no account {user_id}")))?;
+            .ok_or_else(|| BillingError::NoAccount(user_id.to_string()))?;
     if let Some(customer) = existing {
         return Ok(customer);
     }
-    let upstream = |err| AppError::Upstream(format!("Stripe did not create a customer: {err}"));
-    let customer = match stripe.find_customer_by_user(&user_id.to_string()).await.map_err(upstream)? {
+    let customer = match stripe.find_customer_by_user(&user_id.to_string()).await? {
         Some(found) => found,
-        None => stripe
-            .create_customer(&email, &user_id.to_string(), &format!("tally-customer-{user_id}-{attempts}"))
-            .await
-            .map_err(upstream)?,
+        None => {
+            stripe
+                .create_customer(&email, &user_id.to_string(), &format!("tally-customer-{user_id}-{attempts}"))
+                .await?
+        }
     };
     let mut tx = pool.begin().await?;
     let linked = crate::billing::events::attach_customer(&mut tx, user_id, &customer, false).await?;
@@ -39,7 +39,7 @@ pub async fn ensure(pool: &PgPool, stripe: &StripeClient, user_id: Uuid) -> Resu
             .bind(user_id)
             .fetch_one(pool)
             .await?;
-        return current.ok_or_else(|| AppError::Conflict(format!("{customer} is linked to another account")));
+        return current.ok_or_else(|| BillingError::Conflict(format!("{customer} is linked to another account")));
     }
     tracing::info!(user = %user_id, customer = %customer, "created Stripe customer");
     Ok(customer)
@@ -53,7 +53,7 @@ pub async fn create_missing(
     stripe: &StripeClient,
     limit: i64,
     now: DateTime<Utc>,
-) -> Result<u64, AppError> {
+) -> Result<u64, BillingError> {
     let users: Vec<Uuid> = sqlx::query_scalar(
         "SELECT id FROM users
          WHERE stripe_customer_id IS NULL AND (customer_next_attempt_at IS NULL OR customer_next_attempt_at <= $2)

@@ -11,8 +11,8 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
+use crate::billing::error::BillingError;
 use crate::billing::stripe::StripeClient;
-use crate::error::AppError;
 
 /// One customer, meter and billing period: what Tally delivered against what Stripe's meter holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,8 +42,8 @@ pub async fn meter(
     pool: &PgPool,
     stripe: &StripeClient,
     since: DateTime<Utc>,
-) -> Result<Vec<Reconciliation>, AppError> {
-    let meters = stripe.list_meters().await.map_err(|err| AppError::Upstream(format!("Stripe: {err}")))?;
+) -> Result<Vec<Reconciliation>, BillingError> {
+    let meters = stripe.list_meters().await?;
     #[derive(sqlx::FromRow)]
     struct DeliveredPeriod {
         customer: String,
@@ -81,10 +81,7 @@ pub async fn meter(
         .fetch_one(pool)
         .await?;
         let held = match meters.iter().find(|m| m.event_name == event_name) {
-            Some(meter) => stripe
-                .meter_usage(&meter.id, &customer, window_start, window_end)
-                .await
-                .map_err(|err| AppError::Upstream(format!("Stripe: {err}")))?,
+            Some(meter) => stripe.meter_usage(&meter.id, &customer, window_start, window_end).await?,
             None => 0,
         };
         results.push(Reconciliation {

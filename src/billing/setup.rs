@@ -1,9 +1,9 @@
 //! `tally stripe setup`: the Stripe objects Tally needs.
 
+use crate::billing::error::BillingError;
 #[cfg(doc)]
 use crate::billing::stripe::Meter;
 use crate::billing::stripe::{NewMeteredPrice, StripeClient};
-use crate::error::AppError;
 
 /// What `tally stripe setup` creates (or finds).
 #[derive(Debug, Clone)]
@@ -36,14 +36,13 @@ pub struct SetupResult {
 /// setup stops and says what differs. Lookups come first, so a second run creates nothing; the
 /// Idempotency-Keys are derived from the names, so a run interrupted between product and price reuses the
 /// product when it is run again.
-pub async fn setup(stripe: &StripeClient, plan: &SetupPlan) -> Result<SetupResult, AppError> {
-    let upstream = |err| AppError::Upstream(format!("Stripe: {err}"));
-    let existing = stripe.list_meters().await.map_err(upstream)?;
+pub async fn setup(stripe: &StripeClient, plan: &SetupPlan) -> Result<SetupResult, BillingError> {
+    let existing = stripe.list_meters().await?;
     let (meter_id, meter_created) = match existing.into_iter().find(|m| m.event_name == plan.event_name) {
         Some(meter) => {
             let differences = meter.differences();
             if !differences.is_empty() {
-                return Err(AppError::Invalid(format!(
+                return Err(BillingError::Invalid(format!(
                     "Stripe's meter {} for event {:?} would not bill Tally's usage correctly: {}. A meter cannot be \
                      changed once created: deactivate it in Stripe's dashboard and choose another event name \
                      (--event-name, TALLY_EVENT_TYPES), then run setup again.",
@@ -56,12 +55,11 @@ pub async fn setup(stripe: &StripeClient, plan: &SetupPlan) -> Result<SetupResul
         }
         None => {
             let key = format!("tally-setup-meter-{}", plan.event_name);
-            let meter =
-                stripe.create_meter(&plan.meter_display_name, &plan.event_name, &key).await.map_err(upstream)?;
+            let meter = stripe.create_meter(&plan.meter_display_name, &plan.event_name, &key).await?;
             (meter.id, true)
         }
     };
-    if let Some(price) = stripe.find_price(&plan.lookup_key).await.map_err(upstream)? {
+    if let Some(price) = stripe.find_price(&plan.lookup_key).await? {
         return Ok(SetupResult {
             meter_id,
             meter_created,
@@ -71,7 +69,7 @@ pub async fn setup(stripe: &StripeClient, plan: &SetupPlan) -> Result<SetupResul
         });
     }
     let product_key = format!("tally-setup-product-{}", plan.lookup_key);
-    let product = stripe.create_product(&plan.product_name, &product_key).await.map_err(upstream)?;
+    let product = stripe.create_product(&plan.product_name, &product_key).await?;
     let price = NewMeteredPrice {
         product: &product,
         meter: &meter_id,
@@ -81,6 +79,6 @@ pub async fn setup(stripe: &StripeClient, plan: &SetupPlan) -> Result<SetupResul
         nickname: &plan.meter_display_name,
     };
     let price_key = format!("tally-setup-price-{}", plan.lookup_key);
-    let price = stripe.create_metered_price(&price, &price_key).await.map_err(upstream)?;
+    let price = stripe.create_metered_price(&price, &price_key).await?;
     Ok(SetupResult { meter_id, meter_created, price_id: price.id, product_id: product, price_created: true })
 }

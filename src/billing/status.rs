@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use crate::error::AppError;
+use crate::billing::error::BillingError;
 
 /// An account whose Stripe customer could not be created yet: email, attempts, Stripe's answer, next attempt.
 pub type CustomerFailure = (String, i32, Option<String>, Option<DateTime<Utc>>);
@@ -36,7 +36,7 @@ pub struct SyncStatus {
 }
 
 /// Reads the sync state.
-pub async fn read(pool: &PgPool) -> Result<SyncStatus, AppError> {
+pub async fn read(pool: &PgPool) -> Result<SyncStatus, BillingError> {
     let outbox = sqlx::query_as("SELECT status, count(*) FROM meter_event_outbox GROUP BY status ORDER BY status")
         .fetch_all(pool)
         .await?;
@@ -127,7 +127,7 @@ pub async fn for_user(
     kind: crate::usage::period::PeriodKind,
     from: DateTime<Utc>,
     until: DateTime<Utc>,
-) -> Result<crate::billing::MeterSync, AppError> {
+) -> Result<crate::billing::MeterSync, BillingError> {
     type Row = (i64, i64, i64, i64, i64, Option<String>, Option<String>, i64, Option<String>);
     let (events, pending, awaiting_customer, failed, expired, last_failure, last_retry_error, reported, last_report): Row =
         sqlx::query_as(
@@ -179,17 +179,17 @@ pub async fn for_user(
 }
 
 /// Links an account to an existing Stripe customer (and the subscriptions already received for it).
-pub async fn link_customer(pool: &PgPool, email: &str, customer: &str) -> Result<(), AppError> {
+pub async fn link_customer(pool: &PgPool, email: &str, customer: &str) -> Result<(), BillingError> {
     if !customer.starts_with("cus_") || customer.len() > 255 {
-        return Err(AppError::Invalid(format!("{customer:?} is not a Stripe customer id (cus_…)")));
+        return Err(BillingError::Invalid(format!("{customer:?} is not a Stripe customer id (cus_…)")));
     }
-    let email = crate::auth::normalize_email(email)?;
+    let email = crate::auth::normalize_email(email).map_err(|err| BillingError::Invalid(err.to_string()))?;
     let mut tx = pool.begin().await?;
     let user: Option<uuid::Uuid> =
         sqlx::query_scalar("SELECT id FROM users WHERE email = $1").bind(&email).fetch_optional(&mut *tx).await?;
-    let user = user.ok_or_else(|| AppError::Invalid(format!("no account for {email}")))?;
+    let user = user.ok_or_else(|| BillingError::NoAccount(email.to_owned()))?;
     if !crate::billing::events::attach_customer(&mut tx, user, customer, true).await? {
-        return Err(AppError::Conflict(format!("{customer} is already linked to another account")));
+        return Err(BillingError::Conflict(format!("{customer} is already linked to another account")));
     }
     tx.commit().await?;
     Ok(())

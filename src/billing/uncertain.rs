@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::delivery::{outbox_follows, SUMMARY_SETTLE};
 use super::stripe::StripeClient;
-use crate::error::AppError;
+use crate::billing::error::BillingError;
 
 /// Uncertain deliveries looked at per worker step.
 const PER_STEP: i64 = 20;
@@ -64,7 +64,7 @@ pub fn counted_combination(unexplained: i64, quantities: &[i64]) -> Option<Vec<b
 }
 
 /// Settles the uncertain deliveries that are due; returns how many were settled (counted or resent).
-pub async fn resolve_due(pool: &PgPool, stripe: &StripeClient, now: DateTime<Utc>) -> Result<u64, AppError> {
+pub async fn resolve_due(pool: &PgPool, stripe: &StripeClient, now: DateTime<Utc>) -> Result<u64, BillingError> {
     let due: Vec<Due> = sqlx::query_as(
         "SELECT id, stripe_customer_id, event_name, event_timestamp, attempt_started_at FROM meter_deliveries
          WHERE status = 'uncertain' AND next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT $2",
@@ -119,7 +119,7 @@ async fn settle_minute(
     minute: i64,
     observed: i64,
     now: DateTime<Utc>,
-) -> Result<u64, AppError> {
+) -> Result<u64, BillingError> {
     let mut tx = pool.begin().await?;
     let rows: Vec<InMinute> = sqlx::query_as(
         "SELECT id, quantity, status,
@@ -223,7 +223,7 @@ async fn postpone(pool: &PgPool, ids: &[Uuid], until: DateTime<Utc>, reason: &st
 /// `tally stripe retry`: sends failed deliveries again. One that Stripe provably never counted goes out under a
 /// new identifier (the old one may be past Stripe's memory); one with an attempt of unknown outcome is settled
 /// from the summaries first (it becomes `uncertain`). Returns (re-queued, to settle first).
-pub async fn retry_failed(pool: &PgPool, now: DateTime<Utc>) -> Result<(u64, u64), AppError> {
+pub async fn retry_failed(pool: &PgPool, now: DateTime<Utc>) -> Result<(u64, u64), BillingError> {
     let mut tx = pool.begin().await?;
     let requeued: Vec<Uuid> = sqlx::query_scalar(
         "UPDATE meter_deliveries

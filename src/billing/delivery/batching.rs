@@ -4,7 +4,7 @@ use super::*;
 
 impl DeliveryWorker {
     /// Puts due outbox rows of customers without an open delivery into new deliveries; returns (rows, deliveries).
-    pub(super) async fn form_batches(&self) -> Result<(u64, u64), AppError> {
+    pub(super) async fn form_batches(&self) -> Result<(u64, u64), BillingError> {
         let now = self.clock.now();
         let mut tx = self.pool.begin().await?;
         let users: Vec<Uuid> = sqlx::query_scalar(

@@ -5,7 +5,7 @@ use super::*;
 impl DeliveryWorker {
     /// Fetches the details of meter error reports received as thin webhooks: which identifiers Stripe could not
     /// count, and why. A report Stripe cannot give now is tried again on a later step (and its error kept).
-    pub(super) async fn fetch_meter_error_details(&self) -> Result<(), AppError> {
+    pub(super) async fn fetch_meter_error_details(&self) -> Result<(), BillingError> {
         let reports: Vec<String> = sqlx::query_scalar(
             "SELECT stripe_event_id FROM meter_error_reports WHERE details_fetched_at IS NULL
              ORDER BY reported_at LIMIT 10",
@@ -39,7 +39,7 @@ impl DeliveryWorker {
 
     /// Marks unsent rows older than Stripe's window as expired: Stripe would refuse them, so they are kept, with
     /// the reason, instead of sent.
-    pub(super) async fn expire_old_rows(&self) -> Result<u64, AppError> {
+    pub(super) async fn expire_old_rows(&self) -> Result<u64, BillingError> {
         let expired = sqlx::query(
             "UPDATE meter_event_outbox o
              SET status = 'expired', updated_at = now(),
@@ -58,7 +58,7 @@ impl DeliveryWorker {
     /// deadline has passed, are not sent again under their identifier: they become `uncertain` (with their outbox rows) and are settled from the meter event
     /// summaries ([`super::uncertain`]). A lease that ran out without being released is an attempt whose outcome
     /// nobody learnt (its worker died mid-call), so it counts as unknown too.
-    pub(super) async fn stop_unsafe_resends(&self) -> Result<u64, AppError> {
+    pub(super) async fn stop_unsafe_resends(&self) -> Result<u64, BillingError> {
         let now = self.clock.now();
         let mut tx = self.pool.begin().await?;
         let stopped: Vec<Uuid> = sqlx::query_scalar(
@@ -102,7 +102,7 @@ impl DeliveryWorker {
     /// it is moved to the invoice after: stamped now, into the period containing now, under a new identifier, its
     /// own period kept in `late_from_period_*`. Only deliveries Stripe provably has not counted move (no unknown
     /// attempt, no lease left behind); the others are settled first.
-    pub(super) async fn restamp_late(&self) -> Result<u64, AppError> {
+    pub(super) async fn restamp_late(&self) -> Result<u64, BillingError> {
         let now = self.clock.now();
         let restamped = sqlx::query(
             "UPDATE meter_deliveries d

@@ -29,10 +29,10 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::billing::error::BillingError;
 use crate::billing::stripe::{MeterEvent, StripeClient, StripeError};
 use crate::clock::Clock;
 use crate::config::DeliveryConfig;
-use crate::error::AppError;
 use crate::retry::{backoff, random_unit};
 use crate::usage::period::LIVE_STATUSES;
 
@@ -219,7 +219,7 @@ impl DeliveryWorker {
 
     /// Steps until nothing is left to send (deliveries waiting for a retry included) or `deadline` passes.
     /// Returns what was done and how many outbox rows are still pending.
-    pub async fn drain(&self, deadline: Duration) -> Result<(Progress, i64), AppError> {
+    pub async fn drain(&self, deadline: Duration) -> Result<(Progress, i64), BillingError> {
         let started = Instant::now();
         let mut total = Progress::default();
         loop {
@@ -240,7 +240,7 @@ impl DeliveryWorker {
 
     /// One round: create missing customers (now and then), expire what Stripe would refuse, batch due rows, then
     /// claim and send up to `max_in_flight` deliveries at once.
-    pub async fn step(&self) -> Result<Progress, AppError> {
+    pub async fn step(&self) -> Result<Progress, BillingError> {
         let mut progress = Progress::default();
         if self.settings.create_customers {
             progress.customers_created =

@@ -8,7 +8,7 @@ impl DeliveryWorker {
     /// the shared budget, which may go into debt: the calls beyond what it held wait for their slot
     /// ([`CallBudget::slot`]), and every worker waits until the debt is paid. With less than one call in the
     /// budget, claims nothing and says how long until it holds one.
-    pub(super) async fn claim(&self) -> Result<(Vec<Claimed>, Budget), AppError> {
+    pub(super) async fn claim(&self) -> Result<(Vec<Claimed>, Budget), BillingError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(CLAIM_LOCK).execute(&mut *tx).await?;
         let milli_calls = self.budget.refill(&mut tx).await?;
@@ -62,7 +62,7 @@ impl DeliveryWorker {
 
     /// Sends one claimed delivery after waiting `slot` (its place in the shared call budget) and records how it
     /// ended ([`CallVerdict`]).
-    pub(super) async fn deliver(&self, delivery: Claimed, slot: Duration) -> Result<Outcome, AppError> {
+    pub(super) async fn deliver(&self, delivery: Claimed, slot: Duration) -> Result<Outcome, BillingError> {
         if delivery.event_timestamp < self.clock.now() - STRIPE_WINDOW + chrono::Duration::minutes(1) {
             self.settle(&delivery, "expired", Some("older than the 35 days Stripe accepts meter events for")).await?;
             return Ok(Outcome::Expired);
@@ -121,7 +121,12 @@ impl DeliveryWorker {
 
     /// Ends a delivery and its outbox rows in `status`. Only a pending delivery changes: a second worker that
     /// took over an expired lease may have settled it already.
-    pub(super) async fn settle(&self, delivery: &Claimed, status: &str, note: Option<&str>) -> Result<(), AppError> {
+    pub(super) async fn settle(
+        &self,
+        delivery: &Claimed,
+        status: &str,
+        note: Option<&str>,
+    ) -> Result<(), BillingError> {
         let mut tx = self.pool.begin().await?;
         let settled = sqlx::query(
             "UPDATE meter_deliveries
@@ -144,7 +149,7 @@ impl DeliveryWorker {
 
     /// An attempt whose outcome is unknown and that must not be repeated: the delivery waits as `uncertain` until
     /// the meter event summaries can say whether it counted.
-    pub(super) async fn mark_uncertain(&self, delivery: &Claimed, err: &StripeError) -> Result<(), AppError> {
+    pub(super) async fn mark_uncertain(&self, delivery: &Claimed, err: &StripeError) -> Result<(), BillingError> {
         let mut tx = self.pool.begin().await?;
         let marked = sqlx::query(
             "UPDATE meter_deliveries
@@ -173,7 +178,7 @@ impl DeliveryWorker {
         delivery: &Claimed,
         err: &StripeError,
         unknown: bool,
-    ) -> Result<(), AppError> {
+    ) -> Result<(), BillingError> {
         let delay = backoff(
             delivery.attempts,
             Duration::from_millis(self.settings.retry_base_ms),
