@@ -125,14 +125,15 @@ async fn ipv6_guesses_count_per_64_not_per_address(pool: PgPool) {
 }
 
 /// Finding 2: an unknown email costs the same password hashing as a wrong password, so the answer's time does not
-/// tell which emails have accounts. Compared as medians of the same machine's runs, not against a fixed time.
+/// tell which emails have accounts. Compared on this machine, not against a fixed time: the fastest of several
+/// answers of each kind (load only ever adds time, so the minimum is what the work costs).
 #[sqlx::test(migrator = "tally::db::MIGRATOR")]
 async fn an_unknown_email_takes_as_long_as_a_wrong_password(pool: PgPool) {
     let app = app(pool);
     app.signup("ada@example.com").await;
     let mut known = Vec::new();
     let mut unknown = Vec::new();
-    for n in 0..4 {
+    for n in 0..6 {
         // A fresh address each time, so the throttle never answers first.
         let started = std::time::Instant::now();
         let reply = login_from(&app, &format!("198.51.100.{}", 10 + n), "ada@example.com", "wrong password").await;
@@ -143,10 +144,8 @@ async fn an_unknown_email_takes_as_long_as_a_wrong_password(pool: PgPool) {
         unknown.push(started.elapsed());
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
     }
-    known.sort();
-    unknown.sort();
-    let (known, unknown) = (known[2], unknown[2]);
-    // Before the fix the unknown email skipped Argon2: about a tenth of the time.
+    let (known, unknown) = (known.into_iter().min().unwrap(), unknown.into_iter().min().unwrap());
+    // Before the fix the unknown email skipped Argon2: a tenth of the time or less.
     assert!(unknown * 2 >= known, "unknown email {unknown:?} against wrong password {known:?}");
 }
 
