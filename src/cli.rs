@@ -157,10 +157,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     .fetch_one(&pool)
                     .await?;
             // All time, within what PostgreSQL's timestamptz holds (chrono's MIN/MAX do not fit).
-            let (from, until) = (chrono::DateTime::UNIX_EPOCH, chrono::Utc::now() + chrono::Duration::days(36_500));
-            let sync =
-                crate::billing::status::for_user(&pool, id, crate::usage::period::PeriodKind::Calendar, from, until)
-                    .await?;
+            let all_time = crate::usage::period::Period {
+                kind: crate::usage::period::PeriodKind::Calendar,
+                span: crate::usage::period::Span {
+                    start: chrono::DateTime::UNIX_EPOCH,
+                    end: chrono::Utc::now() + chrono::Duration::days(36_500),
+                },
+            };
+            let sync = crate::billing::status::for_user(&pool, id, all_time).await?;
             println!("account {} ({id})", email.trim().to_lowercase());
             println!("limit: {}", limit.map_or("none".to_owned(), |l| l.to_string()));
             println!("stripe customer: {}", customer.as_deref().unwrap_or("none"));

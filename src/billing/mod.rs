@@ -123,7 +123,7 @@ pub async fn get_billing_overview() -> Result<BillingOverview, AppError> {
     let mut overview = history::overview(&state.pool, user_id, &state.config.billing_timezone).await?;
     // This period's events: what the customer is about to be billed for.
     let period = crate::usage::period::current(&state.usage, user_id).await?;
-    overview.sync = status::for_user(&state.pool, user_id, period.kind(), period.start, period.end).await?;
+    overview.sync = status::for_user(&state.pool, user_id, period.period()).await?;
     overview.sync.stripe_configured = state.stripe.is_some();
     let live = overview
         .subscription

@@ -112,21 +112,19 @@ pub async fn read(pool: &PgPool) -> Result<SyncStatus, BillingError> {
     })
 }
 
-/// One user's events by delivery state, of those that occurred in the billing period `[from, until)`
-/// (`stripe_configured` is left for the caller, who knows the config), counted from the period counters of `kind`
-/// (`Calendar` counters tile all usage, so any run of whole months can be summed; `Subscription` for one period).
+/// One user's events by delivery state, of those that occurred in `period` (`stripe_configured` is left for the
+/// caller, who knows the config), counted from the period counters of its kind (`Calendar` counters tile all usage,
+/// so any run of whole months can be summed; `Subscription` for one period).
 ///
 /// One statement, and its cost follows the *undelivered* events, not the period's: delivered = the period's event
 /// count from `usage_period_totals` (written with every event) minus the undelivered rows, counted from a partial
-/// index on (user, time the event occurred) without touching the events. `[from, until)` must be one of the user's
+/// index on (user, time the event occurred) without touching the events. `period` must be one of the user's
 /// billing periods or made of whole ones (counters are kept per period): the dashboard passes the current period,
 /// `tally user show` all time.
 pub async fn for_user(
     pool: &PgPool,
     user_id: uuid::Uuid,
-    kind: crate::usage::period::PeriodKind,
-    from: DateTime<Utc>,
-    until: DateTime<Utc>,
+    period: crate::usage::period::Period,
 ) -> Result<crate::billing::MeterSync, BillingError> {
     type Row = (i64, i64, i64, i64, i64, Option<String>, Option<String>, i64, Option<String>);
     let (events, pending, awaiting_customer, failed, expired, last_failure, last_retry_error, reported, last_report): Row =
@@ -159,9 +157,9 @@ pub async fn for_user(
              FROM undelivered",
         )
         .bind(user_id)
-        .bind(from)
-        .bind(until)
-        .bind(kind.as_str())
+        .bind(period.span.start)
+        .bind(period.span.end)
+        .bind(period.kind.as_str())
         .fetch_one(pool)
         .await?;
     Ok(crate::billing::MeterSync {

@@ -72,7 +72,8 @@ impl AlertWebhookWorker {
     }
 
     /// Claims and sends what is due; returns how many were attempted.
-    pub async fn step(&self) -> Result<usize, AppError> {
+    /// Errors are the database's own, so the worker's log names the cause.
+    pub async fn step(&self) -> Result<usize, sqlx::Error> {
         let due: Vec<Due> = sqlx::query_as(
             "UPDATE alert_webhooks w
              SET leased_until = now() + $1 * interval '1 millisecond', attempts = w.attempts + 1
@@ -97,7 +98,7 @@ impl AlertWebhookWorker {
         Ok(count)
     }
 
-    async fn send(&self, due: Due) -> Result<(), AppError> {
+    async fn send(&self, due: Due) -> Result<(), sqlx::Error> {
         let outcome = match &due.secret {
             None => Err("no signing secret: set the alert URL again".to_owned()),
             Some(secret) => self.post(&due, secret).await,

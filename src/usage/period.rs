@@ -85,6 +85,13 @@ impl PeriodKind {
     }
 }
 
+/// A period as counters and limits key it: its span and the rule it comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Period {
+    pub kind: PeriodKind,
+    pub span: Span,
+}
+
 /// The period that applies to user `$1` at the instant `$2`, cut in time zone `$3` (live statuses bound as `$4`,
 /// [`LIVE_STATUSES`]): one row of `start, end, kind, first_day, last_day, timezone`. The rule itself is the SQL
 /// function `billing_period_at` (migration 15), its one statement; this only names and formats its columns. Used
@@ -158,6 +165,11 @@ impl BillingPeriod {
 
     pub fn kind(&self) -> PeriodKind {
         PeriodKind::parse(&self.kind).unwrap_or(PeriodKind::Calendar)
+    }
+
+    /// The period without its days: what counters are keyed by.
+    pub fn period(&self) -> Period {
+        Period { kind: self.kind(), span: self.span() }
     }
 }
 

@@ -269,7 +269,7 @@ async fn a_meter_event_stripe_refuses_is_failed_with_its_message_and_can_be_retr
         .unwrap();
     assert!(reason.contains("No active meter was found for event_name 'image_generated'"), "{reason}");
     let period = tally::usage::period::containing(&pool, chrono::Utc::now(), "Asia/Tokyo").await.unwrap();
-    let sync = tally::billing::status::for_user(&pool, user, period.kind(), period.start, period.end).await.unwrap();
+    let sync = tally::billing::status::for_user(&pool, user, period.period()).await.unwrap();
     assert_eq!((sync.delivered, sync.failed), (1, 1));
     assert_eq!(sync.last_failure.as_deref(), Some(reason.as_str()));
 
@@ -710,10 +710,9 @@ async fn sync_counts_equal_a_count_of_every_row(pool: PgPool) {
         (chrono::DateTime::UNIX_EPOCH, now + chrono::Duration::days(36_500)),
     ];
     for (from, until) in spans {
-        let sync =
-            tally::billing::status::for_user(&pool, user, tally::usage::period::PeriodKind::Calendar, from, until)
-                .await
-                .unwrap();
+        let span = tally::usage::period::Span { start: from, end: until };
+        let calendar = tally::usage::period::Period { kind: tally::usage::period::PeriodKind::Calendar, span };
+        let sync = tally::billing::status::for_user(&pool, user, calendar).await.unwrap();
         let counts: Vec<(String, i64)> = sqlx::query_as(
             "SELECT o.status, count(*) FROM meter_event_outbox o JOIN usage_events e ON e.id = o.usage_event_id
              WHERE o.user_id = $1 AND e.occurred_at >= $2 AND e.occurred_at < $3 GROUP BY o.status",

@@ -29,7 +29,8 @@ use crate::error::AppError;
 mod plan;
 mod sql;
 
-use plan::{plan, EventPeriods, EventRows, Period};
+use super::period::Period;
+use plan::{plan, EventPeriods, EventRows};
 use sql::{existing_keys, keys_to_ids, lock_limits_read_periods, period_usage, resolve_callers};
 
 /// Most events one transaction takes (a group always takes at least one whole submission).

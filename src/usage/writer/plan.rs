@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::{Allowance, LimitPolicy, NewEvent, Outcome, Recorded, Submission};
 use crate::error::AppError;
-use crate::usage::period::{PeriodKind, Span};
+use crate::usage::period::{Period, Span};
 use crate::usage::AI_TOKENS_EVENT;
 
 /// A user's hard limit, as locked for this transaction.
@@ -27,13 +27,6 @@ pub(super) type UserKey = (Uuid, String);
 pub(super) struct EventPeriods {
     pub(super) applies: Period,
     pub(super) month: Span,
-}
-
-/// A counter's period: its span and the rule it comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(super) struct Period {
-    pub(super) kind: PeriodKind,
-    pub(super) span: Span,
 }
 
 /// Decides one submission: duplicates are answered with their first event, the rest is accepted whole (its
@@ -137,6 +130,7 @@ impl EventRows {
 mod tests {
     use super::*;
     use crate::auth::caller::Caller;
+    use crate::usage::period::PeriodKind;
 
     const USER: Uuid = Uuid::from_u128(7);
 

@@ -7,12 +7,12 @@ use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
-use super::plan::{EventPeriods, EventRows, Limit, Period, UserKey};
+use super::plan::{EventPeriods, EventRows, Limit, UserKey};
 use super::{NewEvent, Outcome, Submission};
 use crate::auth::api_key;
 use crate::auth::caller::Caller;
 use crate::error::AppError;
-use crate::usage::period::{PeriodKind, Span};
+use crate::usage::period::{Period, PeriodKind, Span};
 use crate::usage::AI_TOKENS_EVENT;
 
 /// A submission whose caller is known to be `user_id`.
