@@ -64,11 +64,11 @@ fn raw_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
     query.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
 }
 
-/// `query` without the error parameters.
-fn without_error(query: &str) -> String {
+/// `query` without the parameters `names`.
+fn without(query: &str, names: &[&str]) -> String {
     query
         .split('&')
-        .filter(|pair| !["__path", "__err", "__sig"].iter().any(|name| pair.split('=').next() == Some(*name)))
+        .filter(|pair| !names.iter().any(|name| pair.split('=').next() == Some(*name)))
         .collect::<Vec<_>>()
         .join("&")
 }
@@ -85,18 +85,25 @@ fn verified(key: &[u8], query: &str) -> bool {
     mac(key, path, err).verify_slice(&given).is_ok()
 }
 
-/// The middleware: drops unsigned errors from requests and signs the errors of redirects.
-pub async fn guard(State(key): State<PageErrorKey>, mut request: Request, next: Next) -> Response {
-    let key = match key.get().await {
-        Ok(key) => key,
+/// The signing key, or `None` (logged) when the database could not give it: errors are then neither shown nor
+/// signed, never shown unsigned.
+async fn key_or_none(keys: &PageErrorKey) -> Option<Vec<u8>> {
+    match keys.get().await {
+        Ok(key) => Some(key),
         Err(err) => {
             tracing::error!(error = %err, "no page error key; form errors from URLs are not shown");
-            Vec::new()
+            None
         }
-    };
+    }
+}
+
+/// The middleware: drops unsigned errors from requests and signs the errors of redirects. The key is only asked
+/// for by a request or redirect that carries an error.
+pub async fn guard(State(keys): State<PageErrorKey>, mut request: Request, next: Next) -> Response {
     if let Some(query) = request.uri().query().filter(|q| q.contains("__err=")) {
-        if key.is_empty() || !verified(&key, query) {
-            let query = without_error(query);
+        let signed = key_or_none(&keys).await.is_some_and(|key| verified(&key, query));
+        if !signed {
+            let query = without(query, &["__path", "__err", "__sig"]);
             let path = request.uri().path();
             let rebuilt = if query.is_empty() { path.to_owned() } else { format!("{path}?{query}") };
             if let Ok(uri) = rebuilt.parse::<Uri>() {
@@ -107,25 +114,24 @@ pub async fn guard(State(key): State<PageErrorKey>, mut request: Request, next: 
     let mut response = next.run(request).await;
     let location = response.headers().get(header::LOCATION).and_then(|l| l.to_str().ok()).map(str::to_owned);
     if let Some((base, query)) = location.as_deref().and_then(|l| l.split_once('?')) {
-        let query = without_sig(query);
-        let signed = match (raw_param(&query, "__err"), key.is_empty()) {
-            (Some(err), false) => {
-                let sig = signature(&key, raw_param(&query, "__path").unwrap_or_default(), err);
-                format!("{base}?{query}&__sig={sig}")
-            }
-            _ if query.is_empty() => base.to_owned(),
-            _ => format!("{base}?{query}"),
+        // A signature left over from an earlier redirect goes; a new error gets its own.
+        let query = without(query, &["__sig"]);
+        let signature = match raw_param(&query, "__err") {
+            Some(err) => key_or_none(&keys)
+                .await
+                .map(|key| signature(&key, raw_param(&query, "__path").unwrap_or_default(), err)),
+            None => None,
+        };
+        let signed = match signature {
+            Some(sig) => format!("{base}?{query}&__sig={sig}"),
+            None if query.is_empty() => base.to_owned(),
+            None => format!("{base}?{query}"),
         };
         if let Ok(value) = HeaderValue::from_str(&signed) {
             response.headers_mut().insert(header::LOCATION, value);
         }
     }
     response
-}
-
-/// `query` without a signature left over from an earlier redirect.
-fn without_sig(query: &str) -> String {
-    query.split('&').filter(|pair| pair.split('=').next() != Some("__sig")).collect::<Vec<_>>().join("&")
 }
 
 #[cfg(test)]
@@ -142,6 +148,6 @@ mod tests {
         assert!(!verified(key, "__path=%2Fapi%2Fauth%2Flogin&__err=eyJlcnJvciI6InkifQ&__sig={sig}"));
         assert!(!verified(key, "__path=%2Fapi%2Fauth%2Flogin&__err=eyJlcnJvciI6IngifQ"));
         assert!(verified(key, "lang=ja"));
-        assert_eq!(without_error(&format!("lang=ja&{query}")), "lang=ja");
+        assert_eq!(without(&format!("lang=ja&{query}"), &["__path", "__err", "__sig"]), "lang=ja");
     }
 }

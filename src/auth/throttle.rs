@@ -81,9 +81,19 @@ async fn lock_keys(tx: &mut Transaction<'_, Postgres>, keys: &[String]) -> Resul
     Ok(())
 }
 
-/// The refusal for limits that reopen at `reopens` (the latest of them), or `Ok` when none is reached.
-fn refusal(reopens: impl IntoIterator<Item = DateTime<Utc>>, what: &str, ip: &Option<String>) -> Result<(), AppError> {
-    match reopens.into_iter().max() {
+/// The refusal when any of `limits` (reached?, its oldest counted attempt) is reached, or `Ok` when none is.
+fn refusal(
+    limits: &[(bool, Option<DateTime<Utc>>)],
+    window_secs: i64,
+    what: &str,
+    ip: &Option<String>,
+) -> Result<(), AppError> {
+    // Each reached limit reopens when its oldest counted attempt leaves the window; the latest of them decides.
+    let reopens = limits
+        .iter()
+        .filter_map(|(reached, oldest)| reached.then_some(*oldest).flatten())
+        .map(|oldest| oldest + chrono::Duration::seconds(window_secs));
+    match reopens.max() {
         Some(at) => {
             let retry_after_secs = (at - Utc::now()).num_seconds().max(1) as u64;
             tracing::warn!(client_ip = ?ip, retry_after_secs, "{what} throttled");
@@ -122,15 +132,12 @@ pub async fn begin(pool: &PgPool, email: &str, ip: Option<IpAddr>) -> Result<Att
     .fetch_one(&mut *tx)
     .await?;
     // The earliest moment the exceeded count drops below its limit: its oldest failure leaving the window.
-    let reopens = [
+    let limits = [
         (counts.pair >= MAX_PER_ACCOUNT_AND_ADDRESS, counts.pair_oldest),
         (counts.address >= MAX_PER_ADDRESS, counts.address_oldest),
         (counts.account >= MAX_PER_ACCOUNT, counts.account_oldest),
-    ]
-    .into_iter()
-    .filter_map(|(exceeded, oldest)| exceeded.then_some(oldest).flatten())
-    .map(|oldest| oldest + chrono::Duration::seconds(WINDOW_SECS));
-    refusal(reopens, "sign-in", &ip)?;
+    ];
+    refusal(&limits, WINDOW_SECS, "sign-in", &ip)?;
     let id = sqlx::query_scalar("INSERT INTO login_failures (email, client_ip) VALUES ($1, $2::inet) RETURNING id")
         .bind(email)
         .bind(&ip)
@@ -192,11 +199,8 @@ pub async fn begin_signup(pool: &PgPool, ip: Option<IpAddr>, limits: SignupLimit
         .bind(SIGNUP_WINDOW_SECS as f64)
         .fetch_one(&mut *tx)
         .await?;
-    let reopens = [(address >= limits.per_address, address_oldest), (overall >= limits.overall, overall_oldest)]
-        .into_iter()
-        .filter_map(|(exceeded, oldest)| exceeded.then_some(oldest).flatten())
-        .map(|oldest| oldest + chrono::Duration::seconds(SIGNUP_WINDOW_SECS));
-    refusal(reopens, "sign-up", &ip)?;
+    let reached = [(address >= limits.per_address, address_oldest), (overall >= limits.overall, overall_oldest)];
+    refusal(&reached, SIGNUP_WINDOW_SECS, "sign-up", &ip)?;
     sqlx::query("INSERT INTO signup_attempts (client_ip) VALUES ($1::inet)").bind(&ip).execute(&mut *tx).await?;
     tx.commit().await?;
     Ok(())

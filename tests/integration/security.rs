@@ -50,10 +50,10 @@ async fn pages_carry_security_headers(pool: PgPool) {
     assert_eq!(reply.headers["x-frame-options"], "DENY");
 }
 
-/// A login request from `ip` (as the connection's peer address).
-async fn login_from(app: &TestApp, ip: &str, email: &str, password: &str) -> Reply {
+/// An email + password form posted to `path` from `ip` (as the connection's peer address).
+async fn credentials_from(app: &TestApp, path: &str, ip: &str, email: &str, password: &str) -> Reply {
     let body = format!("email={}&password={}", email.replace('@', "%40"), password.replace(' ', "+"));
-    let mut request = Request::post("/api/auth/login")
+    let mut request = Request::post(path)
         .header(header::HOST, "127.0.0.1:3000")
         .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
         .body(Body::from(body))
@@ -61,6 +61,11 @@ async fn login_from(app: &TestApp, ip: &str, email: &str, password: &str) -> Rep
     let peer: std::net::SocketAddr = format!("{ip}:40000").parse().unwrap();
     request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
     app.send(request).await
+}
+
+/// A login request from `ip`.
+async fn login_from(app: &TestApp, ip: &str, email: &str, password: &str) -> Reply {
+    credentials_from(app, "/api/auth/login", ip, email, password).await
 }
 
 #[sqlx::test(migrator = "tally::db::MIGRATOR")]
@@ -151,15 +156,7 @@ async fn an_unknown_email_takes_as_long_as_a_wrong_password(pool: PgPool) {
 
 /// A sign-up request from `ip`.
 async fn signup_from(app: &TestApp, ip: &str, email: &str) -> Reply {
-    let body = format!("email={}&password={}", email.replace('@', "%40"), PASSWORD.replace(' ', "+"));
-    let mut request = Request::post("/api/auth/signup")
-        .header(header::HOST, "127.0.0.1:3000")
-        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .body(Body::from(body))
-        .unwrap();
-    let peer: std::net::SocketAddr = format!("{ip}:40000").parse().unwrap();
-    request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
-    app.send(request).await
+    credentials_from(app, "/api/auth/signup", ip, email, PASSWORD).await
 }
 
 /// Finding 7 (and 2's sign-up half): sign-ups are limited per address and overall, every attempt counted before any
