@@ -8,11 +8,11 @@ use axum::http::{header, Request, StatusCode};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use sqlx::PgPool;
+use stripe_double::{Faults, StripeDouble, DEFAULT_SECRET_KEY};
 use tally::billing::delivery::DeliveryWorker;
 use tally::billing::signature;
 use tally::clock::Clock;
 use tally::config::DeliveryConfig;
-use tally::stripe_double::{Faults, StripeDouble, DEFAULT_SECRET_KEY};
 use tally::usage::AI_TOKENS_EVENT;
 use uuid::Uuid;
 
@@ -38,7 +38,7 @@ impl Scenario {
         double.add_meter(AI_TOKENS_EVENT);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("address"));
-        tokio::spawn(tally::stripe_double::serve(listener, double.clone()));
+        tokio::spawn(stripe_double::serve(listener, double.clone()));
         let worker = DeliveryWorker::new(pool.clone(), &base, DEFAULT_SECRET_KEY, settings, "Asia/Tokyo")
             .with_clock(clock.clone());
         Scenario { app: app(pool), double, double_base: base, worker, clock }

@@ -201,11 +201,11 @@ async fn status_says_pending_events_wait_for_a_stripe_key(pool: PgPool) {
 #[sqlx::test(migrator = "tally::db::MIGRATOR")]
 async fn setup_worker_and_reconcile_from_the_command_line(pool: PgPool) {
     // The double runs in this process; the CLI talks to it over HTTP like it would to Stripe.
-    let double = tally::stripe_double::StripeDouble::new(tally::stripe_double::DEFAULT_SECRET_KEY);
+    let double = stripe_double::StripeDouble::new(stripe_double::DEFAULT_SECRET_KEY);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(tally::stripe_double::serve(listener, double.clone()));
-    let env = [("STRIPE_SECRET_KEY", tally::stripe_double::DEFAULT_SECRET_KEY), ("STRIPE_API_BASE", base.as_str())];
+    tokio::spawn(stripe_double::serve(listener, double.clone()));
+    let env = [("STRIPE_SECRET_KEY", stripe_double::DEFAULT_SECRET_KEY), ("STRIPE_API_BASE", base.as_str())];
     let run = |args: &'static [&'static str]| {
         let pool = pool.clone();
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
@@ -269,11 +269,8 @@ async fn setup_worker_and_reconcile_from_the_command_line(pool: PgPool) {
     assert!(table.contains("in_short") && table.contains("why: Stripe billed less than Tally delivered"), "{table}");
     sqlx::query("DELETE FROM invoice_lines WHERE stripe_invoice_id = 'in_short'").execute(&pool).await.unwrap();
     // Usage Stripe holds that Tally never sent makes the period differ, and the command fail.
-    let stripe = tally::billing::stripe::StripeClient::new(
-        reqwest::Client::new(),
-        &base,
-        tally::stripe_double::DEFAULT_SECRET_KEY,
-    );
+    let stripe =
+        tally::billing::stripe::StripeClient::new(reqwest::Client::new(), &base, stripe_double::DEFAULT_SECRET_KEY);
     let stray = tally::billing::stripe::MeterEvent {
         event_name: "ai_token_consumed",
         customer: &customer,

@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use sqlx::PgPool;
+use stripe_double::{Faults, StripeDouble, DEFAULT_SECRET_KEY};
 use tally::billing::delivery::DeliveryWorker;
 use tally::config::DeliveryConfig;
-use tally::stripe_double::{Faults, StripeDouble, DEFAULT_SECRET_KEY};
 use tally::usage::AI_TOKENS_EVENT;
 use uuid::Uuid;
 
@@ -19,7 +19,7 @@ pub async fn start_double() -> (String, StripeDouble) {
     double.add_meter(AI_TOKENS_EVENT);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("address"));
-    tokio::spawn(tally::stripe_double::serve(listener, double.clone()));
+    tokio::spawn(stripe_double::serve(listener, double.clone()));
     (base, double)
 }
 
@@ -516,7 +516,7 @@ async fn setup_creates_the_meter_and_price_once_and_reconcile_finds_differences(
     let double = StripeDouble::new(DEFAULT_SECRET_KEY);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(tally::stripe_double::serve(listener, double.clone()));
+    tokio::spawn(stripe_double::serve(listener, double.clone()));
     let stripe = tally::billing::stripe::StripeClient::new(reqwest::Client::new(), &base, DEFAULT_SECRET_KEY);
     let plan = tally::billing::setup::SetupPlan {
         event_name: AI_TOKENS_EVENT.into(),

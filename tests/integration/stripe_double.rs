@@ -2,7 +2,7 @@
 //! on (and that `end2end/tests/stripe-double.spec.ts` checks against Stripe's official Node SDK).
 
 use serde_json::Value;
-use tally::stripe_double::{Faults, DEFAULT_SECRET_KEY};
+use stripe_double::{Faults, DEFAULT_SECRET_KEY};
 
 use crate::delivery::start_double;
 

@@ -4,17 +4,17 @@
 //! only correctness (Stripe's sums equal PostgreSQL's), never timing.
 //!
 //! Run it through `scripts/bench-delivery` (release build, durable throwaway PostgreSQL), or by hand:
-//!   DATABASE_URL=postgres://… cargo bench --features ssr --bench delivery -- [--events 1000000] [--customers 1000]
+//!   DATABASE_URL=postgres://… cargo bench -p tally-bench --bench delivery -- [--events 1000000] [--customers 1000]
 //!     [--unbatched-events 20000] [--workers 1]
 //! It creates (and drops) its own database next to DATABASE_URL's.
 
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
+use stripe_double::{Faults, DEFAULT_SECRET_KEY};
 use tally::billing::delivery::DeliveryWorker;
 use tally::config::DeliveryConfig;
-use tally::stripe_double::{Faults, StripeDouble, DEFAULT_SECRET_KEY};
+use tally_bench::{fresh_database, options};
 
 const EVENT: &str = "ai_token_consumed";
 
@@ -36,25 +36,6 @@ struct Options {
     /// Stripe's limit the double enforces and the workers share.
     #[arg(long, default_value_t = 1_000)]
     calls_per_second: u32,
-}
-
-/// The arguments, without the `--bench` cargo adds.
-fn options() -> Options {
-    clap::Parser::parse_from(std::env::args().filter(|a| a != "--bench"))
-}
-
-/// A fresh database next to DATABASE_URL's, migrated.
-async fn fresh_database(name: &str) -> PgPool {
-    let url = std::env::var("DATABASE_URL").expect("DATABASE_URL");
-    let admin = PgPoolOptions::new().max_connections(1).connect(&url).await.expect("connect");
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&admin).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.unwrap();
-    let (server, query) = url.split_once('?').map_or((url.as_str(), ""), |(s, q)| (s, q));
-    let base = server.rsplit_once('/').map_or(server, |(b, _)| b);
-    let bench_url = if query.is_empty() { format!("{base}/{name}") } else { format!("{base}/{name}?{query}") };
-    let pool = PgPoolOptions::new().max_connections(16).connect(&bench_url).await.expect("connect bench database");
-    tally::db::MIGRATOR.run(&pool).await.expect("migrate");
-    pool
 }
 
 /// `customers` linked users, each with a live subscription whose current period holds the last hour (paying
@@ -109,12 +90,8 @@ struct Run {
 }
 
 async fn drain(pool: &PgPool, options: &Options, customers: i64, events: i64, batch_max_events: u32) -> Run {
-    let double = StripeDouble::new(DEFAULT_SECRET_KEY);
-    double.add_meter(EVENT);
+    let (double, base) = tally_bench::stripe_double(&[EVENT]).await;
     double.set_faults(Faults { calls_per_second: options.calls_per_second, ..Faults::default() });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(tally::stripe_double::serve(listener, double.clone()));
 
     let load = Instant::now();
     backlog(pool, customers, events).await;
@@ -171,17 +148,18 @@ async fn drain(pool: &PgPool, options: &Options, customers: i64, events: i64, ba
 
 #[tokio::main]
 async fn main() {
-    let options = options();
+    let options: Options = options();
+    let admin_url = std::env::var("DATABASE_URL").expect("DATABASE_URL must be set (run scripts/bench-delivery)");
     let mut results = Vec::new();
 
     eprintln!("batched (default STRIPE_BATCH_MAX_EVENTS=10000):");
-    let pool = fresh_database("tally_bench_delivery").await;
+    let (pool, _) = fresh_database(&admin_url, "tally_bench_delivery", 16).await;
     results.push(("batched", drain(&pool, &options, options.customers, options.events, 10_000).await));
     pool.close().await;
 
     if options.unbatched_events > 0 {
         eprintln!("one meter event per usage event (STRIPE_BATCH_MAX_EVENTS=1):");
-        let pool = fresh_database("tally_bench_delivery").await;
+        let (pool, _) = fresh_database(&admin_url, "tally_bench_delivery", 16).await;
         results.push(("unbatched", drain(&pool, &options, options.customers, options.unbatched_events, 1).await));
         pool.close().await;
     }

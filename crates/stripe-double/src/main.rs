@@ -3,7 +3,7 @@
 //! `curl :12111/_double/state` and inject faults with `curl -d '{"rate_limit":5}' :12111/_double/faults`.
 
 use clap::Parser;
-use tally::stripe_double::{serve, StripeDouble, DEFAULT_SECRET_KEY};
+use stripe_double::{serve, StripeDouble, DEFAULT_SECRET_KEY};
 
 /// A Stripe API double for Tally's tests (billing meters, customers, products, prices) with fault knobs.
 #[derive(Parser)]

@@ -136,7 +136,7 @@ struct Inner {
     /// Random per double, so ids never repeat across restarts (a database may outlive a double).
     run_id: String,
     /// Stripe's clock: identifier memory, the timestamp window, invoices. Tests move it.
-    clock: crate::clock::Clock,
+    clock: tally_clock::Clock,
 }
 
 impl Inner {
@@ -158,11 +158,11 @@ impl Inner {
 impl StripeDouble {
     /// A double accepting `secret_key`, on the system clock.
     pub fn new(secret_key: &str) -> StripeDouble {
-        StripeDouble::with_clock(secret_key, crate::clock::Clock::system())
+        StripeDouble::with_clock(secret_key, tally_clock::Clock::system())
     }
 
     /// A double on `clock` (share it with the app under test to move both through Stripe's time windows).
-    pub fn with_clock(secret_key: &str, clock: crate::clock::Clock) -> StripeDouble {
+    pub fn with_clock(secret_key: &str, clock: tally_clock::Clock) -> StripeDouble {
         let mut bytes = [0_u8; 5];
         getrandom::fill(&mut bytes).unwrap_or_default();
         let run_id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
@@ -251,7 +251,7 @@ impl StripeDouble {
     }
 
     /// The double's clock.
-    pub fn clock(&self) -> crate::clock::Clock {
+    pub fn clock(&self) -> tally_clock::Clock {
         self.lock().clock.clone()
     }
 

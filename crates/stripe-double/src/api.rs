@@ -9,9 +9,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use serde_json::{json, Map, Value};
 
-use super::server::Hangup;
-use super::{AcceptedEvent, Inner, Saved, StripeDouble};
-use crate::retry::random_unit as chance;
+use crate::server::Hangup;
+use crate::{AcceptedEvent, Inner, Saved, StripeDouble};
 
 /// Stripe keeps identifiers for at least 24 hours; the double for exactly that long.
 const IDENTIFIER_WINDOW_SECONDS: i64 = 24 * 3600;
@@ -74,7 +73,7 @@ impl Answer {
     }
 }
 
-/// Now, in unix seconds, by the double's clock (tests move it, see [`crate::clock::Clock`]).
+/// Now, in unix seconds, by the double's clock (tests move it, see [`tally_clock::Clock`]).
 fn now(inner: &Inner) -> i64 {
     inner.clock.now().timestamp()
 }
@@ -679,4 +678,11 @@ fn record_meter_event(inner: &mut Inner, params: &Params) -> Result<Answer, Answ
         "object": "billing.meter_event", "created": now, "event_name": event_name, "identifier": identifier,
         "livemode": false, "payload": payload, "timestamp": timestamp
     })))
+}
+
+/// A uniform random number in `[0, 1)`: whether a storm's ratio hits this call.
+fn chance() -> f64 {
+    let mut bytes = [0_u8; 8];
+    getrandom::fill(&mut bytes).unwrap_or_default();
+    (u64::from_le_bytes(bytes) >> 11) as f64 / (1_u64 << 53) as f64
 }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use sqlx::PgPool;
+use tally_bench::{ms, options, p50_p99, percentile, thousands};
 use uuid::Uuid;
 
 const PASSWORD: &str = "perf suite password";
@@ -43,11 +44,6 @@ struct Options {
     /// Length of the memory soak.
     #[arg(long, default_value_t = 600)]
     soak_seconds: u64,
-}
-
-/// The arguments, without the `--bench` cargo adds.
-fn options() -> Options {
-    clap::Parser::parse_from(std::env::args().filter(|a| a != "--bench"))
 }
 
 /// One line of the final table.
@@ -142,34 +138,6 @@ fn cpu_seconds(server_pid: u32) -> Cpu {
     Cpu { server, postgres, load_tool }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
-}
-
-/// "p50 …, p99 …" of sorted latencies.
-fn p50_p99(sorted: &[Duration]) -> String {
-    format!("p50 {}, p99 {}", ms(percentile(sorted, 0.5)), ms(percentile(sorted, 0.99)))
-}
-
-fn thousands(n: f64) -> String {
-    let digits = format!("{:.0}", n);
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 /// An account with an API key and a signed-in session.
 struct Customer {
     user_id: Uuid,
@@ -183,12 +151,9 @@ async fn customers(suite: &Suite, label: &str, count: usize, sessions: bool) -> 
     for i in 0..count {
         let email = format!("{label}-{run}-{i}@perf.test");
         // A limit far above what the run can reach: the limit check (and its lock) is part of what is measured.
-        let user_id = tally::auth::users::register(&suite.pool, &email, PASSWORD, Some(1_000_000_000_000_000))
-            .await
-            .expect("create user");
-        let (_, secret) = tally::auth::api_key::create(&suite.pool, user_id, "perf").await.expect("create key");
+        let account = tally_bench::customer(&suite.pool, &email, PASSWORD, Some(1_000_000_000_000_000)).await;
         let cookie = if sessions { login(suite, &email).await } else { String::new() };
-        out.push(Arc::new(Customer { user_id, auth: format!("Bearer {secret}"), cookie }));
+        out.push(Arc::new(Customer { user_id: account.user_id, auth: account.auth, cookie }));
     }
     out
 }
@@ -869,7 +834,7 @@ async fn memory(suite: &mut Suite) {
 
 #[tokio::main]
 async fn main() {
-    let options = options();
+    let options: Options = options();
     let env = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} must be set (run scripts/perf)"));
     let database_url = env("DATABASE_URL");
     let pool = sqlx::postgres::PgPoolOptions::new().max_connections(8).connect(&database_url).await.expect("connect");

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use tally::stripe_double::{Faults, StripeDouble, DEFAULT_SECRET_KEY};
+use stripe_double::{Faults, StripeDouble, DEFAULT_SECRET_KEY};
+use tally_bench::{customer, options, Customer};
 use uuid::Uuid;
 
 const WEBHOOK_SECRET: &str = "whsec_fault_suite_secret";
@@ -38,11 +39,6 @@ struct Options {
     /// Seconds the Stripe double keeps failing in the Stripe scenario.
     #[arg(long, default_value_t = 120)]
     stripe_fault_seconds: u64,
-}
-
-/// The arguments, without the `--bench` cargo adds.
-fn options() -> Options {
-    clap::Parser::parse_from(std::env::args().filter(|a| a != "--bench"))
 }
 
 /// The machine the scenarios run on: the cluster, the server binary, the double.
@@ -66,17 +62,7 @@ struct Instance {
 
 impl Lab {
     async fn fresh_database(&self, name: &str) -> (PgPool, String) {
-        let admin = PgPool::connect(&self.admin_url).await.expect("admin connection");
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&admin).await.unwrap();
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.unwrap();
-        admin.close().await;
-        let url = match self.admin_url.rsplit_once('/') {
-            Some((base, _)) => format!("{base}/{name}"),
-            None => panic!("DATABASE_URL has no database part"),
-        };
-        let pool = sqlx::postgres::PgPoolOptions::new().max_connections(8).connect(&url).await.unwrap();
-        tally::db::migrate(&pool).await.expect("migrate");
-        (pool, url)
+        tally_bench::fresh_database(&self.admin_url, name, 8).await
     }
 
     /// Starts an instance on a free port and waits until it answers.
@@ -118,7 +104,7 @@ impl Lab {
 
     /// Stops or starts the cluster the way `scripts/lib.sh` does (as its owner, same port and options).
     fn pg(&self, action: &str) {
-        let script = format!("{}/scripts/lib.sh", env!("CARGO_MANIFEST_DIR"));
+        let script = format!("{}/../../scripts/lib.sh", env!("CARGO_MANIFEST_DIR"));
         let command = match action {
             "stop" => r#"source "$0"; pg_stop "$PG_DIR""#,
             _ => r#"source "$0"; pg_start "$PG_DIR" "$PG_PORT" "$PG_OPTS""#,
@@ -147,20 +133,10 @@ fn kill(instance: &mut Instance, signal: &str) {
     let _ = instance.child.wait();
 }
 
-/// An account with an API key.
-struct Customer {
-    user_id: Uuid,
-    auth: String,
-}
-
 async fn customers(pool: &PgPool, count: usize) -> Vec<Customer> {
     let mut out = Vec::new();
     for i in 0..count {
-        let user_id = tally::auth::users::register(pool, &format!("c{i}@faults.test"), "fault suite pw", None)
-            .await
-            .expect("user");
-        let (_, secret) = tally::auth::api_key::create(pool, user_id, "load").await.expect("key");
-        out.push(Customer { user_id, auth: format!("Bearer {secret}") });
+        out.push(customer(pool, &format!("c{i}@faults.test"), "fault suite pw", None).await);
     }
     out
 }
@@ -622,7 +598,7 @@ async fn instances(lab: &Lab, seconds: u64, count: usize) -> Audit {
 
 fn subscription_event(id: &str, created: i64, status: &str, period: (i64, i64)) -> Vec<u8> {
     let fixture = |name: &str| -> Value {
-        let path = format!("{}/tests/fixtures/stripe/{name}", env!("CARGO_MANIFEST_DIR"));
+        let path = format!("{}/../../tests/fixtures/stripe/{name}", env!("CARGO_MANIFEST_DIR"));
         serde_json::from_slice(&std::fs::read(path).expect("fixture")).expect("fixture JSON")
     };
     let mut subscription = fixture("openapi-fixtures3.subscription.json");
@@ -737,14 +713,10 @@ fn scan_logs(lab: &Lab, secrets: &[&str]) -> Vec<String> {
 
 #[tokio::main]
 async fn main() {
-    let options = options();
+    let options: Options = options();
     let env =
         |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} must be set (run scripts/reliability)"));
-    let double = StripeDouble::new(DEFAULT_SECRET_KEY);
-    double.add_meter(tally::usage::AI_TOKENS_EVENT);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let double_url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(tally::stripe_double::serve(listener, double.clone()));
+    let (double, double_url) = tally_bench::stripe_double(&[tally::usage::AI_TOKENS_EVENT]).await;
     let log_dir = std::env::temp_dir().join(format!("tally-faults-{}", std::process::id()));
     std::fs::create_dir_all(&log_dir).unwrap();
     let lab = Lab {

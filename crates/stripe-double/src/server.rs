@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tower::ServiceExt;
 
-use super::{api, AcceptedEvent, DoubleState, Faults, StripeDouble};
+use crate::{api, AcceptedEvent, DoubleState, Faults, StripeDouble};
 
 /// Closes the connection of the request it was handed to, unanswered.
 #[derive(Clone)]
