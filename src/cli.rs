@@ -151,11 +151,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let id = crate::auth::users::find_id_by_email(&pool, &email)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no account for {email}"))?;
-            let (limit, customer): (Option<i64>, Option<String>) =
-                sqlx::query_as("SELECT usage_limit, stripe_customer_id FROM users WHERE id = $1")
-                    .bind(id)
-                    .fetch_one(&pool)
-                    .await?;
+            let account = sqlx::query!("SELECT usage_limit, stripe_customer_id FROM users WHERE id = $1", id)
+                .fetch_one(&pool)
+                .await?;
+            let (limit, customer) = (account.usage_limit, account.stripe_customer_id);
             // All time, within what PostgreSQL's timestamptz holds (chrono's MIN/MAX do not fit).
             let all_time = crate::usage::period::Period {
                 kind: crate::usage::period::PeriodKind::Calendar,

@@ -45,11 +45,11 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbSetupError> {
 /// Fails early, with a clear message, when PostgreSQL does not know the configured billing time zone; otherwise
 /// every period computation would fail later, request by request.
 pub async fn check_timezone(pool: &PgPool, timezone: &str) -> Result<(), DbSetupError> {
-    let known: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = $1)")
-        .bind(timezone)
-        .fetch_one(pool)
-        .await
-        .map_err(DbSetupError::Query)?;
+    let known =
+        sqlx::query_scalar!(r#"SELECT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = $1) AS "known!""#, timezone)
+            .fetch_one(pool)
+            .await
+            .map_err(DbSetupError::Query)?;
     if known {
         Ok(())
     } else {

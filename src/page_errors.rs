@@ -39,12 +39,14 @@ impl PageErrorKey {
 async fn load_key(pool: &PgPool) -> Result<Vec<u8>, sqlx::Error> {
     let mut fresh = [0_u8; 32];
     getrandom::fill(&mut fresh).map_err(|err| sqlx::Error::Protocol(format!("no randomness: {err}")))?;
-    sqlx::query("INSERT INTO server_keys (name, key) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
-        .bind(KEY_NAME)
-        .bind(&fresh[..])
-        .execute(pool)
-        .await?;
-    sqlx::query_scalar("SELECT key FROM server_keys WHERE name = $1").bind(KEY_NAME).fetch_one(pool).await
+    sqlx::query!(
+        "INSERT INTO server_keys (name, key) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        KEY_NAME,
+        &fresh[..]
+    )
+    .execute(pool)
+    .await?;
+    sqlx::query_scalar!("SELECT key FROM server_keys WHERE name = $1", KEY_NAME).fetch_one(pool).await
 }
 
 fn mac(key: &[u8], path: &str, err: &str) -> Hmac<Sha256> {

@@ -47,8 +47,7 @@ pub struct Reservation {
 /// is recorded (or the call failed).
 pub async fn reserve(state: &AiState, user_id: Uuid, prompt: &str) -> Result<Reservation, AppError> {
     let mut tx = state.pool.begin().await?;
-    let limit: Option<Option<i64>> = sqlx::query_scalar("SELECT usage_limit FROM users WHERE id = $1 FOR UPDATE")
-        .bind(user_id)
+    let limit = sqlx::query_scalar!("SELECT usage_limit FROM users WHERE id = $1 FOR UPDATE", user_id)
         .fetch_optional(&mut *tx)
         .await?;
     let Some(limit) = limit.ok_or(AppError::Unauthorized)? else {
@@ -64,15 +63,15 @@ pub async fn reserve(state: &AiState, user_id: Uuid, prompt: &str) -> Result<Res
     )
     .await?
     .map_or(0, |summary| summary.used);
-    sqlx::query("DELETE FROM ai_reservations WHERE user_id = $1 AND expires_at <= now()")
-        .bind(user_id)
+    sqlx::query!("DELETE FROM ai_reservations WHERE user_id = $1 AND expires_at <= now()", user_id)
         .execute(&mut *tx)
         .await?;
-    let held: i64 =
-        sqlx::query_scalar("SELECT coalesce(sum(tokens), 0)::bigint FROM ai_reservations WHERE user_id = $1")
-            .bind(user_id)
-            .fetch_one(&mut *tx)
-            .await?;
+    let held = sqlx::query_scalar!(
+        r#"SELECT coalesce(sum(tokens), 0)::bigint AS "held!" FROM ai_reservations WHERE user_id = $1"#,
+        user_id
+    )
+    .fetch_one(&mut *tx)
+    .await?;
     let left = limit - used - held;
     let (bound, max_completion_tokens) = match state.config.openai_api_key {
         None => (complete_offline(prompt).total_tokens, MAX_COMPLETION_TOKENS),
@@ -86,14 +85,14 @@ pub async fn reserve(state: &AiState, user_id: Uuid, prompt: &str) -> Result<Res
         return Err(AppError::LimitExceeded { limit, remaining: (limit - used).max(0) });
     }
     let id = Uuid::now_v7();
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO ai_reservations (id, user_id, tokens, expires_at)
          VALUES ($1, $2, $3, now() + make_interval(secs => $4))",
+        id,
+        user_id,
+        bound,
+        RESERVATION_SECONDS
     )
-    .bind(id)
-    .bind(user_id)
-    .bind(bound)
-    .bind(RESERVATION_SECONDS)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -103,7 +102,7 @@ pub async fn reserve(state: &AiState, user_id: Uuid, prompt: &str) -> Result<Res
 /// Settles a reservation: its call's real tokens are recorded (or it failed), so the hold goes.
 pub async fn release(pool: &sqlx::PgPool, reservation: &Reservation) -> Result<(), AppError> {
     if let Some(id) = reservation.id {
-        sqlx::query("DELETE FROM ai_reservations WHERE id = $1").bind(id).execute(pool).await?;
+        sqlx::query!("DELETE FROM ai_reservations WHERE id = $1", id).execute(pool).await?;
     }
     Ok(())
 }

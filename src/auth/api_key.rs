@@ -84,22 +84,25 @@ pub async fn owners<'e>(
     hashes: &[KeyHash],
 ) -> Result<std::collections::HashMap<KeyHash, Uuid>, sqlx::Error> {
     let hashes: Vec<&[u8]> = hashes.iter().map(|h| &h[..]).collect();
-    let rows: Vec<(Vec<u8>, Uuid)> = sqlx::query_as(
-        "WITH live AS (
+    let rows = sqlx::query!(
+        r#"WITH live AS (
              SELECT id, user_id, key_hash FROM api_keys WHERE key_hash = ANY($1) AND revoked_at IS NULL
          ), touched AS (
              UPDATE api_keys SET last_used_at = now()
              FROM live
              WHERE api_keys.id = live.id
-               AND (api_keys.last_used_at IS NULL OR api_keys.last_used_at < now() - make_interval(secs => $2))
+               AND (api_keys.last_used_at IS NULL OR api_keys.last_used_at < now() - make_interval(secs => $2::int))
          )
-         SELECT key_hash, user_id FROM live",
+         SELECT key_hash AS "key_hash!", user_id AS "user_id!" FROM live"#,
+        &hashes as &[&[u8]],
+        LAST_USED_RESOLUTION_SECONDS
     )
-    .bind(&hashes)
-    .bind(LAST_USED_RESOLUTION_SECONDS)
     .fetch_all(executor)
     .await?;
-    Ok(rows.into_iter().filter_map(|(hash, user)| Some((KeyHash::try_from(hash.as_slice()).ok()?, user))).collect())
+    Ok(rows
+        .into_iter()
+        .filter_map(|row| Some((KeyHash::try_from(row.key_hash.as_slice()).ok()?, row.user_id)))
+        .collect())
 }
 
 /// Stores a new key for `user_id` and returns it with its secret.
@@ -110,15 +113,15 @@ pub async fn create(pool: &PgPool, user_id: Uuid, name: &str) -> Result<(ApiKeyI
     }
     let key = generate()?;
     let id = Uuid::new_v4();
-    let created_at: DateTime<Utc> = sqlx::query_scalar(
-        "INSERT INTO api_keys (id, user_id, name, display_prefix, key_hash) VALUES ($1, $2, $3, $4, $5)
-         RETURNING created_at",
+    let created_at = sqlx::query_scalar!(
+        r#"INSERT INTO api_keys (id, user_id, name, display_prefix, key_hash) VALUES ($1, $2, $3, $4, $5)
+         RETURNING created_at AS "created_at: DateTime<Utc>""#,
+        id,
+        user_id,
+        name,
+        &key.display_prefix,
+        &key.hash[..]
     )
-    .bind(id)
-    .bind(user_id)
-    .bind(name)
-    .bind(&key.display_prefix)
-    .bind(&key.hash[..])
     .fetch_one(pool)
     .await?;
     let info = ApiKeyInfo {
@@ -132,12 +135,6 @@ pub async fn create(pool: &PgPool, user_id: Uuid, name: &str) -> Result<(ApiKeyI
     Ok((info, key.secret))
 }
 
-/// The user a key belongs to, or [`AppError::Unauthorized`] for malformed, unknown or revoked keys (one answer
-/// for all three, so the answer does not tell an attacker which keys exist).
-pub async fn authenticate(pool: &PgPool, secret: &str) -> Result<Uuid, AppError> {
-    owner(pool, lookup_hash(secret).ok_or(AppError::Unauthorized)?).await
-}
-
 /// The owner of the live key with this hash, or [`AppError::Unauthorized`].
 pub async fn owner(pool: &PgPool, hash: KeyHash) -> Result<Uuid, AppError> {
     owners(pool, &[hash]).await?.get(&hash).copied().ok_or(AppError::Unauthorized)
@@ -145,11 +142,13 @@ pub async fn owner(pool: &PgPool, hash: KeyHash) -> Result<Uuid, AppError> {
 
 /// The user's keys, newest first, revoked ones included.
 pub async fn list(pool: &PgPool, user_id: Uuid) -> Result<Vec<ApiKeyInfo>, AppError> {
-    Ok(sqlx::query_as(
-        "SELECT id, name, display_prefix, created_at, last_used_at, revoked_at
-         FROM api_keys WHERE user_id = $1 ORDER BY created_at DESC, id",
+    Ok(sqlx::query_as!(
+        ApiKeyInfo,
+        r#"SELECT id, name, display_prefix, created_at AS "created_at: _", last_used_at AS "last_used_at: _",
+                  revoked_at AS "revoked_at: _"
+           FROM api_keys WHERE user_id = $1 ORDER BY created_at DESC, id"#,
+        user_id
     )
-    .bind(user_id)
     .fetch_all(pool)
     .await?)
 }
@@ -161,13 +160,13 @@ pub async fn revoke(pool: &PgPool, user_id: Uuid, key_id: Uuid) -> Result<(), Ap
 
 /// Revokes key `key_id` (only if `owner` owns it, when given); `None` when there is no such key.
 async fn revoke_where(pool: &PgPool, key_id: Uuid, owner: Option<Uuid>) -> Result<Option<Uuid>, sqlx::Error> {
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now())
          WHERE id = $1 AND ($2::uuid IS NULL OR user_id = $2)
          RETURNING id",
+        key_id,
+        owner
     )
-    .bind(key_id)
-    .bind(owner)
     .fetch_optional(pool)
     .await
 }
@@ -179,8 +178,7 @@ pub async fn revoke_by_id(pool: &PgPool, key_id: Uuid) -> Result<Uuid, AppError>
 
 /// Revokes the key with this display prefix (as `tally apikey list` shows it). Several matches are refused.
 pub async fn revoke_by_prefix(pool: &PgPool, display_prefix: &str) -> Result<Uuid, AppError> {
-    let ids: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM api_keys WHERE display_prefix = $1")
-        .bind(display_prefix)
+    let ids = sqlx::query_scalar!("SELECT id FROM api_keys WHERE display_prefix = $1", display_prefix)
         .fetch_all(pool)
         .await?;
     match ids.as_slice() {

@@ -52,7 +52,6 @@ pub fn counted_address(ip: IpAddr) -> IpAddr {
 }
 
 /// Failures within the window: for the account from the address, from the address, for the account.
-#[derive(sqlx::FromRow)]
 struct RecentFailures {
     pair: i64,
     address: i64,
@@ -71,12 +70,12 @@ pub struct Attempt {
 /// Takes PostgreSQL advisory locks on `keys` for the rest of the transaction, in one order (no deadlocks): every
 /// instance that counts the same account or address waits for the others.
 async fn lock_keys(tx: &mut Transaction<'_, Postgres>, keys: &[String]) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0)))
          FROM (SELECT DISTINCT unnest($1::text[]) AS k ORDER BY 1) AS keys",
+        keys
     )
-    .bind(keys)
-    .execute(&mut **tx)
+    .fetch_one(&mut **tx)
     .await?;
     Ok(())
 }
@@ -116,19 +115,20 @@ pub async fn begin(pool: &PgPool, email: &str, ip: Option<IpAddr>) -> Result<Att
     let mut keys = vec![format!("sign-in account {email}")];
     keys.extend(ip.iter().map(|ip| format!("sign-in address {ip}")));
     lock_keys(&mut tx, &keys).await?;
-    let counts: RecentFailures = sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE email = $1 AND client_ip IS NOT DISTINCT FROM $2::inet) AS pair,
-                count(*) FILTER (WHERE client_ip = $2::inet) AS address,
-                count(*) FILTER (WHERE email = $1) AS account,
-                min(failed_at) FILTER (WHERE email = $1 AND client_ip IS NOT DISTINCT FROM $2::inet) AS pair_oldest,
-                min(failed_at) FILTER (WHERE client_ip = $2::inet) AS address_oldest,
-                min(failed_at) FILTER (WHERE email = $1) AS account_oldest
+    let counts = sqlx::query_as!(
+        RecentFailures,
+        r#"SELECT count(*) FILTER (WHERE email = $1 AND client_ip IS NOT DISTINCT FROM $2::text::inet) AS "pair!",
+                count(*) FILTER (WHERE client_ip = $2::text::inet) AS "address!",
+                count(*) FILTER (WHERE email = $1) AS "account!",
+                min(failed_at) FILTER (WHERE email = $1 AND client_ip IS NOT DISTINCT FROM $2::text::inet) AS "pair_oldest: _",
+                min(failed_at) FILTER (WHERE client_ip = $2::text::inet) AS "address_oldest: _",
+                min(failed_at) FILTER (WHERE email = $1) AS "account_oldest: _"
          FROM login_failures
-         WHERE failed_at > now() - make_interval(secs => $3) AND (email = $1 OR client_ip = $2::inet)",
+         WHERE failed_at > now() - make_interval(secs => $3) AND (email = $1 OR client_ip = $2::text::inet)"#,
+        email,
+        ip.as_deref(),
+        WINDOW_SECS as f64
     )
-    .bind(email)
-    .bind(&ip)
-    .bind(WINDOW_SECS as f64)
     .fetch_one(&mut *tx)
     .await?;
     // The earliest moment the exceeded count drops below its limit: its oldest failure leaving the window.
@@ -138,11 +138,13 @@ pub async fn begin(pool: &PgPool, email: &str, ip: Option<IpAddr>) -> Result<Att
         (counts.account >= MAX_PER_ACCOUNT, counts.account_oldest),
     ];
     refusal(&limits, WINDOW_SECS, "sign-in", &ip)?;
-    let id = sqlx::query_scalar("INSERT INTO login_failures (email, client_ip) VALUES ($1, $2::inet) RETURNING id")
-        .bind(email)
-        .bind(&ip)
-        .fetch_one(&mut *tx)
-        .await?;
+    let id = sqlx::query_scalar!(
+        "INSERT INTO login_failures (email, client_ip) VALUES ($1, $2::text::inet) RETURNING id",
+        email,
+        ip.as_deref()
+    )
+    .fetch_one(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(Attempt { id })
 }
@@ -150,13 +152,13 @@ pub async fn begin(pool: &PgPool, email: &str, ip: Option<IpAddr>) -> Result<Att
 /// The attempt's password was right: it is not a failure, and the earlier failures of its account from its
 /// address are forgotten.
 pub async fn succeeded(pool: &PgPool, attempt: Attempt, email: &str, ip: Option<IpAddr>) -> Result<(), AppError> {
-    sqlx::query(
+    sqlx::query!(
         "DELETE FROM login_failures
-         WHERE id = $1 OR (email = $2 AND client_ip IS NOT DISTINCT FROM $3::inet)",
+         WHERE id = $1 OR (email = $2 AND client_ip IS NOT DISTINCT FROM $3::text::inet)",
+        attempt.id,
+        email,
+        ip.map(|ip| counted_address(ip).to_string())
     )
-    .bind(attempt.id)
-    .bind(email)
-    .bind(ip.map(|ip| counted_address(ip).to_string()))
     .execute(pool)
     .await?;
     Ok(())
@@ -189,33 +191,43 @@ pub async fn begin_signup(pool: &PgPool, ip: Option<IpAddr>, limits: SignupLimit
     let mut keys = vec!["sign-up overall".to_owned()];
     keys.extend(ip.iter().map(|ip| format!("sign-up address {ip}")));
     lock_keys(&mut tx, &keys).await?;
-    let (address, overall, address_oldest, overall_oldest): (i64, i64, Option<DateTime<Utc>>, Option<DateTime<Utc>>) =
-        sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE client_ip IS NOT DISTINCT FROM $1::inet), count(*),
-                    min(attempted_at) FILTER (WHERE client_ip IS NOT DISTINCT FROM $1::inet), min(attempted_at)
-             FROM signup_attempts WHERE attempted_at > now() - make_interval(secs => $2)",
-        )
-        .bind(&ip)
-        .bind(SIGNUP_WINDOW_SECS as f64)
-        .fetch_one(&mut *tx)
-        .await?;
-    let reached = [(address >= limits.per_address, address_oldest), (overall >= limits.overall, overall_oldest)];
+    let counts = sqlx::query!(
+        r#"SELECT count(*) FILTER (WHERE client_ip IS NOT DISTINCT FROM $1::text::inet) AS "address!",
+                  count(*) AS "overall!",
+                  min(attempted_at) FILTER (WHERE client_ip IS NOT DISTINCT FROM $1::text::inet) AS "address_oldest: DateTime<Utc>",
+                  min(attempted_at) AS "overall_oldest: DateTime<Utc>"
+           FROM signup_attempts WHERE attempted_at > now() - make_interval(secs => $2)"#,
+        ip.as_deref(),
+        SIGNUP_WINDOW_SECS as f64
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let reached = [
+        (counts.address >= limits.per_address, counts.address_oldest),
+        (counts.overall >= limits.overall, counts.overall_oldest),
+    ];
     refusal(&reached, SIGNUP_WINDOW_SECS, "sign-up", &ip)?;
-    sqlx::query("INSERT INTO signup_attempts (client_ip) VALUES ($1::inet)").bind(&ip).execute(&mut *tx).await?;
+    sqlx::query!("INSERT INTO signup_attempts (client_ip) VALUES ($1::text::inet)", ip.as_deref())
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(())
 }
 
 /// Deletes failures and sign-up attempts older than their windows; returns how many.
 pub async fn prune(pool: &PgPool) -> Result<u64, sqlx::Error> {
-    let failures = sqlx::query("DELETE FROM login_failures WHERE failed_at <= now() - make_interval(secs => $1)")
-        .bind(WINDOW_SECS as f64)
-        .execute(pool)
-        .await?;
-    let signups = sqlx::query("DELETE FROM signup_attempts WHERE attempted_at <= now() - make_interval(secs => $1)")
-        .bind(SIGNUP_WINDOW_SECS as f64)
-        .execute(pool)
-        .await?;
+    let failures = sqlx::query!(
+        "DELETE FROM login_failures WHERE failed_at <= now() - make_interval(secs => $1)",
+        WINDOW_SECS as f64
+    )
+    .execute(pool)
+    .await?;
+    let signups = sqlx::query!(
+        "DELETE FROM signup_attempts WHERE attempted_at <= now() - make_interval(secs => $1)",
+        SIGNUP_WINDOW_SECS as f64
+    )
+    .execute(pool)
+    .await?;
     Ok(failures.rows_affected() + signups.rows_affected())
 }
 

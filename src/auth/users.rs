@@ -21,17 +21,19 @@ pub async fn register(
     }
     let password_hash = password::hash(new_password.to_owned()).await?;
     let id = Uuid::new_v4();
-    sqlx::query("INSERT INTO users (id, email, password_hash, usage_limit) VALUES ($1, $2, $3, $4)")
-        .bind(id)
-        .bind(&email)
-        .bind(password_hash)
-        .bind(usage_limit)
-        .execute(pool)
-        .await
-        .map_err(|err| match err.as_database_error().and_then(|db| db.constraint()) {
-            Some("users_email_key") => AppError::Refused(Problem::AccountExists { email: email.clone() }),
-            _ => AppError::from(err),
-        })?;
+    sqlx::query!(
+        "INSERT INTO users (id, email, password_hash, usage_limit) VALUES ($1, $2, $3, $4)",
+        id,
+        &email,
+        password_hash,
+        usage_limit
+    )
+    .execute(pool)
+    .await
+    .map_err(|err| match err.as_database_error().and_then(|db| db.constraint()) {
+        Some("users_email_key") => AppError::Refused(Problem::AccountExists { email: email.clone() }),
+        _ => AppError::from(err),
+    })?;
     Ok(id)
 }
 
@@ -39,11 +41,8 @@ pub async fn register(
 pub async fn authenticate(pool: &PgPool, email: &str, candidate: &str) -> Result<Uuid, AppError> {
     // A malformed email cannot have an account; answer as for a wrong password, after the same hashing work.
     let email = normalize_email(email).unwrap_or_default();
-    let row: Option<(Uuid, String)> = sqlx::query_as("SELECT id, password_hash FROM users WHERE email = $1")
-        .bind(&email)
-        .fetch_optional(pool)
-        .await?;
-    let (id, hash) = row.unzip();
+    let row = sqlx::query!("SELECT id, password_hash FROM users WHERE email = $1", &email).fetch_optional(pool).await?;
+    let (id, hash) = row.map(|row| (row.id, row.password_hash)).unzip();
     if password::verify(candidate.to_owned(), hash).await? {
         id.ok_or(AppError::InvalidCredentials)
     } else {
@@ -53,9 +52,7 @@ pub async fn authenticate(pool: &PgPool, email: &str, candidate: &str) -> Result
 
 /// The account with this id, if it still exists.
 pub async fn find(pool: &PgPool, id: Uuid) -> Result<Option<CurrentUser>, AppError> {
-    let row: Option<(Uuid, String)> =
-        sqlx::query_as("SELECT id, email FROM users WHERE id = $1").bind(id).fetch_optional(pool).await?;
-    Ok(row.map(|(id, email)| CurrentUser { id, email }))
+    Ok(sqlx::query_as!(CurrentUser, "SELECT id, email FROM users WHERE id = $1", id).fetch_optional(pool).await?)
 }
 
 /// Sets an account's usage limit (`None`: unlimited) and, when given, its warning share.
@@ -66,13 +63,13 @@ pub async fn set_limit(
     warning_percent: Option<i16>,
 ) -> Result<(), AppError> {
     let email = normalize_email(email)?;
-    let updated = sqlx::query(
+    let updated = sqlx::query!(
         "UPDATE users SET usage_limit = $2, usage_warning_percent = COALESCE($3, usage_warning_percent)
          WHERE email = $1",
+        &email,
+        usage_limit,
+        warning_percent
     )
-    .bind(&email)
-    .bind(usage_limit)
-    .bind(warning_percent)
     .execute(pool)
     .await?
     .rows_affected();
@@ -86,5 +83,5 @@ pub async fn set_limit(
 /// The id of the account with this email, if any.
 pub async fn find_id_by_email(pool: &PgPool, email: &str) -> Result<Option<Uuid>, AppError> {
     let email = normalize_email(email)?;
-    Ok(sqlx::query_scalar("SELECT id FROM users WHERE email = $1").bind(email).fetch_optional(pool).await?)
+    Ok(sqlx::query_scalar!("SELECT id FROM users WHERE email = $1", email).fetch_optional(pool).await?)
 }

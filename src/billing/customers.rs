@@ -13,12 +13,11 @@ use crate::billing::stripe::StripeClient;
 /// Idempotency-Key names the account *and the attempt*, because Stripe replays a key's first answer, a 500
 /// included, for 24 hours.
 pub async fn ensure(pool: &PgPool, stripe: &StripeClient, user_id: Uuid) -> Result<String, BillingError> {
-    let (email, existing, attempts): (String, Option<String>, i32) =
-        sqlx::query_as("SELECT email, stripe_customer_id, customer_attempts FROM users WHERE id = $1")
-            .bind(user_id)
-            .fetch_optional(pool)
-            .await?
-            .ok_or_else(|| BillingError::NoAccount(user_id.to_string()))?;
+    let account = sqlx::query!("SELECT email, stripe_customer_id, customer_attempts FROM users WHERE id = $1", user_id)
+        .fetch_optional(pool)
+        .await?
+        .ok_or_else(|| BillingError::NoAccount(user_id.to_string()))?;
+    let (email, existing, attempts) = (account.email, account.stripe_customer_id, account.customer_attempts);
     if let Some(customer) = existing {
         return Ok(customer);
     }
@@ -35,10 +34,8 @@ pub async fn ensure(pool: &PgPool, stripe: &StripeClient, user_id: Uuid) -> Resu
     tx.commit().await?;
     if !linked {
         // Linked meanwhile (Checkout, `tally stripe link`): that link wins.
-        let current: Option<String> = sqlx::query_scalar("SELECT stripe_customer_id FROM users WHERE id = $1")
-            .bind(user_id)
-            .fetch_one(pool)
-            .await?;
+        let current =
+            sqlx::query_scalar!("SELECT stripe_customer_id FROM users WHERE id = $1", user_id).fetch_one(pool).await?;
         return current.ok_or_else(|| BillingError::Conflict(format!("{customer} is linked to another account")));
     }
     tracing::info!(user = %user_id, customer = %customer, "created Stripe customer");
@@ -54,14 +51,14 @@ pub async fn create_missing(
     limit: i64,
     now: DateTime<Utc>,
 ) -> Result<u64, BillingError> {
-    let users: Vec<Uuid> = sqlx::query_scalar(
+    let users = sqlx::query_scalar!(
         "SELECT id FROM users
          WHERE stripe_customer_id IS NULL AND (customer_next_attempt_at IS NULL OR customer_next_attempt_at <= $2)
          ORDER BY customer_next_attempt_at NULLS FIRST, created_at
          LIMIT $1",
+        limit,
+        now as _
     )
-    .bind(limit)
-    .bind(now)
     .fetch_all(pool)
     .await?;
     let mut created = 0;
@@ -70,12 +67,12 @@ pub async fn create_missing(
             Ok(_) => created += 1,
             Err(err) => {
                 tracing::warn!(user = %user, error = %err, "could not create a Stripe customer; will retry");
-                let attempts: i32 = sqlx::query_scalar(
+                let attempts = sqlx::query_scalar!(
                     "UPDATE users SET customer_attempts = customer_attempts + 1, customer_last_error = $2
                      WHERE id = $1 RETURNING customer_attempts",
+                    user,
+                    err.to_string()
                 )
-                .bind(user)
-                .bind(err.to_string())
                 .fetch_one(pool)
                 .await?;
                 let delay = crate::retry::backoff(
@@ -84,11 +81,14 @@ pub async fn create_missing(
                     std::time::Duration::from_secs(6 * 3600),
                     crate::retry::random_unit(),
                 );
-                sqlx::query("UPDATE users SET customer_next_attempt_at = $2 WHERE id = $1")
-                    .bind(user)
-                    .bind(now + chrono::Duration::from_std(delay).unwrap_or_default())
-                    .execute(pool)
-                    .await?;
+                let next_attempt_at = now + chrono::Duration::from_std(delay).unwrap_or_default();
+                sqlx::query!(
+                    "UPDATE users SET customer_next_attempt_at = $2 WHERE id = $1",
+                    user,
+                    next_attempt_at as _
+                )
+                .execute(pool)
+                .await?;
             }
         }
     }

@@ -100,10 +100,7 @@ pub async fn apply(tx: &mut Transaction<'_, Postgres>, envelope: &Envelope) -> R
 }
 
 async fn user_of_customer(tx: &mut Transaction<'_, Postgres>, customer: &str) -> Result<Option<Uuid>, sqlx::Error> {
-    sqlx::query_scalar("SELECT id FROM users WHERE stripe_customer_id = $1")
-        .bind(customer)
-        .fetch_optional(&mut **tx)
-        .await
+    sqlx::query_scalar!("SELECT id FROM users WHERE stripe_customer_id = $1", customer).fetch_optional(&mut **tx).await
 }
 
 fn timestamp(value: &Value) -> Option<DateTime<Utc>> {
@@ -151,7 +148,7 @@ async fn invoice(
     };
     // invoice.paid and invoice.payment_succeeded describe the same payment: one row per invoice. A failure never
     // overwrites a payment that was already recorded.
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO billing_cycles (id, user_id, stripe_invoice_id, stripe_subscription_id, period_start, period_end,
                                      amount_paid, currency, paid_at, status)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
@@ -159,17 +156,17 @@ async fn invoice(
            SET amount_paid = EXCLUDED.amount_paid, paid_at = EXCLUDED.paid_at, status = EXCLUDED.status,
                period_start = EXCLUDED.period_start, period_end = EXCLUDED.period_end
            WHERE billing_cycles.status <> 'paid' OR EXCLUDED.status = 'paid'",
+        Uuid::new_v4(),
+        user_id,
+        invoice_id,
+        subscription,
+        period_start as _,
+        period_end.max(period_start) as _,
+        amount_paid.max(0),
+        currency,
+        paid_at as _,
+        status
     )
-    .bind(Uuid::new_v4())
-    .bind(user_id)
-    .bind(invoice_id)
-    .bind(subscription)
-    .bind(period_start)
-    .bind(period_end.max(period_start))
-    .bind(amount_paid.max(0))
-    .bind(currency)
-    .bind(paid_at)
-    .bind(status)
     .execute(&mut **tx)
     .await?;
     record_lines(tx, invoice, invoice_id, &customer, Some(user_id)).await?;
@@ -255,7 +252,7 @@ async fn record_lines(
     user_id: Option<Uuid>,
 ) -> Result<(), sqlx::Error> {
     for line in subscription_lines(invoice) {
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO invoice_lines (stripe_invoice_id, line_id, user_id, stripe_customer_id, stripe_price_id,
                                         period_start, period_end, quantity, invoice_status)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
@@ -263,16 +260,16 @@ async fn record_lines(
                SET quantity = EXCLUDED.quantity, period_start = EXCLUDED.period_start,
                    period_end = EXCLUDED.period_end, invoice_status = EXCLUDED.invoice_status,
                    user_id = coalesce(EXCLUDED.user_id, invoice_lines.user_id), recorded_at = now()",
+            invoice_id,
+            &line.id,
+            user_id,
+            customer,
+            line.price.as_deref(),
+            line.period_start as _,
+            line.period_end.max(line.period_start) as _,
+            line.quantity,
+            invoice["status"].as_str()
         )
-        .bind(invoice_id)
-        .bind(&line.id)
-        .bind(user_id)
-        .bind(customer)
-        .bind(&line.price)
-        .bind(line.period_start)
-        .bind(line.period_end.max(line.period_start))
-        .bind(line.quantity)
-        .bind(invoice["status"].as_str())
         .execute(&mut **tx)
         .await?;
     }
@@ -299,7 +296,7 @@ async fn subscription(tx: &mut Transaction<'_, Postgres>, envelope: &Envelope) -
         crate::usage::period::lock_user_exclusive(tx, user).await?;
     }
     // Applied only when newer than the stored state; at the same second, a cancellation is never undone.
-    let written = sqlx::query(
+    let written = sqlx::query!(
         "INSERT INTO subscriptions (stripe_subscription_id, stripe_customer_id, user_id, status, current_period_start,
                                     current_period_end, cancel_at_period_end, state_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
@@ -309,15 +306,15 @@ async fn subscription(tx: &mut Transaction<'_, Postgres>, envelope: &Envelope) -
                cancel_at_period_end = EXCLUDED.cancel_at_period_end, state_at = EXCLUDED.state_at, updated_at = now()
            WHERE EXCLUDED.state_at > subscriptions.state_at
               OR (EXCLUDED.state_at = subscriptions.state_at AND subscriptions.status <> 'canceled')",
+        id,
+        &customer,
+        user_id,
+        status,
+        period_start as _,
+        period_end as _,
+        sub["cancel_at_period_end"].as_bool().unwrap_or(false),
+        envelope.created as _
     )
-    .bind(id)
-    .bind(&customer)
-    .bind(user_id)
-    .bind(status)
-    .bind(period_start)
-    .bind(period_end)
-    .bind(sub["cancel_at_period_end"].as_bool().unwrap_or(false))
-    .bind(envelope.created)
     .execute(&mut **tx)
     .await?
     .rows_affected();
@@ -344,7 +341,7 @@ async fn flag_second_live_subscription(
     subscription: &str,
     user: Uuid,
 ) -> Result<(), sqlx::Error> {
-    let other: Option<String> = sqlx::query_scalar(
+    let other: Option<String> = sqlx::query_scalar!(
         "UPDATE subscriptions s
          SET duplicate_of = CASE WHEN s.status = ANY($3) THEN
                  (SELECT o.stripe_subscription_id FROM subscriptions o
@@ -352,10 +349,10 @@ async fn flag_second_live_subscription(
                   ORDER BY o.state_at LIMIT 1) END
          WHERE s.stripe_subscription_id = $1
          RETURNING s.duplicate_of",
+        subscription,
+        user,
+        crate::usage::period::LIVE_STATUSES as _
     )
-    .bind(subscription)
-    .bind(user)
-    .bind(crate::usage::period::LIVE_STATUSES)
     .fetch_one(&mut **tx)
     .await?;
     if let Some(other) = other {
@@ -379,33 +376,31 @@ pub async fn attach_customer(
 ) -> Result<bool, sqlx::Error> {
     // Period lock first, row lock second: the order usage writers take them in.
     crate::usage::period::lock_user_exclusive(tx, user).await?;
-    let linked = sqlx::query(
+    let linked = sqlx::query!(
         "UPDATE users SET stripe_customer_id = $2
          WHERE id = $1
            AND ($3 OR stripe_customer_id IS NULL OR stripe_customer_id = $2)
            AND NOT EXISTS (SELECT 1 FROM users other WHERE other.stripe_customer_id = $2 AND other.id <> $1)",
+        user,
+        customer,
+        replace
     )
-    .bind(user)
-    .bind(customer)
-    .bind(replace)
     .execute(&mut **tx)
     .await?
     .rows_affected();
     if linked == 0 {
         return Ok(false);
     }
-    sqlx::query("UPDATE subscriptions SET user_id = $1 WHERE stripe_customer_id = $2")
-        .bind(user)
-        .bind(customer)
+    sqlx::query!("UPDATE subscriptions SET user_id = $1 WHERE stripe_customer_id = $2", user, customer)
         .execute(&mut **tx)
         .await?;
     rebuild_linked_periods(tx, user, customer).await?;
     // Events waiting for a customer can now be delivered.
-    sqlx::query(
+    sqlx::query!(
         "UPDATE meter_event_outbox SET status = 'pending', updated_at = now()
          WHERE user_id = $1 AND status = 'awaiting_customer'",
+        user
     )
-    .bind(user)
     .execute(&mut **tx)
     .await?;
     Ok(true)
@@ -417,16 +412,18 @@ async fn rebuild_linked_periods(
     user: Uuid,
     customer: &str,
 ) -> Result<(), sqlx::Error> {
-    let spans: Vec<(DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT current_period_start, current_period_end FROM subscriptions
-         WHERE stripe_customer_id = $1 AND user_id = $2
-           AND current_period_start IS NOT NULL AND current_period_end > current_period_start",
+    let spans = sqlx::query!(
+        r#"SELECT current_period_start AS "start!: DateTime<Utc>", current_period_end AS "end!: DateTime<Utc>"
+           FROM subscriptions
+           WHERE stripe_customer_id = $1 AND user_id = $2
+             AND current_period_start IS NOT NULL AND current_period_end > current_period_start"#,
+        customer,
+        user
     )
-    .bind(customer)
-    .bind(user)
     .fetch_all(&mut **tx)
     .await?;
-    for (start, end) in spans {
+    for span in spans {
+        let (start, end) = (span.start, span.end);
         crate::usage::totals::rebuild(tx, user, Span { start, end }).await?;
     }
     Ok(())
@@ -466,45 +463,45 @@ pub async fn store_meter_error_details(
         }
     }
     let mut tx = pool.begin().await?;
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO meter_error_samples (stripe_event_id, identifier, code, message)
          SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[])
          ON CONFLICT DO NOTHING",
+        report,
+        &identifiers,
+        &codes,
+        &messages
     )
-    .bind(report)
-    .bind(&identifiers)
-    .bind(&codes)
-    .bind(&messages)
     .execute(&mut *tx)
     .await?;
     // Stripe could not count these: the deliveries (current or earlier identifiers) become failed with its reason,
     // and `tally stripe retry` sends them again, under new identifiers, once the cause is fixed.
-    let failed: Vec<Uuid> = sqlx::query_scalar(
+    let failed: Vec<Uuid> = sqlx::query_scalar!(
         "UPDATE meter_deliveries d
          SET status = 'failed', last_error = s.code || ': ' || s.message, uncertain_since = NULL, updated_at = now()
          FROM unnest($1::text[], $2::text[], $3::text[]) AS s (identifier, code, message)
          WHERE (d.identifier = s.identifier OR s.identifier = ANY(d.previous_identifiers))
            AND d.status IN ('delivered', 'uncertain', 'pending') AND d.leased_until IS NULL
          RETURNING d.id",
+        &identifiers,
+        &codes,
+        &messages
     )
-    .bind(&identifiers)
-    .bind(&codes)
-    .bind(&messages)
     .fetch_all(&mut *tx)
     .await?;
-    sqlx::query(
+    sqlx::query!(
         "UPDATE meter_event_outbox o SET status = 'failed', last_error = d.last_error, updated_at = now()
          FROM meter_deliveries d WHERE d.id = ANY($1) AND o.delivery_id = d.id",
+        &failed
     )
-    .bind(&failed)
     .execute(&mut *tx)
     .await?;
-    sqlx::query(
+    sqlx::query!(
         "UPDATE meter_error_reports SET summary = $2, details_fetched_at = now(), fetch_error = NULL
          WHERE stripe_event_id = $1",
+        report,
+        data["developer_message_summary"].as_str()
     )
-    .bind(report)
-    .bind(data["developer_message_summary"].as_str())
     .execute(&mut *tx)
     .await?;
     tx.commit().await
@@ -512,12 +509,14 @@ pub async fn store_meter_error_details(
 
 /// Thin events carry no details (the delivery worker fetches them later, outside the request); the report is stored.
 async fn meter_error_report(tx: &mut Transaction<'_, Postgres>, envelope: &Envelope) -> Result<Outcome, sqlx::Error> {
-    sqlx::query("INSERT INTO meter_error_reports (stripe_event_id, meter_id, reported_at) VALUES ($1, $2, $3)")
-        .bind(&envelope.id)
-        .bind(&envelope.related_object)
-        .bind(envelope.created)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query!(
+        "INSERT INTO meter_error_reports (stripe_event_id, meter_id, reported_at) VALUES ($1, $2, $3)",
+        &envelope.id,
+        envelope.related_object.as_deref(),
+        envelope.created as _
+    )
+    .execute(&mut **tx)
+    .await?;
     Ok(Outcome::Applied)
 }
 

@@ -11,34 +11,39 @@ const SHOWN_CYCLES: i64 = 24;
 
 /// `user_id`'s newest subscription and latest invoices, days in `timezone`.
 pub async fn overview(pool: &PgPool, user_id: Uuid, timezone: &str) -> Result<BillingOverview, AppError> {
-    let subscription: Option<SubscriptionInfo> = sqlx::query_as(
-        "SELECT status, current_period_start, current_period_end, cancel_at_period_end
-         FROM subscriptions WHERE user_id = $1 ORDER BY state_at DESC LIMIT 1",
+    let subscription = sqlx::query_as!(
+        SubscriptionInfo,
+        r#"SELECT status, current_period_start AS "current_period_start: _",
+                  current_period_end AS "current_period_end: _", cancel_at_period_end
+           FROM subscriptions WHERE user_id = $1 ORDER BY state_at DESC LIMIT 1"#,
+        user_id
     )
-    .bind(user_id)
     .fetch_optional(pool)
     .await?;
     // A period ends at the first instant of the next one, so its last day is the day of `end` minus a moment.
-    let cycles: Vec<BillingCycle> = sqlx::query_as(
-        "SELECT stripe_invoice_id,
-                to_char(period_start AT TIME ZONE $2, 'YYYY-MM-DD') AS first_day,
+    let cycles = sqlx::query_as!(
+        BillingCycle,
+        r#"SELECT stripe_invoice_id,
+                to_char(period_start AT TIME ZONE $2, 'YYYY-MM-DD') AS "first_day!",
                 to_char(GREATEST(period_start, period_end - interval '1 microsecond') AT TIME ZONE $2, 'YYYY-MM-DD')
-                    AS last_day,
+                    AS "last_day!",
                 amount_paid, currency, status
          FROM billing_cycles WHERE user_id = $1
          ORDER BY period_start DESC, created_at DESC
-         LIMIT $3",
+         LIMIT $3"#,
+        user_id,
+        timezone,
+        SHOWN_CYCLES
     )
-    .bind(user_id)
-    .bind(timezone)
-    .bind(SHOWN_CYCLES)
     .fetch_all(pool)
     .await?;
-    let live: i64 = sqlx::query_scalar("SELECT count(*) FROM subscriptions WHERE user_id = $1 AND status = ANY($2)")
-        .bind(user_id)
-        .bind(crate::usage::period::LIVE_STATUSES)
-        .fetch_one(pool)
-        .await?;
+    let live = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "live!" FROM subscriptions WHERE user_id = $1 AND status = ANY($2)"#,
+        user_id,
+        crate::usage::period::LIVE_STATUSES as _
+    )
+    .fetch_one(pool)
+    .await?;
     Ok(BillingOverview {
         subscription,
         can_subscribe: false,
@@ -61,22 +66,23 @@ pub async fn open_checkout(
     let mut tx = state.pool.begin().await?;
     // An advisory lock, not the user's row: usage writers lock limited users' rows, and this one is held across
     // the Stripe call.
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('tally-checkout:' || $1::text, 0))")
-        .bind(user_id)
-        .execute(&mut *tx)
+    sqlx::query!("SELECT pg_advisory_xact_lock(hashtextextended('tally-checkout:' || $1::uuid::text, 0))", user_id)
+        .fetch_one(&mut *tx)
         .await?;
-    let (email, customer, subscribed, open): (String, Option<String>, bool, Option<String>) = sqlx::query_as(
-        "SELECT u.email, u.stripe_customer_id,
-                EXISTS (SELECT 1 FROM subscriptions s WHERE s.user_id = u.id AND s.status = ANY($2)),
+    let account = sqlx::query!(
+        r#"SELECT u.email, u.stripe_customer_id,
+                EXISTS (SELECT 1 FROM subscriptions s WHERE s.user_id = u.id AND s.status = ANY($2)) AS "subscribed!",
                 (SELECT c.url FROM checkout_sessions c
-                 WHERE c.user_id = u.id AND c.created_at > now() - interval '23 hours')
-         FROM users u WHERE u.id = $1",
+                 WHERE c.user_id = u.id AND c.created_at > now() - interval '23 hours') AS "open?"
+         FROM users u WHERE u.id = $1"#,
+        user_id,
+        crate::usage::period::LIVE_STATUSES as _
     )
-    .bind(user_id)
-    .bind(crate::usage::period::LIVE_STATUSES)
     .fetch_optional(&mut *tx)
     .await?
     .ok_or(AppError::Unauthorized)?;
+    let (email, customer, subscribed, open) =
+        (account.email, account.stripe_customer_id, account.subscribed, account.open);
     if subscribed {
         return Err(AppError::Refused(crate::error::Problem::AlreadySubscribed));
     }
@@ -101,13 +107,13 @@ pub async fn open_checkout(
         tracing::warn!(%err, "Stripe Checkout failed");
         AppError::Upstream("Stripe could not start the checkout; try again in a moment".into())
     })?;
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO checkout_sessions (user_id, stripe_session_id, url) VALUES ($1, $2, $3)
          ON CONFLICT (user_id) DO UPDATE SET stripe_session_id = $2, url = $3, created_at = now()",
+        user_id,
+        &session_id,
+        &url
     )
-    .bind(user_id)
-    .bind(&session_id)
-    .bind(&url)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;

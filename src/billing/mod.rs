@@ -53,7 +53,6 @@ pub mod webhook;
 
 /// The user's Stripe subscription as last reported by Stripe.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "ssr", derive(sqlx::FromRow))]
 #[serde(rename_all = "camelCase")]
 pub struct SubscriptionInfo {
     pub status: String,
@@ -64,7 +63,6 @@ pub struct SubscriptionInfo {
 
 /// One invoice: paid, or a failed payment attempt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "ssr", derive(sqlx::FromRow))]
 #[serde(rename_all = "camelCase")]
 pub struct BillingCycle {
     pub stripe_invoice_id: String,

@@ -44,7 +44,6 @@ pub async fn meter(
     since: DateTime<Utc>,
 ) -> Result<Vec<Reconciliation>, BillingError> {
     let meters = stripe.list_meters().await?;
-    #[derive(sqlx::FromRow)]
     struct DeliveredPeriod {
         customer: String,
         event_name: String,
@@ -52,32 +51,34 @@ pub async fn meter(
         period_end: DateTime<Utc>,
         undelivered: i64,
     }
-    let periods: Vec<DeliveredPeriod> = sqlx::query_as(
-        "SELECT d.stripe_customer_id AS customer, d.event_name, d.period_start, d.period_end,
+    let periods = sqlx::query_as!(
+        DeliveredPeriod,
+        r#"SELECT d.stripe_customer_id AS "customer!", d.event_name AS "event_name!",
+                d.period_start AS "period_start!: _", d.period_end AS "period_end!: _",
                 coalesce((SELECT sum(e.quantity) FROM meter_event_outbox o JOIN usage_events e ON e.id = o.usage_event_id
                           WHERE o.user_id = d.user_id AND o.status <> 'delivered' AND e.event_type = d.event_name
                             AND e.occurred_at >= d.period_start AND e.occurred_at < d.period_end), 0)::bigint
-                AS undelivered
+                AS "undelivered!"
          FROM (SELECT DISTINCT user_id, stripe_customer_id, event_name, period_start, period_end
                FROM meter_deliveries WHERE status = 'delivered' AND period_end > $1) AS d
-         ORDER BY d.stripe_customer_id, d.event_name, d.period_start",
+         ORDER BY d.stripe_customer_id, d.event_name, d.period_start"#,
+        since as _
     )
-    .bind(since)
     .fetch_all(pool)
     .await?;
     let mut results = Vec::with_capacity(periods.len());
     for DeliveredPeriod { customer, event_name, period_start, period_end, undelivered } in periods {
         let window_start = period_start.timestamp().div_euclid(60) * 60;
         let window_end = (period_end.timestamp() + 59).div_euclid(60) * 60;
-        let delivered: i64 = sqlx::query_scalar(
-            "SELECT coalesce(sum(quantity), 0)::bigint FROM meter_deliveries
+        let delivered = sqlx::query_scalar!(
+            r#"SELECT coalesce(sum(quantity), 0)::bigint AS "delivered!" FROM meter_deliveries
              WHERE status = 'delivered' AND stripe_customer_id = $1 AND event_name = $2
-               AND event_timestamp >= to_timestamp($3) AND event_timestamp < to_timestamp($4)",
+               AND event_timestamp >= to_timestamp($3) AND event_timestamp < to_timestamp($4)"#,
+            &customer,
+            &event_name,
+            window_start as f64,
+            window_end as f64
         )
-        .bind(&customer)
-        .bind(&event_name)
-        .bind(window_start as f64)
-        .bind(window_end as f64)
         .fetch_one(pool)
         .await?;
         let held = match meters.iter().find(|m| m.event_name == event_name) {
@@ -98,7 +99,7 @@ pub async fn meter(
 }
 
 /// One metered line of one Stripe invoice against Tally's deliveries for its period.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvoiceCheck {
     pub invoice: String,
     /// Stripe's status of the invoice when last seen (`draft` until it is finalized, then `open`, `paid`, ...).
@@ -181,37 +182,38 @@ pub async fn invoices<'e>(
     db: impl sqlx::PgExecutor<'e>,
     filter: &InvoiceFilter<'_>,
 ) -> Result<Vec<InvoiceCheck>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT l.stripe_invoice_id AS invoice, l.invoice_status, l.stripe_customer_id AS customer,
-                l.period_start, l.period_end, l.quantity AS invoiced,
+    sqlx::query_as!(
+        InvoiceCheck,
+        r#"SELECT l.stripe_invoice_id AS invoice, l.invoice_status, l.stripe_customer_id AS customer,
+                l.period_start AS "period_start: _", l.period_end AS "period_end: _", l.quantity AS invoiced,
                 coalesce((SELECT sum(d.quantity) FROM meter_deliveries d
                           WHERE d.stripe_customer_id = l.stripe_customer_id AND ($2::text IS NULL OR d.event_name = $2)
                             AND d.status = 'delivered'
                             AND d.event_timestamp >= l.period_start AND d.event_timestamp < l.period_end), 0)::bigint
-                    AS delivered,
+                    AS "delivered!",
                 coalesce((SELECT sum(d.quantity) FROM meter_deliveries d
                           WHERE d.stripe_customer_id = l.stripe_customer_id AND ($2::text IS NULL OR d.event_name = $2)
                             AND d.late_from_period_start = l.period_start
-                            AND d.late_from_period_end = l.period_end), 0)::bigint AS moved_to_next,
+                            AND d.late_from_period_end = l.period_end), 0)::bigint AS "moved_to_next!",
                 coalesce((SELECT sum(d.quantity) FROM meter_deliveries d
                           WHERE d.stripe_customer_id = l.stripe_customer_id AND ($2::text IS NULL OR d.event_name = $2)
                             AND d.status = 'uncertain'
                             AND d.event_timestamp >= l.period_start AND d.event_timestamp < l.period_end), 0)::bigint
-                    AS uncertain,
+                    AS "uncertain!",
                 coalesce((SELECT sum(e.quantity) FROM meter_event_outbox o JOIN usage_events e ON e.id = o.usage_event_id
                           WHERE o.user_id = l.user_id AND o.status NOT IN ('delivered', 'uncertain')
                             AND ($2::text IS NULL OR e.event_type = $2)
                             AND e.occurred_at >= l.period_start AND e.occurred_at < l.period_end), 0)::bigint
-                    AS undelivered
+                    AS "undelivered!"
          FROM invoice_lines l
          WHERE l.period_end > $1 AND ($3::text IS NULL OR l.stripe_price_id = $3)
            AND ($4::text IS NULL OR l.stripe_invoice_id = $4)
-         ORDER BY l.stripe_customer_id, l.period_start, l.stripe_invoice_id",
+         ORDER BY l.stripe_customer_id, l.period_start, l.stripe_invoice_id"#,
+        filter.since as _,
+        filter.event_name,
+        filter.price,
+        filter.invoice
     )
-    .bind(filter.since)
-    .bind(filter.event_name)
-    .bind(filter.price)
-    .bind(filter.invoice)
     .fetch_all(db)
     .await
 }

@@ -78,8 +78,9 @@ pub fn verify(
     Err(SignatureError::Mismatch)
 }
 
-/// The `v1` signature of `payload` at `timestamp` (what Stripe sends; used by tests and the test double).
-pub fn sign(secret: &str, timestamp: i64, payload: &[u8]) -> String {
+/// The `v1` signature of `payload` at `timestamp`, as Stripe computes it (the unit tests' signer).
+#[cfg(test)]
+fn sign(secret: &str, timestamp: i64, payload: &[u8]) -> String {
     hex::encode(mac(secret, timestamp, payload).finalize().into_bytes())
 }
 

@@ -37,55 +37,88 @@ pub struct SyncStatus {
 
 /// Reads the sync state.
 pub async fn read(pool: &PgPool) -> Result<SyncStatus, BillingError> {
-    let outbox = sqlx::query_as("SELECT status, count(*) FROM meter_event_outbox GROUP BY status ORDER BY status")
-        .fetch_all(pool)
-        .await?;
+    let outbox =
+        sqlx::query!(r#"SELECT status, count(*) AS "count!" FROM meter_event_outbox GROUP BY status ORDER BY status"#)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|row| (row.status, row.count))
+            .collect();
     let unmatched_events =
-        sqlx::query_scalar("SELECT count(*) FROM stripe_events WHERE outcome = 'unmatched'").fetch_one(pool).await?;
-    let latest_unmatched = sqlx::query_as(
-        "SELECT id, type, stripe_customer_id, received_at FROM stripe_events
-         WHERE outcome = 'unmatched' ORDER BY received_at DESC LIMIT 10",
+        sqlx::query_scalar!(r#"SELECT count(*) AS "count!" FROM stripe_events WHERE outcome = 'unmatched'"#)
+            .fetch_one(pool)
+            .await?;
+    let latest_unmatched = sqlx::query!(
+        r#"SELECT id, type AS kind, stripe_customer_id, received_at AS "received_at: DateTime<Utc>"
+           FROM stripe_events WHERE outcome = 'unmatched' ORDER BY received_at DESC LIMIT 10"#
     )
     .fetch_all(pool)
-    .await?;
-    let meter_error_reports = sqlx::query_scalar("SELECT count(*) FROM meter_error_reports").fetch_one(pool).await?;
-    let failures = sqlx::query_as(
-        "SELECT coalesce(last_error, 'no reason recorded'), count(*) FROM meter_event_outbox
-         WHERE status = 'failed' GROUP BY 1 ORDER BY 2 DESC LIMIT 10",
+    .await?
+    .into_iter()
+    .map(|row| (row.id, row.kind, row.stripe_customer_id, row.received_at))
+    .collect();
+    let meter_error_reports =
+        sqlx::query_scalar!(r#"SELECT count(*) AS "count!" FROM meter_error_reports"#).fetch_one(pool).await?;
+    let failures = sqlx::query!(
+        r#"SELECT coalesce(last_error, 'no reason recorded') AS "reason!", count(*) AS "count!"
+           FROM meter_event_outbox WHERE status = 'failed' GROUP BY 1 ORDER BY 2 DESC LIMIT 10"#
     )
     .fetch_all(pool)
-    .await?;
-    let retrying = sqlx::query_as(
-        "SELECT identifier, attempts, last_error, next_attempt_at FROM meter_deliveries
-         WHERE status = 'pending' AND last_error IS NOT NULL ORDER BY next_attempt_at LIMIT 10",
+    .await?
+    .into_iter()
+    .map(|row| (row.reason, row.count))
+    .collect();
+    let retrying = sqlx::query!(
+        r#"SELECT identifier, attempts, last_error AS "last_error!", next_attempt_at AS "next_attempt_at: DateTime<Utc>"
+           FROM meter_deliveries
+           WHERE status = 'pending' AND last_error IS NOT NULL ORDER BY next_attempt_at LIMIT 10"#
     )
     .fetch_all(pool)
-    .await?;
-    let uncertain = sqlx::query_as(
-        "SELECT identifier, quantity, last_error, next_attempt_at FROM meter_deliveries
-         WHERE status = 'uncertain' ORDER BY next_attempt_at LIMIT 10",
+    .await?
+    .into_iter()
+    .map(|row| (row.identifier, row.attempts, row.last_error, row.next_attempt_at))
+    .collect();
+    let uncertain = sqlx::query!(
+        r#"SELECT identifier, quantity, last_error, next_attempt_at AS "next_attempt_at: DateTime<Utc>"
+           FROM meter_deliveries WHERE status = 'uncertain' ORDER BY next_attempt_at LIMIT 10"#
     )
     .fetch_all(pool)
-    .await?;
-    let late = sqlx::query_as(
-        "SELECT stripe_customer_id, late_from_period_start, sum(quantity)::bigint, count(*) FROM meter_deliveries
-         WHERE late_from_period_start IS NOT NULL GROUP BY 1, 2 ORDER BY 2 DESC, 1 LIMIT 20",
+    .await?
+    .into_iter()
+    .map(|row| (row.identifier, row.quantity, row.last_error, row.next_attempt_at))
+    .collect();
+    let late = sqlx::query!(
+        r#"SELECT stripe_customer_id, late_from_period_start AS "period_start!: DateTime<Utc>",
+                  sum(quantity)::bigint AS "units!", count(*) AS "deliveries!"
+           FROM meter_deliveries
+           WHERE late_from_period_start IS NOT NULL GROUP BY 1, 2 ORDER BY 2 DESC, 1 LIMIT 20"#
     )
     .fetch_all(pool)
-    .await?;
-    let duplicate_subscriptions = sqlx::query_as(
-        "SELECT stripe_subscription_id, duplicate_of, stripe_customer_id FROM subscriptions
-         WHERE duplicate_of IS NOT NULL AND status = ANY($1) ORDER BY state_at DESC",
-    )
-    .bind(crate::usage::period::LIVE_STATUSES)
-    .fetch_all(pool)
-    .await?;
-    let customer_failures = sqlx::query_as(
-        "SELECT email, customer_attempts, customer_last_error, customer_next_attempt_at FROM users
-         WHERE stripe_customer_id IS NULL AND customer_attempts > 0 ORDER BY customer_next_attempt_at LIMIT 10",
+    .await?
+    .into_iter()
+    .map(|row| (row.stripe_customer_id, row.period_start, row.units, row.deliveries))
+    .collect();
+    let duplicate_subscriptions = sqlx::query!(
+        r#"SELECT stripe_subscription_id, duplicate_of AS "duplicate_of!", stripe_customer_id FROM subscriptions
+           WHERE duplicate_of IS NOT NULL AND status = ANY($1) ORDER BY state_at DESC"#,
+        crate::usage::period::LIVE_STATUSES as _
     )
     .fetch_all(pool)
-    .await?;
+    .await?
+    .into_iter()
+    .map(|row| (row.stripe_subscription_id, row.duplicate_of, row.stripe_customer_id))
+    .collect();
+    let customer_failures = sqlx::query!(
+        r#"SELECT email, customer_attempts, customer_last_error,
+                  customer_next_attempt_at AS "customer_next_attempt_at: DateTime<Utc>"
+           FROM users
+           WHERE stripe_customer_id IS NULL AND customer_attempts > 0 ORDER BY customer_next_attempt_at LIMIT 10"#
+    )
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|row| (row.email, row.customer_attempts, row.customer_last_error, row.customer_next_attempt_at))
+    .collect();
     let recent = crate::billing::reconcile::InvoiceFilter {
         since: Utc::now() - chrono::Duration::days(35),
         event_name: None,
@@ -126,10 +159,8 @@ pub async fn for_user(
     user_id: uuid::Uuid,
     period: crate::usage::period::Period,
 ) -> Result<crate::billing::MeterSync, BillingError> {
-    type Row = (i64, i64, i64, i64, i64, Option<String>, Option<String>, i64, Option<String>);
-    let (events, pending, awaiting_customer, failed, expired, last_failure, last_retry_error, reported, last_report): Row =
-        sqlx::query_as(
-            "WITH undelivered AS (
+    let row = sqlx::query!(
+        r#"WITH undelivered AS (
                  SELECT status FROM meter_event_outbox
                  WHERE user_id = $1 AND status <> 'delivered' AND occurred_at >= $2 AND occurred_at < $3
              ),
@@ -142,26 +173,31 @@ pub async fn for_user(
                  WHERE d.user_id = $1 AND d.period_start < $3 AND d.period_end > $2
              )
              SELECT (SELECT coalesce(sum(event_count), 0)::bigint FROM usage_period_totals
-                     WHERE user_id = $1 AND period_kind = $4 AND period_start >= $2 AND period_end <= $3),
-                    count(*) FILTER (WHERE status = 'pending'),
-                    count(*) FILTER (WHERE status = 'awaiting_customer'),
-                    count(*) FILTER (WHERE status = 'failed'),
-                    count(*) FILTER (WHERE status = 'expired'),
+                     WHERE user_id = $1 AND period_kind = $4 AND period_start >= $2 AND period_end <= $3)
+                        AS "events!",
+                    count(*) FILTER (WHERE status = 'pending') AS "pending!",
+                    count(*) FILTER (WHERE status = 'awaiting_customer') AS "awaiting_customer!",
+                    count(*) FILTER (WHERE status = 'failed') AS "failed!",
+                    count(*) FILTER (WHERE status = 'expired') AS "expired!",
                     (SELECT coalesce(last_error, 'no reason recorded') FROM meter_deliveries
-                     WHERE user_id = $1 AND status = 'failed' ORDER BY updated_at DESC LIMIT 1),
+                     WHERE user_id = $1 AND status = 'failed' ORDER BY updated_at DESC LIMIT 1) AS last_failure,
                     (SELECT last_error FROM meter_deliveries
                      WHERE user_id = $1 AND status = 'pending' AND last_error IS NOT NULL
-                     ORDER BY updated_at DESC LIMIT 1),
-                    (SELECT events FROM reported),
-                    (SELECT latest FROM reported)
-             FROM undelivered",
-        )
-        .bind(user_id)
-        .bind(period.span.start)
-        .bind(period.span.end)
-        .bind(period.kind.as_str())
-        .fetch_one(pool)
-        .await?;
+                     ORDER BY updated_at DESC LIMIT 1) AS last_retry_error,
+                    (SELECT events FROM reported) AS "reported!",
+                    (SELECT latest FROM reported) AS last_report
+             FROM undelivered"#,
+        user_id,
+        period.span.start as _,
+        period.span.end as _,
+        period.kind.as_str()
+    )
+    .fetch_one(pool)
+    .await?;
+    let (events, pending, awaiting_customer, failed, expired) =
+        (row.events, row.pending, row.awaiting_customer, row.failed, row.expired);
+    let (last_failure, last_retry_error, reported, last_report) =
+        (row.last_failure, row.last_retry_error, row.reported, row.last_report);
     Ok(crate::billing::MeterSync {
         reported_by_stripe: reported,
         last_report,
@@ -183,8 +219,7 @@ pub async fn link_customer(pool: &PgPool, email: &str, customer: &str) -> Result
     }
     let email = crate::auth::normalize_email(email).map_err(|err| BillingError::Invalid(err.to_string()))?;
     let mut tx = pool.begin().await?;
-    let user: Option<uuid::Uuid> =
-        sqlx::query_scalar("SELECT id FROM users WHERE email = $1").bind(&email).fetch_optional(&mut *tx).await?;
+    let user = sqlx::query_scalar!("SELECT id FROM users WHERE email = $1", &email).fetch_optional(&mut *tx).await?;
     let user = user.ok_or_else(|| BillingError::NoAccount(email.to_owned()))?;
     if !crate::billing::events::attach_customer(&mut tx, user, customer, true).await? {
         return Err(BillingError::Conflict(format!("{customer} is already linked to another account")));

@@ -26,7 +26,7 @@ const MAX_UNDETERMINED: usize = 16;
 /// How long an uncertain delivery that could not be settled waits before it is looked at again.
 const RECHECK: chrono::Duration = chrono::Duration::hours(1);
 
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug)]
 struct Due {
     id: Uuid,
     stripe_customer_id: String,
@@ -35,7 +35,7 @@ struct Due {
     attempt_started_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug)]
 struct InMinute {
     id: Uuid,
     quantity: i64,
@@ -65,12 +65,15 @@ pub fn counted_combination(unexplained: i64, quantities: &[i64]) -> Option<Vec<b
 
 /// Settles the uncertain deliveries that are due; returns how many were settled (counted or resent).
 pub async fn resolve_due(pool: &PgPool, stripe: &StripeClient, now: DateTime<Utc>) -> Result<u64, BillingError> {
-    let due: Vec<Due> = sqlx::query_as(
-        "SELECT id, stripe_customer_id, event_name, event_timestamp, attempt_started_at FROM meter_deliveries
-         WHERE status = 'uncertain' AND next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT $2",
+    let due = sqlx::query_as!(
+        Due,
+        r#"SELECT id, stripe_customer_id, event_name, event_timestamp AS "event_timestamp: _",
+                  attempt_started_at AS "attempt_started_at: _"
+           FROM meter_deliveries
+           WHERE status = 'uncertain' AND next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT $2"#,
+        now as _,
+        PER_STEP
     )
-    .bind(now)
-    .bind(PER_STEP)
     .fetch_all(pool)
     .await?;
     if due.is_empty() {
@@ -121,19 +124,20 @@ async fn settle_minute(
     now: DateTime<Utc>,
 ) -> Result<u64, BillingError> {
     let mut tx = pool.begin().await?;
-    let rows: Vec<InMinute> = sqlx::query_as(
-        "SELECT id, quantity, status,
+    let rows = sqlx::query_as!(
+        InMinute,
+        r#"SELECT id, quantity, status,
                 status = 'uncertain' OR (status IN ('pending', 'failed') AND uncertain_since IS NOT NULL)
-                    AS undetermined
+                    AS "undetermined!"
          FROM meter_deliveries
          WHERE stripe_customer_id = $1 AND event_name = $2
            AND event_timestamp >= to_timestamp($3) AND event_timestamp < to_timestamp($3 + 60)
          ORDER BY id
-         FOR UPDATE",
+         FOR UPDATE"#,
+        &delivery.stripe_customer_id,
+        &delivery.event_name,
+        minute as f64
     )
-    .bind(&delivery.stripe_customer_id)
-    .bind(&delivery.event_name)
-    .bind(minute as f64)
     .fetch_all(&mut *tx)
     .await?;
     let known: i64 = rows.iter().filter(|r| r.status == "delivered").map(|r| r.quantity).sum();
@@ -165,34 +169,34 @@ async fn settle_minute(
             (false, _) => cleared_ids.push(row.id),
         }
     }
-    sqlx::query(
+    sqlx::query!(
         "UPDATE meter_deliveries
          SET status = 'delivered', delivered_at = $2, leased_until = NULL, last_error = NULL, updated_at = now(),
              resolution = 'counted, per Stripe''s meter event summary of its minute'
          WHERE id = ANY($1)",
+        &counted_ids,
+        now as _
     )
-    .bind(&counted_ids)
-    .bind(now)
     .execute(&mut *tx)
     .await?;
-    sqlx::query(
+    sqlx::query!(
         "UPDATE meter_deliveries
          SET status = 'pending', previous_identifiers = previous_identifiers || identifier,
              identifier = gen_random_uuid()::text, uncertain_since = NULL, next_attempt_at = $2,
              leased_until = NULL, last_error = NULL, updated_at = now(),
              resolution = 'not counted, per Stripe''s meter event summary of its minute; sent again under a new identifier'
          WHERE id = ANY($1)",
+        &resend_ids,
+        now as _
     )
-    .bind(&resend_ids)
-    .bind(now)
     .execute(&mut *tx)
     .await?;
-    sqlx::query(
+    sqlx::query!(
         "UPDATE meter_deliveries SET uncertain_since = NULL, updated_at = now(),
              resolution = 'not counted, per Stripe''s meter event summary of its minute'
          WHERE id = ANY($1)",
+        &cleared_ids
     )
-    .bind(&cleared_ids)
     .execute(&mut *tx)
     .await?;
     outbox_follows(&mut tx, &counted_ids, "delivered", None).await?;
@@ -208,13 +212,13 @@ async fn settle_minute(
 }
 
 async fn postpone(pool: &PgPool, ids: &[Uuid], until: DateTime<Utc>, reason: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE meter_deliveries SET next_attempt_at = $2, last_error = $3, updated_at = now()
          WHERE id = ANY($1) AND status = 'uncertain'",
+        ids,
+        until as _,
+        reason
     )
-    .bind(ids)
-    .bind(until)
-    .bind(reason)
     .execute(pool)
     .await?;
     Ok(())
@@ -225,23 +229,23 @@ async fn postpone(pool: &PgPool, ids: &[Uuid], until: DateTime<Utc>, reason: &st
 /// from the summaries first (it becomes `uncertain`). Returns (re-queued, to settle first).
 pub async fn retry_failed(pool: &PgPool, now: DateTime<Utc>) -> Result<(u64, u64), BillingError> {
     let mut tx = pool.begin().await?;
-    let requeued: Vec<Uuid> = sqlx::query_scalar(
+    let requeued = sqlx::query_scalar!(
         "UPDATE meter_deliveries
          SET status = 'pending', previous_identifiers = previous_identifiers || identifier,
              identifier = gen_random_uuid()::text, next_attempt_at = $1, attempts = 0, leased_until = NULL,
              last_error = NULL, updated_at = now()
          WHERE status = 'failed' AND uncertain_since IS NULL
          RETURNING id",
+        now as _
     )
-    .bind(now)
     .fetch_all(&mut *tx)
     .await?;
-    let to_settle: Vec<Uuid> = sqlx::query_scalar(
+    let to_settle = sqlx::query_scalar!(
         "UPDATE meter_deliveries SET status = 'uncertain', next_attempt_at = $1, updated_at = now()
          WHERE status = 'failed' AND uncertain_since IS NOT NULL
          RETURNING id",
+        now as _
     )
-    .bind(now)
     .fetch_all(&mut *tx)
     .await?;
     outbox_follows(&mut tx, &requeued, "pending", None).await?;

@@ -37,28 +37,26 @@ pub async fn receive(
     let envelope = events::envelope(&event).map_err(AppError::BadRequest)?;
 
     let mut tx = state.pool.begin().await?;
-    let claimed: Option<String> = sqlx::query_scalar(
+    let claimed = sqlx::query_scalar!(
         "INSERT INTO stripe_events (id, type, created, livemode, api_version, stripe_customer_id, outcome, payload)
          VALUES ($1, $2, $3, $4, $5, $6, 'ignored', $7)
          ON CONFLICT (id) DO NOTHING
          RETURNING id",
+        &envelope.id,
+        &envelope.kind,
+        envelope.created as _,
+        envelope.livemode,
+        envelope.api_version.as_deref(),
+        events::customer_of(&envelope),
+        sqlx::types::Json(&event) as _
     )
-    .bind(&envelope.id)
-    .bind(&envelope.kind)
-    .bind(envelope.created)
-    .bind(envelope.livemode)
-    .bind(&envelope.api_version)
-    .bind(events::customer_of(&envelope))
-    .bind(sqlx::types::Json(&event))
     .fetch_optional(&mut *tx)
     .await?;
     if claimed.is_none() {
         return Ok(Json(json!({ "received": true, "duplicate": true })));
     }
     let outcome = events::apply(&mut tx, &envelope).await?;
-    sqlx::query("UPDATE stripe_events SET outcome = $2 WHERE id = $1")
-        .bind(&envelope.id)
-        .bind(outcome.as_str())
+    sqlx::query!("UPDATE stripe_events SET outcome = $2 WHERE id = $1", &envelope.id, outcome.as_str())
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;

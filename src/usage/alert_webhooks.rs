@@ -41,7 +41,6 @@ pub struct AlertWebhookWorker {
     poll: Duration,
 }
 
-#[derive(sqlx::FromRow)]
 struct Due {
     id: Uuid,
     url: String,
@@ -74,8 +73,9 @@ impl AlertWebhookWorker {
     /// Claims and sends what is due; returns how many were attempted.
     /// Errors are the database's own, so the worker's log names the cause.
     pub async fn step(&self) -> Result<usize, sqlx::Error> {
-        let due: Vec<Due> = sqlx::query_as(
-            "UPDATE alert_webhooks w
+        let due = sqlx::query_as!(
+            Due,
+            r#"UPDATE alert_webhooks w
              SET leased_until = now() + $1 * interval '1 millisecond', attempts = w.attempts + 1
              FROM users u
              WHERE u.id = w.user_id AND w.id IN (
@@ -85,9 +85,9 @@ impl AlertWebhookWorker {
                  ORDER BY next_attempt_at
                  LIMIT 16
                  FOR UPDATE SKIP LOCKED)
-             RETURNING w.id, w.url, w.body, w.attempts, u.alert_webhook_secret AS secret",
+             RETURNING w.id, w.url, w.body, w.attempts, u.alert_webhook_secret AS secret"#,
+            LEASE.as_millis() as f64
         )
-        .bind(LEASE.as_millis() as f64)
         .fetch_all(&self.pool)
         .await?;
         let count = due.len();
@@ -105,28 +105,28 @@ impl AlertWebhookWorker {
         };
         match outcome {
             Ok(()) => {
-                sqlx::query(
+                sqlx::query!(
                     "UPDATE alert_webhooks SET status = 'delivered', delivered_at = now(), leased_until = NULL,
                                                last_error = NULL
                      WHERE id = $1",
+                    due.id
                 )
-                .bind(due.id)
                 .execute(&self.pool)
                 .await?;
             }
             Err(error) => {
                 let delay = crate::retry::backoff(due.attempts, self.retry_base, Duration::from_secs(3600), 0.75);
                 tracing::info!(alert = %due.id, attempts = due.attempts, %error, "alert webhook not accepted; will retry");
-                sqlx::query(
+                sqlx::query!(
                     "UPDATE alert_webhooks
                      SET status = CASE WHEN attempts >= $4 THEN 'failed' ELSE 'pending' END,
                          next_attempt_at = now() + $2 * interval '1 millisecond', leased_until = NULL, last_error = $3
                      WHERE id = $1",
+                    due.id,
+                    delay.as_millis() as f64,
+                    &error,
+                    MAX_ATTEMPTS
                 )
-                .bind(due.id)
-                .bind(delay.as_millis() as f64)
-                .bind(&error)
-                .bind(MAX_ATTEMPTS)
                 .execute(&self.pool)
                 .await?;
             }

@@ -44,8 +44,8 @@ pub async fn record_crossings(
     if users.is_empty() {
         return Ok(());
     }
-    sqlx::query(
-        "WITH crossed AS (
+    sqlx::query!(
+        r#"WITH crossed AS (
              INSERT INTO usage_alerts (user_id, event_type, period_start, threshold, used, usage_limit)
              SELECT c.user_id, $6, c.period_start, c.threshold, c.used, c.usage_limit
              FROM unnest($1::uuid[], $2::timestamptz[], $3::smallint[], $4::bigint[], $5::bigint[])
@@ -57,21 +57,21 @@ pub async fn record_crossings(
          SELECT gen_random_uuid(), c.user_id, u.alert_webhook_url,
                 jsonb_build_object(
                     'type', 'usage.threshold_crossed',
-                    'timestamp', to_char(c.crossed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+                    'timestamp', to_char(c.crossed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
                     'data', jsonb_build_object(
                         'user_id', c.user_id, 'email', u.email, 'event_type', c.event_type,
                         'threshold_percent', c.threshold, 'used', c.used, 'limit', c.usage_limit,
-                        'period_start', to_char(c.period_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'))
+                        'period_start', to_char(c.period_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'))
                 )::text
          FROM crossed c JOIN users u ON u.id = c.user_id
-         WHERE u.alert_webhook_url IS NOT NULL",
+         WHERE u.alert_webhook_url IS NOT NULL"#,
+        &users,
+        &starts as _,
+        &thresholds,
+        &used,
+        &caps,
+        event_type
     )
-    .bind(&users)
-    .bind(&starts)
-    .bind(&thresholds)
-    .bind(&used)
-    .bind(&caps)
-    .bind(event_type)
     .execute(&mut **tx)
     .await?;
     Ok(())

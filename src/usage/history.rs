@@ -25,15 +25,16 @@ pub async fn periods(
 ) -> Result<(PeriodChoice, Vec<PeriodChoice>), AppError> {
     let current = period::current(state, user_id).await?;
     let timezone = &state.config.billing_timezone;
-    let mut choices: Vec<PeriodChoice> = sqlx::query_as(
-        // Subscription periods, and the calendar months not wholly covered by them (before subscribing, after
-        // cancelling): every event is in a calendar counter, so a covered month would only repeat that usage.
-        "WITH spans AS (
+    // Subscription periods, and the calendar months not wholly covered by them (before subscribing, after
+    // cancelling): every event is in a calendar counter, so a covered month would only repeat that usage.
+    let mut choices: Vec<PeriodChoice> = sqlx::query_as!(
+        PeriodChoice,
+        r#"WITH spans AS (
              SELECT DISTINCT period_kind, period_start, period_end FROM usage_period_totals WHERE user_id = $1
          )
-         SELECT DISTINCT period_start, period_end,
-                to_char(period_start AT TIME ZONE $2, 'YYYY-MM-DD') AS first_day,
-                to_char((period_end - interval '1 microsecond') AT TIME ZONE $2, 'YYYY-MM-DD') AS last_day
+         SELECT DISTINCT period_start AS "period_start!: _", period_end AS "period_end!: _",
+                to_char(period_start AT TIME ZONE $2, 'YYYY-MM-DD') AS "first_day!",
+                to_char((period_end - interval '1 microsecond') AT TIME ZONE $2, 'YYYY-MM-DD') AS "last_day!"
          FROM spans s
          WHERE s.period_kind = 'subscription'
             OR (SELECT coalesce(sum(least(o.period_end, s.period_end) - greatest(o.period_start, s.period_start)),
@@ -41,11 +42,11 @@ pub async fn periods(
                 FROM spans o
                 WHERE o.period_kind = 'subscription' AND o.period_start < s.period_end AND o.period_end > s.period_start)
                < s.period_end - s.period_start
-         ORDER BY period_start DESC
-         LIMIT 36",
+         ORDER BY 1 DESC
+         LIMIT 36"#,
+        user_id,
+        timezone
     )
-    .bind(user_id)
-    .bind(timezone)
     .fetch_all(&state.pool)
     .await?;
     choices.retain(|c| c.period_start != current.start);
@@ -90,8 +91,9 @@ pub async fn daily(
     period: &PeriodChoice,
     timezone: &str,
 ) -> Result<Vec<DayUsage>, AppError> {
-    Ok(sqlx::query_as(
-        "WITH days AS (
+    Ok(sqlx::query_as!(
+        DayUsage,
+        r#"WITH days AS (
              SELECT generate_series(date_trunc('day', $3::timestamptz AT TIME ZONE $5),
                                     ($4::timestamptz - interval '1 microsecond') AT TIME ZONE $5,
                                     interval '1 day') AS day
@@ -122,21 +124,20 @@ pub async fn daily(
              FROM parts
              GROUP BY 1
          )
-         SELECT to_char(days.day, 'YYYY-MM-DD') AS day, coalesce(used.quantity, 0) AS quantity
+         SELECT to_char(days.day, 'YYYY-MM-DD') AS "day!", coalesce(used.quantity, 0) AS "quantity!"
          FROM days LEFT JOIN used USING (day)
-         ORDER BY days.day",
+         ORDER BY days.day"#,
+        user_id,
+        event_type,
+        period.period_start as _,
+        period.period_end as _,
+        timezone
     )
-    .bind(user_id)
-    .bind(event_type)
-    .bind(period.period_start)
-    .bind(period.period_end)
-    .bind(timezone)
     .fetch_all(pool)
     .await?)
 }
 
 /// One CSV line's worth of a usage event.
-#[derive(sqlx::FromRow)]
 pub struct ExportRow {
     pub id: Uuid,
     pub occurred_at: DateTime<Utc>,
@@ -167,13 +168,6 @@ impl ExportRow {
 }
 
 /// The statement behind the export: a period's events in time order, streamed by the caller.
-pub const EXPORT_SQL: &str = "SELECT e.id, e.occurred_at,
-            extract(epoch FROM (e.occurred_at AT TIME ZONE $4) - (e.occurred_at AT TIME ZONE 'UTC'))::int AS utc_offset,
-            e.event_type, e.quantity, e.idempotency_key, o.status AS stripe_status
-     FROM usage_events e LEFT JOIN meter_event_outbox o ON o.usage_event_id = e.id
-     WHERE e.user_id = $1 AND e.occurred_at >= $2 AND e.occurred_at < $3
-     ORDER BY e.occurred_at, e.id";
-
 /// Where the CSV export is downloaded from.
 pub const EXPORT_PATH: &str = super::EXPORT_PATH;
 
@@ -201,12 +195,21 @@ pub async fn export(
     let timezone = state.config.billing_timezone.clone();
     tokio::spawn(async move {
         let _permit = permit;
-        let mut rows = sqlx::query_as::<_, ExportRow>(EXPORT_SQL)
-            .bind(user_id)
-            .bind(selected.period_start)
-            .bind(selected.period_end)
-            .bind(&timezone)
-            .fetch(&pool);
+        let mut rows = sqlx::query_as!(
+            ExportRow,
+            r#"SELECT e.id, e.occurred_at AS "occurred_at: _",
+                      extract(epoch FROM (e.occurred_at AT TIME ZONE $4) - (e.occurred_at AT TIME ZONE 'UTC'))::int
+                          AS "utc_offset!",
+                      e.event_type, e.quantity, e.idempotency_key, o.status AS "stripe_status?"
+               FROM usage_events e LEFT JOIN meter_event_outbox o ON o.usage_event_id = e.id
+               WHERE e.user_id = $1 AND e.occurred_at >= $2 AND e.occurred_at < $3
+               ORDER BY e.occurred_at, e.id"#,
+            user_id,
+            selected.period_start as _,
+            selected.period_end as _,
+            &timezone
+        )
+        .fetch(&pool);
         let mut header = true;
         loop {
             // Up to a thousand rows per chunk, encoded by the csv crate (quoting, escaping).

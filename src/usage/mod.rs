@@ -77,7 +77,6 @@ pub struct UsageSummary {
 
 /// A billing period a user can look at.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "ssr", derive(sqlx::FromRow))]
 #[serde(rename_all = "camelCase")]
 pub struct PeriodChoice {
     pub period_start: DateTime<Utc>,
@@ -89,7 +88,6 @@ pub struct PeriodChoice {
 
 /// One day's total.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "ssr", derive(sqlx::FromRow))]
 pub struct DayUsage {
     /// `YYYY-MM-DD` in the billing time zone.
     pub day: String,
@@ -110,7 +108,6 @@ pub struct UsageHistory {
 
 /// A usage alert: the user's usage reached `threshold` % of their limit in the current period.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "ssr", derive(sqlx::FromRow))]
 #[serde(rename_all = "camelCase")]
 pub struct UsageAlert {
     pub threshold: i16,
@@ -309,24 +306,24 @@ pub async fn get_alerts() -> Result<AlertsOverview, AppError> {
     let state = UsageState::current()?;
     let user_id = crate::auth::session::require_user_id().await?;
     let period = period::current(&state, user_id).await?;
-    let alerts = sqlx::query_as(
-        "SELECT threshold, used, usage_limit, crossed_at,
-                to_char(crossed_at AT TIME ZONE $4, 'YYYY-MM-DD HH24:MI') AS crossed_local
-         FROM usage_alerts
-         WHERE user_id = $1 AND event_type = $2 AND period_start = $3 ORDER BY threshold",
+    let alerts = sqlx::query_as!(
+        UsageAlert,
+        r#"SELECT threshold, used, usage_limit, crossed_at AS "crossed_at: _",
+                  to_char(crossed_at AT TIME ZONE $4, 'YYYY-MM-DD HH24:MI') AS "crossed_local!"
+           FROM usage_alerts
+           WHERE user_id = $1 AND event_type = $2 AND period_start = $3 ORDER BY threshold"#,
+        user_id,
+        AI_TOKENS_EVENT,
+        period.start as _,
+        &state.config.billing_timezone
     )
-    .bind(user_id)
-    .bind(AI_TOKENS_EVENT)
-    .bind(period.start)
-    .bind(&state.config.billing_timezone)
     .fetch_all(&state.pool)
     .await?;
-    let (webhook_url, webhook_secret): (Option<String>, Option<String>) =
-        sqlx::query_as("SELECT alert_webhook_url, alert_webhook_secret FROM users WHERE id = $1")
-            .bind(user_id)
-            .fetch_optional(&state.pool)
-            .await?
-            .ok_or(AppError::Unauthorized)?;
+    let webhook = sqlx::query!("SELECT alert_webhook_url, alert_webhook_secret FROM users WHERE id = $1", user_id)
+        .fetch_optional(&state.pool)
+        .await?
+        .ok_or(AppError::Unauthorized)?;
+    let (webhook_url, webhook_secret) = (webhook.alert_webhook_url, webhook.alert_webhook_secret);
     let timezone = state.config.billing_timezone.clone();
     Ok(AlertsOverview { alerts, timezone, webhook_url, webhook_secret })
 }
@@ -339,10 +336,7 @@ pub async fn set_alert_webhook(url: String) -> Result<(), AppError> {
     let user_id = crate::auth::session::require_user_id().await?;
     let url = url.trim();
     if url.is_empty() {
-        sqlx::query("UPDATE users SET alert_webhook_url = NULL WHERE id = $1")
-            .bind(user_id)
-            .execute(&state.pool)
-            .await?;
+        sqlx::query!("UPDATE users SET alert_webhook_url = NULL WHERE id = $1", user_id).execute(&state.pool).await?;
         return Ok(());
     }
     let parsed = url::Url::parse(url)
@@ -358,13 +352,13 @@ pub async fn set_alert_webhook(url: String) -> Result<(), AppError> {
         })
     })?;
     let secret = alert_webhooks::new_secret()?;
-    sqlx::query(
+    sqlx::query!(
         "UPDATE users SET alert_webhook_url = $2, alert_webhook_secret = coalesce(alert_webhook_secret, $3)
          WHERE id = $1",
+        user_id,
+        parsed.as_str(),
+        secret
     )
-    .bind(user_id)
-    .bind(parsed.as_str())
-    .bind(secret)
     .execute(&state.pool)
     .await?;
     Ok(())

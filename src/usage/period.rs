@@ -41,18 +41,18 @@ pub async fn lock_users_shared(tx: &mut Transaction<'_, Postgres>, users: &[Uuid
     let mut keys: Vec<i64> = users.iter().map(|u| lock_key(*u)).collect();
     keys.sort_unstable();
     keys.dedup();
-    sqlx::query(
+    sqlx::query!(
         "SELECT count(pg_advisory_xact_lock_shared(k)) FROM (SELECT unnest($1::bigint[]) AS k ORDER BY 1) AS keys",
+        &keys
     )
-    .bind(&keys)
-    .execute(&mut **tx)
+    .fetch_one(&mut **tx)
     .await?;
     Ok(())
 }
 
 /// Takes the exclusive period lock of `user_id` for the rest of the transaction: waits for writers in flight.
 pub async fn lock_user_exclusive(tx: &mut Transaction<'_, Postgres>, user_id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(lock_key(user_id)).execute(&mut **tx).await?;
+    sqlx::query!("SELECT pg_advisory_xact_lock($1)", lock_key(user_id)).fetch_one(&mut **tx).await?;
     Ok(())
 }
 
@@ -173,35 +173,14 @@ impl BillingPeriod {
     }
 }
 
-/// The calendar month in `timezone` that contains the instant `at` (SQL function `calendar_month_at`).
-pub async fn containing(pool: &PgPool, at: DateTime<Utc>, timezone: &str) -> Result<BillingPeriod, AppError> {
-    Ok(sqlx::query_as(
-        "SELECT month_start AS start, month_end AS \"end\", 'calendar' AS kind,
-                to_char(month_start AT TIME ZONE $2, 'YYYY-MM-DD') AS first_day,
-                to_char((month_end - interval '1 microsecond') AT TIME ZONE $2, 'YYYY-MM-DD') AS last_day,
-                $2 AS timezone
-         FROM calendar_month_at($1, $2)",
-    )
-    .bind(at)
-    .bind(timezone)
-    .fetch_one(pool)
-    .await?)
-}
-
-/// The billing time zone with the pool to ask it in: what the period functions need besides a user and an instant.
+/// The billing time zone: what the period functions need besides a user and an instant.
 pub struct PeriodClock {
-    pool: PgPool,
     /// The billing time zone calendar periods are cut in.
     pub timezone: String,
 }
 
 impl PeriodClock {
-    pub fn new(pool: PgPool, timezone: String) -> Self {
-        PeriodClock { pool, timezone }
-    }
-
-    /// The calendar month containing `at`.
-    pub async fn containing(&self, at: DateTime<Utc>) -> Result<BillingPeriod, AppError> {
-        containing(&self.pool, at, &self.timezone).await
+    pub fn new(timezone: String) -> Self {
+        PeriodClock { timezone }
     }
 }

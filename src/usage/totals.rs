@@ -19,10 +19,10 @@
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
-use super::period::{self, BillingPeriod, PeriodClock, Span};
+use super::period::{self, PeriodClock, Span};
 use super::UsageSummary;
 use crate::error::AppError;
 
@@ -70,47 +70,32 @@ pub async fn summary_at<'e>(
     }))
 }
 
-/// The exact sum of `user_id`'s events of `event_type` in `period`, from the events themselves. The slow,
-/// obviously right answer that the counters are checked against (tests and the ingest benchmark).
-pub async fn recount(pool: &PgPool, user_id: Uuid, event_type: &str, period: &BillingPeriod) -> Result<i64, AppError> {
-    Ok(sqlx::query_scalar(
-        "SELECT COALESCE(sum(quantity), 0)::bigint FROM usage_events
-         WHERE user_id = $1 AND event_type = $2 AND occurred_at >= $3 AND occurred_at < $4",
-    )
-    .bind(user_id)
-    .bind(event_type)
-    .bind(period.start)
-    .bind(period.end)
-    .fetch_one(pool)
-    .await?)
-}
-
 /// Recounts `user_id`'s subscription counters for `span` from the events, after Stripe announced or changed a
 /// subscription period: events recorded before Stripe told us about the period (or while the subscription was not
 /// live) were counted only under their calendar month. Holds the user's exclusive period lock, so no writer counts into the old or new period meanwhile. Costs
 /// one index range scan of the period's events, once per period change.
 pub async fn rebuild(tx: &mut Transaction<'_, Postgres>, user_id: Uuid, span: Span) -> Result<(), sqlx::Error> {
     period::lock_user_exclusive(tx, user_id).await?;
-    sqlx::query(
+    sqlx::query!(
         "DELETE FROM usage_period_totals
          WHERE user_id = $1 AND period_kind = 'subscription' AND period_start = $2 AND period_end = $3",
+        user_id,
+        span.start as _,
+        span.end as _
     )
-    .bind(user_id)
-    .bind(span.start)
-    .bind(span.end)
     .execute(&mut **tx)
     .await?;
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO usage_period_totals
              (user_id, event_type, period_kind, period_start, period_end, slot, quantity, event_count)
          SELECT user_id, event_type, 'subscription', $2, $3, 0, sum(quantity), count(*)
          FROM usage_events
          WHERE user_id = $1 AND occurred_at >= $2 AND occurred_at < $3
          GROUP BY user_id, event_type",
+        user_id,
+        span.start as _,
+        span.end as _
     )
-    .bind(user_id)
-    .bind(span.start)
-    .bind(span.end)
     .execute(&mut **tx)
     .await?;
     // Open meters may now be in another period.

@@ -423,7 +423,7 @@ async fn every_bad_request_is_refused_with_its_status_and_stores_nothing(pool: P
 async fn the_webhook_refuses_what_stripe_did_not_send(pool: PgPool) {
     let app = app(pool);
     let now = chrono::Utc::now().timestamp();
-    let sign = |body: &[u8]| tally::billing::signature::sign(WEBHOOK_SECRET, now, body);
+    let sign = |body: &[u8]| stripe_double::webhook_signature(WEBHOOK_SECRET, now, body);
     let signed = |what: &'static str, body: &[u8], status: u16| (what, body.to_vec(), Some(sign(body)), status);
     let rows: Vec<(&str, Vec<u8>, Option<String>, u16)> = vec![
         signed("signed garbage", b"not json", 400),
@@ -437,7 +437,7 @@ async fn the_webhook_refuses_what_stripe_did_not_send(pool: PgPool) {
         (
             "stale signature",
             b"{}".to_vec(),
-            Some(tally::billing::signature::sign(WEBHOOK_SECRET, now - 3600, b"{}")),
+            Some(stripe_double::webhook_signature(WEBHOOK_SECRET, now - 3600, b"{}")),
             400,
         ),
     ];

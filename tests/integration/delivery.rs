@@ -268,7 +268,7 @@ async fn a_meter_event_stripe_refuses_is_failed_with_its_message_and_can_be_retr
         .await
         .unwrap();
     assert!(reason.contains("No active meter was found for event_name 'image_generated'"), "{reason}");
-    let period = tally::usage::period::containing(&pool, chrono::Utc::now(), "Asia/Tokyo").await.unwrap();
+    let period = crate::support::calendar_month(&pool, chrono::Utc::now(), "Asia/Tokyo").await;
     let sync = tally::billing::status::for_user(&pool, user, period.period()).await.unwrap();
     assert_eq!((sync.delivered, sync.failed), (1, 1));
     assert_eq!(sync.last_failure.as_deref(), Some(reason.as_str()));
@@ -644,7 +644,7 @@ async fn meter_error_reports_are_fetched_and_shown_to_the_user_they_concern(pool
     );
     let payload = thin.to_string();
     let t = chrono::Utc::now().timestamp();
-    let signature = tally::billing::signature::sign(crate::support::WEBHOOK_SECRET, t, payload.as_bytes());
+    let signature = stripe_double::webhook_signature(crate::support::WEBHOOK_SECRET, t, payload.as_bytes());
     let request = axum::http::Request::post(tally::billing::webhook::PATH)
         .header("host", "127.0.0.1:3000")
         .header("content-type", "application/json")
@@ -686,10 +686,9 @@ async fn sync_counts_equal_a_count_of_every_row(pool: PgPool) {
     let app = app(pool.clone());
     let (user, _) = customer(&app, "counts@example.com").await;
     let now = chrono::Utc::now();
-    let current = tally::usage::period::containing(&pool, now, "Asia/Tokyo").await.unwrap();
-    let previous = tally::usage::period::containing(&pool, current.start - chrono::Duration::seconds(1), "Asia/Tokyo")
-        .await
-        .unwrap();
+    let current = crate::support::calendar_month(&pool, now, "Asia/Tokyo").await;
+    let previous =
+        crate::support::calendar_month(&pool, current.start - chrono::Duration::seconds(1), "Asia/Tokyo").await;
     for i in 0..60 {
         let at = if i % 3 == 0 { previous.start + chrono::Duration::hours(i) } else { now };
         app.insert_usage(user, AI_TOKENS_EVENT, 1 + i, &at.to_rfc3339()).await;

@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use futures::future::join_all;
 use serde_json::json;
 use sqlx::PgPool;
-use tally::usage::{period, totals, AI_TOKENS_EVENT};
+use tally::usage::{totals, AI_TOKENS_EVENT};
 use uuid::Uuid;
 
 use crate::support::{app, TestApp};
@@ -25,12 +25,12 @@ async fn stored_events(app: &TestApp) -> i64 {
 }
 
 async fn period_total(app: &TestApp, user: Uuid) -> (i64, i64) {
-    let period = period::containing(&app.pool, chrono::Utc::now(), "Asia/Tokyo").await.unwrap();
+    let period = crate::support::calendar_month(&app.pool, chrono::Utc::now(), "Asia/Tokyo").await;
     let summary = totals::summary_at(&app.pool, &app.state.clock, user, AI_TOKENS_EVENT, chrono::Utc::now()).await;
     let summary = summary.unwrap().unwrap();
     assert_eq!(summary.period_start, period.start, "the counters read are the recounted period's");
     let counters = summary.used;
-    let recount = totals::recount(&app.pool, user, AI_TOKENS_EVENT, &period).await.unwrap();
+    let recount = crate::support::recount(&app.pool, user, AI_TOKENS_EVENT, &period).await;
     (counters, recount)
 }
 

@@ -273,7 +273,7 @@ async fn logs_hold_no_passwords_keys_or_secrets_even_at_trace_level(pool: PgPool
     );
     let forged = tally::auth::api_key::generate().unwrap().secret;
     app.post_json("/api/usage/record", body, &[("authorization", &format!("Bearer {forged}"))]).await;
-    let signature = tally::billing::signature::sign("whsec_wrong", chrono::Utc::now().timestamp(), b"{}");
+    let signature = stripe_double::webhook_signature("whsec_wrong", chrono::Utc::now().timestamp(), b"{}");
     app.post_json(tally::billing::webhook::PATH, "{}", &[("stripe-signature", &signature)]).await;
 
     let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();

@@ -211,3 +211,44 @@ pub fn assert_no_internals(body: &str) {
         assert!(!body.contains(needle), "response leaks {needle:?}: {body}");
     }
 }
+
+/// The calendar month of `timezone` containing `at`, straight from the SQL function the product calls.
+pub async fn calendar_month(
+    pool: &PgPool,
+    at: chrono::DateTime<chrono::Utc>,
+    timezone: &str,
+) -> tally::usage::period::BillingPeriod {
+    sqlx::query_as(
+        "SELECT month_start AS start, month_end AS \"end\", 'calendar' AS kind,
+                to_char(month_start AT TIME ZONE $2, 'YYYY-MM-DD') AS first_day,
+                to_char((month_end - interval '1 microsecond') AT TIME ZONE $2, 'YYYY-MM-DD') AS last_day,
+                $2 AS timezone
+         FROM calendar_month_at($1, $2)",
+    )
+    .bind(at)
+    .bind(timezone)
+    .fetch_one(pool)
+    .await
+    .expect("calendar_month_at")
+}
+
+/// The exact sum of `user_id`'s events of `event_type` in `period`, from the events themselves: the slow, obviously
+/// right answer the counters are checked against.
+pub async fn recount(
+    pool: &PgPool,
+    user_id: Uuid,
+    event_type: &str,
+    period: &tally::usage::period::BillingPeriod,
+) -> i64 {
+    sqlx::query_scalar(
+        "SELECT COALESCE(sum(quantity), 0)::bigint FROM usage_events
+         WHERE user_id = $1 AND event_type = $2 AND occurred_at >= $3 AND occurred_at < $4",
+    )
+    .bind(user_id)
+    .bind(event_type)
+    .bind(period.start)
+    .bind(period.end)
+    .fetch_one(pool)
+    .await
+    .expect("recount")
+}

@@ -14,23 +14,23 @@ fn at(rfc3339: &str) -> DateTime<Utc> {
 #[sqlx::test(migrator = "tally::db::MIGRATOR")]
 async fn periods_are_calendar_months_of_the_billing_timezone(pool: PgPool) {
     // 15:00 UTC on 30 November is already 1 December in Tokyo.
-    let december = period::containing(&pool, at("2026-11-30T15:00:00Z"), "Asia/Tokyo").await.unwrap();
+    let december = crate::support::calendar_month(&pool, at("2026-11-30T15:00:00Z"), "Asia/Tokyo").await;
     assert_eq!(december.start, at("2026-11-30T15:00:00Z"));
     assert_eq!(december.end, at("2026-12-31T15:00:00Z"));
     assert_eq!((december.first_day.as_str(), december.last_day.as_str()), ("2026-12-01", "2026-12-31"));
 
-    let november = period::containing(&pool, at("2026-11-30T14:59:59.999Z"), "Asia/Tokyo").await.unwrap();
+    let november = crate::support::calendar_month(&pool, at("2026-11-30T14:59:59.999Z"), "Asia/Tokyo").await;
     assert_eq!(november.start, at("2026-10-31T15:00:00Z"));
     assert_eq!(november.end, december.start, "periods are contiguous");
 
-    let leap = period::containing(&pool, at("2028-02-10T00:00:00Z"), "UTC").await.unwrap();
+    let leap = crate::support::calendar_month(&pool, at("2028-02-10T00:00:00Z"), "UTC").await;
     assert_eq!(leap.last_day, "2028-02-29");
 }
 
 #[sqlx::test(migrator = "tally::db::MIGRATOR")]
 async fn periods_survive_daylight_saving_changes(pool: PgPool) {
     // New York leaves daylight saving time on 1 November 2026: the month starts at UTC-4 and ends at UTC-5.
-    let november = period::containing(&pool, at("2026-11-15T12:00:00Z"), "America/New_York").await.unwrap();
+    let november = crate::support::calendar_month(&pool, at("2026-11-15T12:00:00Z"), "America/New_York").await;
     assert_eq!(november.start, at("2026-11-01T04:00:00Z"));
     assert_eq!(november.end, at("2026-12-01T05:00:00Z"));
 }
@@ -42,7 +42,7 @@ async fn totals_count_only_this_users_events_of_this_type_inside_the_period(pool
     app.signup("bob@example.com").await;
     let ada = app.user_id("ada@example.com").await;
     let bob = app.user_id("bob@example.com").await;
-    let november = period::containing(&app.pool, at("2026-11-15T00:00:00Z"), "Asia/Tokyo").await.unwrap();
+    let november = crate::support::calendar_month(&app.pool, at("2026-11-15T00:00:00Z"), "Asia/Tokyo").await;
 
     app.insert_usage(ada, AI_TOKENS_EVENT, 1_000, "2026-10-31T15:00:00Z").await; // first instant: in
     app.insert_usage(ada, AI_TOKENS_EVENT, 234, "2026-11-20T09:30:00Z").await; // in

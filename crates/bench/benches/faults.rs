@@ -643,7 +643,7 @@ async fn webhook_storm(lab: &Lab) -> Audit {
         tasks.push(tokio::spawn(async move {
             let signature = format!(
                 "t={now},v1={}",
-                tally::billing::signature::sign(WEBHOOK_SECRET, chrono::Utc::now().timestamp(), &body),
+                stripe_double::webhook_signature(WEBHOOK_SECRET, chrono::Utc::now().timestamp(), &body),
                 now = chrono::Utc::now().timestamp()
             );
             let status = match http.post(url).header("stripe-signature", signature).body(body).send().await {

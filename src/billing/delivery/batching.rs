@@ -7,14 +7,14 @@ impl DeliveryWorker {
     pub(super) async fn form_batches(&self) -> Result<(u64, u64), BillingError> {
         let now = self.clock.now();
         let mut tx = self.pool.begin().await?;
-        let users: Vec<Uuid> = sqlx::query_scalar(
+        let users: Vec<Uuid> = sqlx::query_scalar!(
             "SELECT DISTINCT o.user_id FROM meter_event_outbox o
              WHERE o.status = 'pending' AND o.delivery_id IS NULL AND o.next_attempt_at <= $2
                AND NOT EXISTS (SELECT 1 FROM meter_deliveries d WHERE d.user_id = o.user_id AND d.status = 'pending')
              LIMIT $1",
+            CUSTOMERS_PER_STEP,
+            now as _
         )
-        .bind(CUSTOMERS_PER_STEP)
-        .bind(now)
         .fetch_all(&mut *tx)
         .await?;
         if users.is_empty() {
@@ -22,10 +22,14 @@ impl DeliveryWorker {
         }
         // Periods must not move while they are read: the same shared lock usage writers take.
         crate::usage::period::lock_users_shared(&mut tx, &users).await?;
-        let rows: Vec<DueRow> = sqlx::query_as(
-            "SELECT o.usage_event_id, o.user_id, u.stripe_customer_id, e.event_type, e.quantity, e.occurred_at,
-                    p.period_start, p.period_end, p.period_kind,
-                    c.period_start AS current_start, c.period_end AS current_end, c.period_kind AS current_kind
+        let rows = sqlx::query_as!(
+            DueRow,
+            r#"SELECT o.usage_event_id, o.user_id, u.stripe_customer_id AS "stripe_customer_id!", e.event_type,
+                    e.quantity, e.occurred_at AS "occurred_at: _",
+                    p.period_start AS "period_start!: _", p.period_end AS "period_end!: _",
+                    p.period_kind AS "period_kind!",
+                    c.period_start AS "current_start!: _", c.period_end AS "current_end!: _",
+                    c.period_kind AS "current_kind!"
              FROM meter_event_outbox o
              JOIN usage_events e ON e.id = o.usage_event_id
              JOIN users u ON u.id = o.user_id
@@ -35,13 +39,13 @@ impl DeliveryWorker {
                AND o.next_attempt_at <= $5 AND u.stripe_customer_id IS NOT NULL
              ORDER BY o.user_id, e.occurred_at, o.usage_event_id
              LIMIT $2
-             FOR UPDATE OF o SKIP LOCKED",
+             FOR UPDATE OF o SKIP LOCKED"#,
+            &users,
+            ROWS_PER_STEP,
+            &self.timezone,
+            LIVE_STATUSES as _,
+            now as _
         )
-        .bind(&users)
-        .bind(ROWS_PER_STEP)
-        .bind(&self.timezone)
-        .bind(LIVE_STATUSES)
-        .bind(now)
         .fetch_all(&mut *tx)
         .await?;
         let rules = BatchRules {
@@ -61,7 +65,7 @@ impl DeliveryWorker {
 }
 
 /// A due outbox row with what batching needs.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct DueRow {
     pub usage_event_id: Uuid,
     pub user_id: Uuid,
@@ -232,37 +236,37 @@ impl NewDeliveries {
         if self.ids.is_empty() {
             return Ok(());
         }
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO meter_deliveries (id, identifier, user_id, stripe_customer_id, event_name, period_start,
                                            period_end, event_timestamp, quantity, event_count, period_kind,
                                            late_from_period_start, late_from_period_end, next_attempt_at)
              SELECT *, $14 FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::timestamptz[],
                                        $7::timestamptz[], $8::timestamptz[], $9::bigint[], $10::int[], $11::text[],
                                        $12::timestamptz[], $13::timestamptz[])",
+            &self.ids,
+            &self.identifiers,
+            &self.users,
+            &self.customers,
+            &self.event_names,
+            &self.period_starts as _,
+            &self.period_ends as _,
+            &self.timestamps as _,
+            &self.quantities,
+            &self.counts,
+            &self.period_kinds,
+            &self.late_starts as _,
+            &self.late_ends as _,
+            now as _
         )
-        .bind(&self.ids)
-        .bind(&self.identifiers)
-        .bind(&self.users)
-        .bind(&self.customers)
-        .bind(&self.event_names)
-        .bind(&self.period_starts)
-        .bind(&self.period_ends)
-        .bind(&self.timestamps)
-        .bind(&self.quantities)
-        .bind(&self.counts)
-        .bind(&self.period_kinds)
-        .bind(&self.late_starts)
-        .bind(&self.late_ends)
-        .bind(now)
         .execute(&mut **tx)
         .await?;
-        sqlx::query(
+        sqlx::query!(
             "UPDATE meter_event_outbox o SET delivery_id = m.delivery_id, updated_at = now()
              FROM unnest($1::uuid[], $2::uuid[]) AS m (usage_event_id, delivery_id)
              WHERE o.usage_event_id = m.usage_event_id",
+            &self.members,
+            &self.member_deliveries
         )
-        .bind(&self.members)
-        .bind(&self.member_deliveries)
         .execute(&mut **tx)
         .await?;
         Ok(())

@@ -36,17 +36,17 @@ impl CallBudget {
     /// in thousandths of a call. Must run under the claim lock, whose holder then spends from it.
     pub(super) async fn refill(&self, tx: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> Result<i64, sqlx::Error> {
         // clock_timestamp, not now(): now() is when the transaction began, before it waited for the claim lock.
-        sqlx::query_scalar(
+        sqlx::query_scalar!(
             "INSERT INTO stripe_call_budget AS b (name, milli_calls, refilled_at) VALUES ($1, $2, clock_timestamp())
              ON CONFLICT (name) DO UPDATE SET
                  milli_calls = LEAST($2, b.milli_calls + floor(
-                     GREATEST(0, extract(epoch FROM clock_timestamp() - b.refilled_at)) * $3 * 1000)::bigint),
+                     GREATEST(0, extract(epoch FROM clock_timestamp() - b.refilled_at)) * $3::float8 * 1000)::bigint),
                  refilled_at = clock_timestamp()
              RETURNING milli_calls",
+            Self::NAME,
+            self.capacity_milli,
+            f64::from(self.rate.get())
         )
-        .bind(Self::NAME)
-        .bind(self.capacity_milli)
-        .bind(f64::from(self.rate.get()))
         .fetch_one(&mut **tx)
         .await
     }

@@ -124,7 +124,7 @@ pub struct DeliveryWorker {
 }
 
 /// A delivery this worker holds the lease of.
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug)]
 struct Claimed {
     id: Uuid,
     identifier: String,
@@ -228,9 +228,11 @@ impl DeliveryWorker {
             if progress.did_work() {
                 continue;
             }
-            let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM meter_event_outbox WHERE status = 'pending'")
-                .fetch_one(&self.pool)
-                .await?;
+            let pending = sqlx::query_scalar!(
+                r#"SELECT count(*) AS "pending!" FROM meter_event_outbox WHERE status = 'pending'"#
+            )
+            .fetch_one(&self.pool)
+            .await?;
             if pending == 0 || started.elapsed() >= deadline {
                 return Ok((total, pending));
             }

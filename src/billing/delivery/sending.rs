@@ -10,14 +10,15 @@ impl DeliveryWorker {
     /// budget, claims nothing and says how long until it holds one.
     pub(super) async fn claim(&self) -> Result<(Vec<Claimed>, Budget), BillingError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(CLAIM_LOCK).execute(&mut *tx).await?;
+        sqlx::query!("SELECT pg_advisory_xact_lock($1)", CLAIM_LOCK).fetch_one(&mut *tx).await?;
         let milli_calls = self.budget.refill(&mut tx).await?;
         if milli_calls < 1_000 {
             tx.commit().await?;
             return Ok((Vec::new(), Budget::Empty { wait: self.budget.wait_for_one(milli_calls) }));
         }
-        let claimed: Vec<Claimed> = sqlx::query_as(
-            "WITH claimed AS (
+        let claimed = sqlx::query_as!(
+            Claimed,
+            r#"WITH claimed AS (
                  UPDATE meter_deliveries d
                  SET leased_until = now() + $2 * interval '1 millisecond', lease_token = gen_random_uuid(),
                      attempts = d.attempts + 1, updated_at = now(),
@@ -48,12 +49,15 @@ impl DeliveryWorker {
                  UPDATE stripe_call_budget SET milli_calls = milli_calls - 1000 * (SELECT count(*) FROM claimed)
                  WHERE name = $3
              )
-             SELECT * FROM claimed",
+             SELECT id AS "id!", identifier AS "identifier!", stripe_customer_id AS "stripe_customer_id!",
+                    event_name AS "event_name!", quantity AS "quantity!", event_timestamp AS "event_timestamp!: _",
+                    attempts AS "attempts!", lease_token AS "lease_token!", attempt_started_at AS "attempt_started_at!: _"
+             FROM claimed"#,
+            i64::from(self.settings.max_in_flight.min(self.budget.rate.get())),
+            self.settings.lease_ms as f64,
+            CallBudget::NAME,
+            self.clock.now() as _
         )
-        .bind(i64::from(self.settings.max_in_flight.min(self.budget.rate.get())))
-        .bind(self.settings.lease_ms as f64)
-        .bind(CallBudget::NAME)
-        .bind(self.clock.now())
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -128,16 +132,16 @@ impl DeliveryWorker {
         note: Option<&str>,
     ) -> Result<(), BillingError> {
         let mut tx = self.pool.begin().await?;
-        let settled = sqlx::query(
+        let settled = sqlx::query!(
             "UPDATE meter_deliveries
              SET status = $2, last_error = $3, leased_until = NULL, updated_at = now(),
-                 delivered_at = CASE WHEN $2 = 'delivered' THEN $4 END
+                 delivered_at = CASE WHEN $2 = 'delivered' THEN $4::timestamptz END
              WHERE id = $1 AND status = 'pending'",
+            delivery.id,
+            status,
+            note,
+            self.clock.now() as _
         )
-        .bind(delivery.id)
-        .bind(status)
-        .bind(note)
-        .bind(self.clock.now())
         .execute(&mut *tx)
         .await?;
         if settled.rows_affected() == 1 {
@@ -151,17 +155,17 @@ impl DeliveryWorker {
     /// the meter event summaries can say whether it counted.
     pub(super) async fn mark_uncertain(&self, delivery: &Claimed, err: &StripeError) -> Result<(), BillingError> {
         let mut tx = self.pool.begin().await?;
-        let marked = sqlx::query(
+        let marked = sqlx::query!(
             "UPDATE meter_deliveries
              SET status = 'uncertain', uncertain_since = coalesce(uncertain_since, $3), leased_until = NULL,
                  next_attempt_at = $4, last_error = $5, updated_at = now()
              WHERE id = $1 AND lease_token = $2 AND status = 'pending'",
+            delivery.id,
+            delivery.lease_token,
+            delivery.attempt_started_at as _,
+            (self.clock.now() + SUMMARY_SETTLE) as _,
+            err.to_string()
         )
-        .bind(delivery.id)
-        .bind(delivery.lease_token)
-        .bind(delivery.attempt_started_at)
-        .bind(self.clock.now() + SUMMARY_SETTLE)
-        .bind(err.to_string())
         .execute(&mut *tx)
         .await?;
         if marked.rows_affected() == 1 {
@@ -186,20 +190,20 @@ impl DeliveryWorker {
             random_unit(),
         );
         tracing::debug!(identifier = %delivery.identifier, attempts = delivery.attempts, error = %err, ?delay, "meter event retry");
-        sqlx::query(
+        sqlx::query!(
             "UPDATE meter_deliveries
-             SET next_attempt_at = $5 + $3 * interval '1 millisecond', leased_until = NULL, last_error = $4,
-                 uncertain_since = CASE WHEN $6 THEN coalesce(uncertain_since, $7) ELSE uncertain_since END,
+             SET next_attempt_at = $5::timestamptz + $3::float8 * interval '1 millisecond', leased_until = NULL, last_error = $4,
+                 uncertain_since = CASE WHEN $6 THEN coalesce(uncertain_since, $7::timestamptz) ELSE uncertain_since END,
                  updated_at = now()
              WHERE id = $1 AND lease_token = $2 AND status = 'pending'",
+            delivery.id,
+            delivery.lease_token,
+            delay.as_millis() as f64,
+            err.to_string(),
+            self.clock.now() as _,
+            unknown as _,
+            delivery.attempt_started_at as _
         )
-        .bind(delivery.id)
-        .bind(delivery.lease_token)
-        .bind(delay.as_millis() as f64)
-        .bind(err.to_string())
-        .bind(self.clock.now())
-        .bind(unknown)
-        .bind(delivery.attempt_started_at)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -214,12 +218,12 @@ pub(crate) async fn outbox_follows(
     status: &str,
     note: Option<&str>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE meter_event_outbox SET status = $2, last_error = $3, updated_at = now() WHERE delivery_id = ANY($1)",
+        deliveries,
+        status,
+        note
     )
-    .bind(deliveries)
-    .bind(status)
-    .bind(note)
     .execute(&mut **tx)
     .await?;
     Ok(())

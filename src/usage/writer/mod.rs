@@ -247,11 +247,13 @@ impl Writer {
 /// Tells every instance's live meters (`live.rs`) that these users' usage changed. NOTIFY is transactional: it
 /// is delivered when, and only if, the transaction commits; repeats within it are folded into one.
 pub async fn notify_usage(tx: &mut Transaction<'_, Postgres>, users: &[Uuid]) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT count(pg_notify($2, u::text)) FROM (SELECT DISTINCT unnest($1::uuid[]) AS u) AS changed")
-        .bind(users)
-        .bind(super::live::CHANNEL)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query!(
+        "SELECT count(pg_notify($2, u::text)) FROM (SELECT DISTINCT unnest($1::uuid[]) AS u) AS changed",
+        users,
+        super::live::CHANNEL
+    )
+    .fetch_one(&mut **tx)
+    .await?;
     Ok(())
 }
 

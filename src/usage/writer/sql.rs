@@ -71,41 +71,43 @@ pub(super) async fn lock_limits_read_periods(
         return Ok((limits, periods));
     }
     let (users, times): (Vec<Uuid>, Vec<DateTime<Utc>>) = instants.into_iter().unzip();
-    type Row = (
-        Uuid,
-        Option<i64>,
-        Option<i16>,
-        Option<i64>,
-        Option<DateTime<Utc>>,
-        Option<DateTime<Utc>>,
-        Option<String>,
-        Option<DateTime<Utc>>,
-        Option<DateTime<Utc>>,
-    );
-    let rows: Vec<Row> = sqlx::query_as(
-        "WITH limited AS (
+    let rows = sqlx::query!(
+        r#"WITH limited AS (
              SELECT id, usage_limit, usage_warning_percent FROM users
              WHERE id = ANY($1) AND usage_limit IS NOT NULL
              ORDER BY id
              FOR NO KEY UPDATE
          )
-         SELECT id, usage_limit, usage_warning_percent, NULL::bigint, NULL::timestamptz, NULL::timestamptz,
-                NULL::text, NULL::timestamptz, NULL::timestamptz
+         SELECT id AS "user_id!", usage_limit AS "limit?", usage_warning_percent AS "warning_percent?",
+                NULL::bigint AS "position?", NULL::timestamptz AS "start?: DateTime<Utc>",
+                NULL::timestamptz AS "end?: DateTime<Utc>", NULL::text AS "kind?",
+                NULL::timestamptz AS "month_start?: DateTime<Utc>", NULL::timestamptz AS "month_end?: DateTime<Utc>"
          FROM limited
          UNION ALL
          -- Rows name their instant by position: PostgreSQL keeps microseconds, the events' times may hold more.
          SELECT w.user_id, NULL, NULL, w.position, p.period_start, p.period_end, p.period_kind, p.month_start,
                 p.month_end
          FROM unnest($1::uuid[], $2::timestamptz[]) WITH ORDINALITY AS w (user_id, at, position)
-         CROSS JOIN LATERAL billing_period_at(w.user_id, w.at, $3, $4) AS p",
+         CROSS JOIN LATERAL billing_period_at(w.user_id, w.at, $3, $4) AS p"#,
+        &users,
+        &times as _,
+        timezone,
+        crate::usage::period::LIVE_STATUSES as _
     )
-    .bind(&users)
-    .bind(&times)
-    .bind(timezone)
-    .bind(crate::usage::period::LIVE_STATUSES)
     .fetch_all(&mut **tx)
     .await?;
-    for (user, limit, warning_percent, position, start, end, kind, month_start, month_end) in rows {
+    for row in rows {
+        let (user, limit, warning_percent, position, start, end, kind, month_start, month_end) = (
+            row.user_id,
+            row.limit,
+            row.warning_percent,
+            row.position,
+            row.start,
+            row.end,
+            row.kind,
+            row.month_start,
+            row.month_end,
+        );
         let at = position.and_then(|p| times.get(usize::try_from(p).ok()?.checked_sub(1)?)).copied();
         match (
             limit,
@@ -166,27 +168,28 @@ pub(super) async fn period_usage(
         starts.push(start);
         ends.push(end);
     }
-    type Row = (Uuid, String, DateTime<Utc>, DateTime<Utc>, i64);
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT t.user_id, t.period_kind, t.period_start, t.period_end, sum(t.quantity)::bigint
+    let rows = sqlx::query!(
+        r#"SELECT t.user_id, t.period_kind, t.period_start AS "period_start: DateTime<Utc>",
+                  t.period_end AS "period_end: DateTime<Utc>", sum(t.quantity)::bigint AS "used!"
          FROM usage_period_totals t
          JOIN unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::timestamptz[])
            AS wanted (user_id, period_kind, period_start, period_end)
            USING (user_id, period_kind, period_start, period_end)
          WHERE t.event_type = $5
-         GROUP BY t.user_id, t.period_kind, t.period_start, t.period_end",
+         GROUP BY t.user_id, t.period_kind, t.period_start, t.period_end"#,
+        &users,
+        &kinds as &[&str],
+        &starts as _,
+        &ends as _,
+        AI_TOKENS_EVENT
     )
-    .bind(&users)
-    .bind(&kinds)
-    .bind(&starts)
-    .bind(&ends)
-    .bind(AI_TOKENS_EVENT)
     .fetch_all(&mut **tx)
     .await?;
     Ok(rows
         .into_iter()
-        .filter_map(|(user, kind, start, end, used)| {
-            Some(((user, Period { kind: PeriodKind::parse(&kind)?, span: Span { start, end } }), used))
+        .filter_map(|row| {
+            let span = Span { start: row.period_start, end: row.period_end };
+            Some(((row.user_id, Period { kind: PeriodKind::parse(&row.period_kind)?, span }), row.used))
         })
         .collect())
 }
@@ -211,17 +214,17 @@ pub(super) async fn keys_to_ids(
     wanted: &BTreeSet<UserKey>,
 ) -> Result<HashMap<UserKey, Uuid>, sqlx::Error> {
     let (users, keys): (Vec<Uuid>, Vec<String>) = wanted.iter().cloned().unzip();
-    let rows: Vec<(Uuid, String, Uuid)> = sqlx::query_as(
-        "SELECT e.user_id, e.idempotency_key, e.id
+    let rows = sqlx::query!(
+        r#"SELECT e.user_id, e.idempotency_key AS "idempotency_key!", e.id
          FROM usage_events e
          JOIN unnest($1::uuid[], $2::text[]) AS wanted (user_id, idempotency_key)
-           USING (user_id, idempotency_key)",
+           USING (user_id, idempotency_key)"#,
+        &users,
+        &keys
     )
-    .bind(&users)
-    .bind(&keys)
     .fetch_all(&mut **tx)
     .await?;
-    Ok(rows.into_iter().map(|(user, key, id)| ((user, key), id)).collect())
+    Ok(rows.into_iter().map(|row| ((row.user_id, row.idempotency_key), row.id)).collect())
 }
 
 impl EventRows {
@@ -233,8 +236,8 @@ impl EventRows {
         tx: &mut Transaction<'_, Postgres>,
         slot: i16,
     ) -> Result<BTreeSet<UserKey>, sqlx::Error> {
-        let inserted: Vec<Uuid> = sqlx::query_scalar(
-            "WITH input AS (
+        let inserted: Vec<Uuid> = sqlx::query_scalar!(
+            r#"WITH input AS (
                  SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::jsonb[], $6::text[],
                                       $7::timestamptz[], $12::text[], $8::timestamptz[], $9::timestamptz[],
                                       $13::timestamptz[], $14::timestamptz[])
@@ -286,22 +289,22 @@ impl EventRows {
                  -- Open meters of these users, on every instance (see `notify_usage`).
                  SELECT count(pg_notify($11, user_id::text)) FROM (SELECT DISTINCT user_id FROM inserted) AS changed
              )
-             SELECT id FROM inserted, notified",
+             SELECT id AS "id!" FROM inserted, notified"#,
+            &self.ids,
+            &self.users,
+            &self.types as _,
+            &self.quantities,
+            &self.metadata as _,
+            &self.keys as _,
+            &self.occurred as _,
+            &self.period_starts as _,
+            &self.period_ends as _,
+            slot,
+            crate::usage::live::CHANNEL,
+            &self.period_kinds as _,
+            &self.month_starts as _,
+            &self.month_ends as _
         )
-        .bind(&self.ids)
-        .bind(&self.users)
-        .bind(&self.types)
-        .bind(&self.quantities)
-        .bind(&self.metadata)
-        .bind(&self.keys)
-        .bind(&self.occurred)
-        .bind(&self.period_starts)
-        .bind(&self.period_ends)
-        .bind(slot)
-        .bind(crate::usage::live::CHANNEL)
-        .bind(&self.period_kinds)
-        .bind(&self.month_starts)
-        .bind(&self.month_ends)
         .fetch_all(&mut **tx)
         .await?;
         if inserted.len() == self.ids.len() {
