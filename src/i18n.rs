@@ -254,11 +254,6 @@ pub fn lang(locale: Locale) -> crate::format::Lang {
     }
 }
 
-/// `1234567` → `1,234,567` in `locale` ([`crate::format::thousands`]).
-pub fn number(_locale: Locale, value: i64) -> String {
-    crate::format::thousands(value)
-}
-
 /// An amount in minor units of `currency`, as `locale` writes it ([`crate::format::money`]).
 pub fn money(locale: Locale, amount_minor: i64, currency: &str) -> String {
     crate::format::money(lang(locale), amount_minor, currency)
@@ -282,9 +277,9 @@ pub fn day_range(locale: Locale, first: &str, last: &str) -> String {
 /// `n events` / `n 件`.
 pub fn events(locale: Locale, n: i64) -> String {
     match locale {
-        Locale::ja => format!("{} 件", number(locale, n)),
+        Locale::ja => format!("{} 件", crate::format::thousands(n)),
         Locale::en if n == 1 => "1 event".to_owned(),
-        Locale::en => format!("{} events", number(locale, n)),
+        Locale::en => format!("{} events", crate::format::thousands(n)),
     }
 }
 

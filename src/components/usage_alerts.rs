@@ -48,8 +48,8 @@ fn Alerts(overview: AlertsOverview, save: ServerAction<SetAlertWebhook>) -> impl
                             _ => "alerts__notice--warning",
                         };
                         let threshold = alert.threshold;
-                        let used = move || crate::i18n::number(i18n.get_locale(), alert.used);
-                        let limit = move || crate::i18n::number(i18n.get_locale(), alert.usage_limit);
+                        let used = move || crate::format::thousands(alert.used);
+                        let limit = move || crate::format::thousands(alert.usage_limit);
                         let at = alert.crossed_local.clone();
                         let at = move || at.clone();
                         let tz = timezone.clone();

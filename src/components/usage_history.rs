@@ -39,7 +39,7 @@ const CHART_HEIGHT: i64 = 120;
 #[component]
 fn History(history: UsageHistory) -> impl IntoView {
     let i18n = use_i18n();
-    let format_thousands = move |n: i64| crate::i18n::number(i18n.get_locale_untracked(), n);
+    let format_thousands = crate::format::thousands;
     let selected_start = history.selected.period_start.to_rfc3339();
     let options = history
         .periods
@@ -65,7 +65,7 @@ fn History(history: UsageHistory) -> impl IntoView {
             first = crate::i18n::day(locale, &first_day),
             last = crate::i18n::day(locale, &last_day),
             tz = zone.clone(),
-            total = crate::i18n::number(locale, total)
+            total = crate::format::thousands(total)
         )
         .to_string()
     });
@@ -129,7 +129,7 @@ fn Chart(days: Vec<crate::usage::DayUsage>, caption: Signal<String>) -> impl Int
                 let (iso_day, quantity) = (day.day.clone(), day.quantity);
                 move || {
                     let locale = i18n.get_locale();
-                    let (day, tokens) = (crate::i18n::day(locale, &iso_day), crate::i18n::number(locale, quantity));
+                    let (day, tokens) = (crate::i18n::day(locale, &iso_day), crate::format::thousands(quantity));
                     t_string!(i18n, history_bar_label, day, tokens).to_string()
                 }
             };

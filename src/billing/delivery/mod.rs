@@ -190,11 +190,6 @@ impl DeliveryWorker {
         Some(DeliveryWorker::new(pool, &config.stripe_api_base, key, config.delivery.clone(), &config.billing_timezone))
     }
 
-    /// The Stripe client the worker calls with.
-    pub fn stripe(&self) -> &StripeClient {
-        &self.stripe
-    }
-
     /// Delivers forever: steps while there is work, sleeps `poll_ms` when there is none.
     pub async fn run(self) {
         tracing::info!(
