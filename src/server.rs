@@ -38,10 +38,9 @@ pub fn router(state: AppState, routes: Vec<AxumRouteListing>) -> Router {
         .with_expiry(Expiry::OnInactivity(time::Duration::days(crate::auth::session::IDLE_DAYS)));
 
     Router::new()
-        .route(crate::billing::webhook::PATH, axum::routing::post(crate::billing::webhook::receive))
-        .route(crate::usage::live::PATH, axum::routing::get(crate::usage::live::stream))
+        .merge(crate::billing::router())
+        .merge(crate::usage::router())
         .route("/language/{locale}", axum::routing::get(choose_language))
-        .route(crate::usage::history::EXPORT_PATH, axum::routing::get(crate::usage::history::export))
         .route("/api/{*rest}", axum::routing::any(unknown_api_path))
         // The bundle, precompressed at build time (`scripts/build-site release`): `.br` or `.gz` when the browser
         // accepts it and the file exists, the plain file otherwise.

@@ -18,6 +18,17 @@ pub struct BillingState {
     pub usage: crate::usage::UsageState,
 }
 
+/// Billing's plain HTTP routes (its server functions register themselves): Stripe's webhook endpoint. Generic
+/// over the app's state, which only has to hand out a [`BillingState`].
+#[cfg(feature = "ssr")]
+pub fn router<S>() -> axum::Router<S>
+where
+    BillingState: axum::extract::FromRef<S>,
+    S: Clone + Send + Sync + 'static,
+{
+    axum::Router::new().route(webhook::PATH, axum::routing::post(webhook::receive))
+}
+
 #[cfg(feature = "ssr")]
 impl BillingState {
     /// This request's, from the leptos context.

@@ -39,6 +39,19 @@ pub struct UsageState {
     pub exports: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
+/// Usage's plain HTTP routes (its server functions register themselves): the live meter stream and the CSV
+/// export. Generic over the app's state, which only has to hand out a [`UsageState`].
+#[cfg(feature = "ssr")]
+pub fn router<S>() -> axum::Router<S>
+where
+    UsageState: axum::extract::FromRef<S>,
+    S: Clone + Send + Sync + 'static,
+{
+    axum::Router::new()
+        .route(live::PATH, axum::routing::get(live::stream))
+        .route(history::EXPORT_PATH, axum::routing::get(history::export))
+}
+
 #[cfg(feature = "ssr")]
 impl UsageState {
     /// This request's, from the leptos context.
