@@ -241,6 +241,19 @@ impl Problem {
     }
 }
 
+impl std::fmt::Display for Problem {
+    /// The English wording, as API clients and the command line read it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.localized(Locale::en))
+    }
+}
+
+impl From<Problem> for AppError {
+    fn from(problem: Problem) -> Self {
+        AppError::Refused(problem)
+    }
+}
+
 /// What is wrong with one event of a batch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventProblem {

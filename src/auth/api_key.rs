@@ -9,8 +9,9 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::error::AuthError;
 use super::ApiKeyInfo;
-use crate::error::{AppError, Problem};
+use crate::error::Problem;
 
 /// Every key starts with this, so a leaked key is recognisable as Tally's.
 pub const KEY_PREFIX: &str = "tly_live_";
@@ -30,11 +31,11 @@ pub struct NewApiKey {
 }
 
 /// Generates a key from the operating system's random source (~238 bits).
-pub fn generate() -> Result<NewApiKey, AppError> {
+pub fn generate() -> Result<NewApiKey, AuthError> {
     let mut random = String::with_capacity(RANDOM_CHARS);
     let mut buf = [0u8; 64];
     while random.len() < RANDOM_CHARS {
-        getrandom::fill(&mut buf).map_err(AppError::internal)?;
+        getrandom::fill(&mut buf).map_err(AuthError::Random)?;
         // Rejection sampling: bytes ≥ 248 would make the first 248 % 62 symbols likelier.
         random.extend(buf.iter().filter(|b| **b < 248).map(|b| BASE62[usize::from(*b % 62)] as char));
     }
@@ -106,10 +107,10 @@ pub async fn owners<'e>(
 }
 
 /// Stores a new key for `user_id` and returns it with its secret.
-pub async fn create(pool: &PgPool, user_id: Uuid, name: &str) -> Result<(ApiKeyInfo, String), AppError> {
+pub async fn create(pool: &PgPool, user_id: Uuid, name: &str) -> Result<(ApiKeyInfo, String), AuthError> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-        return Err(AppError::Refused(Problem::KeyNameLength));
+        return Err(AuthError::Refused(Problem::KeyNameLength));
     }
     let key = generate()?;
     let id = Uuid::new_v4();
@@ -135,13 +136,13 @@ pub async fn create(pool: &PgPool, user_id: Uuid, name: &str) -> Result<(ApiKeyI
     Ok((info, key.secret))
 }
 
-/// The owner of the live key with this hash, or [`AppError::Unauthorized`].
-pub async fn owner(pool: &PgPool, hash: KeyHash) -> Result<Uuid, AppError> {
-    owners(pool, &[hash]).await?.get(&hash).copied().ok_or(AppError::Unauthorized)
+/// The owner of the live key with this hash, or [`AuthError::UnknownKey`].
+pub async fn owner(pool: &PgPool, hash: KeyHash) -> Result<Uuid, AuthError> {
+    owners(pool, &[hash]).await?.get(&hash).copied().ok_or(AuthError::UnknownKey)
 }
 
 /// The user's keys, newest first, revoked ones included.
-pub async fn list(pool: &PgPool, user_id: Uuid) -> Result<Vec<ApiKeyInfo>, AppError> {
+pub async fn list(pool: &PgPool, user_id: Uuid) -> Result<Vec<ApiKeyInfo>, AuthError> {
     Ok(sqlx::query_as!(
         ApiKeyInfo,
         r#"SELECT id, name, display_prefix, created_at AS "created_at: _", last_used_at AS "last_used_at: _",
@@ -154,8 +155,8 @@ pub async fn list(pool: &PgPool, user_id: Uuid) -> Result<Vec<ApiKeyInfo>, AppEr
 }
 
 /// Revokes one of `user_id`'s keys, by id. Revoking twice is not an error; another user's key is "not found".
-pub async fn revoke(pool: &PgPool, user_id: Uuid, key_id: Uuid) -> Result<(), AppError> {
-    revoke_where(pool, key_id, Some(user_id)).await?.map(|_| ()).ok_or(AppError::Refused(Problem::NoSuchKey))
+pub async fn revoke(pool: &PgPool, user_id: Uuid, key_id: Uuid) -> Result<(), AuthError> {
+    revoke_where(pool, key_id, Some(user_id)).await?.map(|_| ()).ok_or(AuthError::Refused(Problem::NoSuchKey))
 }
 
 /// Revokes key `key_id` (only if `owner` owns it, when given); `None` when there is no such key.
@@ -172,19 +173,19 @@ async fn revoke_where(pool: &PgPool, key_id: Uuid, owner: Option<Uuid>) -> Resul
 }
 
 /// Revokes the key with this id, whoever owns it (operators, through the CLI).
-pub async fn revoke_by_id(pool: &PgPool, key_id: Uuid) -> Result<Uuid, AppError> {
-    revoke_where(pool, key_id, None).await?.ok_or_else(|| AppError::Invalid(format!("no API key with id {key_id}")))
+pub async fn revoke_by_id(pool: &PgPool, key_id: Uuid) -> Result<Uuid, AuthError> {
+    revoke_where(pool, key_id, None).await?.ok_or_else(|| AuthError::Invalid(format!("no API key with id {key_id}")))
 }
 
 /// Revokes the key with this display prefix (as `tally apikey list` shows it). Several matches are refused.
-pub async fn revoke_by_prefix(pool: &PgPool, display_prefix: &str) -> Result<Uuid, AppError> {
+pub async fn revoke_by_prefix(pool: &PgPool, display_prefix: &str) -> Result<Uuid, AuthError> {
     let ids = sqlx::query_scalar!("SELECT id FROM api_keys WHERE display_prefix = $1", display_prefix)
         .fetch_all(pool)
         .await?;
     match ids.as_slice() {
         [id] => revoke_by_id(pool, *id).await,
-        [] => Err(AppError::Invalid(format!("no API key starts with {display_prefix:?}"))),
-        _ => Err(AppError::Invalid(format!("several keys start with {display_prefix:?}; revoke by id"))),
+        [] => Err(AuthError::Invalid(format!("no API key starts with {display_prefix:?}"))),
+        _ => Err(AuthError::Invalid(format!("several keys start with {display_prefix:?}; revoke by id"))),
     }
 }
 

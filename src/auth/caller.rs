@@ -47,7 +47,7 @@ pub async fn identify_by(headers: &HeaderMap) -> Result<Caller, AppError> {
 pub async fn user_id(pool: &PgPool) -> Result<Uuid, AppError> {
     match identify().await? {
         Caller::User(id) => Ok(id),
-        Caller::ApiKey(hash) => api_key::owner(pool, hash).await,
+        Caller::ApiKey(hash) => Ok(api_key::owner(pool, hash).await?),
     }
 }
 
@@ -55,7 +55,7 @@ pub async fn user_id(pool: &PgPool) -> Result<Uuid, AppError> {
 pub async fn confirm(pool: &PgPool, caller: Caller) -> Result<(), AppError> {
     match caller {
         Caller::User(_) => Ok(()),
-        Caller::ApiKey(hash) => api_key::owner(pool, hash).await.map(|_| ()),
+        Caller::ApiKey(hash) => Ok(api_key::owner(pool, hash).await.map(|_| ())?),
     }
 }
 

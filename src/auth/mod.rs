@@ -31,6 +31,8 @@ pub mod api_key;
 #[cfg(feature = "ssr")]
 pub mod caller;
 #[cfg(feature = "ssr")]
+pub mod error;
+#[cfg(feature = "ssr")]
 pub mod password;
 #[cfg(feature = "ssr")]
 pub mod session;
@@ -77,13 +79,13 @@ pub struct CreatedApiKey {
 
 /// Normalises an email (trimmed, lower-case) and checks that it looks like one. Deliverability is not checked:
 /// there is no mail step in Tally.
-pub fn normalize_email(raw: &str) -> Result<String, AppError> {
+pub fn normalize_email(raw: &str) -> Result<String, Problem> {
     let email = raw.trim().to_lowercase();
     if email.is_empty() {
-        return Err(AppError::Refused(Problem::EmailMissing));
+        return Err(Problem::EmailMissing);
     }
     if email.len() > MAX_EMAIL_LEN {
-        return Err(AppError::Refused(Problem::EmailTooLong { max: MAX_EMAIL_LEN }));
+        return Err(Problem::EmailTooLong { max: MAX_EMAIL_LEN });
     }
     let valid = match email.split_once('@') {
         Some((local, domain)) => {
@@ -99,17 +101,17 @@ pub fn normalize_email(raw: &str) -> Result<String, AppError> {
     if valid {
         Ok(email)
     } else {
-        Err(AppError::Refused(Problem::EmailInvalid { email: crate::error::excerpt(raw.trim()) }))
+        Err(Problem::EmailInvalid { email: crate::error::excerpt(raw.trim()) })
     }
 }
 
 /// Checks a new password's length (counted in characters, not bytes).
-pub fn check_new_password(password: &str) -> Result<(), AppError> {
+pub fn check_new_password(password: &str) -> Result<(), Problem> {
     let chars = password.chars().count();
     if chars < MIN_PASSWORD_LEN {
-        Err(AppError::Refused(Problem::PasswordTooShort { min: MIN_PASSWORD_LEN }))
+        Err(Problem::PasswordTooShort { min: MIN_PASSWORD_LEN })
     } else if chars > MAX_PASSWORD_LEN {
-        Err(AppError::Refused(Problem::PasswordTooLong { max: MAX_PASSWORD_LEN }))
+        Err(Problem::PasswordTooLong { max: MAX_PASSWORD_LEN })
     } else {
         Ok(())
     }
@@ -171,7 +173,7 @@ pub async fn get_current_user() -> Result<Option<CurrentUser>, AppError> {
 pub async fn list_api_keys() -> Result<Vec<ApiKeyInfo>, AppError> {
     let state = AuthState::current()?;
     let user_id = session::require_user_id().await?;
-    api_key::list(&state.pool, user_id).await
+    Ok(api_key::list(&state.pool, user_id).await?)
 }
 
 /// Creates an API key for the signed-in user; the answer holds the secret, which is never shown again.
@@ -188,7 +190,7 @@ pub async fn create_api_key(name: String) -> Result<CreatedApiKey, AppError> {
 pub async fn revoke_api_key(id: Uuid) -> Result<(), AppError> {
     let state = AuthState::current()?;
     let user_id = session::require_user_id().await?;
-    api_key::revoke(&state.pool, user_id, id).await
+    Ok(api_key::revoke(&state.pool, user_id, id).await?)
 }
 
 #[cfg(test)]
@@ -204,7 +206,7 @@ mod tests {
     fn malformed_emails_are_refused_with_a_message() {
         for raw in ["", "   ", "ada", "@example.com", "ada@", "ada@@example.com", "a da@example.com", "ada@.com"] {
             let err = normalize_email(raw).unwrap_err();
-            assert_eq!(err.status_code(), 422, "{raw:?}");
+            assert_eq!(AppError::from(err).status_code(), 422, "{raw:?}");
         }
         let long = format!("{}@example.com", "a".repeat(250));
         assert!(normalize_email(&long).unwrap_err().to_string().contains("at most"));

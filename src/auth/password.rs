@@ -2,16 +2,16 @@
 
 use std::sync::LazyLock;
 
-use crate::error::AppError;
+use super::error::AuthError;
 
 /// Hashes a new password (Argon2id with `password-auth`'s default parameters, random salt, PHC string).
-pub async fn hash(password: String) -> Result<String, AppError> {
-    tokio::task::spawn_blocking(move || password_auth::generate_hash(password)).await.map_err(AppError::internal)
+pub async fn hash(password: String) -> Result<String, AuthError> {
+    tokio::task::spawn_blocking(move || password_auth::generate_hash(password)).await.map_err(AuthError::Hashing)
 }
 
 /// Whether `password` matches `hash`. With `hash == None` (unknown email) a dummy hash is checked instead, so the
 /// answer takes as long as for a known email and does not tell which emails have accounts.
-pub async fn verify(password: String, hash: Option<String>) -> Result<bool, AppError> {
+pub async fn verify(password: String, hash: Option<String>) -> Result<bool, AuthError> {
     static DUMMY_HASH: LazyLock<String> =
         LazyLock::new(|| password_auth::generate_hash("not the password of any account"));
     tokio::task::spawn_blocking(move || {
@@ -23,7 +23,7 @@ pub async fn verify(password: String, hash: Option<String>) -> Result<bool, AppE
         matches && known
     })
     .await
-    .map_err(AppError::internal)
+    .map_err(AuthError::Hashing)
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use axum::http::request::Parts;
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 
-use crate::error::AppError;
+use super::error::AuthError;
 
 /// How far back failures count.
 pub const WINDOW_SECS: i64 = 15 * 60;
@@ -86,7 +86,7 @@ fn refusal(
     window_secs: i64,
     what: &str,
     ip: &Option<String>,
-) -> Result<(), AppError> {
+) -> Result<(), AuthError> {
     // Each reached limit reopens when its oldest counted attempt leaves the window; the latest of them decides.
     let reopens = limits
         .iter()
@@ -96,20 +96,20 @@ fn refusal(
         Some(at) => {
             let retry_after_secs = (at - Utc::now()).num_seconds().max(1) as u64;
             tracing::warn!(client_ip = ?ip, retry_after_secs, "{what} throttled");
-            Err(AppError::TooManyAttempts { retry_after_secs })
+            Err(AuthError::Throttled { retry_after_secs })
         }
         None => Ok(()),
     }
 }
 
 /// Counts a sign-in attempt for `email` (normalised, or as typed when it is not an email) from `ip` *before* the
-/// password is checked, or refuses it with [`AppError::TooManyAttempts`] when any limit is reached.
+/// password is checked, or refuses it with [`AuthError::Throttled`] when any limit is reached.
 ///
 /// The count and the insert happen under advisory locks on the account and the address, so concurrent attempts
 /// (on any instance) are counted one after another: 30 parallel guesses get at most the limit's worth of password
 /// checks. The attempt stays counted as a failure unless [`succeeded`] removes it. A refused attempt is not counted,
 /// so a count never passes its limit.
-pub async fn begin(pool: &PgPool, email: &str, ip: Option<IpAddr>) -> Result<Attempt, AppError> {
+pub async fn begin(pool: &PgPool, email: &str, ip: Option<IpAddr>) -> Result<Attempt, AuthError> {
     let ip = ip.map(|ip| counted_address(ip).to_string());
     let mut tx = pool.begin().await?;
     let mut keys = vec![format!("sign-in account {email}")];
@@ -151,7 +151,7 @@ pub async fn begin(pool: &PgPool, email: &str, ip: Option<IpAddr>) -> Result<Att
 
 /// The attempt's password was right: it is not a failure, and the earlier failures of its account from its
 /// address are forgotten.
-pub async fn succeeded(pool: &PgPool, attempt: Attempt, email: &str, ip: Option<IpAddr>) -> Result<(), AppError> {
+pub async fn succeeded(pool: &PgPool, attempt: Attempt, email: &str, ip: Option<IpAddr>) -> Result<(), AuthError> {
     sqlx::query!(
         "DELETE FROM login_failures
          WHERE id = $1 OR (email = $2 AND client_ip IS NOT DISTINCT FROM $3::text::inet)",
@@ -182,10 +182,10 @@ impl SignupLimits {
 /// How far back sign-up attempts count.
 pub const SIGNUP_WINDOW_SECS: i64 = 60 * 60;
 
-/// Counts a sign-up attempt from `ip` before any hashing, or refuses it with [`AppError::TooManyAttempts`]. Every
+/// Counts a sign-up attempt from `ip` before any hashing, or refuses it with [`AuthError::Throttled`]. Every
 /// attempt counts, taken emails and refusals for bad input included; under the same kind of advisory locks as
 /// [`begin`], so parallel requests cannot pass the limits.
-pub async fn begin_signup(pool: &PgPool, ip: Option<IpAddr>, limits: SignupLimits) -> Result<(), AppError> {
+pub async fn begin_signup(pool: &PgPool, ip: Option<IpAddr>, limits: SignupLimits) -> Result<(), AuthError> {
     let ip = ip.map(|ip| counted_address(ip).to_string());
     let mut tx = pool.begin().await?;
     let mut keys = vec!["sign-up overall".to_owned()];

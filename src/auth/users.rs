@@ -3,8 +3,9 @@
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::error::AuthError;
 use super::{check_new_password, normalize_email, password, CurrentUser};
-use crate::error::{AppError, Problem};
+use crate::error::Problem;
 
 /// Creates an account after validating the email and password; a taken email is refused with
 /// [`Problem::AccountExists`] (409).
@@ -13,11 +14,11 @@ pub async fn register(
     email: &str,
     new_password: &str,
     usage_limit: Option<i64>,
-) -> Result<Uuid, AppError> {
+) -> Result<Uuid, AuthError> {
     let email = normalize_email(email)?;
     check_new_password(new_password)?;
     if usage_limit.is_some_and(|limit| limit <= 0) {
-        return Err(AppError::Invalid("usage limit must be positive".into()));
+        return Err(AuthError::Invalid("usage limit must be positive".into()));
     }
     let password_hash = password::hash(new_password.to_owned()).await?;
     let id = Uuid::new_v4();
@@ -31,27 +32,27 @@ pub async fn register(
     .execute(pool)
     .await
     .map_err(|err| match err.as_database_error().and_then(|db| db.constraint()) {
-        Some("users_email_key") => AppError::Refused(Problem::AccountExists { email: email.clone() }),
-        _ => AppError::from(err),
+        Some("users_email_key") => AuthError::Refused(Problem::AccountExists { email: email.clone() }),
+        _ => AuthError::Database(err),
     })?;
     Ok(id)
 }
 
-/// The id of the account with this email and password, or [`AppError::InvalidCredentials`].
-pub async fn authenticate(pool: &PgPool, email: &str, candidate: &str) -> Result<Uuid, AppError> {
+/// The id of the account with this email and password, or [`AuthError::InvalidCredentials`].
+pub async fn authenticate(pool: &PgPool, email: &str, candidate: &str) -> Result<Uuid, AuthError> {
     // A malformed email cannot have an account; answer as for a wrong password, after the same hashing work.
     let email = normalize_email(email).unwrap_or_default();
     let row = sqlx::query!("SELECT id, password_hash FROM users WHERE email = $1", &email).fetch_optional(pool).await?;
     let (id, hash) = row.map(|row| (row.id, row.password_hash)).unzip();
     if password::verify(candidate.to_owned(), hash).await? {
-        id.ok_or(AppError::InvalidCredentials)
+        id.ok_or(AuthError::InvalidCredentials)
     } else {
-        Err(AppError::InvalidCredentials)
+        Err(AuthError::InvalidCredentials)
     }
 }
 
 /// The account with this id, if it still exists.
-pub async fn find(pool: &PgPool, id: Uuid) -> Result<Option<CurrentUser>, AppError> {
+pub async fn find(pool: &PgPool, id: Uuid) -> Result<Option<CurrentUser>, AuthError> {
     Ok(sqlx::query_as!(CurrentUser, "SELECT id, email FROM users WHERE id = $1", id).fetch_optional(pool).await?)
 }
 
@@ -61,7 +62,7 @@ pub async fn set_limit(
     email: &str,
     usage_limit: Option<i64>,
     warning_percent: Option<i16>,
-) -> Result<(), AppError> {
+) -> Result<(), AuthError> {
     let email = normalize_email(email)?;
     let updated = sqlx::query!(
         "UPDATE users SET usage_limit = $2, usage_warning_percent = COALESCE($3, usage_warning_percent)
@@ -76,12 +77,12 @@ pub async fn set_limit(
     if updated == 1 {
         Ok(())
     } else {
-        Err(AppError::Invalid(format!("no account for {email}")))
+        Err(AuthError::Invalid(format!("no account for {email}")))
     }
 }
 
 /// The id of the account with this email, if any.
-pub async fn find_id_by_email(pool: &PgPool, email: &str) -> Result<Option<Uuid>, AppError> {
+pub async fn find_id_by_email(pool: &PgPool, email: &str) -> Result<Option<Uuid>, AuthError> {
     let email = normalize_email(email)?;
     Ok(sqlx::query_scalar!("SELECT id FROM users WHERE email = $1", email).fetch_optional(pool).await?)
 }

@@ -299,7 +299,7 @@ pub async fn get_usage_summary() -> Result<UsageSummary, AppError> {
 /// statement: the period lookup is part of it (the live stream re-reads this after every change).
 #[cfg(feature = "ssr")]
 pub async fn current_summary(state: &UsageState, user_id: Uuid) -> Result<Option<UsageSummary>, AppError> {
-    totals::summary_at(&state.pool, &state.clock, user_id, AI_TOKENS_EVENT, Utc::now()).await
+    Ok(totals::summary_at(&state.pool, &state.clock, user_id, AI_TOKENS_EVENT, Utc::now()).await?)
 }
 
 /// Per-day usage of one of the signed-in user's periods (`period`: its start, RFC 3339; default the current one).

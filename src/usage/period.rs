@@ -110,14 +110,8 @@ pub async fn for_user(
     clock: &PeriodClock,
     user_id: Uuid,
     at: DateTime<Utc>,
-) -> Result<BillingPeriod, AppError> {
-    Ok(sqlx::query_as(PERIOD_AT)
-        .bind(user_id)
-        .bind(at)
-        .bind(&clock.timezone)
-        .bind(LIVE_STATUSES)
-        .fetch_one(pool)
-        .await?)
+) -> Result<BillingPeriod, sqlx::Error> {
+    sqlx::query_as(PERIOD_AT).bind(user_id).bind(at).bind(&clock.timezone).bind(LIVE_STATUSES).fetch_one(pool).await
 }
 
 /// One request's memo of the signed-in user's current billing period. The dashboard's server functions (meter,
@@ -128,7 +122,7 @@ pub struct RequestMemo(std::sync::Arc<tokio::sync::OnceCell<(Uuid, BillingPeriod
 
 /// `user_id`'s current billing period, looked up at most once per request (see [`RequestMemo`]).
 pub async fn current(state: &super::UsageState, user_id: Uuid) -> Result<BillingPeriod, AppError> {
-    let lookup = || for_user(&state.pool, &state.clock, user_id, Utc::now());
+    let lookup = || async { Ok(for_user(&state.pool, &state.clock, user_id, Utc::now()).await?) };
     let Some(memo) = leptos::prelude::use_context::<RequestMemo>() else {
         return lookup().await;
     };

@@ -24,7 +24,6 @@ use uuid::Uuid;
 
 use super::period::{self, PeriodClock, Span};
 use super::UsageSummary;
-use crate::error::AppError;
 
 /// `user_id`'s usage of `event_type` with their limit, in the billing period containing `at` — the live
 /// subscription's, else the calendar month of `clock`'s time zone — or `None` when the user does not exist. One
@@ -35,7 +34,7 @@ pub async fn summary_at<'e>(
     user_id: Uuid,
     event_type: &str,
     at: DateTime<Utc>,
-) -> Result<Option<UsageSummary>, AppError> {
+) -> Result<Option<UsageSummary>, sqlx::Error> {
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
             "SELECT u.usage_limit, p.start, p.\"end\", p.first_day, p.last_day,

@@ -499,7 +499,7 @@ async fn cancel_mid_period_then_keep_using_keeps_the_meter_and_the_limit_whole(p
         state.writer.submit(tally::auth::caller::Caller::User(user), vec![event], LimitPolicy::Enforce)
     };
     let refused = submit(11).await.expect_err("one past the limit");
-    assert!(matches!(refused, tally::error::AppError::LimitExceeded { remaining: 10, .. }), "{refused:?}");
+    assert!(matches!(refused, tally::usage::writer::WriteError::LimitExceeded { remaining: 10, .. }), "{refused:?}");
     let allowed = submit(10).await.expect("exactly up to the limit");
     assert_eq!(allowed.allowance.map(|a| a.used), Some(used + 10));
     recorded += 10;

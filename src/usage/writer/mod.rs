@@ -24,12 +24,13 @@ use super::alerts;
 use super::period::{self, PeriodClock};
 use super::AI_TOKENS_EVENT;
 use crate::auth::caller::Caller;
-use crate::error::AppError;
 
+mod error;
 mod plan;
 mod sql;
 
 use super::period::Period;
+pub use error::WriteError;
 use plan::{plan, EventPeriods, EventRows};
 use sql::{existing_keys, keys_to_ids, lock_limits_read_periods, period_usage, resolve_callers};
 
@@ -103,7 +104,7 @@ struct Submission {
     /// outbox instead of on a random page of a large index (fewer pages dirtied and written to the WAL per commit).
     ids: Vec<Uuid>,
     policy: LimitPolicy,
-    reply: oneshot::Sender<Result<Outcome, AppError>>,
+    reply: oneshot::Sender<Result<Outcome, WriteError>>,
 }
 
 /// Handle to the writer tasks of one app instance.
@@ -125,19 +126,19 @@ impl UsageWriter {
     }
 
     /// Records `events` for `caller`, all or nothing, and answers once they are committed. An API key caller is
-    /// resolved inside the transaction: an unknown or revoked key gets [`AppError::Unauthorized`].
+    /// resolved inside the transaction: an unknown or revoked key gets [`WriteError::UnknownCaller`].
     pub async fn submit(
         &self,
         caller: Caller,
         events: Vec<NewEvent>,
         policy: LimitPolicy,
-    ) -> Result<Outcome, AppError> {
+    ) -> Result<Outcome, WriteError> {
         let (reply, answer) = oneshot::channel();
         self.queue
             .send(Submission { caller, ids: events.iter().map(|_| Uuid::now_v7()).collect(), events, policy, reply })
             .await
-            .map_err(|_| AppError::internal("usage writer queue closed"))?;
-        answer.await.map_err(|_| AppError::internal("usage writer dropped a submission"))?
+            .map_err(|_| WriteError::Stopped("queue is closed"))?;
+        answer.await.map_err(|_| WriteError::Stopped("dropped a submission"))?
     }
 }
 
@@ -183,7 +184,7 @@ impl Writer {
                 tracing::warn!(%err, submissions = group.len(), "group commit failed; retrying one by one");
                 for submission in group {
                     let result = match self.commit(std::slice::from_ref(&submission)).await {
-                        Ok(mut results) => results.pop().unwrap_or(Err(AppError::Internal)),
+                        Ok(mut results) => results.pop().unwrap_or(Err(WriteError::Stopped("answered nothing"))),
                         Err(err) => Err(commit_error(err)),
                     };
                     let _ = submission.reply.send(result);
@@ -199,7 +200,7 @@ impl Writer {
 
     /// Writes `group` in one transaction. The outer error means nothing was committed; the inner results are the
     /// per-submission answers of a committed transaction (a refused submission stored nothing).
-    async fn commit(&self, group: &[Submission]) -> Result<Vec<Result<Outcome, AppError>>, CommitError> {
+    async fn commit(&self, group: &[Submission]) -> Result<Vec<Result<Outcome, WriteError>>, WriteError> {
         let mut tx = self.pool.begin().await?;
         let (resolved, mut results) = resolve_callers(&mut tx, group).await?;
         let users: Vec<Uuid> = resolved.iter().map(|r| r.user_id).collect::<BTreeSet<_>>().into_iter().collect();
@@ -257,32 +258,11 @@ pub async fn notify_usage(tx: &mut Transaction<'_, Postgres>, users: &[Uuid]) ->
     Ok(())
 }
 
-/// Why a group could not be committed.
-#[derive(Debug, Clone)]
-enum CommitError {
-    Database(Arc<sqlx::Error>),
-}
-
-impl From<sqlx::Error> for CommitError {
-    fn from(err: sqlx::Error) -> Self {
-        CommitError::Database(Arc::new(err))
-    }
-}
-
-impl std::fmt::Display for CommitError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CommitError::Database(err) => write!(f, "{err}"),
-        }
-    }
-}
-
 /// The answer for a submission whose transaction failed: nothing of it was stored.
-fn commit_error(err: CommitError) -> AppError {
+fn commit_error(err: WriteError) -> WriteError {
     match err {
-        CommitError::Database(db) if is_missing_user(&db) => AppError::Unauthorized,
-        CommitError::Database(db) => AppError::database_unavailable(&db)
-            .unwrap_or_else(|| AppError::internal(format!("usage commit failed: {db}"))),
+        WriteError::Database(db) if is_missing_user(&db) => WriteError::UnknownCaller,
+        other => other,
     }
 }
 

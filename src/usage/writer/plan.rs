@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use uuid::Uuid;
 
+use super::WriteError;
 use super::{Allowance, LimitPolicy, NewEvent, Outcome, Recorded, Submission};
-use crate::error::AppError;
 use crate::usage::period::{Period, Span};
 use crate::usage::AI_TOKENS_EVENT;
 
@@ -39,7 +39,7 @@ pub(super) fn plan(
     known: &mut HashMap<UserKey, Uuid>,
     period_of: &impl Fn(Uuid, &NewEvent) -> EventPeriods,
     rows: &mut EventRows,
-) -> Result<Outcome, AppError> {
+) -> Result<Outcome, WriteError> {
     let mut recorded = Vec::with_capacity(submission.events.len());
     let mut fresh = Vec::new();
     let mut keys_in_submission = HashMap::new();
@@ -69,7 +69,7 @@ pub(super) fn plan(
         for (period, quantity) in &added {
             let before = used.get(period).copied().unwrap_or(0);
             if submission.policy == LimitPolicy::Enforce && before.saturating_add(*quantity) > limit {
-                return Err(AppError::LimitExceeded { limit, remaining: (limit - before).max(0) });
+                return Err(WriteError::LimitExceeded { limit, remaining: (limit - before).max(0) });
             }
         }
         let current = submission.events.last().map(|e| (user, period_of(user, e).applies));
@@ -197,7 +197,7 @@ mod tests {
             &period_of,
             &mut rows,
         );
-        assert_eq!(refused, Err(AppError::LimitExceeded { limit: 100, remaining: 10 }));
+        assert!(matches!(refused, Err(WriteError::LimitExceeded { limit: 100, remaining: 10 })));
         assert_eq!((used[&key()], rows.ids.len(), known.len()), (90, 0, 0));
     }
 

@@ -8,10 +8,10 @@ use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use super::plan::{EventPeriods, EventRows, Limit, UserKey};
+use super::WriteError;
 use super::{NewEvent, Outcome, Submission};
 use crate::auth::api_key;
 use crate::auth::caller::Caller;
-use crate::error::AppError;
 use crate::usage::period::{Period, PeriodKind, Span};
 use crate::usage::AI_TOKENS_EVENT;
 
@@ -24,11 +24,11 @@ pub(super) struct Resolved<'a> {
 }
 
 /// Finds each submission's user; API keys are looked up all at once. Submissions with an unknown or revoked key
-/// are answered [`AppError::Unauthorized`] in the returned results and take no further part.
+/// are answered [`WriteError::UnknownCaller`] in the returned results and take no further part.
 pub(super) async fn resolve_callers<'a>(
     tx: &mut Transaction<'_, Postgres>,
     group: &'a [Submission],
-) -> Result<(Vec<Resolved<'a>>, Vec<Result<Outcome, AppError>>), sqlx::Error> {
+) -> Result<(Vec<Resolved<'a>>, Vec<Result<Outcome, WriteError>>), sqlx::Error> {
     let hashes: Vec<_> = group
         .iter()
         .filter_map(|s| match s.caller {
@@ -46,7 +46,7 @@ pub(super) async fn resolve_callers<'a>(
             Caller::User(id) => Some(id),
             Caller::ApiKey(hash) => owners.get(&hash).copied(),
         };
-        results.push(Err(AppError::Unauthorized));
+        results.push(Err(WriteError::UnknownCaller));
         if let Some(user_id) = user_id {
             resolved.push(Resolved { index, user_id, submission });
         }
