@@ -8,6 +8,7 @@ pub mod app;
 pub mod auth;
 pub mod billing;
 pub mod components;
+pub mod dashboard;
 pub mod error;
 pub mod format;
 pub mod i18n;

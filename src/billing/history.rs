@@ -7,7 +7,7 @@ use super::{BillingCycle, BillingOverview, SubscriptionInfo};
 use crate::error::AppError;
 
 /// How many invoices the dashboard lists.
-const SHOWN_CYCLES: i64 = 24;
+pub const SHOWN_CYCLES: i64 = 24;
 
 /// `user_id`'s newest subscription and latest invoices, days in `timezone`.
 pub async fn overview(pool: &PgPool, user_id: Uuid, timezone: &str) -> Result<BillingOverview, AppError> {

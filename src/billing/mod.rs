@@ -35,6 +35,17 @@ impl BillingState {
     pub fn current() -> Result<BillingState, AppError> {
         crate::error::from_context()
     }
+
+    /// Fills in what the configuration decides: whether usage is being sent to Stripe, and whether to offer
+    /// "Subscribe" (Checkout configured and no live subscription).
+    pub fn complete(&self, overview: &mut BillingOverview) {
+        overview.sync.stripe_configured = self.stripe.is_some();
+        let live = overview
+            .subscription
+            .as_ref()
+            .is_some_and(|s| crate::usage::period::LIVE_STATUSES.contains(&s.status.as_str()));
+        overview.can_subscribe = self.stripe.is_some() && self.config.stripe_price_id.is_some() && !live;
+    }
 }
 
 #[cfg(feature = "ssr")]
@@ -133,12 +144,7 @@ pub async fn get_billing_overview() -> Result<BillingOverview, AppError> {
     // This period's events: what the customer is about to be billed for.
     let period = crate::usage::period::current(&state.usage, user_id).await?;
     overview.sync = status::for_user(&state.pool, user_id, period.period()).await?;
-    overview.sync.stripe_configured = state.stripe.is_some();
-    let live = overview
-        .subscription
-        .as_ref()
-        .is_some_and(|s| crate::usage::period::LIVE_STATUSES.contains(&s.status.as_str()));
-    overview.can_subscribe = state.stripe.is_some() && state.config.stripe_price_id.is_some() && !live;
+    state.complete(&mut overview);
     Ok(overview)
 }
 

@@ -159,34 +159,12 @@ pub async fn for_user(
     user_id: uuid::Uuid,
     period: crate::usage::period::Period,
 ) -> Result<crate::billing::MeterSync, BillingError> {
-    let row = sqlx::query!(
-        r#"WITH undelivered AS (
-                 SELECT status FROM meter_event_outbox
-                 WHERE user_id = $1 AND status <> 'delivered' AND occurred_at >= $2 AND occurred_at < $3
-             ),
-             reported AS (
-                 SELECT coalesce(sum(d.event_count), 0)::bigint AS events,
-                        (array_agg(s.code || ': ' || s.message ORDER BY r.reported_at DESC))[1] AS latest
-                 FROM meter_error_samples s
-                 JOIN meter_error_reports r USING (stripe_event_id)
-                 JOIN meter_deliveries d ON d.identifier = s.identifier
-                 WHERE d.user_id = $1 AND d.period_start < $3 AND d.period_end > $2
-             )
-             SELECT (SELECT coalesce(sum(event_count), 0)::bigint FROM usage_period_totals
-                     WHERE user_id = $1 AND period_kind = $4 AND period_start >= $2 AND period_end <= $3)
-                        AS "events!",
-                    count(*) FILTER (WHERE status = 'pending') AS "pending!",
-                    count(*) FILTER (WHERE status = 'awaiting_customer') AS "awaiting_customer!",
-                    count(*) FILTER (WHERE status = 'failed') AS "failed!",
-                    count(*) FILTER (WHERE status = 'expired') AS "expired!",
-                    (SELECT coalesce(last_error, 'no reason recorded') FROM meter_deliveries
-                     WHERE user_id = $1 AND status = 'failed' ORDER BY updated_at DESC LIMIT 1) AS last_failure,
-                    (SELECT last_error FROM meter_deliveries
-                     WHERE user_id = $1 AND status = 'pending' AND last_error IS NOT NULL
-                     ORDER BY updated_at DESC LIMIT 1) AS last_retry_error,
-                    (SELECT events FROM reported) AS "reported!",
-                    (SELECT latest FROM reported) AS last_report
-             FROM undelivered"#,
+    let counts = sqlx::query_as!(
+        SyncCounts,
+        r#"SELECT events AS "events!", pending AS "pending!", awaiting_customer AS "awaiting_customer!",
+                  failed AS "failed!", expired AS "expired!", last_failure, last_retry_error,
+                  reported AS "reported!", last_report
+           FROM meter_sync($1, $2, $3, $4)"#,
         user_id,
         period.span.start as _,
         period.span.end as _,
@@ -194,22 +172,40 @@ pub async fn for_user(
     )
     .fetch_one(pool)
     .await?;
-    let (events, pending, awaiting_customer, failed, expired) =
-        (row.events, row.pending, row.awaiting_customer, row.failed, row.expired);
-    let (last_failure, last_retry_error, reported, last_report) =
-        (row.last_failure, row.last_retry_error, row.reported, row.last_report);
-    Ok(crate::billing::MeterSync {
-        reported_by_stripe: reported,
-        last_report,
-        stripe_configured: false,
-        delivered: events - pending - awaiting_customer - failed - expired,
-        pending,
-        awaiting_customer,
-        failed,
-        expired,
-        last_failure,
-        last_retry_error,
-    })
+    Ok(counts.into())
+}
+
+/// The columns of the SQL function `meter_sync`: what [`for_user`] and the dashboard's one read get back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncCounts {
+    /// Every event of the period, delivered or not.
+    pub events: i64,
+    pub pending: i64,
+    pub awaiting_customer: i64,
+    pub failed: i64,
+    pub expired: i64,
+    pub last_failure: Option<String>,
+    pub last_retry_error: Option<String>,
+    pub reported: i64,
+    pub last_report: Option<String>,
+}
+
+impl From<SyncCounts> for crate::billing::MeterSync {
+    /// `stripe_configured` is left for the caller, who knows the config.
+    fn from(c: SyncCounts) -> Self {
+        crate::billing::MeterSync {
+            reported_by_stripe: c.reported,
+            last_report: c.last_report,
+            stripe_configured: false,
+            delivered: c.events - c.pending - c.awaiting_customer - c.failed - c.expired,
+            pending: c.pending,
+            awaiting_customer: c.awaiting_customer,
+            failed: c.failed,
+            expired: c.expired,
+            last_failure: c.last_failure,
+            last_retry_error: c.last_retry_error,
+        }
+    }
 }
 
 /// Links an account to an existing Stripe customer (and the subscriptions already received for it).

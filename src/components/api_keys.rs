@@ -11,7 +11,11 @@ use crate::i18n::{t, t_string, use_i18n};
 pub fn ApiKeys() -> impl IntoView {
     let create = ServerAction::<CreateApiKey>::new();
     let revoke = ServerAction::<RevokeApiKey>::new();
-    let keys = Resource::new(move || (create.version().get(), revoke.version().get()), |_| list_api_keys());
+    let seed = use_context::<crate::dashboard::Seed>();
+    let keys = Resource::new(
+        move || (create.version().get(), revoke.version().get()),
+        move |versions| crate::dashboard::Seed::or_fetch(seed, versions == (0, 0), |d| d.api_keys, list_api_keys),
+    );
     let i18n = use_i18n();
 
     view! {

@@ -9,7 +9,11 @@ use crate::i18n::{t, td_string, use_i18n, Locale};
 /// Subscription status and billing history.
 #[component]
 pub fn BillingHistory() -> impl IntoView {
-    let overview = Resource::new(|| (), |_| get_billing_overview());
+    let seed = use_context::<crate::dashboard::Seed>();
+    let overview = Resource::new(
+        || (),
+        move |_| crate::dashboard::Seed::or_fetch(seed, true, |d| d.billing, get_billing_overview),
+    );
     let i18n = use_i18n();
     view! {
         <section class="card billing" aria-labelledby="billing-title" data-testid="billing">

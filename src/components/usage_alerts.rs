@@ -11,8 +11,11 @@ use crate::usage::{get_alerts, AlertsOverview, SetAlertWebhook, UsageSummary};
 #[component]
 pub fn UsageAlerts(live: RwSignal<Option<UsageSummary>>) -> impl IntoView {
     let save = ServerAction::<SetAlertWebhook>::new();
-    let alerts =
-        Resource::new(move || (live.with(|s| s.as_ref().map(|s| s.used)), save.version().get()), |_| get_alerts());
+    let seed = use_context::<crate::dashboard::Seed>();
+    let alerts = Resource::new(
+        move || (live.with(|s| s.as_ref().map(|s| s.used)), save.version().get()),
+        move |deps| crate::dashboard::Seed::or_fetch(seed, deps == (None, 0), |d| d.alerts, get_alerts),
+    );
     let i18n = use_i18n();
     view! {
         <section class="card alerts" aria-labelledby="alerts-title" data-testid="alerts">

@@ -13,9 +13,13 @@ use crate::usage::{get_usage_history, UsageHistory, UsageSummary, EXPORT_PATH};
 #[component]
 pub fn UsageHistoryCard(live: RwSignal<Option<UsageSummary>>) -> impl IntoView {
     let query = use_query_map();
+    let seed = use_context::<crate::dashboard::Seed>();
     let history = Resource::new(
         move || (query.with(|q| q.get("period")), live.with(|s| s.as_ref().map(|s| s.used))),
-        |(period, _)| get_usage_history(period),
+        move |(period, used)| {
+            let initial = period.is_none() && used.is_none();
+            crate::dashboard::Seed::or_fetch(seed, initial, |d| d.history, move || get_usage_history(period))
+        },
     );
     let i18n = use_i18n();
     view! {

@@ -5,40 +5,47 @@ use leptos::prelude::*;
 use crate::components::ErrorNotice;
 use leptos_router::components::Redirect;
 
-use crate::auth::{get_current_user, CurrentUser, Logout};
+use crate::auth::Logout;
 use crate::components::{AiPrompt, ApiKeys, BillingHistory, UsageAlerts, UsageHistoryCard, UsageMeter};
+use crate::dashboard::{get_dashboard, DashboardData, Seed};
 use crate::error::AppError;
 use crate::i18n::{t, t_string, use_i18n, Locale};
 use crate::usage::{get_usage_summary, UsageSummary};
 
 /// The dashboard; visitors without a session are sent to `/login`.
 ///
-/// The dashboard's own resources are created here, next to the session check rather than inside it: created
-/// inside the check's `Suspend`, they were created again whenever it re-ran (server rendering did every query
-/// twice on some requests, and disposed resources were read). Without a session they all answer `Unauthorized`
-/// at the cost of a session lookup, and the page is a redirect either way.
+/// The page reads everything it shows in one statement ([`get_dashboard`]); each card takes its first value from
+/// that read (the [`Seed`] in context) and re-reads only its own part later. The cards are created here, next to
+/// the session check rather than inside it: created inside the check's `Suspend`, they were created again whenever
+/// it re-ran (server rendering did every query twice on some requests, and disposed resources were read).
 #[component]
 pub fn DashboardPage() -> impl IntoView {
-    let user = Resource::new(|| (), |_| get_current_user());
+    let data = Resource::new(|| (), |_| get_dashboard());
+    provide_context(Seed(data));
     view! {
         <Suspense fallback=|| ()>
             {move || Suspend::new(async move {
-                match user.await {
-                    Ok(Some(_)) => ().into_any(),
-                    Ok(None) | Err(AppError::Unauthorized) => view! { <Redirect path="/login" /> }.into_any(),
+                match data.await {
+                    Ok(_) => ().into_any(),
+                    Err(AppError::Unauthorized) => view! { <Redirect path="/login" /> }.into_any(),
                     Err(err) => view! { <ErrorNotice err /> }.into_any(),
                 }
             })}
         </Suspense>
-        <Dashboard user />
+        <Dashboard data />
     }
 }
 
 #[component]
-fn Dashboard(user: Resource<Result<Option<CurrentUser>, AppError>>) -> impl IntoView {
-    let email = move || Suspend::new(async move { user.await.ok().flatten().map(|user| user.email) });
+fn Dashboard(data: Resource<Result<DashboardData, AppError>>) -> impl IntoView {
+    let email = move || Suspend::new(async move { data.await.ok().map(|data| data.user.email) });
     let logout = ServerAction::<Logout>::new();
-    let summary = Resource::new(|| (), |_| get_usage_summary());
+    // Read again (after a failed first read) through the meter's own server function.
+    let rereads = RwSignal::new(0_u32);
+    let summary = Resource::new(
+        move || rereads.get(),
+        move |n| Seed::or_fetch(Some(Seed(data)), n == 0, |d| d.summary, get_usage_summary),
+    );
     // The newest total from the live stream or a refresh (browser only); everything that shows usage follows it.
     let live = RwSignal::new(None::<UsageSummary>);
     // "Refresh" re-reads the total into `live`, like a stream message. (Not `Transition`'s `set_pending`: that
@@ -60,7 +67,7 @@ fn Dashboard(user: Resource<Result<Option<CurrentUser>, AppError>>) -> impl Into
     // After a failed first read there is no meter to update: read the resource again instead.
     let reread = move || {
         if summary.get_untracked().is_some_and(|read| read.is_err()) {
-            summary.refetch();
+            rereads.update(|n| *n += 1);
         } else {
             refresh.dispatch(());
         }

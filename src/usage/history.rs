@@ -25,32 +25,19 @@ pub async fn periods(
 ) -> Result<(PeriodChoice, Vec<PeriodChoice>), AppError> {
     let current = period::current(state, user_id).await?;
     let timezone = &state.config.billing_timezone;
-    // Subscription periods, and the calendar months not wholly covered by them (before subscribing, after
-    // cancelling): every event is in a calendar counter, so a covered month would only repeat that usage.
-    let mut choices: Vec<PeriodChoice> = sqlx::query_as!(
+    // Subscription periods, and the calendar months not wholly covered by them (SQL function
+    // `usage_period_choices`, which the dashboard's one read calls too).
+    let choices = sqlx::query_as!(
         PeriodChoice,
-        r#"WITH spans AS (
-             SELECT DISTINCT period_kind, period_start, period_end FROM usage_period_totals WHERE user_id = $1
-         )
-         SELECT DISTINCT period_start AS "period_start!: _", period_end AS "period_end!: _",
-                to_char(period_start AT TIME ZONE $2, 'YYYY-MM-DD') AS "first_day!",
-                to_char((period_end - interval '1 microsecond') AT TIME ZONE $2, 'YYYY-MM-DD') AS "last_day!"
-         FROM spans s
-         WHERE s.period_kind = 'subscription'
-            OR (SELECT coalesce(sum(least(o.period_end, s.period_end) - greatest(o.period_start, s.period_start)),
-                                interval '0')
-                FROM spans o
-                WHERE o.period_kind = 'subscription' AND o.period_start < s.period_end AND o.period_end > s.period_start)
-               < s.period_end - s.period_start
-         ORDER BY 1 DESC
-         LIMIT 36"#,
+        r#"SELECT period_start AS "period_start!: _", period_end AS "period_end!: _", first_day AS "first_day!",
+                  last_day AS "last_day!"
+           FROM usage_period_choices($1, $2)"#,
         user_id,
         timezone
     )
     .fetch_all(&state.pool)
     .await?;
-    choices.retain(|c| c.period_start != current.start);
-    choices.insert(0, PeriodChoice::from(&current));
+    let choices = with_current(choices, PeriodChoice::from(&current));
     let selected = match wanted {
         None => choices[0].clone(),
         // A period that is not the caller's is refused rather than swapped for the current one: an export labelled
@@ -66,6 +53,13 @@ pub async fn periods(
         }
     };
     Ok((selected, choices))
+}
+
+/// The period list as the history card offers it: the current period first, even while it is still empty.
+pub fn with_current(mut choices: Vec<PeriodChoice>, current: PeriodChoice) -> Vec<PeriodChoice> {
+    choices.retain(|c| c.period_start != current.period_start);
+    choices.insert(0, current);
+    choices
 }
 
 impl From<&BillingPeriod> for PeriodChoice {
@@ -93,40 +87,7 @@ pub async fn daily(
 ) -> Result<Vec<DayUsage>, AppError> {
     Ok(sqlx::query_as!(
         DayUsage,
-        r#"WITH days AS (
-             SELECT generate_series(date_trunc('day', $3::timestamptz AT TIME ZONE $5),
-                                    ($4::timestamptz - interval '1 microsecond') AT TIME ZONE $5,
-                                    interval '1 day') AS day
-         ), whole AS (
-             -- The buckets wholly inside the period (Stripe's periods need not start on a bucket's edge): from the
-             -- first edge at or after the start to the last edge at or before the end.
-             SELECT usage_bucket_end($3::timestamptz - interval '1 microsecond') AS first,
-                    usage_bucket($4::timestamptz) AS after
-         ), parts AS (
-             -- Scalar subqueries, so that each bound is an index condition.
-             SELECT b.bucket AS at, b.quantity
-             FROM usage_quarter_hour_totals b
-             WHERE b.user_id = $1 AND b.event_type = $2
-               AND b.bucket >= (SELECT first FROM whole) AND b.bucket < (SELECT after FROM whole)
-             UNION ALL
-             SELECT e.occurred_at, e.quantity
-             FROM usage_events e
-             WHERE e.user_id = $1 AND e.event_type = $2
-               AND e.occurred_at >= $3 AND e.occurred_at < least((SELECT first FROM whole), $4)
-             UNION ALL
-             SELECT e.occurred_at, e.quantity
-             FROM usage_events e
-             WHERE e.user_id = $1 AND e.event_type = $2
-               AND e.occurred_at >= greatest((SELECT after FROM whole), (SELECT first FROM whole), $3)
-               AND e.occurred_at < $4
-         ), used AS (
-             SELECT date_trunc('day', at AT TIME ZONE $5) AS day, sum(quantity)::bigint AS quantity
-             FROM parts
-             GROUP BY 1
-         )
-         SELECT to_char(days.day, 'YYYY-MM-DD') AS "day!", coalesce(used.quantity, 0) AS "quantity!"
-         FROM days LEFT JOIN used USING (day)
-         ORDER BY days.day"#,
+        r#"SELECT day AS "day!", quantity AS "quantity!" FROM usage_days($1, $2, $3, $4, $5)"#,
         user_id,
         event_type,
         period.period_start as _,

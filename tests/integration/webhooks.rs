@@ -450,3 +450,50 @@ async fn the_hard_limit_counts_the_subscription_period(pool: PgPool) {
         .await;
     assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
 }
+
+/// The dashboard reads everything in one statement; each card later re-reads its part through its own server
+/// function. For a user with usage, crossed alerts, a live subscription, invoices and an API key, the one read must
+/// say exactly what the cards' own reads say, or the page would change on its first refresh.
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn the_dashboards_one_read_says_what_each_cards_own_read_says(pool: PgPool) {
+    let app = app(pool);
+    let cookie = app.signup("ada@example.com").await;
+    let user = app.user_id("ada@example.com").await;
+    sqlx::query("UPDATE users SET stripe_customer_id = 'cus_sub_1', alert_webhook_url = 'https://example.com/hook', alert_webhook_secret = 'whsec_x' WHERE id = $1")
+        .bind(user)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let now = Utc::now().timestamp();
+    deliver(&app, &subscription_event("evt_live", now - 60, "active", (now - 3_600, now + 86_400 * 20))).await;
+    let mut invoice = fixture_json("event.invoice.payment_succeeded.basil.json");
+    invoice["data"]["object"]["customer"] = json!("cus_sub_1");
+    deliver(&app, invoice.to_string().as_bytes()).await;
+    let key = app.api_key("ada@example.com").await;
+    let auth = format!("Bearer {key}");
+    for quantity in [30_000, 15_500] {
+        let body = json!({ "eventType": "ai_token_consumed", "quantity": quantity }).to_string();
+        let reply = app.post_json("/api/usage/record", &body, &[("authorization", auth.as_str())]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    }
+    app.insert_usage(user, "ai_token_consumed", 7, "2020-01-15T00:00:00Z").await;
+
+    let page = app.post_form("/api/dashboard", &[], Some(&cookie)).await.json();
+    assert_eq!(page["user"]["email"], "ada@example.com");
+    assert_eq!(page["summary"]["used"], 45_500, "{page}");
+    assert_eq!(page["alerts"]["alerts"].as_array().map(Vec::len), Some(2), "80 % and 90 % crossed: {page}");
+    assert_eq!(page["billing"]["subscription"]["status"], "active");
+    assert_eq!(page["billing"]["cycles"].as_array().map(Vec::len), Some(1));
+    assert_eq!(page["apiKeys"].as_array().map(Vec::len), Some(1));
+    assert!(page["history"]["periods"].as_array().is_some_and(|p| p.len() >= 2), "{page}");
+    for (part, path) in [
+        ("summary", "/api/usage/summary"),
+        ("alerts", "/api/usage/alerts"),
+        ("history", "/api/usage/history"),
+        ("billing", "/api/billing/overview"),
+        ("apiKeys", "/api/keys/list"),
+    ] {
+        let own = app.post_form(path, &[], Some(&cookie)).await.json();
+        assert_eq!(page[part], own, "{part}: the page's read and {path} disagree");
+    }
+}
