@@ -77,6 +77,14 @@ pub fn router(state: AppState, routes: Vec<AxumRouteListing>) -> Router {
             state.config.body_read_timeout_secs,
         )))
         .layer(middleware::from_fn(body_too_large_as_json))
+        // Pages, JSON and CSV compressed for clients that accept it (quality 4: a page is compressed on every
+        // request, and brotli's default 11 costs milliseconds). Not the live stream (server-sent events must
+        // reach the browser as they happen; the default predicate skips them), nor `/pkg`, which is sent
+        // precompressed and already carries its encoding.
+        .layer(
+            tower_http::compression::CompressionLayer::new()
+                .quality(tower_http::compression::CompressionLevel::Precise(4)),
+        )
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_as_internal_error))
         .layer(SetResponseHeaderLayer::overriding(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
         .layer(SetResponseHeaderLayer::overriding(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")))

@@ -2,8 +2,10 @@
 
 use axum::http::{header, StatusCode};
 use chrono::Utc;
+use http_body_util::BodyExt;
 use sqlx::PgPool;
 use tally::usage::AI_TOKENS_EVENT;
+use tower::ServiceExt;
 
 use crate::support::app;
 
@@ -115,4 +117,38 @@ async fn the_bundle_is_sent_precompressed_to_browsers_that_accept_it(pool: PgPoo
     assert_eq!(reply.body, "plain js", "without a precompressed copy the file goes as it is");
     assert!(reply.headers.get("content-encoding").is_none());
     std::fs::remove_dir_all(site).unwrap();
+}
+
+/// Pages and JSON answers are compressed for browsers that accept it; the live stream is not (its events must
+/// arrive as they happen).
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn pages_are_compressed_for_browsers_that_accept_it_and_the_live_stream_is_not(pool: PgPool) {
+    use std::io::Read;
+    let app = crate::support::app(pool);
+    let cookie = app.signup("ada@example.com").await;
+    let request = |path: &str, accept: &str| {
+        axum::http::Request::get(path)
+            .header(axum::http::header::HOST, "127.0.0.1:3000")
+            .header(axum::http::header::COOKIE, cookie.as_str())
+            .header(axum::http::header::ACCEPT_ENCODING, accept)
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+    let response = app.router.clone().oneshot(request("/", "gzip")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-encoding"], "gzip");
+    assert_eq!(response.headers()["vary"], "accept-encoding");
+    let compressed = response.into_body().collect().await.unwrap().to_bytes();
+    let mut html = String::new();
+    flate2::read::GzDecoder::new(&compressed[..]).read_to_string(&mut html).unwrap();
+    assert!(html.contains("data-testid=\"usage-used\""), "the meter, compressed");
+    assert!(compressed.len() * 2 < html.len(), "{} bytes sent for {}", compressed.len(), html.len());
+
+    let plain = app.send(request("/", "identity")).await;
+    assert!(plain.headers.get("content-encoding").is_none());
+    assert!(plain.body.contains("data-testid=\"usage-used\""));
+
+    let stream = app.router.clone().oneshot(request(tally::usage::LIVE_PATH, "gzip, br")).await.unwrap();
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    assert!(stream.headers().get("content-encoding").is_none(), "server-sent events go uncompressed");
 }
