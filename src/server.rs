@@ -46,9 +46,22 @@ pub fn router(state: AppState, routes: Vec<AxumRouteListing>) -> Router {
         // accepts it and the file exists, the plain file otherwise.
         .nest_service("/pkg", {
             let options = &state.leptos_options;
-            tower_http::services::ServeDir::new(format!("{}/{}", options.site_root, options.site_pkg_dir))
-                .precompressed_br()
-                .precompressed_gzip()
+            // Content-hashed names never change their content: keep them for a year without asking again.
+            // Without hashing (a build that does not name files by content) browsers must revalidate each time.
+            // Only found files: a 404 kept for a year would outlive the deploy that caused it.
+            let caching = HeaderValue::from_static(if options.hash_files {
+                "public, max-age=31536000, immutable"
+            } else {
+                "no-cache"
+            });
+            let found_only = move |response: &Response<_>| response.status().is_success().then(|| caching.clone());
+            tower::ServiceBuilder::new()
+                .layer(SetResponseHeaderLayer::overriding(header::CACHE_CONTROL, found_only))
+                .service(
+                    tower_http::services::ServeDir::new(format!("{}/{}", options.site_root, options.site_pkg_dir))
+                        .precompressed_br()
+                        .precompressed_gzip(),
+                )
         })
         .leptos_routes_with_context(
             &state,

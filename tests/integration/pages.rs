@@ -152,3 +152,33 @@ async fn pages_are_compressed_for_browsers_that_accept_it_and_the_live_stream_is
     assert_eq!(stream.headers()["content-type"], "text/event-stream");
     assert!(stream.headers().get("content-encoding").is_none(), "server-sent events go uncompressed");
 }
+
+/// Bundle files named by their content are cached by browsers for good (a release has new names); without content
+/// names they are revalidated; a missing file is never cached.
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn hashed_bundle_files_are_immutable_and_missing_ones_are_not_cached(pool: PgPool) {
+    let site = std::env::temp_dir().join(format!("tally-site-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(site.join("pkg")).unwrap();
+    std::fs::write(site.join("pkg").join("tally.0123456789abcdef.wasm"), "wasm").unwrap();
+    let options = |hashed: bool| {
+        leptos::prelude::LeptosOptions::builder()
+            .output_name("tally")
+            .site_root(site.to_str().unwrap())
+            .hash_files(hashed)
+            .build()
+    };
+    let get = |path: &str| {
+        axum::http::Request::get(path).header(header::HOST, "127.0.0.1:3000").body(axum::body::Body::empty()).unwrap()
+    };
+    let hashed = crate::support::app_with_options(pool.clone(), crate::support::config(), options(true));
+    let reply = hashed.send(get("/pkg/tally.0123456789abcdef.wasm")).await;
+    assert_eq!((reply.status.as_u16(), reply.body.as_str()), (200, "wasm"));
+    assert_eq!(reply.headers["cache-control"], "public, max-age=31536000, immutable");
+    let missing = hashed.send(get("/pkg/tally.fedcba9876543210.wasm")).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert!(missing.headers.get("cache-control").is_none(), "a 404 must not outlive the deploy that caused it");
+
+    let plain = crate::support::app_with_options(pool, crate::support::config(), options(false));
+    let reply = plain.send(get("/pkg/tally.0123456789abcdef.wasm")).await;
+    assert_eq!(reply.headers["cache-control"], "no-cache");
+}

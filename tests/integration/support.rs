@@ -73,7 +73,11 @@ pub fn app_with(pool: PgPool, config: Config) -> TestApp {
 
 /// The app serving its static files from `site_root`.
 pub fn app_with_site(pool: PgPool, config: Config, site_root: &str) -> TestApp {
-    let leptos_options = LeptosOptions::builder().output_name("tally").site_root(site_root).build();
+    app_with_options(pool, config, LeptosOptions::builder().output_name("tally").site_root(site_root).build())
+}
+
+/// The app with these site options.
+pub fn app_with_options(pool: PgPool, config: Config, leptos_options: LeptosOptions) -> TestApp {
     let state = AppState::new(leptos_options, pool.clone(), config);
     TestApp { router: tally::server::router(state.clone(), routes()), pool, state }
 }

@@ -586,9 +586,21 @@ async fn bundle(suite: &mut Suite) {
             .unwrap();
         String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
     };
+    // The bundle's files as the build named them (`tally.<content hash>.<ext>` with hash-files on).
+    let names: Vec<String> = ["wasm", "js", "css"]
+        .iter()
+        .map(|ext| {
+            std::fs::read_dir(&pkg)
+                .unwrap()
+                .flatten()
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .find(|name| name.starts_with("tally.") && name.ends_with(&format!(".{ext}")))
+                .unwrap_or_else(|| panic!("no tally.*.{ext} in {}", pkg.display()))
+        })
+        .collect();
     let mut totals = (0, 0, 0);
     let mut parts = Vec::new();
-    for name in ["tally.wasm", "tally.js", "tally.css"] {
+    for name in &names {
         let file = pkg.join(name);
         let raw = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
         let (gzip, brotli) = (size("gzip -9", &file), size("brotli -q 11 -c", &file));
@@ -611,7 +623,7 @@ async fn bundle(suite: &mut Suite) {
     // What actually crosses the network when Chromium asks (it accepts br and gzip).
     let mut transferred = 0;
     let mut encodings = Vec::new();
-    for name in ["tally.wasm", "tally.js", "tally.css"] {
+    for name in &names {
         let reply = suite
             .http
             .get(format!("{}/pkg/{name}", suite.url))
