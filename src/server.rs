@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use leptos::prelude::*;
 use leptos_axum::{generate_route_list, AxumRouteListing, LeptosRoutes};
+use tower_http::compression::predicate::Predicate as _;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_sessions::cookie::SameSite;
@@ -90,13 +91,18 @@ pub fn router(state: AppState, routes: Vec<AxumRouteListing>) -> Router {
             state.config.body_read_timeout_secs,
         )))
         .layer(middleware::from_fn(body_too_large_as_json))
-        // Pages, JSON and CSV compressed for clients that accept it (quality 4: a page is compressed on every
-        // request, and brotli's default 11 costs milliseconds). Not the live stream (server-sent events must
-        // reach the browser as they happen; the default predicate skips them), nor `/pkg`, which is sent
-        // precompressed and already carries its encoding.
+        // Pages and JSON compressed for clients that accept it (quality 4: a page is compressed on every request,
+        // and brotli's default 11 costs milliseconds). Not the live stream (server-sent events must reach the
+        // browser as they happen; the default predicate skips them), not `/pkg`, which is sent precompressed and
+        // already carries its encoding, and not the CSV export: compressed, its streamed download was cut off
+        // (ECONNRESET in the end-to-end test) and it is left as it was until that is understood.
         .layer(
             tower_http::compression::CompressionLayer::new()
-                .quality(tower_http::compression::CompressionLevel::Precise(4)),
+                .quality(tower_http::compression::CompressionLevel::Precise(4))
+                .compress_when(
+                    tower_http::compression::predicate::DefaultPredicate::new()
+                        .and(tower_http::compression::predicate::NotForContentType::const_new("text/csv")),
+                ),
         )
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_as_internal_error))
         .layer(SetResponseHeaderLayer::overriding(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
@@ -200,9 +206,28 @@ pub fn leptos_options() -> Result<LeptosOptions, leptos_config::errors::LeptosCo
     Ok(get_configuration(file.exists().then_some("Leptos.toml"))?.leptos_options)
 }
 
+/// With `hash-files` on, pages name the bundle by the hashes in `hash.txt` next to this binary, and Leptos panics on
+/// every page without it: refuse to start instead, saying how to get one.
+fn check_hash_file(options: &LeptosOptions) -> anyhow::Result<()> {
+    if !options.hash_files {
+        return Ok(());
+    }
+    let exe = std::env::current_exe()?;
+    let path = exe.parent().unwrap_or(std::path::Path::new(".")).join(options.hash_file.as_ref());
+    anyhow::ensure!(
+        path.exists(),
+        "{} is missing: the bundle's file names (hash-files = true) are read from it. Build the site with \
+         scripts/build-site (or cargo leptos build), which writes it next to the server binary, or serve without \
+         a bundle with LEPTOS_HASH_FILES=false",
+        path.display()
+    );
+    Ok(())
+}
+
 /// Connects, migrates and serves until Ctrl-C or SIGTERM.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let leptos_options = leptos_options()?;
+    check_hash_file(&leptos_options)?;
     let pool = crate::db::connect(&config).await?;
     crate::db::migrate(&pool).await?;
     crate::db::check_timezone(&pool, &config.billing_timezone).await?;
@@ -287,6 +312,22 @@ mod tests {
     }
 
     const PUBLIC: &str = "https://tally.example";
+
+    #[test]
+    fn a_build_that_names_files_by_hash_needs_its_hash_file_to_start() {
+        let exe_dir = std::env::current_exe().unwrap().parent().unwrap().to_path_buf();
+        let name = format!("hash-{}.txt", uuid::Uuid::new_v4());
+        let options = |hashed: bool| {
+            LeptosOptions::builder().output_name("tally").hash_files(hashed).hash_file(name.clone().into()).build()
+        };
+        assert!(check_hash_file(&options(false)).is_ok(), "without hashing nothing is read");
+        let err = check_hash_file(&options(true)).unwrap_err().to_string();
+        assert!(err.contains(&name) && err.contains("scripts/build-site"), "{err}");
+        std::fs::write(exe_dir.join(&name), "js: 1\nwasm: 2\ncss: 3\n").unwrap();
+        let found = check_hash_file(&options(true));
+        std::fs::remove_file(exe_dir.join(&name)).unwrap();
+        assert!(found.is_ok());
+    }
 
     #[test]
     fn same_origin_posts_pass() {

@@ -151,6 +151,11 @@ async fn pages_are_compressed_for_browsers_that_accept_it_and_the_live_stream_is
     let stream = app.router.clone().oneshot(request(tally::usage::LIVE_PATH, "gzip, br")).await.unwrap();
     assert_eq!(stream.headers()["content-type"], "text/event-stream");
     assert!(stream.headers().get("content-encoding").is_none(), "server-sent events go uncompressed");
+
+    let export = app.send(request(tally::usage::EXPORT_PATH, "gzip, br")).await;
+    assert_eq!(export.status, 200);
+    assert!(export.headers.get("content-encoding").is_none(), "the CSV download streams as it is");
+    assert!(export.body.starts_with("id,occurred_at,event_type"), "{}", export.body);
 }
 
 /// Bundle files named by their content are cached by browsers for good (a release has new names); without content

@@ -72,6 +72,8 @@ impl Lab {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
         let mut child = Command::new(&self.tally_bin)
             .arg("serve")
+            // scripts/reliability builds the server alone, without the site and its hash.txt: no bundle to name.
+            .env("LEPTOS_HASH_FILES", "false")
             .env("DATABASE_URL", database_url)
             .env("DATABASE_MAX_CONNECTIONS", "12")
             .env("LEPTOS_SITE_ADDR", format!("127.0.0.1:{port}"))
