@@ -7,7 +7,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use leptos::prelude::*;
 use leptos_axum::{generate_route_list, AxumRouteListing, LeptosRoutes};
-use tower_http::compression::predicate::Predicate as _;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_sessions::cookie::SameSite;
@@ -91,18 +90,13 @@ pub fn router(state: AppState, routes: Vec<AxumRouteListing>) -> Router {
             state.config.body_read_timeout_secs,
         )))
         .layer(middleware::from_fn(body_too_large_as_json))
-        // Pages and JSON compressed for clients that accept it (quality 4: a page is compressed on every request,
-        // and brotli's default 11 costs milliseconds). Not the live stream (server-sent events must reach the
-        // browser as they happen; the default predicate skips them), not `/pkg`, which is sent precompressed and
-        // already carries its encoding, and not the CSV export: compressed, its streamed download was cut off
-        // (ECONNRESET in the end-to-end test) and it is left as it was until that is understood.
+        // Pages, JSON and CSV compressed for clients that accept it (quality 4: a page is compressed on every
+        // request, and brotli's default 11 costs milliseconds). Not the live stream (server-sent events must
+        // reach the browser as they happen; the default predicate skips them), nor `/pkg`, which is sent
+        // precompressed and already carries its encoding.
         .layer(
             tower_http::compression::CompressionLayer::new()
-                .quality(tower_http::compression::CompressionLevel::Precise(4))
-                .compress_when(
-                    tower_http::compression::predicate::DefaultPredicate::new()
-                        .and(tower_http::compression::predicate::NotForContentType::const_new("text/csv")),
-                ),
+                .quality(tower_http::compression::CompressionLevel::Precise(4)),
         )
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_as_internal_error))
         .layer(SetResponseHeaderLayer::overriding(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))

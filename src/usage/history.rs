@@ -202,9 +202,13 @@ pub async fn export(
             }
         }
     });
-    let body = Body::from_stream(futures::stream::unfold(receiver, |mut receiver| async move {
-        receiver.recv().await.map(|chunk| (chunk, receiver))
-    }));
+    // Fused: a consumer may poll again after the end (the compression layer does), and an unfused `unfold` panics.
+    let body = Body::from_stream(
+        futures::stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|chunk| (chunk, receiver))
+        })
+        .fuse(),
+    );
     Ok((
         [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
