@@ -3,6 +3,8 @@
 //! Shared modules (pages, components, domain types and their server functions) compile for the server (`ssr`)
 //! and the browser (`hydrate`); the modules below the `ssr` gate exist only on the server.
 
+#![recursion_limit = "256"]
+
 pub mod ai;
 pub mod app;
 pub mod auth;

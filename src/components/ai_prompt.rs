@@ -1,5 +1,6 @@
 //! A prompt box that calls the AI route; the caller refreshes the meter when an answer arrives.
 
+use leptos::either::Either;
 use leptos::prelude::*;
 
 use crate::ai::Generate;
@@ -42,7 +43,7 @@ pub fn AiPrompt(#[prop(into)] on_answer: Callback<()>) -> impl IntoView {
                     .get()
                     .map(|result| match result {
                         Ok(answer) => {
-                            view! {
+                            Either::Left(view! {
                                 <div class="ai-prompt__answer" data-testid="ai-answer">
                                     <p>{answer.text}</p>
                                     <p class="ai-prompt__tokens" data-testid="ai-tokens">
@@ -56,14 +57,12 @@ pub fn AiPrompt(#[prop(into)] on_answer: Callback<()>) -> impl IntoView {
                                         )}
                                     </p>
                                 </div>
-                            }
-                                .into_any()
+                            })
                         }
                         Err(err) => {
-                            view! {
+                            Either::Right(view! {
                                 <ErrorNotice err test_id="ai-error" />
-                            }
-                                .into_any()
+                            })
                         }
                     })
             }}

@@ -1,5 +1,6 @@
 //! The user's API keys: list, create (the secret is shown once), revoke.
 
+use leptos::either::{Either, EitherOf3};
 use leptos::prelude::*;
 
 use crate::auth::{list_api_keys, ApiKeyInfo, CreateApiKey, RevokeApiKey};
@@ -42,23 +43,22 @@ pub fn ApiKeys() -> impl IntoView {
                     .get()
                     .map(|result| match result {
                         Ok(created) => {
-                            view! {
+                            Either::Left(view! {
                                 <div class="api-keys__secret" role="status">
                                     <p>{t!(i18n, copy_key_now)}</p>
                                     <code data-testid="key-secret">{created.secret}</code>
                                 </div>
-                            }
-                                .into_any()
+                            })
                         }
-                        Err(err) => view! { <ErrorNotice err /> }.into_any(),
+                        Err(err) => Either::Right(view! { <ErrorNotice err /> }),
                     })
             }}
             <Transition fallback=move || view! { <p class="loading">{t!(i18n, loading)}</p> }>
                 {move || Suspend::new(async move {
                     match keys.await {
-                        Ok(list) if list.is_empty() => view! { <p class="muted">{t!(i18n, no_keys)}</p> }.into_any(),
-                        Ok(list) => view! { <KeyTable keys=list revoke /> }.into_any(),
-                        Err(err) => view! { <ErrorNotice err /> }.into_any(),
+                        Ok(list) if list.is_empty() => EitherOf3::A(view! { <p class="muted">{t!(i18n, no_keys)}</p> }),
+                        Ok(list) => EitherOf3::B(view! { <KeyTable keys=list revoke /> }),
+                        Err(err) => EitherOf3::C(view! { <ErrorNotice err /> }),
                     }
                 })}
             </Transition>
@@ -102,17 +102,16 @@ fn KeyTable(keys: Vec<ApiKeyInfo>, revoke: ServerAction<RevokeApiKey>) -> impl I
                                 <td>{when(key.last_used_at)}</td>
                                 <td>
                                     {if revoked {
-                                        view! { <span class="muted">{t!(i18n, revoked)}</span> }.into_any()
+                                        Either::Left(view! { <span class="muted">{t!(i18n, revoked)}</span> })
                                     } else {
-                                        view! {
+                                        Either::Right(view! {
                                             <ActionForm action=revoke>
                                                 <input type="hidden" name="id" value=key.id.to_string() />
                                                 <button type="submit" class="button-danger" data-testid="key-revoke">
                                                     {t!(i18n, revoke)}
                                                 </button>
                                             </ActionForm>
-                                        }
-                                            .into_any()
+                                        })
                                     }}
                                 </td>
                             </tr>

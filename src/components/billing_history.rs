@@ -1,5 +1,6 @@
 //! The user's subscription status and invoices.
 
+use leptos::either::{Either, EitherOf3};
 use leptos::prelude::*;
 
 use crate::billing::{get_billing_overview, BillingOverview, MeterSync, StartCheckout};
@@ -21,8 +22,8 @@ pub fn BillingHistory() -> impl IntoView {
             <Suspense fallback=move || view! { <p class="loading">{t!(i18n, loading)}</p> }>
                 {move || Suspend::new(async move {
                     match overview.await {
-                        Ok(overview) => view! { <Overview overview /> }.into_any(),
-                        Err(err) => view! { <ErrorNotice err /> }.into_any(),
+                        Ok(overview) => Either::Left(view! { <Overview overview /> }),
+                        Err(err) => Either::Right(view! { <ErrorNotice err /> }),
                     }
                 })}
             </Suspense>
@@ -49,14 +50,15 @@ fn Overview(overview: BillingOverview) -> impl IntoView {
                 }
                 line
             };
-            view! {
+            Either::Left(view! {
                 <p class="billing__status" class:billing__status--alert=alert data-testid="subscription-status">
                     {line}
                 </p>
-            }
-            .into_any()
+            })
         }
-        None => view! { <p class="muted" data-testid="subscription-status">{t!(i18n, no_subscription)}</p> }.into_any(),
+        None => {
+            Either::Right(view! { <p class="muted" data-testid="subscription-status">{t!(i18n, no_subscription)}</p> })
+        }
     };
     let duplicate = overview.duplicate_subscription.then(|| {
         view! {
@@ -66,9 +68,9 @@ fn Overview(overview: BillingOverview) -> impl IntoView {
         }
     });
     let cycles = if overview.cycles.is_empty() {
-        view! { <p class="muted">{t!(i18n, no_invoices)}</p> }.into_any()
+        Either::Left(view! { <p class="muted">{t!(i18n, no_invoices)}</p> })
     } else {
-        view! {
+        Either::Right(view! {
             <table class="data-table" data-testid="billing-history">
                 <thead>
                     <tr>
@@ -94,7 +96,7 @@ fn Overview(overview: BillingOverview) -> impl IntoView {
                                         {move || crate::i18n::money(i18n.get_locale(), cycle.amount_paid, &cycle.currency)}
                                     </td>
                                     <td>
-                                        {move || if failed { t!(i18n, payment_failed).into_any() } else { t!(i18n, paid).into_any() }}
+                                        {move || if failed { Either::Left(t!(i18n, payment_failed)) } else { Either::Right(t!(i18n, paid)) }}
                                     </td>
                                 </tr>
                             }
@@ -102,8 +104,7 @@ fn Overview(overview: BillingOverview) -> impl IntoView {
                         .collect_view()}
                 </tbody>
             </table>
-        }
-        .into_any()
+        })
     };
     let subscribe = overview.can_subscribe.then(|| view! { <Subscribe /> });
     view! {
@@ -123,12 +124,12 @@ fn SyncState(sync: MeterSync) -> impl IntoView {
     let pending = (sync.pending > 0).then(|| {
         let events = count(sync.pending);
         let line = match (&sync.last_retry_error, sync.stripe_configured) {
-            (_, false) => t!(i18n, sync_pending_unconfigured, events).into_any(),
+            (_, false) => EitherOf3::A(t!(i18n, sync_pending_unconfigured, events)),
             (Some(error), true) => {
                 let error = error.clone();
-                t!(i18n, sync_pending_retrying, events, error = move || error.clone()).into_any()
+                EitherOf3::B(t!(i18n, sync_pending_retrying, events, error = move || error.clone()))
             }
-            (None, true) => t!(i18n, sync_pending, events).into_any(),
+            (None, true) => EitherOf3::C(t!(i18n, sync_pending, events)),
         };
         view! { <li data-sync="pending">{line}</li> }
     });

@@ -1,6 +1,7 @@
 //! Usage alerts: a notice for each threshold (80 / 90 / 100 % of the limit) crossed this period, and where the
 //! alerts are also POSTed (a signed webhook).
 
+use leptos::either::Either;
 use leptos::prelude::*;
 
 use crate::components::ErrorNotice;
@@ -23,8 +24,8 @@ pub fn UsageAlerts(live: RwSignal<Option<UsageSummary>>) -> impl IntoView {
             <Transition fallback=move || view! { <p class="loading">{t!(i18n, loading)}</p> }>
                 {move || Suspend::new(async move {
                     match alerts.await {
-                        Ok(overview) => view! { <Alerts overview save /> }.into_any(),
-                        Err(err) => view! { <ErrorNotice err /> }.into_any(),
+                        Ok(overview) => Either::Left(view! { <Alerts overview save /> }),
+                        Err(err) => Either::Right(view! { <ErrorNotice err /> }),
                     }
                 })}
             </Transition>
@@ -36,10 +37,10 @@ pub fn UsageAlerts(live: RwSignal<Option<UsageSummary>>) -> impl IntoView {
 fn Alerts(overview: AlertsOverview, save: ServerAction<SetAlertWebhook>) -> impl IntoView {
     let i18n = use_i18n();
     let notices = if overview.alerts.is_empty() {
-        view! { <p class="muted" data-testid="no-alerts">{t!(i18n, no_alerts)}</p> }.into_any()
+        Either::Left(view! { <p class="muted" data-testid="no-alerts">{t!(i18n, no_alerts)}</p> })
     } else {
         let timezone = overview.timezone.clone();
-        view! {
+        Either::Right(view! {
             <ul class="alerts__list">
                 {overview
                     .alerts
@@ -70,8 +71,7 @@ fn Alerts(overview: AlertsOverview, save: ServerAction<SetAlertWebhook>) -> impl
                     })
                     .collect_view()}
             </ul>
-        }
-        .into_any()
+        })
     };
     let secret = overview.webhook_secret.filter(|_| overview.webhook_url.is_some());
     view! {

@@ -1,6 +1,7 @@
 //! Usage history: the per-day totals of a billing period as a bar chart (server-rendered SVG, readable without
 //! JavaScript through native tooltips and a table), a period selector, and the CSV download.
 
+use leptos::either::Either;
 use leptos::prelude::*;
 use leptos_router::hooks::use_query_map;
 
@@ -28,8 +29,8 @@ pub fn UsageHistoryCard(live: RwSignal<Option<UsageSummary>>) -> impl IntoView {
             <Transition fallback=move || view! { <p class="loading">{t!(i18n, loading)}</p> }>
                 {move || Suspend::new(async move {
                     match history.await {
-                        Ok(history) => view! { <History history /> }.into_any(),
-                        Err(err) => view! { <ErrorNotice err /> }.into_any(),
+                        Ok(history) => Either::Left(view! { <History history /> }),
+                        Err(err) => Either::Right(view! { <ErrorNotice err /> }),
                     }
                 })}
             </Transition>
@@ -74,9 +75,9 @@ fn History(history: UsageHistory) -> impl IntoView {
         .to_string()
     });
     let chart = if total == 0 {
-        view! { <p class="muted" data-testid="history-empty">{t!(i18n, history_empty)}</p> }.into_any()
+        Either::Left(view! { <p class="muted" data-testid="history-empty">{t!(i18n, history_empty)}</p> })
     } else {
-        view! { <Chart days=history.days.clone() caption /> }.into_any()
+        Either::Right(view! { <Chart days=history.days.clone() caption /> })
     };
     view! {
         <form method="get" action="/" class="history__controls">

@@ -1,5 +1,6 @@
 //! `/`: the signed-in user's dashboard with the UsageMeter.
 
+use leptos::either::EitherOf3;
 use leptos::prelude::*;
 
 use crate::components::ErrorNotice;
@@ -26,9 +27,9 @@ pub fn DashboardPage() -> impl IntoView {
         <Suspense fallback=|| ()>
             {move || Suspend::new(async move {
                 match data.await {
-                    Ok(_) => ().into_any(),
-                    Err(AppError::Unauthorized) => view! { <Redirect path="/login" /> }.into_any(),
-                    Err(err) => view! { <ErrorNotice err /> }.into_any(),
+                    Ok(_) =>EitherOf3::A( ()),
+                    Err(AppError::Unauthorized) => EitherOf3::B(view! { <Redirect path="/login" /> }),
+                    Err(err) => EitherOf3::C(view! { <ErrorNotice err /> }),
                 }
             })}
         </Suspense>
@@ -105,9 +106,9 @@ fn Dashboard(data: Resource<Result<DashboardData, AppError>>) -> impl IntoView {
             <Transition fallback=move || view! { <p class="loading">{t!(i18n, loading)}</p> }>
                 {move || Suspend::new(async move {
                     match summary.await {
-                        Ok(summary) => view! { <UsageCard summary live /> }.into_any(),
-                        Err(AppError::Unauthorized) => view! { <Redirect path="/login" /> }.into_any(),
-                        Err(err) => usage_error(err).into_any(),
+                        Ok(summary) => EitherOf3::A(view! { <UsageCard summary live /> }),
+                        Err(AppError::Unauthorized) => EitherOf3::B(view! { <Redirect path="/login" /> }),
+                        Err(err) => EitherOf3::C(usage_error(err)),
                     }
                 })}
             </Transition>
