@@ -2,6 +2,10 @@
 
 use clap::Parser;
 
+/// mimalloc rather than the system allocator: server rendering allocates and frees many small values per page.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     // `.env` is for local runs; real environment variables win over it.
