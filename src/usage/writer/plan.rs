@@ -168,95 +168,75 @@ mod tests {
         (USER, period_of(USER, &event(1, None)).applies)
     }
 
+    /// What a writer keeps across the submissions of one group: the usage so far, the keys seen, the rows to write.
+    #[derive(Default)]
+    struct Group {
+        used: HashMap<(Uuid, Period), i64>,
+        known: HashMap<UserKey, Uuid>,
+        rows: EventRows,
+    }
+
+    impl Group {
+        fn plan(
+            &mut self,
+            events: Vec<NewEvent>,
+            policy: LimitPolicy,
+            limit: Option<Limit>,
+        ) -> Result<Outcome, WriteError> {
+            let submission = submission(events, policy);
+            plan(USER, &submission, limit, &mut self.used, &mut self.known, &period_of, &mut self.rows)
+        }
+    }
+
     #[test]
     fn a_repeated_key_is_answered_with_the_first_event_and_counted_once() {
-        let mut known = HashMap::from([((USER, "stored".to_owned()), Uuid::from_u128(1))]);
-        let (mut used, mut rows) = (HashMap::new(), EventRows::default());
+        let mut group = Group::default();
+        group.known.insert((USER, "stored".to_owned()), Uuid::from_u128(1));
         let events = vec![event(5, Some("stored")), event(7, Some("a")), event(9, Some("a")), event(11, None)];
-        let outcome =
-            plan(USER, &submission(events, LimitPolicy::Enforce), None, &mut used, &mut known, &period_of, &mut rows)
-                .unwrap();
+        let outcome = group.plan(events, LimitPolicy::Enforce, None).unwrap();
         let answers: Vec<(u128, bool)> = outcome.events.iter().map(|r| (r.id.as_u128(), r.duplicate)).collect();
         assert_eq!(answers, [(1, true), (101, false), (101, true), (103, false)]);
-        assert_eq!(rows.quantities, [7, 11], "only new events become rows");
-        assert_eq!(known[&(USER, "a".to_owned())], Uuid::from_u128(101), "later submissions see the new key");
+        assert_eq!(group.rows.quantities, [7, 11], "only new events become rows");
+        assert_eq!(group.known[&(USER, "a".to_owned())], Uuid::from_u128(101), "later submissions see the new key");
         assert_eq!(outcome.allowance, None, "no limit, no allowance");
     }
 
     #[test]
     fn past_the_limit_a_submission_is_refused_whole_and_changes_nothing() {
         let limit = Some(Limit { limit: 100, warning_percent: 80 });
-        let mut used = HashMap::from([(key(), 90)]);
-        let (mut known, mut rows) = (HashMap::new(), EventRows::default());
-        let refused = plan(
-            USER,
-            &submission(vec![event(5, Some("k")), event(6, None)], LimitPolicy::Enforce),
-            limit,
-            &mut used,
-            &mut known,
-            &period_of,
-            &mut rows,
-        );
+        let mut group = Group { used: HashMap::from([(key(), 90)]), ..Group::default() };
+        let refused = group.plan(vec![event(5, Some("k")), event(6, None)], LimitPolicy::Enforce, limit);
         assert!(matches!(refused, Err(WriteError::LimitExceeded { limit: 100, remaining: 10 })));
-        assert_eq!((used[&key()], rows.ids.len(), known.len()), (90, 0, 0));
+        assert_eq!((group.used[&key()], group.rows.ids.len(), group.known.len()), (90, 0, 0));
     }
 
     #[test]
     fn exactly_up_to_the_limit_fits_and_the_allowance_says_so() {
         let limit = Some(Limit { limit: 100, warning_percent: 80 });
-        let mut used = HashMap::from([(key(), 90)]);
-        let (mut known, mut rows) = (HashMap::new(), EventRows::default());
-        let outcome = plan(
-            USER,
-            &submission(vec![event(10, None)], LimitPolicy::Enforce),
-            limit,
-            &mut used,
-            &mut known,
-            &period_of,
-            &mut rows,
-        )
-        .unwrap();
+        let mut group = Group { used: HashMap::from([(key(), 90)]), ..Group::default() };
+        let outcome = group.plan(vec![event(10, None)], LimitPolicy::Enforce, limit).unwrap();
         let allowance = outcome.allowance.unwrap();
         assert_eq!((allowance.used, allowance.remaining(), allowance.warning()), (100, 0, true));
-        assert_eq!(used[&key()], 100);
+        assert_eq!(group.used[&key()], 100);
     }
 
     #[test]
     fn usage_that_already_happened_is_recorded_past_the_limit() {
         let limit = Some(Limit { limit: 100, warning_percent: 80 });
-        let mut used = HashMap::from([(key(), 90)]);
-        let (mut known, mut rows) = (HashMap::new(), EventRows::default());
-        let outcome = plan(
-            USER,
-            &submission(vec![event(50, None)], LimitPolicy::RecordAnyway),
-            limit,
-            &mut used,
-            &mut known,
-            &period_of,
-            &mut rows,
-        )
-        .unwrap();
+        let mut group = Group { used: HashMap::from([(key(), 90)]), ..Group::default() };
+        let outcome = group.plan(vec![event(50, None)], LimitPolicy::RecordAnyway, limit).unwrap();
         assert_eq!(outcome.allowance.map(|a| (a.used, a.remaining())), Some((140, 0)));
-        assert_eq!(rows.quantities, [50]);
+        assert_eq!(group.rows.quantities, [50]);
     }
 
     #[test]
     fn other_event_types_do_not_count_against_the_token_limit() {
         let limit = Some(Limit { limit: 10, warning_percent: 80 });
-        let (mut used, mut known, mut rows) = (HashMap::new(), HashMap::new(), EventRows::default());
+        let mut group = Group::default();
         let image = NewEvent { event_type: "image_generated".into(), ..event(1_000, None) };
-        let outcome = plan(
-            USER,
-            &submission(vec![image], LimitPolicy::Enforce),
-            limit,
-            &mut used,
-            &mut known,
-            &period_of,
-            &mut rows,
-        )
-        .unwrap();
+        let outcome = group.plan(vec![image], LimitPolicy::Enforce, limit).unwrap();
         assert_eq!(outcome.events.len(), 1);
-        assert!(used.is_empty());
-        assert_eq!(rows.period_kinds, ["subscription"]);
+        assert!(group.used.is_empty());
+        assert_eq!(group.rows.period_kinds, ["subscription"]);
     }
 }
