@@ -21,7 +21,7 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
                 <link rel="icon" type="image/svg+xml" href="/favicon.svg" />
                 <AutoReload options=options.clone() />
                 <HashedStylesheet options=options.clone() id="leptos" />
-                <HydrationScripts options />
+                <HydrationScripts options islands=true />
                 <MetaTags />
             </head>
             <body>
@@ -50,20 +50,17 @@ fn set_content_security_policy() {
     }
 }
 
-/// The app: every page, server-rendered and then hydrated.
+/// The app: every page, rendered on the server; only `crate::islands` hydrate.
 #[component]
 pub fn App() -> impl IntoView {
     provide_meta_context();
-    // Set once the browser has hydrated the page: end-to-end tests wait for it before they click, because a click
-    // before hydration is silently lost.
-    let hydrated = RwSignal::new(false);
-    Effect::new(move |_| hydrated.set(true));
 
     view! {
         <Title text="Tally" />
         <I18nContextProvider>
         <Router>
-            <main class="app" data-hydrated=move || hydrated.get().to_string()>
+            // `data-hydrated` turns "true" once the islands are hydrated (`islands::browser`).
+            <main class="app" data-hydrated="false">
                 // Async SSR: the page is sent once its data is loaded, so the numbers are in the HTML itself and a
                 // signed-out visitor gets a real 302 to /login.
                 <Routes fallback=NotFound>

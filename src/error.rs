@@ -483,6 +483,7 @@ mod ssr {
     /// their status, with at most a short, cleaned excerpt of their text (it may quote the request).
     pub async fn server_fn_error_status(request: Request, next: Next) -> Response {
         let api = request.uri().path().starts_with("/api/");
+        let locale = crate::i18n::request_locale(request.headers());
         let response = next.run(request).await;
         let plain_error = (response.status().is_client_error() || response.status().is_server_error())
             && !response.headers().contains_key(SERVER_FN_ERROR_HEADER)
@@ -506,10 +507,19 @@ mod ssr {
         let error = AppError::de(bytes.clone());
         parts.status = error.http_status();
         parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        parts.headers.remove(header::CONTENT_LENGTH);
         if let Some(value) = error.retry_after() {
             parts.headers.insert(header::RETRY_AFTER, value);
         }
-        Response::from_parts(parts, Body::from(bytes))
+        Response::from_parts(parts, Body::from(with_message(&bytes, &error, locale)))
+    }
+
+    /// The error body with `message`: the error in the request's language, for callers that show it to a person
+    /// (the page's islands); `error` stays English for logs and scripts.
+    fn with_message(body: &[u8], error: &AppError, locale: crate::i18n::Locale) -> Vec<u8> {
+        let Ok(serde_json::Value::Object(mut fields)) = serde_json::from_slice(body) else { return body.to_vec() };
+        fields.insert("message".into(), error.localized(locale).into());
+        serde_json::to_vec(&fields).unwrap_or_else(|_| body.to_vec())
     }
 
     /// Most of a rejection's text an API error quotes.

@@ -51,8 +51,8 @@ leptos_i18n::declare_locales! {
         sync_expired: "{{ events }} older than the 35 days Stripe accepts, not sent",
         sync_reported_error: "Stripe reported that it could not count {{ events }}: {{ reason }}",
         live_interrupted: "Live updates are interrupted; reconnecting. The numbers may be behind until then.",
+        refresh_failed: "The usage could not be read again; the numbers shown may be behind. Try again in a moment.",
         meter_value_text: "{{ used }} of {{ limit }} ({{ percent }}%)",
-        meter_value_text_unlimited: "{{ used }} used, no limit",
         history_bar_label: "{{ day }}: {{ tokens }} tokens",
         period_range: "{{ first }} – {{ last }}",
         subscription_line: "Subscription: {{ status }}",
@@ -80,6 +80,7 @@ leptos_i18n::declare_locales! {
         error_too_many_attempts: "too many failed sign-in attempts; try again in {{ minutes }} minutes",
         error_internal: "something went wrong on our side; please try again",
         error_transport: "could not reach Tally: {{ detail }}",
+        error_unreachable: "could not reach Tally; check the connection and try again",
         error_bad_request: "malformed request: {{ detail }}",
         problem_email_missing: "enter your email address",
         problem_email_too_long: "email must be at most {{ max }} characters",
@@ -168,8 +169,8 @@ leptos_i18n::declare_locales! {
         sync_expired: "{{ events }} は Stripe が受け付ける 35 日より古いため送信されていません",
         sync_reported_error: "Stripe は {{ events }} を集計できなかったと報告しました：{{ reason }}",
         live_interrupted: "リアルタイム更新が途切れています。再接続中のため、それまでの数値は最新でない可能性があります。",
+        refresh_failed: "利用量を再読み込みできませんでした。表示中の数値は最新でない可能性があります。しばらくしてから再度お試しください。",
         meter_value_text: "{{ limit }} のうち {{ used }}（{{ percent }}%）",
-        meter_value_text_unlimited: "{{ used }} 使用（上限なし）",
         history_bar_label: "{{ day }}：{{ tokens }} トークン",
         period_range: "{{ first }} 〜 {{ last }}",
         subscription_line: "サブスクリプション：{{ status }}",
@@ -197,6 +198,7 @@ leptos_i18n::declare_locales! {
         error_too_many_attempts: "ログインの失敗が多すぎます。{{ minutes }} 分後にもう一度お試しください",
         error_internal: "サーバー側で問題が発生しました。もう一度お試しください",
         error_transport: "Tally に接続できませんでした：{{ detail }}",
+        error_unreachable: "Tally に接続できませんでした。接続を確認して、もう一度お試しください",
         error_bad_request: "リクエストの形式が正しくありません：{{ detail }}",
         problem_email_missing: "メールアドレスを入力してください",
         problem_email_too_long: "メールアドレスは {{ max }} 文字以内にしてください",
@@ -274,6 +276,23 @@ pub fn day_range(locale: Locale, first: &str, last: &str) -> String {
     td_string!(locale, period_range, first = day(locale, first), last = day(locale, last)).to_string()
 }
 
+/// The language of a request outside a page (an error body of a server function): the `i18n_pref_locale` cookie,
+/// else the best match for `Accept-Language` by leptos_i18n's own matching, read as leptos-use reads it for pages.
+/// English when neither says.
+#[cfg(feature = "ssr")]
+pub fn request_locale(headers: &axum::http::HeaderMap) -> Locale {
+    use leptos_i18n::Locale as _;
+    let text = |name| headers.get(name).and_then(|value: &axum::http::HeaderValue| value.to_str().ok());
+    let chosen = text(axum::http::header::COOKIE).and_then(|cookies| {
+        cookies.split(';').find_map(|cookie| cookie.trim().strip_prefix("i18n_pref_locale=")?.parse::<Locale>().ok())
+    });
+    chosen.unwrap_or_else(|| {
+        let accepted = text(axum::http::header::ACCEPT_LANGUAGE).unwrap_or_default();
+        let tags: Vec<&str> = accepted.split(',').map(|tag| tag.split(';').next().unwrap_or_default().trim()).collect();
+        Locale::find_locale(&tags)
+    })
+}
+
 /// `n events` / `n 件`.
 pub fn events(locale: Locale, n: i64) -> String {
     match locale {
@@ -301,5 +320,19 @@ mod tests {
         assert_eq!(day_range(Locale::ja, "2026-11-01", "2026-11-30"), "2026年11月1日 〜 2026年11月30日");
         let at = chrono::DateTime::parse_from_rfc3339("2026-01-05T23:30:00-02:00").unwrap().to_utc();
         assert_eq!(utc_day(Locale::ja, at), "2026年1月6日");
+    }
+
+    #[cfg(feature = "ssr")]
+    #[test]
+    fn a_requests_language_is_its_cookie_else_its_accept_language() {
+        use axum::http::{header, HeaderMap, HeaderValue};
+        let headers = |pairs: &[(header::HeaderName, &'static str)]| {
+            pairs.iter().map(|(name, value)| (name.clone(), HeaderValue::from_static(value))).collect::<HeaderMap>()
+        };
+        assert_eq!(request_locale(&headers(&[])), Locale::en);
+        assert_eq!(request_locale(&headers(&[(header::ACCEPT_LANGUAGE, "ja-JP,ja;q=0.9,en;q=0.8")])), Locale::ja);
+        assert_eq!(request_locale(&headers(&[(header::ACCEPT_LANGUAGE, "fr-FR, en;q=0.5")])), Locale::en);
+        let both = [(header::ACCEPT_LANGUAGE, "ja"), (header::COOKIE, "a=b; i18n_pref_locale=en")];
+        assert_eq!(request_locale(&headers(&both)), Locale::en);
     }
 }

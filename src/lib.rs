@@ -1,7 +1,8 @@
 //! Tally: usage-based billing on Stripe Billing Meters, as one Leptos SSR crate.
 //!
 //! Shared modules (pages, components, domain types and their server functions) compile for the server (`ssr`)
-//! and the browser (`hydrate`); the modules below the `ssr` gate exist only on the server.
+//! and the browser (`hydrate`); the modules below the `ssr` gate exist only on the server. Pages and components
+//! render on the server only: the browser bundle holds the `islands` and what they call.
 
 #![recursion_limit = "256"]
 
@@ -14,6 +15,7 @@ pub mod dashboard;
 pub mod error;
 pub mod format;
 pub mod i18n;
+pub mod islands;
 pub mod pages;
 pub mod usage;
 
@@ -38,10 +40,9 @@ pub mod server;
 #[cfg(feature = "ssr")]
 pub mod state;
 
-/// Entry point of the browser bundle: hydrates the server-rendered page.
+/// Entry point of the browser bundle (Leptos's island loader calls it): gives the page's islands their behaviour.
 #[cfg(feature = "hydrate")]
 #[wasm_bindgen::prelude::wasm_bindgen]
 pub fn hydrate() {
-    console_error_panic_hook::set_once();
-    leptos::mount::hydrate_body(app::App);
+    islands::start();
 }

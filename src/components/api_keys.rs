@@ -1,24 +1,29 @@
 //! The user's API keys: list, create (the secret is shown once), revoke.
 
-use leptos::either::{Either, EitherOf3};
+use leptos::either::Either;
 use leptos::prelude::*;
 
-use crate::auth::{list_api_keys, ApiKeyInfo, CreateApiKey, RevokeApiKey};
+use crate::auth::{ApiKeyInfo, RevokeApiKey};
 use crate::components::ErrorNotice;
 use crate::i18n::{t, t_string, use_i18n};
+use crate::islands::NewApiKey;
 
-/// Manages the signed-in user's API keys.
+/// Manages the signed-in user's API keys. The form that makes one is an island (it shows the secret once); the
+/// table is a region, re-read by the island after a key is made; revoking is a plain form.
 #[component]
-pub fn ApiKeys() -> impl IntoView {
-    let create = ServerAction::<CreateApiKey>::new();
+pub fn ApiKeys(
+    keys: Vec<ApiKeyInfo>,
+    /// The page's language (`"en"` or `"ja"`), and what to say when the server cannot be reached, for the island.
+    lang: &'static str,
+    unreachable: String,
+) -> impl IntoView {
     let revoke = ServerAction::<RevokeApiKey>::new();
-    let seed = use_context::<crate::dashboard::Seed>();
-    let keys = Resource::new(
-        move || (create.version().get(), revoke.version().get()),
-        move |versions| crate::dashboard::Seed::or_fetch(seed, versions == (0, 0), |d| d.api_keys, list_api_keys),
-    );
     let i18n = use_i18n();
-
+    let table = if keys.is_empty() {
+        Either::Left(view! { <p class="muted">{t!(i18n, no_keys)}</p> })
+    } else {
+        Either::Right(view! { <KeyTable keys revoke /> })
+    };
     view! {
         <section class="card api-keys" aria-labelledby="api-keys-title">
             <h2 id="api-keys-title">{t!(i18n, api_keys_title)}</h2>
@@ -30,38 +35,16 @@ pub fn ApiKeys() -> impl IntoView {
                     endpoint = || view! { <code>"POST /api/usage/record"</code> }
                 )}
             </p>
-            <ActionForm action=create attr:class="api-keys__create">
-                <label>
-                    {t!(i18n, name)}
-                    <input type="text" name="name" required maxlength="100" placeholder=move || t_string!(i18n, key_name_placeholder) data-testid="key-name" />
-                </label>
-                <button type="submit" data-testid="key-create">{t!(i18n, create_key)}</button>
-            </ActionForm>
-            {move || {
-                create
-                    .value()
-                    .get()
-                    .map(|result| match result {
-                        Ok(created) => {
-                            Either::Left(view! {
-                                <div class="api-keys__secret" role="status">
-                                    <p>{t!(i18n, copy_key_now)}</p>
-                                    <code data-testid="key-secret">{created.secret}</code>
-                                </div>
-                            })
-                        }
-                        Err(err) => Either::Right(view! { <ErrorNotice err /> }),
-                    })
-            }}
-            <Transition fallback=move || view! { <p class="loading">{t!(i18n, loading)}</p> }>
-                {move || Suspend::new(async move {
-                    match keys.await {
-                        Ok(list) if list.is_empty() => EitherOf3::A(view! { <p class="muted">{t!(i18n, no_keys)}</p> }),
-                        Ok(list) => EitherOf3::B(view! { <KeyTable keys=list revoke /> }),
-                        Err(err) => EitherOf3::C(view! { <ErrorNotice err /> }),
-                    }
-                })}
-            </Transition>
+            <NewApiKey
+                lang
+                name=t_string!(i18n, name).to_string()
+                placeholder=t_string!(i18n, key_name_placeholder).to_string()
+                create=t_string!(i18n, create_key).to_string()
+                copy_now=t_string!(i18n, copy_key_now).to_string()
+                unreachable
+            />
+            {move || revoke.value().get().and_then(Result::err).map(|err| view! { <ErrorNotice err /> })}
+            <div data-region="keys">{table}</div>
         </section>
     }
 }

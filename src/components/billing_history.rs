@@ -3,30 +3,19 @@
 use leptos::either::{Either, EitherOf3};
 use leptos::prelude::*;
 
-use crate::billing::{get_billing_overview, BillingOverview, MeterSync, StartCheckout};
+use crate::billing::{BillingOverview, MeterSync, StartCheckout};
 use crate::components::ErrorNotice;
 use crate::i18n::{t, td_string, use_i18n, Locale};
 
-/// Subscription status and billing history.
+/// Subscription status and billing history: a region, so the live island's re-reads also bring the state of the
+/// delivery to Stripe up to date.
 #[component]
-pub fn BillingHistory() -> impl IntoView {
-    let seed = use_context::<crate::dashboard::Seed>();
-    let overview = Resource::new(
-        || (),
-        move |_| crate::dashboard::Seed::or_fetch(seed, true, |d| d.billing, get_billing_overview),
-    );
+pub fn BillingHistory(overview: BillingOverview) -> impl IntoView {
     let i18n = use_i18n();
     view! {
         <section class="card billing" aria-labelledby="billing-title" data-testid="billing">
             <h2 id="billing-title">{t!(i18n, billing_title)}</h2>
-            <Suspense fallback=move || view! { <p class="loading">{t!(i18n, loading)}</p> }>
-                {move || Suspend::new(async move {
-                    match overview.await {
-                        Ok(overview) => Either::Left(view! { <Overview overview /> }),
-                        Err(err) => Either::Right(view! { <ErrorNotice err /> }),
-                    }
-                })}
-            </Suspense>
+            <div data-region="billing"><Overview overview /></div>
         </section>
     }
 }
@@ -167,7 +156,7 @@ fn Subscribe() -> impl IntoView {
     let i18n = use_i18n();
     view! {
         <ActionForm action=checkout attr:class="billing__subscribe">
-            <button type="submit" data-testid="subscribe" disabled=move || checkout.pending().get()>
+            <button type="submit" data-testid="subscribe">
                 {t!(i18n, subscribe)}
             </button>
             {move || {

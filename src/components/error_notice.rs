@@ -5,7 +5,7 @@ use leptos::prelude::*;
 use crate::error::AppError;
 use crate::i18n::use_i18n;
 
-/// `err` as a `role="alert"` paragraph, worded in the page's language (and re-worded when it switches).
+/// `err` as a `role="alert"` paragraph, worded in the page's language.
 #[component]
 pub fn ErrorNotice(
     err: AppError,
@@ -13,11 +13,6 @@ pub fn ErrorNotice(
     #[prop(optional)]
     test_id: Option<&'static str>,
 ) -> impl IntoView {
-    let i18n = use_i18n();
-    let code = err.code();
-    view! {
-        <p class="form-error" role="alert" data-testid=test_id data-code=code>
-            {move || err.localized(i18n.get_locale())}
-        </p>
-    }
+    let message = err.localized(use_i18n().get_locale_untracked());
+    crate::islands::error_notice(Some(err.code().to_owned()), message, test_id)
 }

@@ -1,6 +1,6 @@
-//! Reusable view components.
+//! The dashboard's cards: server components, rendered from the page's one read (the browser runs only
+//! `crate::islands`).
 
-pub mod ai_prompt;
 pub mod api_keys;
 pub mod billing_history;
 pub mod error_notice;
@@ -8,7 +8,6 @@ pub mod usage_alerts;
 pub mod usage_history;
 pub mod usage_meter;
 
-pub use ai_prompt::AiPrompt;
 pub use api_keys::ApiKeys;
 pub use billing_history::BillingHistory;
 pub use error_notice::ErrorNotice;

@@ -6,29 +6,18 @@ use leptos::prelude::*;
 
 use crate::components::ErrorNotice;
 use crate::i18n::{t, use_i18n};
-use crate::usage::{get_alerts, AlertsOverview, SetAlertWebhook, UsageSummary};
+use crate::usage::{AlertsOverview, SetAlertWebhook};
 
-/// Notices and webhook settings; re-read when the live total changes, so a crossing shows up at once.
+/// Notices and webhook settings. The notices are a region: the live island re-reads them when the total changes,
+/// so a crossing shows up at once.
 #[component]
-pub fn UsageAlerts(live: RwSignal<Option<UsageSummary>>) -> impl IntoView {
+pub fn UsageAlerts(overview: AlertsOverview) -> impl IntoView {
     let save = ServerAction::<SetAlertWebhook>::new();
-    let seed = use_context::<crate::dashboard::Seed>();
-    let alerts = Resource::new(
-        move || (live.with(|s| s.as_ref().map(|s| s.used)), save.version().get()),
-        move |deps| crate::dashboard::Seed::or_fetch(seed, deps == (None, 0), |d| d.alerts, get_alerts),
-    );
     let i18n = use_i18n();
     view! {
         <section class="card alerts" aria-labelledby="alerts-title" data-testid="alerts">
             <h2 id="alerts-title">{t!(i18n, alerts_title)}</h2>
-            <Transition fallback=move || view! { <p class="loading">{t!(i18n, loading)}</p> }>
-                {move || Suspend::new(async move {
-                    match alerts.await {
-                        Ok(overview) => Either::Left(view! { <Alerts overview save /> }),
-                        Err(err) => Either::Right(view! { <ErrorNotice err /> }),
-                    }
-                })}
-            </Transition>
+            <Alerts overview save />
         </section>
     }
 }
@@ -75,7 +64,7 @@ fn Alerts(overview: AlertsOverview, save: ServerAction<SetAlertWebhook>) -> impl
     };
     let secret = overview.webhook_secret.filter(|_| overview.webhook_url.is_some());
     view! {
-        {notices}
+        <div data-region="alerts">{notices}</div>
         <ActionForm action=save attr:class="alerts__webhook">
             <label for="alert-url">{t!(i18n, alert_url_label)}</label>
             <div class="alerts__row">
@@ -88,7 +77,7 @@ fn Alerts(overview: AlertsOverview, save: ServerAction<SetAlertWebhook>) -> impl
                     value=overview.webhook_url.clone().unwrap_or_default()
                     data-testid="alert-url"
                 />
-                <button type="submit" data-testid="alert-url-save" disabled=move || save.pending().get()>
+                <button type="submit" data-testid="alert-url-save">
                     {t!(i18n, save)}
                 </button>
             </div>

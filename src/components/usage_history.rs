@@ -3,37 +3,24 @@
 
 use leptos::either::Either;
 use leptos::prelude::*;
-use leptos_router::hooks::use_query_map;
 
 use crate::components::ErrorNotice;
+use crate::error::AppError;
 use crate::i18n::{t, t_string, use_i18n};
-use crate::usage::{get_usage_history, UsageHistory, UsageSummary, EXPORT_PATH};
+use crate::usage::{UsageHistory, EXPORT_PATH};
 
-/// The history card. The selected period comes from `?period=` (a plain GET form picks it, with or without
-/// JavaScript); the current period is re-read when the live total changes.
+/// The history card. The selected period comes from `?period=` (a plain GET form picks it); the chart, its caption
+/// and its table are a region, which the live island re-reads when the total changes.
 #[component]
-pub fn UsageHistoryCard(live: RwSignal<Option<UsageSummary>>) -> impl IntoView {
-    let query = use_query_map();
-    let seed = use_context::<crate::dashboard::Seed>();
-    let history = Resource::new(
-        move || (query.with(|q| q.get("period")), live.with(|s| s.as_ref().map(|s| s.used))),
-        move |(period, used)| {
-            let initial = period.is_none() && used.is_none();
-            crate::dashboard::Seed::or_fetch(seed, initial, |d| d.history, move || get_usage_history(period))
-        },
-    );
+pub fn UsageHistoryCard(history: Result<UsageHistory, AppError>) -> impl IntoView {
     let i18n = use_i18n();
     view! {
         <section class="card history" aria-labelledby="history-title" data-testid="history">
             <h2 id="history-title">{t!(i18n, history_title)}</h2>
-            <Transition fallback=move || view! { <p class="loading">{t!(i18n, loading)}</p> }>
-                {move || Suspend::new(async move {
-                    match history.await {
-                        Ok(history) => Either::Left(view! { <History history /> }),
-                        Err(err) => Either::Right(view! { <ErrorNotice err /> }),
-                    }
-                })}
-            </Transition>
+            {match history {
+                Ok(history) => Either::Left(view! { <History history /> }),
+                Err(err) => Either::Right(view! { <ErrorNotice err /> }),
+            }}
         </section>
     }
 }
@@ -90,6 +77,7 @@ fn History(history: UsageHistory) -> impl IntoView {
                 {t!(i18n, download_csv)}
             </a>
         </form>
+        <div data-region="history">
         <p class="history__caption" data-testid="history-caption">
             {caption}
         </p>
@@ -115,6 +103,7 @@ fn History(history: UsageHistory) -> impl IntoView {
                 </tbody>
             </table>
         </details>
+        </div>
     }
 }
 
@@ -123,8 +112,6 @@ fn Chart(days: Vec<crate::usage::DayUsage>, caption: Signal<String>) -> impl Int
     let i18n = use_i18n();
     let max = days.iter().map(|d| d.quantity).max().unwrap_or(0).max(1);
     let width = days.len() as i64 * 12;
-    // After hydration, hovering or focusing a bar names its day and value here.
-    let focused = RwSignal::new(None::<String>);
     let bars = days
         .iter()
         .enumerate()
@@ -138,7 +125,7 @@ fn Chart(days: Vec<crate::usage::DayUsage>, caption: Signal<String>) -> impl Int
                     t_string!(i18n, history_bar_label, day, tokens).to_string()
                 }
             };
-            let (shown, shown_on_focus, title) = (label.clone(), label.clone(), label.clone());
+            let title = label.clone();
             view! {
                 <rect
                     class="history__bar"
@@ -151,10 +138,6 @@ fn Chart(days: Vec<crate::usage::DayUsage>, caption: Signal<String>) -> impl Int
                     aria-label=label
                     data-day=day.day.clone()
                     data-quantity=day.quantity.to_string()
-                    on:mouseenter=move |_| focused.set(Some(shown()))
-                    on:focus=move |_| focused.set(Some(shown_on_focus()))
-                    on:mouseleave=move |_| focused.set(None)
-                    on:blur=move |_| focused.set(None)
                 >
                     <title>{title}</title>
                 </rect>
@@ -177,9 +160,8 @@ fn Chart(days: Vec<crate::usage::DayUsage>, caption: Signal<String>) -> impl Int
             </svg>
             <figcaption class="history__axis">
                 <span>{first}</span>
-                <span class="history__focus" aria-live="polite" data-testid="history-focus">
-                    {move || focused.get().unwrap_or_default()}
-                </span>
+                // With JavaScript, hovering or focusing a bar names its day and value here (`islands::browser`).
+                <span class="history__focus" aria-live="polite" data-testid="history-focus"></span>
                 <span>{last}</span>
             </figcaption>
         </figure>

@@ -35,80 +35,58 @@ impl MeterFill {
     }
 }
 
-/// Shows `used / limit` with a progress bar; with no limit, only the number.
+/// Shows `used / limit` with a progress bar; with no limit, only the number. Rendered on the server; the live
+/// island re-reads it from there when the total changes.
 #[component]
 pub fn UsageMeter(
     /// Units used in the period.
-    #[prop(into)]
-    used: Signal<i64>,
+    used: i64,
     /// The period's limit, `None` for unlimited.
-    #[prop(into)]
-    limit: Signal<Option<i64>>,
+    limit: Option<i64>,
 ) -> impl IntoView {
-    let fill = Memo::new(move |_| MeterFill::new(used.get(), limit.get()));
+    let fill = MeterFill::new(used, limit);
     let i18n = use_i18n();
-    let limit_text =
-        move || limit.get().map(crate::format::thousands).unwrap_or_else(|| t_string!(i18n, no_limit).into());
-    let value_text = move || match (fill.get(), limit.get()) {
-        (Some(fill), Some(limit)) => t_string!(
-            i18n,
-            meter_value_text,
-            used = crate::format::thousands(used.get()),
-            limit = crate::format::thousands(limit),
-            percent = fill.percent
-        )
-        .to_string(),
-        _ => t_string!(i18n, meter_value_text_unlimited, used = crate::format::thousands(used.get())).to_string(),
-    };
+    let thousands = crate::format::thousands;
+    let limit_text = limit.map(thousands).unwrap_or_else(|| t_string!(i18n, no_limit).into());
     let label_id = "usage-meter-label";
-
+    let reached = limit.is_some_and(|limit| limit > 0 && used >= limit);
+    let bar = fill.zip(limit).map(|(fill, limit)| {
+        let value_text =
+            t_string!(i18n, meter_value_text, used = thousands(used), limit = thousands(limit), percent = fill.percent)
+                .to_string();
+        view! {
+            <div
+                class="usage-meter__track"
+                role="progressbar"
+                aria-labelledby=label_id
+                aria-valuemin="0"
+                // Within [0, max] as ARIA requires; the value text says how far past it.
+                aria-valuenow=used.clamp(0, limit.max(0)).to_string()
+                aria-valuemax=limit.to_string()
+                aria-valuetext=value_text
+                data-testid="usage-bar"
+            >
+                <div
+                    class="usage-meter__bar"
+                    class:usage-meter__bar--critical=fill.critical
+                    data-critical=fill.critical.to_string()
+                    style=format!("width: {}", fill.css_width())
+                ></div>
+            </div>
+        }
+    });
     view! {
         <section class="usage-meter" data-testid="usage-meter" aria-labelledby=label_id>
             <h2 class="usage-meter__label" id=label_id>{t!(i18n, meter_label)}</h2>
             <p class="usage-meter__numbers">
-                <span class="usage-meter__used" data-testid="usage-used">{move || crate::format::thousands(used.get())}</span>
+                <span class="usage-meter__used" data-testid="usage-used">{thousands(used)}</span>
                 " / "
                 <span class="usage-meter__limit" data-testid="usage-limit">{limit_text}</span>
             </p>
-            {move || {
-                let reached = limit.get().is_some_and(|limit| limit > 0 && used.get() >= limit);
-                reached
-                    .then(|| {
-                        view! {
-                            <p class="usage-meter__reached" role="status" data-testid="limit-reached">
-                                {t!(i18n, limit_reached)}
-                            </p>
-                        }
-                    })
-            }}
-            {move || {
-                fill.get()
-                    .map(|fill| {
-                        view! {
-                            <div
-                                class="usage-meter__track"
-                                role="progressbar"
-                                aria-labelledby=label_id
-                                aria-valuemin="0"
-                                // Within [0, max] as ARIA requires; the value text says how far past it.
-                                aria-valuenow=match limit.get() {
-                                    Some(limit) => used.get().clamp(0, limit.max(0)).to_string(),
-                                    None => used.get().max(0).to_string(),
-                                }
-                                aria-valuemax=limit.get().unwrap_or_default().to_string()
-                                aria-valuetext=value_text()
-                                data-testid="usage-bar"
-                            >
-                                <div
-                                    class="usage-meter__bar"
-                                    class:usage-meter__bar--critical=fill.critical
-                                    data-critical=fill.critical.to_string()
-                                    style:width=fill.css_width()
-                                ></div>
-                            </div>
-                        }
-                    })
-            }}
+            {reached.then(|| view! {
+                <p class="usage-meter__reached" role="status" data-testid="limit-reached">{t!(i18n, limit_reached)}</p>
+            })}
+            {bar}
         </section>
     }
 }

@@ -1,6 +1,6 @@
 //! The dashboard's data in one read: who is signed in, the meter, alerts, history, billing and API keys, gathered
-//! by one SQL statement (`read.rs`) instead of one or two per card. The cards take their first value from it and
-//! re-read their own part through their own server functions afterwards (a refresh, a key made, a period picked).
+//! by one SQL statement (`read.rs`) instead of one or two per card. The page renders every card from it; the live
+//! island re-reads the whole page.
 
 #[cfg(feature = "ssr")]
 mod read;
@@ -32,27 +32,4 @@ pub async fn get_dashboard() -> Result<DashboardData, AppError> {
     let state = crate::billing::BillingState::current()?;
     let user_id = crate::auth::session::require_user_id().await?;
     read::dashboard(&state, user_id, chrono::Utc::now()).await?.ok_or(AppError::Unauthorized)
-}
-
-/// The page's one read, provided as context so each card takes its first value from it. A card re-reads its own
-/// part through its own server function once anything changes (the live total, a key made, a period picked).
-#[derive(Clone, Copy)]
-pub struct Seed(pub Resource<Result<DashboardData, AppError>>);
-
-impl Seed {
-    /// The card's part of the page's read while `initial`, else a fresh read by `fetch`.
-    pub async fn or_fetch<T, F>(
-        seed: Option<Seed>,
-        initial: bool,
-        part: impl FnOnce(DashboardData) -> T,
-        fetch: impl FnOnce() -> F,
-    ) -> Result<T, AppError>
-    where
-        F: std::future::Future<Output = Result<T, AppError>>,
-    {
-        match seed {
-            Some(Seed(read)) if initial => read.await.map(part),
-            _ => fetch().await,
-        }
-    }
 }

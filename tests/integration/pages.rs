@@ -191,3 +191,52 @@ async fn hashed_bundle_files_are_immutable_and_missing_ones_are_not_cached(pool:
     let reply = plain.send(get("/pkg/tally.0123456789abcdef.wasm")).await;
     assert_eq!(reply.headers["cache-control"], "no-cache");
 }
+
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn the_dashboard_is_server_html_with_islands_and_regions_and_no_hydration_data(pool: PgPool) {
+    let app = app(pool);
+    let cookie = app.signup("ada@example.com").await;
+    let ada = app.user_id("ada@example.com").await;
+    app.insert_usage(ada, AI_TOKENS_EVENT, 1_234, &Utc::now().to_rfc3339()).await;
+    let html = app.get("/", Some(&cookie)).await.body;
+    // What the browser attaches behaviour to, and what it re-reads from a fresh copy of the page.
+    for island in ["live", "ai-prompt", "new-api-key"] {
+        assert!(html.contains(&format!(r#"data-island="{island}""#)), "island {island}: {html}");
+    }
+    for region in ["meter", "alerts", "history", "billing", "keys"] {
+        assert_eq!(html.matches(&format!(r#"data-region="{region}""#)).count(), 1, "region {region}");
+    }
+    assert!(html.contains(r#"data-used="1234""#), "the meter region says what it shows");
+    // Islands mode: the page carries no serialized resource data and no hydration keys for a client runtime
+    // (Leptos still declares its empty resource arrays; hydrating, it filled them with the whole dashboard read).
+    assert!(html.contains("__RESOLVED_RESOURCES=[];"), "{html}");
+    for hydration in ["__RESOLVED_RESOURCES[", "__RESOLVED_RESOURCES.push", "data-hk", "\"summary\""] {
+        assert!(!html.contains(hydration), "{hydration} in the page: {html}");
+    }
+    // The islands' words are already in the reader's language.
+    let ja = app.get_with("/", &[("cookie", &cookie), ("accept-language", "ja")]).await.body;
+    assert!(ja.contains(r#"data-busy-text="更新中…""#), "{ja}");
+}
+
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn a_server_function_error_also_says_it_in_the_callers_language(pool: PgPool) {
+    let app = app(pool);
+    let cookie = app.signup("ada@example.com").await;
+    let empty = r#"{"prompt": "   "}"#;
+    let english = app.post_json("/api/ai/generate", empty, &[("cookie", &cookie)]).await;
+    assert_eq!(english.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", english.body);
+    let japanese =
+        app.post_json("/api/ai/generate", empty, &[("cookie", &cookie), ("accept-language", "ja-JP,ja;q=0.9")]).await;
+    assert_eq!(japanese.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (english, japanese) = (english.json(), japanese.json());
+    // `error` and `code` stay the same for scripts and logs; `message` is for the person reading it.
+    assert_eq!(english["error"], japanese["error"]);
+    assert_eq!(english["code"], japanese["code"]);
+    assert_eq!(english["message"], english["error"]);
+    let message = japanese["message"].as_str().unwrap();
+    assert!(message.chars().any(|c| ('\u{3040}'..='\u{30ff}').contains(&c)), "Japanese: {message}");
+    // The language cookie the toggle sets wins over the browser's language.
+    let chosen = format!("{cookie}; i18n_pref_locale=en");
+    let reply = app.post_json("/api/ai/generate", empty, &[("cookie", &chosen), ("accept-language", "ja")]).await;
+    assert_eq!(reply.json()["message"], english["message"]);
+}

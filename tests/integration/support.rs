@@ -148,6 +148,15 @@ impl TestApp {
     }
 
     /// Signs up `email` and returns the session cookie.
+    /// A browser's GET with these extra headers (a cookie, a language).
+    pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut request = Request::get(path).header(header::HOST, "127.0.0.1:3000").header(header::ACCEPT, "text/html");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        self.send(request.body(Body::empty()).unwrap()).await
+    }
+
     pub async fn signup(&self, email: &str) -> String {
         let reply = self.post_form("/api/auth/signup", &[("email", email), ("password", PASSWORD)], None).await;
         assert_eq!(reply.status, StatusCode::OK, "signup failed: {}", reply.body);
