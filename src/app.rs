@@ -77,6 +77,6 @@ pub fn App() -> impl IntoView {
 /// Any other path.
 #[component]
 fn NotFound() -> impl IntoView {
-    let i18n = crate::i18n::use_i18n();
-    view! { <p class="not-found">{crate::i18n::t!(i18n, page_not_found)}</p> }
+    let locale = crate::i18n::use_i18n().get_locale_untracked();
+    view! { <p class="not-found">{crate::i18n::td!(locale, page_not_found)}</p> }
 }

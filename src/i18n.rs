@@ -246,7 +246,7 @@ leptos_i18n::declare_locales! {
     },
 }
 
-pub use i18n::{t, t_string, td_string, use_i18n, I18nContextProvider, Locale};
+pub use i18n::{td, td_string, use_i18n, I18nContextProvider, Locale};
 
 /// The language `crate::format` formats for on a page in `locale`.
 pub fn lang(locale: Locale) -> crate::format::Lang {

@@ -5,7 +5,7 @@ use leptos::prelude::*;
 
 use crate::auth::{ApiKeyInfo, RevokeApiKey};
 use crate::components::ErrorNotice;
-use crate::i18n::{t, t_string, use_i18n};
+use crate::i18n::{td, td_string, use_i18n};
 use crate::islands::NewApiKey;
 
 /// Manages the signed-in user's API keys. The form that makes one is an island (it shows the secret once); the
@@ -18,18 +18,17 @@ pub fn ApiKeys(
     unreachable: String,
 ) -> impl IntoView {
     let revoke = ServerAction::<RevokeApiKey>::new();
-    let i18n = use_i18n();
+    let locale = use_i18n().get_locale_untracked();
     let table = if keys.is_empty() {
-        Either::Left(view! { <p class="muted">{t!(i18n, no_keys)}</p> })
+        Either::Left(view! { <p class="muted">{td!(locale, no_keys)}</p> })
     } else {
         Either::Right(view! { <KeyTable keys revoke /> })
     };
     view! {
         <section class="card api-keys" aria-labelledby="api-keys-title">
-            <h2 id="api-keys-title">{t!(i18n, api_keys_title)}</h2>
+            <h2 id="api-keys-title">{td!(locale, api_keys_title)}</h2>
             <p class="muted">
-                {t!(
-                    i18n,
+                {td!(locale,
                     api_keys_hint,
                     header = || view! { <code>"Authorization: Bearer <key>"</code> },
                     endpoint = || view! { <code>"POST /api/usage/record"</code> }
@@ -37,10 +36,10 @@ pub fn ApiKeys(
             </p>
             <NewApiKey
                 lang
-                name=t_string!(i18n, name).to_string()
-                placeholder=t_string!(i18n, key_name_placeholder).to_string()
-                create=t_string!(i18n, create_key).to_string()
-                copy_now=t_string!(i18n, copy_key_now).to_string()
+                name=td_string!(locale, name).to_string()
+                placeholder=td_string!(locale, key_name_placeholder).to_string()
+                create=td_string!(locale, create_key).to_string()
+                copy_now=td_string!(locale, copy_key_now).to_string()
                 unreachable
             />
             {move || revoke.value().get().and_then(Result::err).map(|err| view! { <ErrorNotice err /> })}
@@ -54,17 +53,17 @@ fn KeyTable(keys: Vec<ApiKeyInfo>, revoke: ServerAction<RevokeApiKey>) -> impl I
     let when = |at: Option<chrono::DateTime<chrono::Utc>>| {
         at.map(|at| at.format("%Y-%m-%d %H:%M UTC").to_string()).unwrap_or_else(|| "—".into())
     };
-    let i18n = use_i18n();
+    let locale = use_i18n().get_locale_untracked();
     view! {
         <table class="data-table api-keys__table" data-testid="key-table">
             <thead>
                 <tr>
-                    <th scope="col">{t!(i18n, name)}</th>
-                    <th scope="col">{t!(i18n, key)}</th>
-                    <th scope="col">{t!(i18n, created)}</th>
-                    <th scope="col">{t!(i18n, last_used)}</th>
+                    <th scope="col">{td!(locale, name)}</th>
+                    <th scope="col">{td!(locale, key)}</th>
+                    <th scope="col">{td!(locale, created)}</th>
+                    <th scope="col">{td!(locale, last_used)}</th>
                     <th scope="col">
-                        <span class="visually-hidden">{t!(i18n, actions)}</span>
+                        <span class="visually-hidden">{td!(locale, actions)}</span>
                     </th>
                 </tr>
             </thead>
@@ -80,18 +79,18 @@ fn KeyTable(keys: Vec<ApiKeyInfo>, revoke: ServerAction<RevokeApiKey>) -> impl I
                                     <code>{format!("{}…", key.display_prefix)}</code>
                                 </td>
                                 <td>
-                                    {move || crate::i18n::utc_day(i18n.get_locale(), key.created_at)}
+                                    {move || crate::i18n::utc_day(locale, key.created_at)}
                                 </td>
                                 <td>{when(key.last_used_at)}</td>
                                 <td>
                                     {if revoked {
-                                        Either::Left(view! { <span class="muted">{t!(i18n, revoked)}</span> })
+                                        Either::Left(view! { <span class="muted">{td!(locale, revoked)}</span> })
                                     } else {
                                         Either::Right(view! {
                                             <ActionForm action=revoke>
                                                 <input type="hidden" name="id" value=key.id.to_string() />
                                                 <button type="submit" class="button-danger" data-testid="key-revoke">
-                                                    {t!(i18n, revoke)}
+                                                    {td!(locale, revoke)}
                                                 </button>
                                             </ActionForm>
                                         })

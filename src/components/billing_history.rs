@@ -5,16 +5,16 @@ use leptos::prelude::*;
 
 use crate::billing::{BillingOverview, MeterSync, StartCheckout};
 use crate::components::ErrorNotice;
-use crate::i18n::{t, td_string, use_i18n, Locale};
+use crate::i18n::{td, td_string, use_i18n, Locale};
 
 /// Subscription status and billing history: a region, so the live island's re-reads also bring the state of the
 /// delivery to Stripe up to date.
 #[component]
 pub fn BillingHistory(overview: BillingOverview) -> impl IntoView {
-    let i18n = use_i18n();
+    let locale = use_i18n().get_locale_untracked();
     view! {
         <section class="card billing" aria-labelledby="billing-title" data-testid="billing">
-            <h2 id="billing-title">{t!(i18n, billing_title)}</h2>
+            <h2 id="billing-title">{td!(locale, billing_title)}</h2>
             <div data-region="billing"><Overview overview /></div>
         </section>
     }
@@ -22,12 +22,11 @@ pub fn BillingHistory(overview: BillingOverview) -> impl IntoView {
 
 #[component]
 fn Overview(overview: BillingOverview) -> impl IntoView {
-    let i18n = use_i18n();
+    let locale = use_i18n().get_locale_untracked();
     let subscription = match overview.subscription {
         Some(s) => {
             let alert = matches!(s.status.as_str(), "past_due" | "unpaid" | "incomplete");
             let line = move || {
-                let locale = i18n.get_locale();
                 let mut line =
                     td_string!(locale, subscription_line, status = subscription_status(locale, &s.status)).to_string();
                 if let (Some(start), Some(end)) = (s.current_period_start, s.current_period_end) {
@@ -45,27 +44,27 @@ fn Overview(overview: BillingOverview) -> impl IntoView {
                 </p>
             })
         }
-        None => {
-            Either::Right(view! { <p class="muted" data-testid="subscription-status">{t!(i18n, no_subscription)}</p> })
-        }
+        None => Either::Right(
+            view! { <p class="muted" data-testid="subscription-status">{td!(locale, no_subscription)}</p> },
+        ),
     };
     let duplicate = overview.duplicate_subscription.then(|| {
         view! {
             <p class="billing__status billing__status--alert" role="alert" data-testid="duplicate-subscription">
-                {t!(i18n, duplicate_subscription)}
+                {td!(locale, duplicate_subscription)}
             </p>
         }
     });
     let cycles = if overview.cycles.is_empty() {
-        Either::Left(view! { <p class="muted">{t!(i18n, no_invoices)}</p> })
+        Either::Left(view! { <p class="muted">{td!(locale, no_invoices)}</p> })
     } else {
         Either::Right(view! {
             <table class="data-table" data-testid="billing-history">
                 <thead>
                     <tr>
-                        <th scope="col">{t!(i18n, period)}</th>
-                        <th scope="col">{t!(i18n, amount)}</th>
-                        <th scope="col">{t!(i18n, status)}</th>
+                        <th scope="col">{td!(locale, period)}</th>
+                        <th scope="col">{td!(locale, amount)}</th>
+                        <th scope="col">{td!(locale, status)}</th>
                     </tr>
                 </thead>
                 <tbody>
@@ -78,14 +77,14 @@ fn Overview(overview: BillingOverview) -> impl IntoView {
                                 <tr data-testid="billing-row" class:billing__row--failed=failed>
                                     <td>
                                         {move || {
-                                            crate::i18n::day_range(i18n.get_locale(), &cycle.first_day, &cycle.last_day)
+                                            crate::i18n::day_range(locale, &cycle.first_day, &cycle.last_day)
                                         }}
                                     </td>
                                     <td class="billing__amount">
-                                        {move || crate::i18n::money(i18n.get_locale(), cycle.amount_paid, &cycle.currency)}
+                                        {move || crate::i18n::money(locale, cycle.amount_paid, &cycle.currency)}
                                     </td>
                                     <td>
-                                        {move || if failed { Either::Left(t!(i18n, payment_failed)) } else { Either::Right(t!(i18n, paid)) }}
+                                        {move || if failed { Either::Left(td!(locale, payment_failed)) } else { Either::Right(td!(locale, paid)) }}
                                     </td>
                                 </tr>
                             }
@@ -108,42 +107,42 @@ fn Overview(overview: BillingOverview) -> impl IntoView {
 /// How much of the user's usage has reached Stripe, and why the rest has not.
 #[component]
 fn SyncState(sync: MeterSync) -> impl IntoView {
-    let i18n = use_i18n();
-    let count = move |n: i64| move || crate::i18n::events(i18n.get_locale(), n);
+    let locale = use_i18n().get_locale_untracked();
+    let count = move |n: i64| move || crate::i18n::events(locale, n);
     let pending = (sync.pending > 0).then(|| {
         let events = count(sync.pending);
         let line = match (&sync.last_retry_error, sync.stripe_configured) {
-            (_, false) => EitherOf3::A(t!(i18n, sync_pending_unconfigured, events)),
+            (_, false) => EitherOf3::A(td!(locale, sync_pending_unconfigured, events)),
             (Some(error), true) => {
                 let error = error.clone();
-                EitherOf3::B(t!(i18n, sync_pending_retrying, events, error = move || error.clone()))
+                EitherOf3::B(td!(locale, sync_pending_retrying, events, error = move || error.clone()))
             }
-            (None, true) => EitherOf3::C(t!(i18n, sync_pending, events)),
+            (None, true) => EitherOf3::C(td!(locale, sync_pending, events)),
         };
         view! { <li data-sync="pending">{line}</li> }
     });
     let awaiting = (sync.awaiting_customer > 0).then(|| {
         let events = count(sync.awaiting_customer);
-        view! { <li data-sync="awaiting">{t!(i18n, sync_awaiting, events)}</li> }
+        view! { <li data-sync="awaiting">{td!(locale, sync_awaiting, events)}</li> }
     });
     let failed = (sync.failed > 0).then(|| {
         let events = count(sync.failed);
         let reason = sync.last_failure.clone().unwrap_or_default();
-        view! { <li data-sync="failed">{t!(i18n, sync_failed, events, reason = move || reason.clone())}</li> }
+        view! { <li data-sync="failed">{td!(locale, sync_failed, events, reason = move || reason.clone())}</li> }
     });
     let expired = (sync.expired > 0).then(|| {
         let events = count(sync.expired);
-        view! { <li data-sync="expired">{t!(i18n, sync_expired, events)}</li> }
+        view! { <li data-sync="expired">{td!(locale, sync_expired, events)}</li> }
     });
     let reported = (sync.reported_by_stripe > 0).then(|| {
         let events = count(sync.reported_by_stripe);
         let reason = sync.last_report.clone().unwrap_or_default();
-        view! { <li data-sync="reported">{t!(i18n, sync_reported_error, events, reason = move || reason.clone())}</li> }
+        view! { <li data-sync="reported">{td!(locale, sync_reported_error, events, reason = move || reason.clone())}</li> }
     });
     let delivered = count(sync.delivered);
     view! {
         <div class="billing__sync" data-testid="stripe-sync">
-            <p>{t!(i18n, sync_reported, events = delivered)}</p>
+            <p>{td!(locale, sync_reported, events = delivered)}</p>
             <ul>{pending} {awaiting} {failed} {expired} {reported}</ul>
         </div>
     }
@@ -153,11 +152,11 @@ fn SyncState(sync: MeterSync) -> impl IntoView {
 #[component]
 fn Subscribe() -> impl IntoView {
     let checkout = ServerAction::<StartCheckout>::new();
-    let i18n = use_i18n();
+    let locale = use_i18n().get_locale_untracked();
     view! {
         <ActionForm action=checkout attr:class="billing__subscribe">
             <button type="submit" data-testid="subscribe">
-                {t!(i18n, subscribe)}
+                {td!(locale, subscribe)}
             </button>
             {move || {
                 checkout

@@ -5,7 +5,7 @@ use leptos::either::Either;
 use leptos::prelude::*;
 
 use crate::components::ErrorNotice;
-use crate::i18n::{t, use_i18n};
+use crate::i18n::{td, use_i18n};
 use crate::usage::{AlertsOverview, SetAlertWebhook};
 
 /// Notices and webhook settings. The notices are a region: the live island re-reads them when the total changes,
@@ -13,10 +13,10 @@ use crate::usage::{AlertsOverview, SetAlertWebhook};
 #[component]
 pub fn UsageAlerts(overview: AlertsOverview) -> impl IntoView {
     let save = ServerAction::<SetAlertWebhook>::new();
-    let i18n = use_i18n();
+    let locale = use_i18n().get_locale_untracked();
     view! {
         <section class="card alerts" aria-labelledby="alerts-title" data-testid="alerts">
-            <h2 id="alerts-title">{t!(i18n, alerts_title)}</h2>
+            <h2 id="alerts-title">{td!(locale, alerts_title)}</h2>
             <Alerts overview save />
         </section>
     }
@@ -24,9 +24,9 @@ pub fn UsageAlerts(overview: AlertsOverview) -> impl IntoView {
 
 #[component]
 fn Alerts(overview: AlertsOverview, save: ServerAction<SetAlertWebhook>) -> impl IntoView {
-    let i18n = use_i18n();
+    let locale = use_i18n().get_locale_untracked();
     let notices = if overview.alerts.is_empty() {
-        Either::Left(view! { <p class="muted" data-testid="no-alerts">{t!(i18n, no_alerts)}</p> })
+        Either::Left(view! { <p class="muted" data-testid="no-alerts">{td!(locale, no_alerts)}</p> })
     } else {
         let timezone = overview.timezone.clone();
         Either::Right(view! {
@@ -54,7 +54,7 @@ fn Alerts(overview: AlertsOverview, save: ServerAction<SetAlertWebhook>) -> impl
                                 data-testid="alert-notice"
                                 data-threshold=alert.threshold.to_string()
                             >
-                                {t!(i18n, alert_notice, threshold, used, limit, at, tz)}
+                                {td!(locale, alert_notice, threshold, used, limit, at, tz)}
                             </li>
                         }
                     })
@@ -66,7 +66,7 @@ fn Alerts(overview: AlertsOverview, save: ServerAction<SetAlertWebhook>) -> impl
     view! {
         <div data-region="alerts">{notices}</div>
         <ActionForm action=save attr:class="alerts__webhook">
-            <label for="alert-url">{t!(i18n, alert_url_label)}</label>
+            <label for="alert-url">{td!(locale, alert_url_label)}</label>
             <div class="alerts__row">
                 <input
                     id="alert-url"
@@ -78,7 +78,7 @@ fn Alerts(overview: AlertsOverview, save: ServerAction<SetAlertWebhook>) -> impl
                     data-testid="alert-url"
                 />
                 <button type="submit" data-testid="alert-url-save">
-                    {t!(i18n, save)}
+                    {td!(locale, save)}
                 </button>
             </div>
             {move || {
@@ -92,7 +92,7 @@ fn Alerts(overview: AlertsOverview, save: ServerAction<SetAlertWebhook>) -> impl
             .map(|secret| {
                 view! {
                     <p class="alerts__secret">
-                        {t!(i18n, signing_secret)}
+                        {td!(locale, signing_secret)}
                         <code data-testid="alert-secret">{secret}</code>
                     </p>
                 }

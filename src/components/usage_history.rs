@@ -6,17 +6,17 @@ use leptos::prelude::*;
 
 use crate::components::ErrorNotice;
 use crate::error::AppError;
-use crate::i18n::{t, t_string, use_i18n};
+use crate::i18n::{td, td_string, use_i18n};
 use crate::usage::{UsageHistory, EXPORT_PATH};
 
 /// The history card. The selected period comes from `?period=` (a plain GET form picks it); the chart, its caption
 /// and its table are a region, which the live island re-reads when the total changes.
 #[component]
 pub fn UsageHistoryCard(history: Result<UsageHistory, AppError>) -> impl IntoView {
-    let i18n = use_i18n();
+    let locale = use_i18n().get_locale_untracked();
     view! {
         <section class="card history" aria-labelledby="history-title" data-testid="history">
-            <h2 id="history-title">{t!(i18n, history_title)}</h2>
+            <h2 id="history-title">{td!(locale, history_title)}</h2>
             {match history {
                 Ok(history) => Either::Left(view! { <History history /> }),
                 Err(err) => Either::Right(view! { <ErrorNotice err /> }),
@@ -30,7 +30,7 @@ const CHART_HEIGHT: i64 = 120;
 
 #[component]
 fn History(history: UsageHistory) -> impl IntoView {
-    let i18n = use_i18n();
+    let locale = use_i18n().get_locale_untracked();
     let format_thousands = crate::format::thousands;
     let selected_start = history.selected.period_start.to_rfc3339();
     let options = history
@@ -40,7 +40,7 @@ fn History(history: UsageHistory) -> impl IntoView {
             let value = p.period_start.to_rfc3339();
             let selected = value == selected_start;
             let (first, last) = (p.first_day.clone(), p.last_day.clone());
-            let range = move || crate::i18n::day_range(i18n.get_locale(), &first, &last);
+            let range = move || crate::i18n::day_range(locale, &first, &last);
             view! { <option value=value selected=selected>{range}</option> }
         })
         .collect_view();
@@ -50,9 +50,9 @@ fn History(history: UsageHistory) -> impl IntoView {
         (history.selected.first_day.clone(), history.selected.last_day.clone(), history.timezone.clone());
     // The caption's words, shown above the chart and given to screen readers as the chart's text alternative.
     let caption = Signal::derive(move || {
-        let locale = i18n.get_locale();
-        t_string!(
-            i18n,
+        let locale = locale;
+        td_string!(
+            locale,
             history_caption,
             first = crate::i18n::day(locale, &first_day),
             last = crate::i18n::day(locale, &last_day),
@@ -62,19 +62,19 @@ fn History(history: UsageHistory) -> impl IntoView {
         .to_string()
     });
     let chart = if total == 0 {
-        Either::Left(view! { <p class="muted" data-testid="history-empty">{t!(i18n, history_empty)}</p> })
+        Either::Left(view! { <p class="muted" data-testid="history-empty">{td!(locale, history_empty)}</p> })
     } else {
         Either::Right(view! { <Chart days=history.days.clone() caption /> })
     };
     view! {
         <form method="get" action="/" class="history__controls">
-            <label for="history-period">{t!(i18n, period)}</label>
+            <label for="history-period">{td!(locale, period)}</label>
             <select id="history-period" name="period" data-testid="history-period">
                 {options}
             </select>
-            <button type="submit" class="button-secondary" data-testid="history-show">{t!(i18n, show)}</button>
+            <button type="submit" class="button-secondary" data-testid="history-show">{td!(locale, show)}</button>
             <a class="history__export" href=export download data-testid="export-csv">
-                {t!(i18n, download_csv)}
+                {td!(locale, download_csv)}
             </a>
         </form>
         <div data-region="history">
@@ -83,12 +83,12 @@ fn History(history: UsageHistory) -> impl IntoView {
         </p>
         {chart}
         <details class="history__table">
-            <summary>{t!(i18n, table)}</summary>
+            <summary>{td!(locale, table)}</summary>
             <table class="data-table">
                 <thead>
                     <tr>
-                        <th scope="col">{t!(i18n, day)}</th>
-                        <th scope="col">{t!(i18n, tokens)}</th>
+                        <th scope="col">{td!(locale, day)}</th>
+                        <th scope="col">{td!(locale, tokens)}</th>
                     </tr>
                 </thead>
                 <tbody>
@@ -96,7 +96,7 @@ fn History(history: UsageHistory) -> impl IntoView {
                         .days
                         .into_iter()
                         .map(|d| {
-                            let day = move || crate::i18n::day(i18n.get_locale(), &d.day);
+                            let day = move || crate::i18n::day(locale, &d.day);
                             view! { <tr><td>{day}</td><td class="numeric">{format_thousands(d.quantity)}</td></tr> }
                         })
                         .collect_view()}
@@ -109,7 +109,7 @@ fn History(history: UsageHistory) -> impl IntoView {
 
 #[component]
 fn Chart(days: Vec<crate::usage::DayUsage>, caption: Signal<String>) -> impl IntoView {
-    let i18n = use_i18n();
+    let locale = use_i18n().get_locale_untracked();
     let max = days.iter().map(|d| d.quantity).max().unwrap_or(0).max(1);
     let width = days.len() as i64 * 12;
     let bars = days
@@ -120,9 +120,9 @@ fn Chart(days: Vec<crate::usage::DayUsage>, caption: Signal<String>) -> impl Int
             let label = {
                 let (iso_day, quantity) = (day.day.clone(), day.quantity);
                 move || {
-                    let locale = i18n.get_locale();
+                    let locale = locale;
                     let (day, tokens) = (crate::i18n::day(locale, &iso_day), crate::format::thousands(quantity));
-                    t_string!(i18n, history_bar_label, day, tokens).to_string()
+                    td_string!(locale, history_bar_label, day, tokens).to_string()
                 }
             };
             let title = label.clone();
@@ -145,8 +145,8 @@ fn Chart(days: Vec<crate::usage::DayUsage>, caption: Signal<String>) -> impl Int
         })
         .collect_view();
     let (first_day, last_day) = (days.first().map(|d| d.day.clone()), days.last().map(|d| d.day.clone()));
-    let first = move || crate::i18n::day(i18n.get_locale(), first_day.as_deref().unwrap_or_default());
-    let last = move || crate::i18n::day(i18n.get_locale(), last_day.as_deref().unwrap_or_default());
+    let first = move || crate::i18n::day(locale, first_day.as_deref().unwrap_or_default());
+    let last = move || crate::i18n::day(locale, last_day.as_deref().unwrap_or_default());
     view! {
         <figure class="history__chart">
             <svg

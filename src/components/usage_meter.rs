@@ -2,7 +2,7 @@
 
 use leptos::prelude::*;
 
-use crate::i18n::{t, t_string, use_i18n};
+use crate::i18n::{td, td_string, use_i18n};
 
 /// The share of the limit at which the bar turns red, in percent.
 pub const CRITICAL_PERCENT: i64 = 90;
@@ -45,15 +45,20 @@ pub fn UsageMeter(
     limit: Option<i64>,
 ) -> impl IntoView {
     let fill = MeterFill::new(used, limit);
-    let i18n = use_i18n();
+    let locale = use_i18n().get_locale_untracked();
     let thousands = crate::format::thousands;
-    let limit_text = limit.map(thousands).unwrap_or_else(|| t_string!(i18n, no_limit).into());
+    let limit_text = limit.map(thousands).unwrap_or_else(|| td_string!(locale, no_limit).into());
     let label_id = "usage-meter-label";
     let reached = limit.is_some_and(|limit| limit > 0 && used >= limit);
     let bar = fill.zip(limit).map(|(fill, limit)| {
-        let value_text =
-            t_string!(i18n, meter_value_text, used = thousands(used), limit = thousands(limit), percent = fill.percent)
-                .to_string();
+        let value_text = td_string!(
+            locale,
+            meter_value_text,
+            used = thousands(used),
+            limit = thousands(limit),
+            percent = fill.percent
+        )
+        .to_string();
         view! {
             <div
                 class="usage-meter__track"
@@ -77,14 +82,14 @@ pub fn UsageMeter(
     });
     view! {
         <section class="usage-meter" data-testid="usage-meter" aria-labelledby=label_id>
-            <h2 class="usage-meter__label" id=label_id>{t!(i18n, meter_label)}</h2>
+            <h2 class="usage-meter__label" id=label_id>{td!(locale, meter_label)}</h2>
             <p class="usage-meter__numbers">
                 <span class="usage-meter__used" data-testid="usage-used">{thousands(used)}</span>
                 " / "
                 <span class="usage-meter__limit" data-testid="usage-limit">{limit_text}</span>
             </p>
             {reached.then(|| view! {
-                <p class="usage-meter__reached" role="status" data-testid="limit-reached">{t!(i18n, limit_reached)}</p>
+                <p class="usage-meter__reached" role="status" data-testid="limit-reached">{td!(locale, limit_reached)}</p>
             })}
             {bar}
         </section>

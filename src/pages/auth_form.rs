@@ -4,7 +4,7 @@ use leptos::prelude::*;
 
 use crate::components::ErrorNotice;
 use crate::error::AppError;
-use crate::i18n::{t, use_i18n};
+use crate::i18n::{td, use_i18n};
 
 /// Email and password inputs, the submit button and the form's error. Placed inside an `ActionForm`, it also
 /// works without JavaScript: the browser then posts the form itself and follows the server's redirect.
@@ -22,14 +22,14 @@ pub fn AuthFields(
     #[prop(into)]
     error: Signal<Option<AppError>>,
 ) -> impl IntoView {
-    let i18n = use_i18n();
+    let locale = use_i18n().get_locale_untracked();
     view! {
         <label>
-            {t!(i18n, email)}
+            {td!(locale, email)}
             <input type="email" name="email" required autocomplete="username" data-testid="email" />
         </label>
         <label>
-            {t!(i18n, password)}
+            {td!(locale, password)}
             <input
                 type="password"
                 name="password"

@@ -13,7 +13,7 @@ use crate::auth::Logout;
 use crate::components::{ApiKeys, BillingHistory, ErrorNotice, UsageAlerts, UsageHistoryCard, UsageMeter};
 use crate::dashboard::{get_dashboard, DashboardData};
 use crate::error::AppError;
-use crate::i18n::{t, t_string, td_string, use_i18n, Locale};
+use crate::i18n::{td, td_string, use_i18n, Locale};
 use crate::islands::{AiPrompt, LiveUpdates};
 use crate::usage::{get_usage_history, UsageHistory, UsageSummary};
 
@@ -48,8 +48,7 @@ async fn read(period: Option<String>) -> Result<(DashboardData, Result<UsageHist
 #[component]
 fn Dashboard(data: DashboardData, history: Result<UsageHistory, AppError>) -> impl IntoView {
     let logout = ServerAction::<Logout>::new();
-    let i18n = use_i18n();
-    let locale = i18n.get_locale_untracked();
+    let locale = use_i18n().get_locale_untracked();
     let other = if locale == Locale::en { "ja" } else { "en" };
     let lang = if locale == Locale::ja { "ja" } else { "en" };
     let unreachable = td_string!(locale, error_unreachable).to_string();
@@ -62,21 +61,21 @@ fn Dashboard(data: DashboardData, history: Result<UsageHistory, AppError>) -> im
                 class="topbar__language"
                 data-testid="language"
                 href=format!("/language/{other}")
-                aria-label=t_string!(i18n, other_language_label)
+                aria-label=td_string!(locale, other_language_label)
             >
-                {t!(i18n, other_language)}
+                {td!(locale, other_language)}
             </a>
             <ActionForm action=logout attr:class="topbar__logout">
-                <button type="submit" data-testid="logout">{t!(i18n, sign_out)}</button>
+                <button type="submit" data-testid="logout">{td!(locale, sign_out)}</button>
             </ActionForm>
         </header>
         <section class="card">
             <UsageCard summary=data.summary />
             <LiveUpdates
-                refresh=t_string!(i18n, refresh).to_string()
-                refreshing=t_string!(i18n, refreshing).to_string()
-                interrupted=t_string!(i18n, live_interrupted).to_string()
-                refresh_failed=t_string!(i18n, refresh_failed).to_string()
+                refresh=td_string!(locale, refresh).to_string()
+                refreshing=td_string!(locale, refreshing).to_string()
+                interrupted=td_string!(locale, live_interrupted).to_string()
+                refresh_failed=td_string!(locale, refresh_failed).to_string()
             />
         </section>
         <UsageAlerts overview=data.alerts />
@@ -84,11 +83,10 @@ fn Dashboard(data: DashboardData, history: Result<UsageHistory, AppError>) -> im
         <section class="card">
             <AiPrompt
                 lang
-                label=t_string!(i18n, ai_label).to_string()
-                generate=t_string!(i18n, generate).to_string()
-                thinking=t_string!(i18n, thinking).to_string()
-                tokens_line=t_string!(
-                    i18n,
+                label=td_string!(locale, ai_label).to_string()
+                generate=td_string!(locale, generate).to_string()
+                thinking=td_string!(locale, thinking).to_string()
+                tokens_line=td_string!(locale,
                     ai_tokens_line,
                     total = "{total}",
                     prompt = "{prompt}",
@@ -108,8 +106,7 @@ fn Dashboard(data: DashboardData, history: Result<UsageHistory, AppError>) -> im
 /// `data-period` tell the island what the page shows, so a stream message that changes nothing costs no re-read.
 #[component]
 fn UsageCard(summary: UsageSummary) -> impl IntoView {
-    let i18n = use_i18n();
-    let locale = i18n.get_locale_untracked();
+    let locale = use_i18n().get_locale_untracked();
     let first = crate::i18n::day(locale, &summary.period_first_day);
     let last = crate::i18n::day(locale, &summary.period_last_day);
     let tz = summary.timezone;
@@ -119,7 +116,7 @@ fn UsageCard(summary: UsageSummary) -> impl IntoView {
         <div data-region="meter" data-used=summary.used.to_string() data-period=period>
             <UsageMeter used=summary.used limit=summary.limit />
             <p class="usage-period" data-testid="usage-period">
-                {t!(i18n, billing_period, first = move || first.clone(), last = move || last.clone(), tz = move || tz.clone())}
+                {td!(locale, billing_period, first = move || first.clone(), last = move || last.clone(), tz = move || tz.clone())}
             </p>
         </div>
     }

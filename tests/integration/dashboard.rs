@@ -456,3 +456,96 @@ async fn the_language_link_sets_the_locale_cookie_without_javascript(pool: PgPoo
     assert!(page.body.contains("<html lang=\"ja\""), "and the document says so");
     assert_eq!(app.get("/language/xx", Some(&cookie)).await.status, StatusCode::UNPROCESSABLE_ENTITY);
 }
+
+/// The hourly counters the outbox's triggers keep equal a count of the rows themselves, through inserts, status
+/// changes, re-stamps and deletes; and the delivery state of a period with edges off the hour equals a row count.
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn the_outbox_counters_equal_a_recount_and_so_does_the_periods_sync_state(pool: PgPool) {
+    let app = app(pool);
+    app.signup("ada@example.com").await;
+    let ada = app.user_id("ada@example.com").await;
+    for (minutes_ago, quantity) in [(5, 1), (50, 2), (70, 3), (130, 4), (131, 5), (200, 6), (201, 7), (260, 8)] {
+        let at = chrono::Utc::now() - chrono::Duration::minutes(minutes_ago);
+        app.insert_usage(ada, AI_TOKENS_EVENT, quantity, &at.to_rfc3339()).await;
+    }
+    let recount = |pool: PgPool| async move {
+        let counted: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT status, sum(events)::bigint FROM meter_outbox_counts WHERE user_id = $1 GROUP BY 1 ORDER BY 1",
+        )
+        .bind(ada)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT status, count(*) FROM meter_event_outbox WHERE user_id = $1 AND status <> 'delivered'
+             GROUP BY 1 ORDER BY 1",
+        )
+        .bind(ada)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert_eq!(counted, rows, "counters against the rows");
+        assert!(
+            sqlx::query_scalar::<_, bool>("SELECT NOT EXISTS (SELECT 1 FROM meter_outbox_counts WHERE events = 0)")
+                .fetch_one(&pool)
+                .await
+                .unwrap(),
+            "no empty counters are left behind"
+        );
+        rows
+    };
+    assert_eq!(recount(app.pool.clone()).await.iter().map(|(_, n)| n).sum::<i64>(), 8);
+    let change = |sql: &'static str| {
+        let pool = app.pool.clone();
+        async move { sqlx::query(sql).bind(ada).execute(&pool).await.unwrap() }
+    };
+    change("UPDATE meter_event_outbox SET status = 'pending' WHERE user_id = $1").await;
+    change(
+        "UPDATE meter_event_outbox SET status = 'delivered' WHERE user_id = $1
+         AND usage_event_id IN (SELECT id FROM usage_events WHERE quantity IN (1, 4))",
+    )
+    .await;
+    change(
+        "UPDATE meter_event_outbox SET status = 'failed' WHERE user_id = $1
+         AND usage_event_id IN (SELECT id FROM usage_events WHERE quantity IN (2, 5))",
+    )
+    .await;
+    change(
+        "UPDATE meter_event_outbox SET status = 'expired' WHERE user_id = $1
+         AND usage_event_id IN (SELECT id FROM usage_events WHERE quantity = 6)",
+    )
+    .await;
+    // A status-keeping update (a lease, an attempt) changes no counter.
+    change("UPDATE meter_event_outbox SET attempts = attempts + 1 WHERE user_id = $1").await;
+    change("DELETE FROM meter_event_outbox WHERE user_id = $1 AND usage_event_id IN (SELECT id FROM usage_events WHERE quantity = 8)")
+        .await;
+    let rows = recount(app.pool.clone()).await;
+    assert_eq!(rows, vec![("expired".to_owned(), 1), ("failed".into(), 2), ("pending".into(), 2)]);
+
+    // A period from 195 minutes ago to 45 minutes ago (off the hour at both ends): counters for its whole hours,
+    // rows for its edges, and the same answer as counting rows.
+    let (start, end) =
+        (chrono::Utc::now() - chrono::Duration::minutes(195), chrono::Utc::now() - chrono::Duration::minutes(45));
+    let (pending, failed, expired): (i64, i64, i64) =
+        sqlx::query_as("SELECT pending, failed, expired FROM meter_sync($1, $2, $3, 'calendar')")
+            .bind(ada)
+            .bind(start)
+            .bind(end)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    let counted: (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'failed'),
+                count(*) FILTER (WHERE status = 'expired')
+         FROM meter_event_outbox WHERE user_id = $1 AND occurred_at >= $2 AND occurred_at < $3",
+    )
+    .bind(ada)
+    .bind(start)
+    .bind(end)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!((pending, failed, expired), counted);
+    // The events at 50, 70, 130 and 131 minutes ago are inside: 2 failed (50, 131), 1 pending (70), 130 delivered.
+    assert_eq!(counted, (1, 2, 0));
+}

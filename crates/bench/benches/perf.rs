@@ -567,7 +567,7 @@ async fn ssr(suite: &mut Suite) {
         let cpu = cpu_seconds(suite.pid).per(cpu_before, latencies.len(), "page");
         suite.row(
             &format!("dashboard SSR, {concurrency} concurrent"),
-            "≥ 3,000 req/s",
+            "≥ 2,000 req/s, p99 ≤ 30 ms",
             format!("{} req/s, {}; {cpu}", thousands(rate), p50_p99(&latencies)),
             "—".into(),
             "scripts/perf --only ssr",
