@@ -11,49 +11,47 @@ CREATE TABLE meter_outbox_counts (
     PRIMARY KEY (user_id, hour, status)
 );
 
--- Adds the changes (-1 per old row, +1 per new row, delivered rows not counted) in key order, so two statements that
--- touch the same counters lock them in the same order; then drops the counters that reached zero.
-CREATE FUNCTION meter_outbox_counts_apply(changes jsonb) RETURNS void LANGUAGE sql AS $$
+-- Adds the changes (one per user, hour and status; delivered rows are not counted) in key order, so two statements
+-- that touch the same counters lock them in the same order; then drops the counters that reached zero.
+CREATE FUNCTION meter_outbox_counts_apply(users uuid[], hours timestamptz[], statuses text[], changes bigint[])
+RETURNS void LANGUAGE sql AS $$
     INSERT INTO meter_outbox_counts AS c (user_id, hour, status, events)
-    SELECT (x->>'user_id')::uuid, (x->>'hour')::timestamptz, x->>'status', (x->>'change')::bigint
-    FROM jsonb_array_elements(changes) AS x
-    ORDER BY 1, 2, 3
+    SELECT * FROM unnest(users, hours, statuses, changes) ORDER BY 1, 2, 3
     ON CONFLICT (user_id, hour, status) DO UPDATE SET events = c.events + excluded.events;
     DELETE FROM meter_outbox_counts c
-    USING jsonb_array_elements(changes) AS x
-    WHERE c.user_id = (x->>'user_id')::uuid AND c.hour = (x->>'hour')::timestamptz AND c.status = x->>'status'
-      AND (x->>'change')::bigint < 0 AND c.events = 0;
+    USING unnest(users, hours, statuses, changes) AS x (user_id, hour, status, change)
+    WHERE x.change < 0 AND c.user_id = x.user_id AND c.hour = x.hour AND c.status = x.status AND c.events = 0;
 $$;
 
 CREATE FUNCTION meter_outbox_counts_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM meter_outbox_counts_apply(coalesce((
-        SELECT jsonb_agg(jsonb_build_object('user_id', user_id, 'hour', hour, 'status', status, 'change', change))
-        FROM (SELECT user_id, date_trunc('hour', occurred_at, 'UTC') AS hour, status, count(*) AS change
-              FROM new_rows WHERE status <> 'delivered' GROUP BY 1, 2, 3) AS grouped), '[]'));
+    PERFORM meter_outbox_counts_apply(array_agg(user_id), array_agg(hour), array_agg(status), array_agg(change))
+    FROM (SELECT user_id, date_trunc('hour', occurred_at, 'UTC') AS hour, status, count(*) AS change
+          FROM new_rows WHERE status <> 'delivered' GROUP BY 1, 2, 3) AS grouped
+    HAVING count(*) > 0;
     RETURN NULL;
 END $$;
 
 CREATE FUNCTION meter_outbox_counts_updated() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM meter_outbox_counts_apply(coalesce((
-        SELECT jsonb_agg(jsonb_build_object('user_id', user_id, 'hour', hour, 'status', status, 'change', change))
-        FROM (SELECT user_id, hour, status, sum(change) AS change
-              FROM (SELECT user_id, date_trunc('hour', occurred_at, 'UTC') AS hour, status, -1 AS change
-                    FROM old_rows WHERE status <> 'delivered'
-                    UNION ALL
-                    SELECT user_id, date_trunc('hour', occurred_at, 'UTC'), status, 1
-                    FROM new_rows WHERE status <> 'delivered') AS both_sides
-              GROUP BY 1, 2, 3 HAVING sum(change) <> 0) AS grouped), '[]'));
+    PERFORM meter_outbox_counts_apply(array_agg(user_id), array_agg(hour), array_agg(status), array_agg(change))
+    FROM (SELECT user_id, hour, status, sum(change)::bigint AS change
+          FROM (SELECT user_id, date_trunc('hour', occurred_at, 'UTC') AS hour, status, -1 AS change
+                FROM old_rows WHERE status <> 'delivered'
+                UNION ALL
+                SELECT user_id, date_trunc('hour', occurred_at, 'UTC'), status, 1
+                FROM new_rows WHERE status <> 'delivered') AS both_sides
+          GROUP BY 1, 2, 3 HAVING sum(change) <> 0) AS grouped
+    HAVING count(*) > 0;
     RETURN NULL;
 END $$;
 
 CREATE FUNCTION meter_outbox_counts_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM meter_outbox_counts_apply(coalesce((
-        SELECT jsonb_agg(jsonb_build_object('user_id', user_id, 'hour', hour, 'status', status, 'change', change))
-        FROM (SELECT user_id, date_trunc('hour', occurred_at, 'UTC') AS hour, status, -count(*) AS change
-              FROM old_rows WHERE status <> 'delivered' GROUP BY 1, 2, 3) AS grouped), '[]'));
+    PERFORM meter_outbox_counts_apply(array_agg(user_id), array_agg(hour), array_agg(status), array_agg(change))
+    FROM (SELECT user_id, date_trunc('hour', occurred_at, 'UTC') AS hour, status, -count(*) AS change
+          FROM old_rows WHERE status <> 'delivered' GROUP BY 1, 2, 3) AS grouped
+    HAVING count(*) > 0;
     RETURN NULL;
 END $$;
 
