@@ -31,16 +31,23 @@ pub async fn request_headers() -> Result<HeaderMap, AppError> {
 
 /// [`identify`] with headers already extracted.
 pub async fn identify_by(headers: &HeaderMap) -> Result<Caller, AppError> {
-    match headers.get(header::AUTHORIZATION) {
-        Some(value) => value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .and_then(|key| api_key::lookup_hash(key.trim()))
-            .map(Caller::ApiKey)
-            .ok_or(AppError::Unauthorized),
+    match api_key_of(headers)? {
+        Some(hash) => Ok(Caller::ApiKey(hash)),
         None => session::require_user_id().await.map(Caller::User),
     }
+}
+
+/// The API key of `Authorization: Bearer <key>`; `None` without the header. A malformed header or key is refused,
+/// never silently replaced by the session.
+pub fn api_key_of(headers: &HeaderMap) -> Result<Option<KeyHash>, AppError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|key| api_key::lookup_hash(key.trim()))
+        .map(Some)
+        .ok_or(AppError::Unauthorized)
 }
 
 /// The user on whose behalf the current request acts, looked up now.

@@ -22,14 +22,15 @@ pub async fn dashboard(
     let timezone = &state.config.billing_timezone;
     let Some(row) = sqlx::query!(
         r#"WITH u AS (
-               SELECT id, email, usage_limit, alert_webhook_url, alert_webhook_secret FROM users WHERE id = $1
+               SELECT id, email, usage_limit, usage_warning_percent, alert_webhook_url, alert_webhook_secret
+               FROM users WHERE id = $1
            ), p AS (
                SELECT b.period_start AS start, b.period_end AS "end", b.period_kind AS kind,
                       to_char(b.period_start AT TIME ZONE $3, 'YYYY-MM-DD') AS first_day,
                       to_char((b.period_end - interval '1 microsecond') AT TIME ZONE $3, 'YYYY-MM-DD') AS last_day
                FROM billing_period_at($1, $2, $3, $4) AS b
            )
-           SELECT u.email, u.usage_limit, u.alert_webhook_url, u.alert_webhook_secret,
+           SELECT u.email, u.usage_limit, u.usage_warning_percent, u.alert_webhook_url, u.alert_webhook_secret,
                   p.start AS "period_start!: DateTime<Utc>", p."end" AS "period_end!: DateTime<Utc>",
                   p.kind AS "period_kind!", p.first_day AS "first_day!", p.last_day AS "last_day!",
                   coalesce((SELECT sum(t.quantity) FROM usage_period_totals t
@@ -97,6 +98,7 @@ pub async fn dashboard(
         event_type: AI_TOKENS_EVENT.to_owned(),
         used: row.used,
         limit: row.usage_limit,
+        warning_percent: row.usage_warning_percent,
         period_start: row.period_start,
         period_end: row.period_end,
         period_first_day: row.first_day,

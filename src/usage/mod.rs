@@ -12,9 +12,12 @@ pub mod alert_webhooks;
 #[cfg(feature = "ssr")]
 pub mod alerts;
 #[cfg(feature = "ssr")]
+pub mod allowance;
+#[cfg(feature = "ssr")]
 pub mod history;
 #[cfg(feature = "ssr")]
 pub mod live;
+pub mod meter;
 #[cfg(feature = "ssr")]
 pub mod period;
 #[cfg(feature = "ssr")]
@@ -39,8 +42,8 @@ pub struct UsageState {
     pub exports: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
-/// Usage's plain HTTP routes (its server functions register themselves): the live meter stream and the CSV
-/// export. Generic over the app's state, which only has to hand out a [`UsageState`].
+/// Usage's plain HTTP routes (its server functions register themselves): the live meter stream, the CSV export
+/// and the allowance services ask for. Generic over the app's state, which only has to hand out a [`UsageState`].
 #[cfg(feature = "ssr")]
 pub fn router<S>() -> axum::Router<S>
 where
@@ -50,6 +53,7 @@ where
     axum::Router::new()
         .route(live::PATH, axum::routing::get(live::stream))
         .route(history::EXPORT_PATH, axum::routing::get(history::export))
+        .route(allowance::PATH, axum::routing::get(allowance::allowance))
 }
 
 #[cfg(feature = "ssr")]
@@ -77,6 +81,8 @@ pub struct UsageSummary {
     pub used: i64,
     /// The user's limit per period; `None` for no limit.
     pub limit: Option<i64>,
+    /// The share of the limit, in percent, from which API answers carry `warning: true` (`users.usage_warning_percent`).
+    pub warning_percent: i16,
     /// First instant of the period (inclusive).
     pub period_start: DateTime<Utc>,
     /// First instant after the period (exclusive).

@@ -37,7 +37,7 @@ pub async fn summary_at<'e>(
 ) -> Result<Option<UsageSummary>, sqlx::Error> {
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
-            "SELECT u.usage_limit, p.start, p.\"end\", p.first_day, p.last_day,
+            "SELECT u.usage_limit, u.usage_warning_percent, p.start, p.\"end\", p.first_day, p.last_day,
                     COALESCE((SELECT sum(t.quantity)
                               FROM usage_period_totals t
                               WHERE t.user_id = u.id AND t.event_type = $5 AND t.period_kind = p.kind
@@ -48,7 +48,7 @@ pub async fn summary_at<'e>(
             period::PERIOD_AT
         )
     });
-    type Row = (Option<i64>, DateTime<Utc>, DateTime<Utc>, String, String, i64);
+    type Row = (Option<i64>, i16, DateTime<Utc>, DateTime<Utc>, String, String, i64);
     let row: Option<Row> = sqlx::query_as(SQL.as_str())
         .bind(user_id)
         .bind(at)
@@ -57,15 +57,18 @@ pub async fn summary_at<'e>(
         .bind(event_type)
         .fetch_optional(db)
         .await?;
-    Ok(row.map(|(limit, period_start, period_end, period_first_day, period_last_day, used)| UsageSummary {
-        event_type: event_type.to_owned(),
-        used,
-        limit,
-        period_start,
-        period_end,
-        period_first_day,
-        period_last_day,
-        timezone: clock.timezone.clone(),
+    Ok(row.map(|(limit, warning_percent, period_start, period_end, period_first_day, period_last_day, used)| {
+        UsageSummary {
+            event_type: event_type.to_owned(),
+            used,
+            limit,
+            warning_percent,
+            period_start,
+            period_end,
+            period_first_day,
+            period_last_day,
+            timezone: clock.timezone.clone(),
+        }
     }))
 }
 

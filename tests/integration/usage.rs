@@ -218,3 +218,65 @@ async fn the_daily_history_from_buckets_equals_a_sum_over_events(pool: PgPool) {
         assert_eq!(shown, expected, "{timezone}");
     }
 }
+
+/// `GET /api/usage/allowance`: a service asks with its API key what it may still use this period.
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn the_allowance_answers_an_api_key_from_the_period_counters(pool: PgPool) {
+    let app = app(pool);
+    let cookie = app.signup("ada@example.com").await;
+    let ada = app.user_id("ada@example.com").await;
+    sqlx::query("UPDATE users SET usage_limit = 1000 WHERE id = $1").bind(ada).execute(&app.pool).await.unwrap();
+    let key = app.api_key("ada@example.com").await;
+    let bearer = format!("Bearer {key}");
+    app.insert_usage(ada, AI_TOKENS_EVENT, 799, &chrono::Utc::now().to_rfc3339()).await;
+
+    let reply = app.get_with("/api/usage/allowance", &[("authorization", &bearer)]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let allowance = reply.json();
+    assert_eq!(allowance["eventType"], AI_TOKENS_EVENT);
+    assert_eq!((allowance["used"].as_i64(), allowance["limit"].as_i64()), (Some(799), Some(1000)));
+    assert_eq!((allowance["remaining"].as_i64(), allowance["percent"].as_i64()), (Some(201), Some(79)));
+    assert_eq!((allowance["warning"].as_bool(), allowance["limitReached"].as_bool()), (Some(false), Some(false)));
+    // The period is the meter's: the same as the signed-in summary says.
+    let summary = app.post_form("/api/usage/summary", &[], Some(&cookie)).await.json();
+    assert_eq!(allowance["periodStart"], summary["periodStart"]);
+    assert_eq!(allowance["periodEnd"], summary["periodEnd"]);
+
+    // The warning starts where the record API's does (80 % by default), the limit is reached at 100 %, and what is
+    // left never goes below zero.
+    app.insert_usage(ada, AI_TOKENS_EVENT, 1, &chrono::Utc::now().to_rfc3339()).await;
+    let query = format!("/api/usage/allowance?eventType={AI_TOKENS_EVENT}");
+    assert_eq!(app.get_with(&query, &[("authorization", &bearer)]).await.json()["warning"], true);
+    app.insert_usage(ada, AI_TOKENS_EVENT, 300, &chrono::Utc::now().to_rfc3339()).await;
+    let over = app.get_with(&query, &[("authorization", &bearer)]).await.json();
+    assert_eq!(
+        (over["remaining"].as_i64(), over["percent"].as_i64(), over["limitReached"].as_bool()),
+        (Some(0), Some(110), Some(true))
+    );
+
+    // A browser's session may ask too; nobody else may.
+    assert_eq!(app.get_with("/api/usage/allowance", &[("cookie", &cookie)]).await.json()["used"], 1100);
+    let nobody = app.get_with("/api/usage/allowance", &[]).await;
+    assert_eq!(nobody.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(nobody.json()["code"], "unauthorized");
+    let forged = app.get_with("/api/usage/allowance", &[("authorization", "Bearer tly_live_not_a_real_key")]).await;
+    assert_eq!(forged.status, StatusCode::UNAUTHORIZED);
+    // A bad key is refused even with a session beside it: a service's mistake is never answered for someone else.
+    let both = app.get_with("/api/usage/allowance", &[("authorization", "Bearer nope"), ("cookie", &cookie)]).await;
+    assert_eq!(both.status, StatusCode::UNAUTHORIZED);
+}
+
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn the_allowance_of_an_unknown_event_type_is_a_clear_422(pool: PgPool) {
+    let app = app(pool);
+    app.signup("ada@example.com").await;
+    let key = app.api_key("ada@example.com").await;
+    let reply = app
+        .get_with("/api/usage/allowance?eventType=gpu_seconds", &[("authorization", &format!("Bearer {key}"))])
+        .await;
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", reply.body);
+    let error = reply.json();
+    assert_eq!(error["code"], "invalid");
+    assert!(error["error"].as_str().unwrap().contains("gpu_seconds"), "{error}");
+    assert!(error["error"].as_str().unwrap().contains(AI_TOKENS_EVENT), "says what is metered: {error}");
+}
