@@ -32,8 +32,10 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
 }
 
 /// The page's Content-Security-Policy: scripts only from this origin or inline with this response's nonce (the
-/// hydration script and the serialized resources carry it), WebAssembly allowed to compile, no plugins, no framing,
-/// no foreign form targets. Inline `style` attributes (the meter's width) need `'unsafe-inline'` for styles only.
+/// bundle's loader script carries it), WebAssembly allowed to compile, no plugins, no framing, and forms that go
+/// only here or, through this server's redirect, to Stripe's Checkout and customer portal (browsers apply
+/// `form-action` to a form's redirects too, so without them Subscribe and Manage billing would be blocked). Inline
+/// `style` attributes (the meter's width) need `'unsafe-inline'` for styles only.
 #[cfg(feature = "ssr")]
 fn set_content_security_policy() {
     let (Some(nonce), Some(response)) = (leptos::nonce::use_nonce(), use_context::<leptos_axum::ResponseOptions>())
@@ -42,7 +44,8 @@ fn set_content_security_policy() {
     };
     let policy = format!(
         "default-src 'self'; script-src 'self' 'nonce-{nonce}' 'wasm-unsafe-eval'; style-src 'self' 'unsafe-inline'; \
-         img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; \
+         img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; \
+         form-action 'self' https://checkout.stripe.com https://billing.stripe.com; \
          frame-ancestors 'none'"
     );
     if let Ok(value) = axum::http::HeaderValue::from_str(&policy) {

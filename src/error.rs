@@ -182,6 +182,8 @@ pub enum Problem {
     StripeNotConfigured,
     /// A Checkout for a user who has a live (or pending) subscription: a second one would bill every unit twice.
     AlreadySubscribed,
+    /// "Manage billing" for an account that has no Stripe customer yet (nothing to manage).
+    NoStripeCustomer,
     /// As many CSV exports as this instance allows are being downloaded; try again shortly.
     ExportsBusy,
     /// PostgreSQL is down, restarting, read-only or out of disk. A commit whose answer was lost may have happened:
@@ -193,6 +195,7 @@ impl Problem {
     fn status_code(&self) -> u16 {
         match self {
             Problem::AccountExists { .. } | Problem::AlreadySubscribed => 409,
+            Problem::NoStripeCustomer => 409,
             Problem::NoSuchKey => 404,
             Problem::StripeNotConfigured | Problem::ExportsBusy | Problem::DatabaseUnavailable => 503,
             _ => 422,
@@ -203,6 +206,7 @@ impl Problem {
     fn code(&self) -> &'static str {
         match self {
             Problem::AccountExists { .. } | Problem::AlreadySubscribed => "conflict",
+            Problem::NoStripeCustomer => "conflict",
             Problem::NoSuchKey => "not_found",
             Problem::StripeNotConfigured | Problem::ExportsBusy | Problem::DatabaseUnavailable => "unavailable",
             _ => "invalid",
@@ -235,6 +239,7 @@ impl Problem {
             }
             Problem::StripeNotConfigured => td_string!(locale, problem_stripe_not_configured).to_string(),
             Problem::AlreadySubscribed => td_string!(locale, problem_already_subscribed).to_string(),
+            Problem::NoStripeCustomer => td_string!(locale, problem_no_stripe_customer).to_string(),
             Problem::ExportsBusy => td_string!(locale, problem_exports_busy).to_string(),
             Problem::DatabaseUnavailable => td_string!(locale, problem_database_unavailable).to_string(),
         }
@@ -635,6 +640,7 @@ mod tests {
             Problem::PeriodUnknown { period: "2020-01-01T00:00:00Z".into() },
             Problem::StripeNotConfigured,
             Problem::AlreadySubscribed,
+            Problem::NoStripeCustomer,
             Problem::ExportsBusy,
             Problem::DatabaseUnavailable,
         ]

@@ -99,3 +99,30 @@ function customerOf(email: string): string {
   const line = tally("user", "show", "--email", email);
   return /stripe customer: (\S+)/.exec(line)?.[1] ?? "";
 }
+
+test.describe("in Japanese", () => {
+  test.use({ locale: "ja-JP" });
+
+  test("Manage billing opens the Stripe customer portal once the account has a customer", async ({ page, request }) => {
+    const email = uniqueEmail("portal");
+    tally("user", "create", "--email", email, "--password", PASSWORD);
+    await logIn(page, email);
+    await expect(page.getByTestId("usage-used")).toHaveText("0");
+    // The delivery worker gives every account a customer at the double (accounts without one get no button: the
+    // integration tests cover that).
+    await recordUsage(request, email, 5);
+    await expect.poll(() => customerOf(email), { timeout: 30_000 }).toMatch(/^cus_/);
+    await page.reload();
+    const manage = page.getByTestId("manage-billing");
+    await expect(manage).toHaveText("お支払いの管理");
+
+    // The portal is Stripe's page: stand in for it, and check the browser was sent there.
+    await page.route("https://billing.stripe.com/**", (route) =>
+      route.fulfill({ status: 200, contentType: "text/html", body: "<h1>portal</h1>" }),
+    );
+    await manage.click();
+    await expect(page).toHaveURL(/^https:\/\/billing\.stripe\.com\/p\/session\/test_/);
+    const state = await (await fetch(`${doubleUrl}/_double/state`)).json();
+    expect(state.portal_sessions).toBeGreaterThanOrEqual(1);
+  });
+});

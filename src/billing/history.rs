@@ -37,16 +37,20 @@ pub async fn overview(pool: &PgPool, user_id: Uuid, timezone: &str) -> Result<Bi
     )
     .fetch_all(pool)
     .await?;
-    let live = sqlx::query_scalar!(
-        r#"SELECT count(*) AS "live!" FROM subscriptions WHERE user_id = $1 AND status = ANY($2)"#,
+    let account = sqlx::query!(
+        r#"SELECT (SELECT count(*) FROM subscriptions WHERE user_id = $1 AND status = ANY($2)) AS "live!",
+                  EXISTS (SELECT 1 FROM users WHERE id = $1 AND stripe_customer_id IS NOT NULL) AS "has_customer!""#,
         user_id,
         crate::usage::period::LIVE_STATUSES as _
     )
     .fetch_one(pool)
     .await?;
+    let live = account.live;
     Ok(BillingOverview {
         subscription,
         can_subscribe: false,
+        has_customer: account.has_customer,
+        can_manage: false,
         cycles,
         sync: Default::default(),
         duplicate_subscription: live > 1,

@@ -45,6 +45,7 @@ impl BillingState {
             .as_ref()
             .is_some_and(|s| crate::usage::period::LIVE_STATUSES.contains(&s.status.as_str()));
         overview.can_subscribe = self.stripe.is_some() && self.config.stripe_price_id.is_some() && !live;
+        overview.can_manage = self.stripe.is_some() && overview.has_customer;
     }
 }
 
@@ -105,6 +106,12 @@ pub struct BillingOverview {
     pub subscription: Option<SubscriptionInfo>,
     /// Stripe Checkout is configured and the user has no live subscription: offer "Subscribe".
     pub can_subscribe: bool,
+    /// The user has a Stripe customer.
+    #[serde(default)]
+    pub has_customer: bool,
+    /// Stripe is configured and the user has a customer: offer "Manage billing" (Stripe's customer portal).
+    #[serde(default)]
+    pub can_manage: bool,
     /// Newest first.
     pub cycles: Vec<BillingCycle>,
     /// The user has more than one live subscription: every unit is billed once per subscription.
@@ -146,6 +153,29 @@ pub async fn get_billing_overview() -> Result<BillingOverview, AppError> {
     overview.sync = status::for_user(&state.pool, user_id, period.period()).await?;
     state.complete(&mut overview);
     Ok(overview)
+}
+
+/// Opens Stripe's customer portal for the signed-in user (payment method, invoices, cancellation) and redirects the
+/// browser to it; the portal's return link leads back to the dashboard.
+#[server(endpoint = "billing/portal")]
+pub async fn open_billing_portal() -> Result<(), AppError> {
+    let state = BillingState::current()?;
+    let user_id = crate::auth::session::require_user_id().await?;
+    let Some(stripe) = state.stripe.as_ref() else {
+        return Err(AppError::Refused(crate::error::Problem::StripeNotConfigured));
+    };
+    let customer = sqlx::query_scalar!("SELECT stripe_customer_id FROM users WHERE id = $1", user_id)
+        .fetch_optional(&state.pool)
+        .await?
+        .ok_or(AppError::Unauthorized)?
+        .ok_or(AppError::Refused(crate::error::Problem::NoStripeCustomer))?;
+    let return_url = format!("{}/", state.config.public_url.trim_end_matches('/'));
+    let url = stripe.create_billing_portal_session(&customer, &return_url).await.map_err(|err| {
+        tracing::warn!(%err, "Stripe customer portal failed");
+        AppError::Upstream("Stripe could not open the billing portal; try again in a moment".into())
+    })?;
+    leptos_axum::redirect(&url);
+    Ok(())
 }
 
 /// Starts Stripe Checkout for the signed-in user's subscription and redirects the browser to it.

@@ -258,6 +258,18 @@ impl StripeClient {
     }
 }
 
+impl StripeClient {
+    /// Creates a customer portal session (payment method, invoices, cancellation) for `customer` and returns its
+    /// URL; the portal's "return" link leads to `return_url`.
+    pub async fn create_billing_portal_session(&self, customer: &str, return_url: &str) -> Result<String, StripeError> {
+        let params = [("customer", customer.to_owned()), ("return_url", return_url.to_owned())];
+        // A session is cheap and short-lived: each click opens its own; the retries of one click share this key.
+        let idempotency_key = format!("portal:{customer}:{}", uuid::Uuid::new_v4());
+        let session = self.post("/v1/billing_portal/sessions", &params, &idempotency_key).await?;
+        string_field(&session, "url")
+    }
+}
+
 fn string_field(object: &Value, field: &str) -> Result<String, StripeError> {
     object[field]
         .as_str()

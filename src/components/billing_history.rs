@@ -3,7 +3,7 @@
 use leptos::either::{Either, EitherOf3};
 use leptos::prelude::*;
 
-use crate::billing::{BillingOverview, MeterSync, StartCheckout};
+use crate::billing::{BillingOverview, MeterSync, OpenBillingPortal, StartCheckout};
 use crate::components::ErrorNotice;
 use crate::i18n::{td, td_string, use_i18n, Locale};
 
@@ -95,10 +95,12 @@ fn Overview(overview: BillingOverview) -> impl IntoView {
         })
     };
     let subscribe = overview.can_subscribe.then(|| view! { <Subscribe /> });
+    let manage = overview.can_manage.then(|| view! { <ManageBilling /> });
     view! {
         {subscription}
         {duplicate}
         {subscribe}
+        {manage}
         <SyncState sync=overview.sync />
         {cycles}
     }
@@ -165,6 +167,22 @@ fn Subscribe() -> impl IntoView {
                     .and_then(Result::err)
                     .map(|err| view! { <ErrorNotice err /> })
             }}
+        </ActionForm>
+    }
+}
+
+/// Opens Stripe's customer portal: a plain form, so it works without JavaScript too (the server answers with a
+/// redirect to the portal, whose return link leads back here).
+#[component]
+fn ManageBilling() -> impl IntoView {
+    let portal = ServerAction::<OpenBillingPortal>::new();
+    let locale = use_i18n().get_locale_untracked();
+    view! {
+        <ActionForm action=portal attr:class="billing__manage">
+            <button type="submit" class="button-secondary" data-testid="manage-billing">
+                {td!(locale, manage_billing)}
+            </button>
+            {move || portal.value().get().and_then(Result::err).map(|err| view! { <ErrorNotice err /> })}
         </ActionForm>
     }
 }

@@ -22,7 +22,8 @@ pub async fn dashboard(
     let timezone = &state.config.billing_timezone;
     let Some(row) = sqlx::query!(
         r#"WITH u AS (
-               SELECT id, email, usage_limit, usage_warning_percent, alert_webhook_url, alert_webhook_secret
+               SELECT id, email, usage_limit, usage_warning_percent, alert_webhook_url, alert_webhook_secret,
+                      stripe_customer_id IS NOT NULL AS has_customer
                FROM users WHERE id = $1
            ), p AS (
                SELECT b.period_start AS start, b.period_end AS "end", b.period_kind AS kind,
@@ -30,7 +31,7 @@ pub async fn dashboard(
                       to_char((b.period_end - interval '1 microsecond') AT TIME ZONE $3, 'YYYY-MM-DD') AS last_day
                FROM billing_period_at($1, $2, $3, $4) AS b
            )
-           SELECT u.email, u.usage_limit, u.usage_warning_percent, u.alert_webhook_url, u.alert_webhook_secret,
+           SELECT u.email, u.usage_limit, u.usage_warning_percent, u.has_customer AS "has_customer!", u.alert_webhook_url, u.alert_webhook_secret,
                   p.start AS "period_start!: DateTime<Utc>", p."end" AS "period_end!: DateTime<Utc>",
                   p.kind AS "period_kind!", p.first_day AS "first_day!", p.last_day AS "last_day!",
                   coalesce((SELECT sum(t.quantity) FROM usage_period_totals t
@@ -119,6 +120,8 @@ pub async fn dashboard(
     let mut billing = BillingOverview {
         subscription: row.subscription.map(|s| s.0),
         can_subscribe: false,
+        has_customer: row.has_customer,
+        can_manage: false,
         cycles: row.cycles.0,
         duplicate_subscription: row.live_subscriptions > 1,
         sync: sync.into(),

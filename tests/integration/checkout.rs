@@ -121,3 +121,60 @@ async fn without_stripe_there_is_no_subscribe(pool: PgPool) {
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(app.post_form("/api/billing/checkout", &[], None).await.status, StatusCode::UNAUTHORIZED);
 }
+
+/// "Manage billing": a Stripe customer portal session from the Stripe double, for users with a customer only.
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn manage_billing_opens_the_customer_portal_of_a_linked_customer(pool: PgPool) {
+    let (base, double) = crate::delivery::start_double().await;
+    let mut config = config();
+    config.stripe_secret_key = Some(stripe_double::DEFAULT_SECRET_KEY.into());
+    config.stripe_api_base = base.clone();
+    config.delivery.create_customers = false;
+    let app = app_with(pool, config);
+    let cookie = app.signup("ada@example.com").await;
+
+    // No customer yet: nothing to manage, and the dashboard offers nothing.
+    assert_eq!(app.post_form("/api/billing/overview", &[], Some(&cookie)).await.json()["canManage"], false);
+    assert!(!app.get("/", Some(&cookie)).await.body.contains("manage-billing"));
+    let refused = app.post_form("/api/billing/portal", &[], Some(&cookie)).await;
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{}", refused.body);
+    assert_eq!(refused.json()["code"], "conflict");
+
+    let customer: Value = reqwest::Client::new()
+        .post(format!("{base}/v1/customers"))
+        .bearer_auth(stripe_double::DEFAULT_SECRET_KEY)
+        .form(&[("email", "ada@example.com")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let customer = customer["id"].as_str().unwrap().to_owned();
+    sqlx::query("UPDATE users SET stripe_customer_id = $1").bind(&customer).execute(&app.pool).await.unwrap();
+    assert_eq!(app.post_form("/api/billing/overview", &[], Some(&cookie)).await.json()["canManage"], true);
+    assert!(app.get("/", Some(&cookie)).await.body.contains(r#"data-testid="manage-billing""#));
+
+    let reply = app.post_form("/api/billing/portal", &[], Some(&cookie)).await;
+    assert!(reply.status.is_success() || reply.status.is_redirection(), "{}: {}", reply.status, reply.body);
+    let location = reply.headers["location"].to_str().unwrap();
+    assert!(location.starts_with("https://billing.stripe.com/p/session/test_"), "{location}");
+    assert_eq!(double.state().portal_sessions, 1);
+    assert_eq!(app.post_form("/api/billing/portal", &[], None).await.status, StatusCode::UNAUTHORIZED);
+
+    // A customer Stripe does not know (deleted there) is a short 502; Stripe's words stay in the log.
+    sqlx::query("UPDATE users SET stripe_customer_id = 'cus_gone'").execute(&app.pool).await.unwrap();
+    let gone = app.post_form("/api/billing/portal", &[], Some(&cookie)).await;
+    assert_eq!(gone.status, StatusCode::BAD_GATEWAY);
+    assert!(!gone.body.contains("cus_gone"));
+}
+
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn without_stripe_there_is_no_manage_billing(pool: PgPool) {
+    let app = app(pool);
+    let cookie = app.signup("ada@example.com").await;
+    sqlx::query("UPDATE users SET stripe_customer_id = 'cus_ada'").execute(&app.pool).await.unwrap();
+    assert_eq!(app.post_form("/api/billing/overview", &[], Some(&cookie)).await.json()["canManage"], false);
+    assert!(!app.get("/", Some(&cookie)).await.body.contains("manage-billing"));
+    assert_eq!(app.post_form("/api/billing/portal", &[], Some(&cookie)).await.status, StatusCode::SERVICE_UNAVAILABLE);
+}

@@ -202,6 +202,9 @@ async fn pages_get_a_csp_with_the_nonce_of_their_scripts_and_api_answers_a_close
     let nonce = csp.split("'nonce-").nth(1).and_then(|rest| rest.split('\'').next()).expect("a nonce in the CSP");
     assert!(nonce.len() >= 16, "{csp}");
     assert!(csp.contains("frame-ancestors 'none'") && csp.contains("'wasm-unsafe-eval'"), "{csp}");
+    // Forms post here only; Subscribe and Manage billing are then redirected to Stripe, which `form-action` must
+    // allow (browsers check a form's redirects against it too), and nothing else.
+    assert!(csp.contains("form-action 'self' https://checkout.stripe.com https://billing.stripe.com;"), "{csp}");
     assert!(!csp.contains("'unsafe-eval'") && !csp.contains("script-src 'self' 'unsafe-inline'"), "{csp}");
     // Every inline script of the page carries that nonce, so the hydration script runs and nothing else does. (An
     // empty placeholder `<script></script>` of leptos_i18n needs none: browsers run no CSP check on empty scripts.)

@@ -212,6 +212,7 @@ fn route(inner: &mut Inner, method: &Method, path: &str, params: &Params) -> Res
         ("POST", ["v1", "prices"]) => create_price(inner, params),
         ("GET", ["v1", "prices"]) => list_prices(inner, params),
         ("POST", ["v1", "checkout", "sessions"]) => create_checkout_session(inner, params),
+        ("POST", ["v1", "billing_portal", "sessions"]) => create_billing_portal_session(inner, params),
         ("GET", ["v2", "core", "events", id]) => match inner.v2_events.get(*id) {
             Some(event) => Ok(Answer::ok(event.clone())),
             None => {
@@ -454,6 +455,24 @@ fn list_prices(inner: &Inner, params: &Params) -> Result<Answer, Answer> {
         .cloned()
         .collect();
     Ok(Answer::ok(list("/v1/prices", data)))
+}
+
+/// `POST /v1/billing_portal/sessions`: a customer portal session for a customer the double knows, as Stripe answers
+/// it (an unknown customer is Stripe's 400 `resource_missing` on `customer`).
+fn create_billing_portal_session(inner: &mut Inner, params: &Params) -> Result<Answer, Answer> {
+    only(params, &["customer", "return_url", "configuration", "locale", "on_behalf_of"], &["flow_data", "expand"])?;
+    let customer = require(params, "customer")?.to_owned();
+    if !inner.customers.iter().any(|c| c["id"] == customer.as_str()) {
+        let message = format!("No such customer: '{customer}'");
+        return Err(Answer::error(400, "invalid_request_error", Some("resource_missing"), message, Some("customer")));
+    }
+    let id = inner.new_id("bps");
+    let url = format!("https://billing.stripe.com/p/session/test_{id}");
+    inner.state.portal_sessions += 1;
+    Ok(Answer::ok(json!({
+        "id": id, "object": "billing_portal.session", "created": now(inner), "customer": customer,
+        "livemode": false, "return_url": param(params, "return_url"), "url": url
+    })))
 }
 
 fn create_checkout_session(inner: &mut Inner, params: &Params) -> Result<Answer, Answer> {

@@ -82,6 +82,9 @@ pub struct DoubleState {
     pub meters: u64,
     pub products: u64,
     pub prices: u64,
+    /// Customer portal sessions created.
+    #[serde(default)]
+    pub portal_sessions: u64,
     /// Other API calls by `METHOD path`.
     pub calls: BTreeMap<String, u64>,
 }
