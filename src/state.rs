@@ -50,6 +50,7 @@ impl AppState {
             writer: writer.clone(),
             live: crate::usage::live::LiveHub::start(pool.clone()),
             exports: Arc::new(tokio::sync::Semaphore::new((config.database_max_connections as usize / 4).max(1))),
+            time: crate::clock::Clock::system(),
         };
         let billing = BillingState {
             pool: pool.clone(),

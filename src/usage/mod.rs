@@ -40,6 +40,9 @@ pub struct UsageState {
     /// CSV exports streaming now: each holds a database connection for its whole download (a slow client keeps
     /// it), so at most a quarter of the pool may be taken by them.
     pub exports: std::sync::Arc<tokio::sync::Semaphore>,
+    /// The time recording reads: when an event without `occurredAt` happened, and what Stripe's window and an
+    /// invoice's grace are measured from (tests move it).
+    pub time: crate::clock::Clock,
 }
 
 /// Usage's plain HTTP routes (its server functions register themselves): the live meter stream, the CSV export
@@ -162,6 +165,9 @@ pub struct EventInput {
     pub metadata: Option<serde_json::Value>,
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// When the usage happened (RFC 3339), for clients that buffer or backfill; default: when it is received.
+    #[serde(default)]
+    pub occurred_at: Option<String>,
 }
 
 /// The answer to a recorded event.
@@ -215,17 +221,27 @@ pub async fn record_usage(
     #[server(rename = "eventType")] event_type: String,
     quantity: serde_json::Number,
     #[server(default)] metadata: Option<serde_json::Value>,
+    #[server(rename = "occurredAt")]
+    #[server(default)]
+    occurred_at: Option<String>,
 ) -> Result<RecordReceipt, AppError> {
     let state = UsageState::current()?;
     let headers = crate::auth::caller::request_headers().await?;
     crate::auth::caller::require_json(&headers)?;
     let caller = crate::auth::caller::identify_by(&headers).await?;
     let idempotency_key = crate::auth::caller::header_value(&headers, "idempotency-key")?;
-    let input = EventInput { event_type, quantity, metadata, idempotency_key };
-    let event = match record::validate(input, &state.config.event_types, Utc::now()) {
+    let input = EventInput { event_type, quantity, metadata, idempotency_key, occurred_at };
+    let now = state.time.now();
+    let explicit = input.occurred_at.is_some();
+    let event = match record::validate(input, &state.config.event_types, now) {
         Ok(event) => event,
         Err(problem) => return Err(refusal(&state, caller, AppError::Invalid(problem)).await),
     };
+    if explicit {
+        if let Some(problem) = record::closed_periods(&state, caller, &[(0, event.occurred_at)], now).await?.pop() {
+            return Err(AppError::Invalid(problem.error));
+        }
+    }
     let outcome = state.writer.submit(caller, vec![event], writer::LimitPolicy::Enforce).await?;
     let recorded = outcome.events.first().ok_or(AppError::Internal)?;
     Ok(RecordReceipt {
@@ -250,17 +266,30 @@ pub async fn record_usage_batch(events: Vec<EventInput>) -> Result<BatchReceipt,
         let problem = format!("a batch holds 1 to {} events, not {}", record::MAX_BATCH_EVENTS, events.len());
         return Err(refusal(&state, caller, AppError::Invalid(problem)).await);
     }
-    let now = Utc::now();
+    let now = state.time.now();
     let mut valid = Vec::with_capacity(events.len());
+    let mut explicit = Vec::new();
     let mut problems = Vec::new();
     for (index, input) in events.into_iter().enumerate() {
+        let own_time = input.occurred_at.is_some();
         match record::validate(input, &state.config.event_types, now) {
-            Ok(event) => valid.push(event),
+            Ok(event) => {
+                if own_time {
+                    explicit.push((index, event.occurred_at));
+                }
+                valid.push(event);
+            }
             Err(error) => problems.push(EventProblem { index, error }),
         }
     }
     if !problems.is_empty() {
         return Err(refusal(&state, caller, AppError::InvalidEvents(problems)).await);
+    }
+    if !explicit.is_empty() {
+        let closed = record::closed_periods(&state, caller, &explicit, now).await?;
+        if !closed.is_empty() {
+            return Err(AppError::InvalidEvents(closed));
+        }
     }
     let outcome = state.writer.submit(caller, valid, writer::LimitPolicy::Enforce).await?;
     Ok(BatchReceipt {

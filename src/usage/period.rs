@@ -92,6 +92,20 @@ pub struct Period {
     pub span: Span,
 }
 
+/// Stripe takes meter events from the past 35 days.
+pub const STRIPE_WINDOW: chrono::Duration = chrono::Duration::days(35);
+/// Usage of a period is sent at the latest this long before its invoice is finalized (period end + grace): a call
+/// in flight at the deadline could otherwise land after it.
+pub const DEADLINE_MARGIN: chrono::Duration = chrono::Duration::minutes(5);
+/// How far ahead of the server's clock a caller's `occurredAt` may be (clocks drift; Stripe allows 5 minutes too).
+pub const MAX_AHEAD: chrono::Duration = chrono::Duration::minutes(5);
+
+/// Whether usage of a period ending at `period_end` can no longer reach its invoice at `now`: Stripe finalizes the
+/// invoice `grace` after the period's end, and a delivery needs [`DEADLINE_MARGIN`] before that.
+pub fn invoice_closed(period_end: DateTime<Utc>, grace: chrono::Duration, now: DateTime<Utc>) -> bool {
+    period_end + grace <= now + DEADLINE_MARGIN
+}
+
 /// The period that applies to user `$1` at the instant `$2`, cut in time zone `$3` (live statuses bound as `$4`,
 /// [`LIVE_STATUSES`]): one row of `start, end, kind, first_day, last_day, timezone`. The rule itself is the SQL
 /// function `billing_period_at` (migration 15), its one statement; this only names and formats its columns. Used

@@ -15,12 +15,15 @@ pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 /// Most events in one batch request.
 pub const MAX_BATCH_EVENTS: usize = 1_000;
 
-/// Checks one event and turns it into a [`NewEvent`] stamped `occurred_at`; the error is a user-facing sentence.
-pub fn validate(input: EventInput, allowed_types: &[String], occurred_at: DateTime<Utc>) -> Result<NewEvent, String> {
+/// Checks one event and turns it into a [`NewEvent`] stamped with its `occurredAt`, or `now` without one; the error
+/// is a user-facing sentence. Whether the event's billing period can still be invoiced needs the database:
+/// [`closed_periods`].
+pub fn validate(input: EventInput, allowed_types: &[String], now: DateTime<Utc>) -> Result<NewEvent, String> {
     if !allowed_types.contains(&input.event_type) {
         let quoted = crate::error::excerpt(&input.event_type);
         return Err(format!("unknown event type \"{quoted}\" (accepted: {})", allowed_types.join(", ")));
     }
+    let occurred_at = occurred_at(input.occurred_at.as_deref(), now)?;
     Ok(NewEvent {
         quantity: quantity(&input.quantity)?,
         metadata: metadata(input.metadata)?,
@@ -28,6 +31,77 @@ pub fn validate(input: EventInput, allowed_types: &[String], occurred_at: DateTi
         event_type: input.event_type,
         occurred_at,
     })
+}
+
+/// When the event happened: `raw` (RFC 3339, with an offset) inside Stripe's window, from 35 days ago (less the
+/// margin a delivery needs) to [`MAX_AHEAD`] ahead; `now` without one.
+pub fn occurred_at(raw: Option<&str>, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+    use super::period::{DEADLINE_MARGIN, MAX_AHEAD, STRIPE_WINDOW};
+    let Some(raw) = raw else { return Ok(now) };
+    let at = DateTime::parse_from_rfc3339(raw).map(|at| at.to_utc()).map_err(|_| {
+        let quoted = crate::error::excerpt(raw);
+        format!("occurredAt must be an RFC 3339 time with an offset, such as 2026-12-06T09:30:00Z, not \"{quoted}\"")
+    })?;
+    if at > now + MAX_AHEAD {
+        return Err(format!(
+            "occurredAt {} is more than {} minutes ahead of the server's clock ({})",
+            at.to_rfc3339(),
+            MAX_AHEAD.num_minutes(),
+            now.to_rfc3339()
+        ));
+    }
+    if at < now - STRIPE_WINDOW + DEADLINE_MARGIN {
+        return Err(format!(
+            "occurredAt {} is older than the {} days Stripe's meter accepts events for",
+            at.to_rfc3339(),
+            STRIPE_WINDOW.num_days()
+        ));
+    }
+    Ok(at)
+}
+
+/// The events among `events` (index in the request, when it happened) whose billing period can no longer be
+/// invoiced at `now`: its end plus Stripe's finalization grace has passed (less the delivery margin). Recorded,
+/// they would be counted but never billed. One statement for the caller's user and every distinct time.
+pub async fn closed_periods(
+    state: &super::UsageState,
+    caller: crate::auth::caller::Caller,
+    events: &[(usize, DateTime<Utc>)],
+    now: DateTime<Utc>,
+) -> Result<Vec<crate::error::EventProblem>, crate::error::AppError> {
+    use crate::auth::caller::Caller;
+    let user_id = match caller {
+        Caller::User(user_id) => user_id,
+        Caller::ApiKey(hash) => crate::auth::api_key::owner(&state.pool, hash).await?,
+    };
+    let times: Vec<DateTime<Utc>> = events.iter().map(|(_, at)| *at).collect();
+    let periods = sqlx::query!(
+        r#"SELECT e.at AS "at!: DateTime<Utc>", b.period_end AS "period_end!: DateTime<Utc>"
+           FROM unnest($2::timestamptz[]) AS e (at)
+           CROSS JOIN LATERAL billing_period_at($1, e.at, $3, $4) AS b"#,
+        user_id,
+        &times as _,
+        &state.clock.timezone,
+        super::period::LIVE_STATUSES as _
+    )
+    .fetch_all(&state.pool)
+    .await?;
+    let grace = chrono::Duration::minutes(i64::from(state.config.delivery.invoice_grace_minutes));
+    Ok(events
+        .iter()
+        .filter_map(|&(index, at)| {
+            let end = periods.iter().find(|p| p.at == at)?.period_end;
+            super::period::invoice_closed(end, grace, now).then(|| crate::error::EventProblem {
+                index,
+                error: format!(
+                    "occurredAt {}: its billing period ended at {} and Stripe has finalized (or is finalizing) its \
+                     invoice, so the usage could not be billed",
+                    at.to_rfc3339(),
+                    end.to_rfc3339()
+                ),
+            })
+        })
+        .collect())
 }
 
 /// A positive whole number up to [`MAX_QUANTITY`]. JSON numbers such as `1.5` or `1e3` are refused rather than
@@ -120,8 +194,13 @@ mod tests {
 
     #[test]
     fn an_unknown_event_type_is_quoted_short() {
-        let input =
-            EventInput { event_type: "x".repeat(100_000), quantity: n("1"), metadata: None, idempotency_key: None };
+        let input = EventInput {
+            event_type: "x".repeat(100_000),
+            quantity: n("1"),
+            metadata: None,
+            idempotency_key: None,
+            occurred_at: None,
+        };
         let err = validate(input, &["ai_token_consumed".into()], Utc::now()).unwrap_err();
         assert!(err.len() < 200, "{} bytes", err.len());
     }
@@ -142,9 +221,25 @@ mod tests {
             quantity: n("1"),
             metadata: None,
             idempotency_key: None,
+            occurred_at: None,
         };
         let err = validate(input, &["ai_token_consumed".into()], Utc::now()).unwrap_err();
         assert!(err.contains("unknown event type \"image_generated\""), "{err}");
+    }
+
+    #[test]
+    fn occurred_at_is_an_rfc_3339_time_inside_stripes_window() {
+        let now: DateTime<Utc> = "2026-12-06T12:00:00Z".parse().unwrap();
+        assert_eq!(occurred_at(None, now), Ok(now));
+        let earlier = occurred_at(Some("2026-12-06T20:30:00+09:00"), now).unwrap();
+        assert_eq!(earlier, "2026-12-06T11:30:00Z".parse::<DateTime<Utc>>().unwrap(), "offsets are kept");
+        assert!(occurred_at(Some("2026-12-06T12:05:00Z"), now).is_ok(), "5 minutes ahead is clock drift");
+        assert!(occurred_at(Some("2026-12-06T12:05:01Z"), now).unwrap_err().contains("ahead"));
+        assert!(occurred_at(Some("2026-11-01T12:10:00Z"), now).is_ok(), "35 days less the margin");
+        assert!(occurred_at(Some("2026-11-01T12:00:00Z"), now).unwrap_err().contains("35 days"));
+        for malformed in ["2026-12-06", "2026-12-06T11:00:00", "yesterday", ""] {
+            assert!(occurred_at(Some(malformed), now).unwrap_err().contains("RFC 3339"), "{malformed}");
+        }
     }
 
     mod fuzz {

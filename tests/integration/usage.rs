@@ -280,3 +280,80 @@ async fn the_allowance_of_an_unknown_event_type_is_a_clear_422(pool: PgPool) {
     assert!(error["error"].as_str().unwrap().contains("gpu_seconds"), "{error}");
     assert!(error["error"].as_str().unwrap().contains(AI_TOKENS_EVENT), "says what is metered: {error}");
 }
+
+/// `occurredAt`: backfilled usage counts at its own time, inside Stripe's window and a period whose invoice is open.
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn occurred_at_is_kept_inside_stripes_window_and_an_open_invoice(pool: PgPool) {
+    let app = app(pool);
+    app.signup("ada@example.com").await;
+    let key = format!("Bearer {}", app.api_key("ada@example.com").await);
+    let clock = app.state.usage.time.clone();
+    let grace = i64::from(app.state.config.delivery.invoice_grace_minutes);
+    assert_eq!(grace, 60, "the test's times assume Stripe's default hour of grace");
+    let record = |at: &'static str, quantity: i64| {
+        let body = format!(r#"{{"eventType": "{AI_TOKENS_EVENT}", "quantity": {quantity}, "occurredAt": "{at}"}}"#);
+        let (app, key) = (&app, key.clone());
+        async move { app.post_json("/api/usage/record", &body, &[("authorization", &key)]).await }
+    };
+    let counted = |period_start: &'static str| {
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, Option<i64>>(
+                "SELECT sum(quantity)::bigint FROM usage_period_totals
+                 WHERE period_kind = 'calendar' AND period_start = $1::timestamptz",
+            )
+            .bind(period_start)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            .unwrap_or(0)
+        }
+    };
+    // December in Asia/Tokyo starts at 2026-11-30T15:00Z; the clock is half an hour into it.
+    clock.set("2026-11-30T15:30:00Z".parse().unwrap());
+
+    // November's invoice is still open (its end + an hour of grace, less the delivery margin): counted in November.
+    let late = record("2026-11-30T14:50:00Z", 7).await;
+    assert_eq!(late.status, StatusCode::OK, "{}", late.body);
+    let id: uuid::Uuid = late.json()["id"].as_str().unwrap().parse().unwrap();
+    let stored: DateTime<Utc> = sqlx::query_scalar("SELECT occurred_at FROM usage_events WHERE id = $1")
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, "2026-11-30T14:50:00Z".parse::<DateTime<Utc>>().unwrap());
+    assert_eq!(counted("2026-10-31T15:00:00Z").await, 7, "November's counter");
+    // Now, with an offset, is December's.
+    assert_eq!(record("2026-12-01T00:25:00+09:00", 5).await.status, StatusCode::OK);
+    assert_eq!(counted("2026-11-30T15:00:00Z").await, 5, "December's counter");
+
+    // Five minutes before November's invoice deadline the delivery could not reach it any more: refused.
+    clock.set("2026-11-30T15:55:00Z".parse().unwrap());
+    let closed = record("2026-11-30T14:50:00Z", 7).await;
+    assert_eq!(closed.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", closed.body);
+    let error = closed.json()["error"].as_str().unwrap().to_owned();
+    assert!(error.contains("2026-11-30T15:00:00+00:00") && error.contains("invoice"), "{error}");
+    assert_eq!(counted("2026-10-31T15:00:00Z").await, 7, "nothing stored");
+
+    // Ahead of the clock by more than 5 minutes, older than Stripe's 35 days, or not a time: 422, saying why.
+    let ahead = record("2026-11-30T16:01:00Z", 1).await;
+    assert_eq!(ahead.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(ahead.json()["error"].as_str().unwrap().contains("ahead"));
+    let old = record("2026-10-20T00:00:00Z", 1).await;
+    assert!(old.json()["error"].as_str().unwrap().contains("35 days"), "{}", old.body);
+    let malformed = record("2026-11-30 15:00", 1).await;
+    assert_eq!(malformed.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(malformed.json()["error"].as_str().unwrap().contains("RFC 3339"));
+
+    // A batch is all or nothing: the event in a closed period is named by its index, and nothing is stored.
+    let batch = format!(
+        r#"{{"events": [{{"eventType": "{AI_TOKENS_EVENT}", "quantity": 3, "occurredAt": "2026-11-30T15:50:00Z"}},
+                        {{"eventType": "{AI_TOKENS_EVENT}", "quantity": 4, "occurredAt": "2026-11-29T00:00:00Z"}}]}}"#
+    );
+    let refused = app.post_json("/api/usage/batch", &batch, &[("authorization", &key)]).await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", refused.body);
+    let problems = refused.json()["events"].clone();
+    assert_eq!(problems.as_array().unwrap().len(), 1, "{problems}");
+    assert_eq!(problems[0]["index"], 1);
+    assert_eq!(counted("2026-11-30T15:00:00Z").await, 5, "the valid event of the refused batch is not stored either");
+}

@@ -99,7 +99,7 @@ impl BatchRules {
     /// Whether usage of this subscription period can no longer reach its invoice: past its end + grace, less the
     /// margin a call needs.
     pub(super) fn missed_invoice(&self, period_end: DateTime<Utc>) -> bool {
-        period_end + self.invoice_grace <= self.now + DEADLINE_MARGIN
+        crate::usage::period::invoice_closed(period_end, self.invoice_grace, self.now)
     }
 }
 

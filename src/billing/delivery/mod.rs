@@ -36,8 +36,8 @@ use crate::config::DeliveryConfig;
 use crate::retry::{backoff, random_unit};
 use crate::usage::period::LIVE_STATUSES;
 
-/// Stripe takes meter events from the past 35 days; older ones are expired with this margin left for the call.
-const STRIPE_WINDOW: chrono::Duration = chrono::Duration::days(35);
+pub use crate::usage::period::{DEADLINE_MARGIN, STRIPE_WINDOW};
+/// Events older than Stripe's window are expired with this margin left for the call.
 const EXPIRY_MARGIN: chrono::Duration = chrono::Duration::minutes(5);
 /// Stripe refuses meter values of more than 15 digits.
 const MAX_METER_VALUE: i64 = 999_999_999_999_999;
@@ -51,9 +51,6 @@ pub const IDENTIFIER_SAFE_AGE: chrono::Duration = chrono::Duration::hours(12);
 /// How long after its latest attempt an uncertain delivery is checked against the meter event summaries: Stripe
 /// aggregates asynchronously, so a summary read right after a call may not include it yet.
 pub const SUMMARY_SETTLE: chrono::Duration = chrono::Duration::minutes(30);
-/// Usage of a subscription period is sent at the latest this long before its invoice is finalized (period end +
-/// grace); a call in flight at the deadline could otherwise land after it.
-pub const DEADLINE_MARGIN: chrono::Duration = chrono::Duration::minutes(5);
 /// Serialises claims across workers so that "no call in flight for this customer and meter" is read and acted
 /// on atomically (the claim is one short statement), and so that the shared call budget is read and spent at once.
 const CLAIM_LOCK: i64 = 0x7461_6c6c_7964_6c76;
