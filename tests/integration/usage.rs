@@ -357,3 +357,23 @@ async fn occurred_at_is_kept_inside_stripes_window_and_an_open_invoice(pool: PgP
     assert_eq!(problems[0]["index"], 1);
     assert_eq!(counted("2026-11-30T15:00:00Z").await, 5, "the valid event of the refused batch is not stored either");
 }
+
+/// A backfilled event counts against the hard limit of its own period, not the current one's.
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn occurred_at_counts_against_its_own_periods_limit(pool: PgPool) {
+    let app = app(pool);
+    app.signup("ada@example.com").await;
+    let ada = app.user_id("ada@example.com").await;
+    sqlx::query("UPDATE users SET usage_limit = 10 WHERE id = $1").bind(ada).execute(&app.pool).await.unwrap();
+    let key = format!("Bearer {}", app.api_key("ada@example.com").await);
+    app.state.usage.time.set("2026-11-30T15:30:00Z".parse().unwrap());
+    let record = |at: &'static str, quantity: i64| {
+        let body = format!(r#"{{"eventType": "{AI_TOKENS_EVENT}", "quantity": {quantity}, "occurredAt": "{at}"}}"#);
+        let (app, key) = (&app, key.clone());
+        async move { app.post_json("/api/usage/record", &body, &[("authorization", &key)]).await.status }
+    };
+    assert_eq!(record("2026-11-30T14:00:00Z", 8).await, StatusCode::OK, "November: 8 of 10");
+    assert_eq!(record("2026-11-30T14:10:00Z", 5).await, StatusCode::TOO_MANY_REQUESTS, "November would reach 13");
+    assert_eq!(record("2026-11-30T15:10:00Z", 5).await, StatusCode::OK, "December has its own 10");
+    assert_eq!(record("2026-11-30T14:20:00Z", 2).await, StatusCode::OK, "November: exactly 10");
+}
