@@ -261,15 +261,19 @@ impl From<Problem> for AppError {
 
 /// What is wrong with one event of a batch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct EventProblem {
     /// Position of the event in the request's `events` array.
     pub index: usize,
     pub error: String,
 }
 
-/// The JSON shape of an [`AppError`].
+/// The JSON shape of an [`AppError`] (the API's error body; `message` is added for server functions in the caller's
+/// language).
 #[derive(Serialize, Deserialize)]
-struct WireError {
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "ssr", schema(as = Error))]
+pub struct WireError {
     error: String,
     code: String,
     /// Per-event problems of a rejected batch.
@@ -285,6 +289,7 @@ struct WireError {
     retry_after: Option<u64>,
     /// What was refused, for pages to word in the reader's language.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ssr", schema(value_type = Option<Object>))]
     problem: Option<Problem>,
 }
 

@@ -18,9 +18,8 @@ use crate::config::Config;
 use crate::error::AppError;
 use crate::state::AppState;
 
+pub use crate::auth::session::SESSION_COOKIE;
 pub use crate::error::MAX_BODY_BYTES;
-/// Name of the session cookie.
-pub const SESSION_COOKIE: &str = "tally_session";
 
 /// The route list of the app. Build it once per process: generating it briefly suppresses resource loading
 /// process-wide, which would stall a page being rendered at the same moment.
@@ -41,6 +40,7 @@ pub fn router(state: AppState, routes: Vec<AxumRouteListing>) -> Router {
         .merge(crate::billing::router())
         .merge(crate::usage::router())
         .route("/language/{locale}", axum::routing::get(choose_language))
+        .route(crate::openapi::PATH, axum::routing::get(crate::openapi::serve))
         .route("/api/{*rest}", axum::routing::any(unknown_api_path))
         // The bundle, precompressed at build time (`scripts/build-site release`): `.br` or `.gz` when the browser
         // accepts it and the file exists, the plain file otherwise.

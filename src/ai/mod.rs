@@ -32,8 +32,17 @@ impl AiState {
 /// Longest prompt accepted, in characters.
 pub const MAX_PROMPT_CHARS: usize = 8_000;
 
+/// `POST /api/ai/generate`'s body, as the OpenAPI description shows it.
+#[cfg(feature = "ssr")]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)] // A schema: only its shape is used.
+pub struct GenerateRequest {
+    prompt: String,
+}
+
 /// A completion and what it cost.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Generation {
     pub text: String,
@@ -47,6 +56,20 @@ pub struct Generation {
 
 /// Answers `prompt` for the caller (session or API key) and records the tokens used: `POST /api/ai/generate`
 /// with `{"prompt": "..."}`.
+#[cfg_attr(feature = "ssr", utoipa::path(
+    post, path = "/api/ai/generate", tag = "ai",
+    request_body = GenerateRequest,
+    responses(
+        (status = 200, description = "The completion; its tokens are recorded as usage", body = Generation),
+        (status = 400, description = "Malformed JSON or a missing prompt", body = crate::error::WireError),
+        (status = 401, description = "No session and no valid API key", body = crate::error::WireError),
+        (status = 415, description = "Not application/json", body = crate::error::WireError),
+        (status = 422, description = "An empty or too long prompt", body = crate::error::WireError),
+        (status = 429, description = "Nothing left of the period's limit", body = crate::error::WireError),
+        (status = 502, description = "The AI provider failed; nothing recorded", body = crate::error::WireError),
+    ),
+    security(("api_key" = []))
+))]
 #[server(endpoint = "ai/generate", input = server_fn::codec::Json)]
 pub async fn generate(prompt: String) -> Result<Generation, AppError> {
     use crate::usage::writer::{LimitPolicy, NewEvent};

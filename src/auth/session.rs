@@ -8,6 +8,9 @@ use uuid::Uuid;
 
 use crate::error::AppError;
 
+/// Name of the session cookie.
+pub const SESSION_COOKIE: &str = "tally_session";
+
 /// Session key under which the signed-in user's id is stored.
 const USER_ID_KEY: &str = "user_id";
 /// Session key holding the day (UTC) the session's expiry was last pushed back.

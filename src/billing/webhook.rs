@@ -18,6 +18,16 @@ use crate::error::AppError;
 pub const PATH: &str = "/api/stripe/webhook";
 
 /// Receives one Stripe event.
+#[utoipa::path(
+    post, path = "/api/stripe/webhook", tag = "stripe",
+    params(("Stripe-Signature" = String, Header, description = "Stripe's signature of the payload (t=…,v1=…)")),
+    request_body(content = Object, description = "A Stripe event, exactly as Stripe sent it", content_type = "application/json"),
+    responses(
+        (status = 200, description = "Verified and applied (or a duplicate): {received, duplicate, outcome}", body = Object),
+        (status = 400, description = "Missing or bad signature, or not a Stripe event; nothing stored", body = crate::error::WireError),
+        (status = 503, description = "No webhook secret configured, or the database is unavailable", body = crate::error::WireError),
+    )
+)]
 pub async fn receive(
     State(state): State<BillingState>,
     headers: HeaderMap,

@@ -17,7 +17,7 @@ use crate::error::AppError;
 pub const PATH: &str = "/api/usage/allowance";
 
 /// The allowance of one event type in the caller's current billing period.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Allowance {
     pub event_type: String,
@@ -69,6 +69,16 @@ pub struct AllowanceQuery {
 }
 
 /// The handler: an API key (`Authorization: Bearer …`) or a signed-in session.
+#[utoipa::path(
+    get, path = "/api/usage/allowance", tag = "usage",
+    params(("eventType" = Option<String>, Query, description = "The metered event type (default ai_token_consumed)")),
+    responses(
+        (status = 200, description = "Where the caller stands in the current billing period", body = Allowance),
+        (status = 401, description = "No session and no valid API key", body = crate::error::WireError),
+        (status = 422, description = "An event type this server does not meter", body = crate::error::WireError),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn allowance(
     State(state): State<UsageState>,
     headers: HeaderMap,

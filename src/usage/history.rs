@@ -141,6 +141,17 @@ pub struct ExportQuery {
 /// `GET /api/usage/export.csv`: the signed-in user's usage events of one period as CSV, streamed from the
 /// database in chunks (memory stays flat for millions of rows). A database failure mid-way aborts the download
 /// instead of ending it as if complete.
+#[utoipa::path(
+    get, path = "/api/usage/export.csv", tag = "usage",
+    params(("period" = Option<String>, Query, description = "The period's start (RFC 3339); default the current period")),
+    responses(
+        (status = 200, description = "The period's events as CSV (id, occurred_at, event_type, quantity, …)", content_type = "text/csv", body = String),
+        (status = 401, description = "No session (the export is for signed-in users)", body = crate::error::WireError),
+        (status = 422, description = "A malformed or unknown period", body = crate::error::WireError),
+        (status = 503, description = "Too many exports at once; try again in a minute", body = crate::error::WireError),
+    ),
+    security(("session" = []))
+)]
 pub async fn export(
     State(state): State<UsageState>,
     session: Session,

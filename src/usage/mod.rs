@@ -156,12 +156,15 @@ pub struct AlertsOverview {
 
 /// One usage event as a caller sends it (an element of a batch's `events`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct EventInput {
     pub event_type: String,
     /// Kept as a JSON number so that `1.5` gets a clear 422 instead of a parse error.
+    #[cfg_attr(feature = "ssr", schema(value_type = i64, minimum = 1, maximum = 1_000_000_000_000_i64))]
     pub quantity: serde_json::Number,
     #[serde(default)]
+    #[cfg_attr(feature = "ssr", schema(value_type = Option<Object>))]
     pub metadata: Option<serde_json::Value>,
     #[serde(default)]
     pub idempotency_key: Option<String>,
@@ -170,8 +173,35 @@ pub struct EventInput {
     pub occurred_at: Option<String>,
 }
 
+/// `POST /api/usage/record`'s body, as the OpenAPI description shows it: the server function's arguments (its
+/// `Idempotency-Key` is a header).
+#[cfg(feature = "ssr")]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)] // A schema: only its shape is used.
+pub struct RecordRequest {
+    /// The metered event type (`ai_token_consumed`).
+    event_type: String,
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_i64)]
+    quantity: i64,
+    /// Any JSON object of at most 4 KiB.
+    metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// When the usage happened (RFC 3339 with an offset): inside Stripe's window and an open invoice.
+    occurred_at: Option<String>,
+}
+
+/// `POST /api/usage/batch`'s body, as the OpenAPI description shows it.
+#[cfg(feature = "ssr")]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)] // A schema: only its shape is used.
+pub struct BatchRequest {
+    /// 1 to 1,000 events, recorded all or nothing.
+    events: Vec<EventInput>,
+}
+
 /// The answer to a recorded event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RecordReceipt {
     pub ok: bool,
@@ -186,6 +216,7 @@ pub struct RecordReceipt {
 
 /// Usage against the hard limit in the current period, after the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct AllowanceInfo {
     pub used: i64,
@@ -197,6 +228,7 @@ pub struct AllowanceInfo {
 
 /// One event's result in a batch answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct BatchItemReceipt {
     pub index: usize,
@@ -206,6 +238,7 @@ pub struct BatchItemReceipt {
 
 /// The answer to a batch: every event recorded (or a duplicate), in request order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct BatchReceipt {
     pub ok: bool,
@@ -216,6 +249,21 @@ pub struct BatchReceipt {
 
 /// Records one usage event for the caller (API key or session): `POST /api/usage/record` with
 /// `{"eventType": "ai_token_consumed", "quantity": 1234, "metadata": {...}}` and an optional `Idempotency-Key`.
+#[cfg_attr(feature = "ssr", utoipa::path(
+    post, path = "/api/usage/record", tag = "usage",
+    request_body = RecordRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Recording again with the same key changes nothing")),
+    responses(
+        (status = 200, description = "Recorded (or a duplicate of an earlier event)", body = RecordReceipt),
+        (status = 400, description = "Malformed JSON or missing fields", body = crate::error::WireError),
+        (status = 401, description = "No session and no valid API key", body = crate::error::WireError),
+        (status = 415, description = "Not application/json", body = crate::error::WireError),
+        (status = 422, description = "An invalid value (quantity, event type, metadata, occurredAt…)", body = crate::error::WireError),
+        (status = 429, description = "The hard limit would be passed", body = crate::error::WireError),
+        (status = 503, description = "The database is unavailable; retry with the same Idempotency-Key", body = crate::error::WireError),
+    ),
+    security(("api_key" = []))
+))]
 #[server(endpoint = "usage/record", input = server_fn::codec::Json)]
 pub async fn record_usage(
     #[server(rename = "eventType")] event_type: String,
@@ -254,6 +302,20 @@ pub async fn record_usage(
 
 /// Records up to 1,000 events at once, all or nothing: `POST /api/usage/batch` with `{"events": [...]}`, each
 /// event optionally carrying its own `idempotencyKey`.
+#[cfg_attr(feature = "ssr", utoipa::path(
+    post, path = "/api/usage/batch", tag = "usage",
+    request_body = BatchRequest,
+    responses(
+        (status = 200, description = "Every event recorded (or a duplicate), in request order", body = BatchReceipt),
+        (status = 400, description = "Malformed JSON or missing fields", body = crate::error::WireError),
+        (status = 401, description = "No session and no valid API key", body = crate::error::WireError),
+        (status = 415, description = "Not application/json", body = crate::error::WireError),
+        (status = 422, description = "Invalid events (each named in `events`) or a batch of 0 or over 1,000 events; nothing stored", body = crate::error::WireError),
+        (status = 429, description = "The hard limit would be passed; nothing stored", body = crate::error::WireError),
+        (status = 503, description = "The database is unavailable", body = crate::error::WireError),
+    ),
+    security(("api_key" = []))
+))]
 #[server(endpoint = "usage/batch", input = server_fn::codec::Json)]
 pub async fn record_usage_batch(events: Vec<EventInput>) -> Result<BatchReceipt, AppError> {
     use crate::error::EventProblem;

@@ -15,6 +15,7 @@ mod connections;
 mod dashboard;
 mod delivery;
 mod ingest;
+mod openapi;
 mod pages;
 mod security;
 mod stripe_double;
