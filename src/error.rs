@@ -274,8 +274,12 @@ pub struct EventProblem {
 #[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[cfg_attr(feature = "ssr", schema(as = Error))]
 pub struct WireError {
+    /// What went wrong, in English (for logs and scripts).
     error: String,
     code: String,
+    /// The same in the caller's language (`Accept-Language`, or the language cookie), on server-function errors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
     /// Per-event problems of a rejected batch.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     events: Vec<EventProblem>,
@@ -331,6 +335,7 @@ impl From<AppError> for WireError {
             limit: None,
             remaining: None,
             retry_after: None,
+            message: None,
             problem: None,
         };
         match err {
