@@ -55,15 +55,11 @@ mod behaviour {
 
     /// Gives the prompt form `form` its behaviour.
     pub fn attach(form: Element) {
-        let submitted = form.clone();
-        dom::on(&form, "submit", move |event| {
-            event.prevent_default();
-            let form = submitted.clone();
-            wasm_bindgen_futures::spawn_local(async move { ask(&form).await });
-        });
+        dom::on_submit(&form, ask);
     }
 
-    async fn ask(form: &Element) {
+    async fn ask(form: Element) {
+        let form = &form;
         let (Some(prompt), Some(button), Some(outcome)) = (
             dom::find(form, "textarea").and_then(|t| t.dyn_into::<web_sys::HtmlTextAreaElement>().ok()),
             dom::find(form, "button"),
@@ -79,10 +75,7 @@ mod behaviour {
                 regions::refresh_soon();
                 answer_view(&json, &dom::data(form, "tokens-line"))
             }
-            Err(failure) => {
-                let message = failure.message.unwrap_or_else(|| dom::data(form, "unreachable"));
-                dom::error(failure.code.as_deref(), &message, Some("ai-error"))
-            }
+            Err(failure) => failure.notice(form, Some("ai-error")),
         };
         dom::show(&outcome, shown);
         dom::busy(&button, false);

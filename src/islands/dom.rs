@@ -24,6 +24,19 @@ pub fn data(element: &Element, name: &str) -> String {
     element.get_attribute(&format!("data-{name}")).unwrap_or_default()
 }
 
+/// Takes over `form`'s submission: instead of the plain post, `submit` runs with the form.
+pub fn on_submit<F, Fut>(form: &Element, submit: F)
+where
+    F: Fn(Element) -> Fut + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    let submitted = form.clone();
+    on(form, "submit", move |event| {
+        event.prevent_default();
+        wasm_bindgen_futures::spawn_local(submit(submitted.clone()));
+    });
+}
+
 /// Runs `handler` on every `name` event at `target`, for the page's whole life.
 pub fn on(target: &EventTarget, name: &str, handler: impl FnMut(Event) + 'static) {
     let listener = Closure::<dyn FnMut(Event)>::new(handler);

@@ -18,6 +18,14 @@ impl From<JsValue> for Failure {
     }
 }
 
+impl Failure {
+    /// The error paragraph for `form`: the server's words, or the form's `data-unreachable` ones when no answer came.
+    pub fn notice(self, form: &web_sys::Element, test_id: Option<&str>) -> Option<web_sys::Element> {
+        let message = self.message.unwrap_or_else(|| super::dom::data(form, "unreachable"));
+        super::dom::error(self.code.as_deref(), &message, test_id)
+    }
+}
+
 /// POSTs `body` (of `content_type`) to `path`, asking for JSON in `lang`, and answers the parsed JSON.
 pub async fn post(path: &str, content_type: &str, body: &str, lang: &str) -> Result<JsValue, Failure> {
     let window = web_sys::window().ok_or(JsValue::NULL)?;

@@ -50,15 +50,11 @@ mod behaviour {
 
     /// Gives the key form `form` its behaviour.
     pub fn attach(form: Element) {
-        let submitted = form.clone();
-        dom::on(&form, "submit", move |event| {
-            event.prevent_default();
-            let form = submitted.clone();
-            wasm_bindgen_futures::spawn_local(async move { create(&form).await });
-        });
+        dom::on_submit(&form, create);
     }
 
-    async fn create(form: &Element) {
+    async fn create(form: Element) {
+        let form = &form;
         let (Some(name), Some(outcome)) = (
             dom::find(form, "input[name=name]").and_then(|i| i.dyn_into::<web_sys::HtmlInputElement>().ok()),
             form.next_element_sibling(),
@@ -73,10 +69,7 @@ mod behaviour {
                 regions::refresh_soon();
                 secret_view(&dom::data(form, "copy-now"), &http::string(&json, "secret").unwrap_or_default())
             }
-            Err(failure) => {
-                let message = failure.message.unwrap_or_else(|| dom::data(form, "unreachable"));
-                dom::error(failure.code.as_deref(), &message, None)
-            }
+            Err(failure) => failure.notice(form, None),
         };
         dom::show(&outcome, shown);
     }
