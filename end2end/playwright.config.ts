@@ -21,7 +21,7 @@ export default defineConfig({
   webServer: startServer
     ? [
       {
-        command: `./target/debug/stripe-double --port ${stripePort} --meter ai_token_consumed`,
+        command: `./target/debug/stripe-double --port ${stripePort} --meter ai_token_consumed --meter image_generated`,
         cwd: "..",
         url: `http://127.0.0.1:${stripePort}/_double/state`,
         timeout: 30_000,
@@ -39,7 +39,8 @@ export default defineConfig({
           DATABASE_URL: process.env.E2E_DATABASE_URL ?? "",
           LEPTOS_SITE_ADDR: `127.0.0.1:${port}`,
           TALLY_PUBLIC_URL: baseURL,
-          TALLY_DEFAULT_USAGE_LIMIT: "100000",
+          // The shipped meters with a token limit of 100,000.
+          TALLY_METERS_FILE: "end2end/meters.e2e.toml",
           // The alert webhook test's receiver listens on this machine.
           TALLY_ALERT_WEBHOOK_ALLOW_PRIVATE: "true",
           // Every test signs up its own accounts from 127.0.0.1.

@@ -2,7 +2,16 @@
 
 use clap::{Parser, Subcommand};
 
+use crate::auth::users::LimitChoice;
 use crate::config::{parse_usage_limit, Config, UsageLimit};
+
+/// `--limit` of `user set-limit`: a number, `none`, or `default`.
+fn parse_limit_choice(raw: &str) -> Result<LimitChoice, crate::error::AppError> {
+    if raw.trim().eq_ignore_ascii_case("default") {
+        return Ok(LimitChoice::Default);
+    }
+    parse_usage_limit(raw).map(|limit| LimitChoice::Own(limit.0))
+}
 
 /// Usage-based billing on Stripe Billing Meters.
 #[derive(Parser, Debug)]
@@ -52,24 +61,12 @@ pub enum StripeCommand {
         #[arg(long)]
         customer: String,
     },
-    /// Create (or find) the meter and the metered price, and print the ids for `.env`. Safe to run again.
+    /// Create (or find and check) a Stripe meter and metered price for each meter of the catalog (`meters.toml`),
+    /// and keep each price for the meters and Checkout. Safe to run again.
     Setup {
-        /// Display name of the meter (and nickname of the price).
-        #[arg(long, default_value = "AI tokens")]
-        display_name: String,
-        /// The meter's event name; defaults to the first of TALLY_EVENT_TYPES.
-        #[arg(long)]
-        event_name: Option<String>,
-        #[arg(long, default_value = "Tally AI tokens")]
+        /// Name of the product the prices belong to.
+        #[arg(long, default_value = "Tally usage")]
         product_name: String,
-        #[arg(long, default_value = "jpy")]
-        currency: String,
-        /// Price per token in the currency's smallest unit: ¥0.05 per 1,000 tokens = 0.00005.
-        #[arg(long, default_value = "0.00005")]
-        unit_amount_decimal: String,
-        /// The price's lookup key, by which later runs find it.
-        #[arg(long, default_value = "tally_ai_tokens")]
-        lookup_key: String,
     },
     /// Compare the usage delivered per customer and billing period with Stripe's meter, and each metered invoice
     /// line with the usage delivered in its period; print both tables and exit 1 on any difference.
@@ -109,13 +106,16 @@ pub enum UserCommand {
         #[arg(long)]
         email: String,
     },
-    /// Change an account's usage limit (and the share of it at which warnings start).
+    /// Change an account's usage limit on one meter (and the share of its limits at which warnings start).
     SetLimit {
         #[arg(long)]
         email: String,
-        /// Tokens per billing period, or `none`.
-        #[arg(long, value_parser = parse_usage_limit)]
-        limit: UsageLimit,
+        /// Units per billing period, `none` for unlimited, or `default` for the meter's default (`meters.toml`).
+        #[arg(long, value_parser = parse_limit_choice)]
+        limit: LimitChoice,
+        /// The meter's event type; default: the primary meter (the first in `meters.toml`).
+        #[arg(long)]
+        event_type: Option<String>,
         /// Percent of the limit from which record answers carry `warning: true` (1–100).
         #[arg(long, value_parser = clap::value_parser!(i16).range(1..=100))]
         warning_percent: Option<i16>,
@@ -126,7 +126,7 @@ pub enum UserCommand {
         email: String,
         #[arg(long)]
         password: String,
-        /// Usage limit per billing period (`none` for unlimited); defaults to TALLY_DEFAULT_USAGE_LIMIT.
+        /// A limit of its own on the primary meter (`none` for unlimited); default: the meter's (`meters.toml`).
         #[arg(long, value_parser = parse_usage_limit)]
         limit: Option<UsageLimit>,
         /// Succeed without changes when the account already exists (for seeding scripts).
@@ -136,7 +136,8 @@ pub enum UserCommand {
 }
 
 /// Runs the command line; the process exit status is derived from the result.
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+pub async fn run(mut cli: Cli) -> anyhow::Result<()> {
+    cli.config.load_meters()?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => crate::server::serve(cli.config).await,
         Command::Migrate => {
@@ -151,10 +152,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let id = crate::auth::users::find_id_by_email(&pool, &email)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no account for {email}"))?;
-            let account = sqlx::query!("SELECT usage_limit, stripe_customer_id FROM users WHERE id = $1", id)
-                .fetch_one(&pool)
-                .await?;
-            let (limit, customer) = (account.usage_limit, account.stripe_customer_id);
+            let customer =
+                sqlx::query_scalar!("SELECT stripe_customer_id FROM users WHERE id = $1", id).fetch_one(&pool).await?;
+            let limits = crate::auth::users::limits(&pool, &cli.config.meters, id).await?;
             // All time, within what PostgreSQL's timestamptz holds (chrono's MIN/MAX do not fit).
             let all_time = crate::usage::period::Period {
                 kind: crate::usage::period::PeriodKind::Calendar,
@@ -165,7 +165,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let sync = crate::billing::status::for_user(&pool, id, all_time).await?;
             println!("account {} ({id})", email.trim().to_lowercase());
-            println!("limit: {}", limit.map_or("none".to_owned(), |l| l.to_string()));
+            for (event_type, limit, own) in limits {
+                let limit = limit.map_or("none".to_owned(), |l| l.to_string());
+                let whose = if own { "its own" } else { "the meter's default" };
+                println!("limit of {event_type}: {limit} ({whose})");
+            }
             println!("stripe customer: {}", customer.as_deref().unwrap_or("none"));
             println!(
                 "usage events: {} delivered, {} pending, {} awaiting a customer, {} failed, {} expired",
@@ -173,12 +177,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::User(UserCommand::SetLimit { email, limit, warning_percent }) => {
+        Command::User(UserCommand::SetLimit { email, limit, event_type, warning_percent }) => {
             let pool = crate::db::connect(&cli.config).await?;
             crate::db::migrate(&pool).await?;
-            crate::auth::users::set_limit(&pool, &email, limit.0, warning_percent).await?;
-            let shown = limit.0.map_or("no limit".to_owned(), |l| format!("limit {l} per period"));
-            println!("{}: {shown}", email.trim().to_lowercase());
+            let catalog = &cli.config.meters;
+            let event_type = event_type.unwrap_or_else(|| catalog.primary().event_type.clone());
+            if !catalog.contains(&event_type) {
+                anyhow::bail!("no meter {event_type:?} in the catalog (metered: {})", catalog.event_types().join(", "));
+            }
+            crate::auth::users::set_limit(&pool, &email, &event_type, limit, warning_percent).await?;
+            let shown = match limit {
+                LimitChoice::Own(Some(l)) => format!("limit {l} per period"),
+                LimitChoice::Own(None) => "no limit".to_owned(),
+                LimitChoice::Default => {
+                    let default = catalog.default_limit(&event_type);
+                    format!("the meter's default ({})", default.map_or("no limit".to_owned(), |l| format!("{l}")))
+                }
+            };
+            println!("{} on {event_type}: {shown}", email.trim().to_lowercase());
             Ok(())
         }
         Command::User(UserCommand::Create { email, password, limit, if_missing }) => {
@@ -190,10 +206,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     return Ok(());
                 }
             }
-            let limit = limit.unwrap_or(cli.config.default_usage_limit).0;
-            let id = crate::auth::users::register(&pool, &email, &password, limit).await?;
+            let primary = cli.config.meters.primary();
+            let own: Vec<(String, Option<i64>)> =
+                limit.map(|limit| (primary.event_type.clone(), limit.0)).into_iter().collect();
+            let id = crate::auth::users::register(&pool, &email, &password, &own).await?;
+            let limit = limit.map_or(primary.limit, |limit| limit.0);
             let limit = limit.map_or("no limit".to_owned(), |l| format!("limit {l} per period"));
-            println!("created account {} ({id}), {limit}", email.trim().to_lowercase());
+            println!("created account {} ({id}), {limit} on {}", email.trim().to_lowercase(), primary.event_type);
             Ok(())
         }
         Command::Stripe(command) => {
@@ -354,24 +373,29 @@ async fn stripe_command(pool: &sqlx::PgPool, config: &Config, command: StripeCom
                 );
             }
         }
-        StripeCommand::Setup { display_name, event_name, product_name, currency, unit_amount_decimal, lookup_key } => {
-            let event_name = event_name
-                .or_else(|| config.event_types.first().cloned())
-                .ok_or_else(|| anyhow::anyhow!("no event name: pass --event-name or set TALLY_EVENT_TYPES"))?;
-            let plan = setup::SetupPlan {
-                event_name,
-                meter_display_name: display_name,
-                product_name,
-                currency: currency.to_lowercase(),
-                unit_amount_decimal,
-                lookup_key,
-            };
-            let done = setup::setup(&stripe()?, &plan).await?;
+        StripeCommand::Setup { product_name } => {
+            let stripe = stripe()?;
             let verb = |created: bool| if created { "created" } else { "found" };
-            eprintln!("meter {} ({}) for event {:?}", done.meter_id, verb(done.meter_created), plan.event_name);
-            eprintln!("price {} of product {} ({})", done.price_id, done.product_id, verb(done.price_created));
-            eprintln!("put this in .env:");
-            println!("STRIPE_PRICE_ID={}", done.price_id);
+            for meter in config.meters.meters() {
+                let plan = setup::SetupPlan {
+                    event_name: meter.event_type.clone(),
+                    meter_display_name: meter.label.en.clone(),
+                    product_name: product_name.clone(),
+                    price: meter.price.clone(),
+                    lookup_key: meter.lookup_key(),
+                };
+                let done = setup::setup(&stripe, &plan).await?;
+                crate::billing::prices::save(pool, &meter.event_type, &done.price).await?;
+                println!(
+                    "{}: meter {} ({}), price {} ({})",
+                    meter.event_type,
+                    done.meter_id,
+                    verb(done.meter_created),
+                    done.price.id,
+                    verb(done.price_created)
+                );
+            }
+            println!("the meters bill with these prices; Checkout subscribes new customers to all of them");
         }
         StripeCommand::Reconcile { since } => {
             let since = match since {
@@ -398,14 +422,29 @@ async fn stripe_command(pool: &sqlx::PgPool, config: &Config, command: StripeCom
             }
             println!("{} periods compared, {differing} differ", lines.len());
 
-            let event_name = config.event_types.first().map_or(crate::usage::AI_TOKENS_EVENT, String::as_str);
-            let filter = crate::billing::reconcile::InvoiceFilter {
-                since,
-                event_name: Some(event_name),
-                price: config.stripe_price_id.as_deref(),
-                invoice: None,
+            // Each priced meter's invoice lines against its event type's deliveries; before setup saved any price,
+            // every metered line against the primary meter.
+            let priced = crate::billing::prices::by_event_type(pool).await?;
+            let meters: Vec<(&str, Option<&str>)> = if priced.is_empty() {
+                vec![(config.meters.primary().event_type.as_str(), None)]
+            } else {
+                config
+                    .meters
+                    .meters()
+                    .iter()
+                    .filter_map(|m| Some((m.event_type.as_str(), Some(priced.get(&m.event_type)?.as_str()))))
+                    .collect()
             };
-            let checks = crate::billing::reconcile::invoices(pool, &filter).await?;
+            let mut checks = Vec::new();
+            for (event_name, price) in meters {
+                let filter = crate::billing::reconcile::InvoiceFilter {
+                    since,
+                    event_name: Some(event_name),
+                    price,
+                    invoice: None,
+                };
+                checks.extend(crate::billing::reconcile::invoices(pool, &filter).await?);
+            }
             let mut differing_lines = 0;
             println!();
             println!("Stripe's invoices against what Tally delivered in each invoiced period:");

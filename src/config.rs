@@ -18,9 +18,14 @@ pub struct Config {
     #[arg(long, env = "BILLING_TIMEZONE", default_value = "Asia/Tokyo")]
     pub billing_timezone: String,
 
-    /// Usage limit (tokens per billing period) given to accounts created by sign-up; `none` for no limit.
-    #[arg(long, env = "TALLY_DEFAULT_USAGE_LIMIT", default_value = "1000000", value_parser = parse_usage_limit)]
-    pub default_usage_limit: UsageLimit,
+    /// The meter catalog (event types, labels, default limits, prices when Stripe is off: `meters.toml`'s own
+    /// comments say how). Unset: `meters.toml` in the working directory if there is one, else AI tokens alone.
+    #[arg(long, env = "TALLY_METERS_FILE")]
+    pub meters_file: Option<std::path::PathBuf>,
+
+    /// The catalog read from `meters_file` ([`Config::load_meters`]).
+    #[arg(skip)]
+    pub meters: std::sync::Arc<crate::meters::Catalog>,
 
     /// The address users reach Tally at. An `https://` URL makes the session cookie `Secure`.
     #[arg(long, env = "TALLY_PUBLIC_URL", default_value = "http://127.0.0.1:3000")]
@@ -60,10 +65,6 @@ pub struct Config {
     #[arg(long, env = "TALLY_SIGNUPS_PER_HOUR", default_value_t = 1_000)]
     pub signups_per_hour: i64,
 
-    /// Event types that may be recorded (comma-separated); anything else is refused with 422.
-    #[arg(long, env = "TALLY_EVENT_TYPES", default_value = "ai_token_consumed", value_delimiter = ',')]
-    pub event_types: Vec<String>,
-
     /// Concurrent ingestion transactions (group-commit writers) per app instance.
     #[arg(long, env = "TALLY_INGEST_WRITERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub ingest_writers: u16,
@@ -91,10 +92,6 @@ pub struct Config {
     /// Stripe's API address (a test double's in tests).
     #[arg(long, env = "STRIPE_API_BASE", default_value = "https://api.stripe.com")]
     pub stripe_api_base: String,
-
-    /// The metered price new subscriptions get (`price_…`, printed by the Stripe setup).
-    #[arg(long, env = "STRIPE_PRICE_ID")]
-    pub stripe_price_id: Option<String>,
 
     /// How far a webhook signature's timestamp may be from now, in seconds (either way).
     #[arg(long, env = "STRIPE_WEBHOOK_TOLERANCE_SECONDS", default_value_t = 300)]
@@ -182,6 +179,20 @@ pub fn parse_usage_limit(raw: &str) -> Result<UsageLimit, AppError> {
 }
 
 impl Config {
+    /// Reads the meter catalog: `meters_file`, else `meters.toml` if the working directory has one, else the
+    /// built-in catalog. A named file that is missing or wrong is an error, never a silent fallback.
+    pub fn load_meters(&mut self) -> Result<(), crate::meters::CatalogError> {
+        let catalog = match &self.meters_file {
+            Some(path) => crate::meters::Catalog::load(path)?,
+            None if std::path::Path::new("meters.toml").is_file() => {
+                crate::meters::Catalog::load(std::path::Path::new("meters.toml"))?
+            }
+            None => crate::meters::Catalog::builtin(),
+        };
+        self.meters = std::sync::Arc::new(catalog);
+        Ok(())
+    }
+
     /// The configured webhook secrets, trimmed, without empty entries.
     pub fn stripe_webhook_secrets(&self) -> Vec<String> {
         self.stripe_webhook_secret
@@ -206,7 +217,8 @@ impl std::fmt::Debug for Config {
             .field("database_url", &"<hidden>")
             .field("database_max_connections", &self.database_max_connections)
             .field("billing_timezone", &self.billing_timezone)
-            .field("default_usage_limit", &self.default_usage_limit)
+            .field("meters_file", &self.meters_file)
+            .field("meters", &self.meters.event_types())
             .field("public_url", &self.public_url)
             .field("trust_forwarded_for", &self.trust_forwarded_for)
             .field("alert_webhook_allow_private", &self.alert_webhook_allow_private)
@@ -216,7 +228,6 @@ impl std::fmt::Debug for Config {
             .field("body_read_timeout_secs", &self.body_read_timeout_secs)
             .field("max_header_bytes", &self.max_header_bytes)
             .field("max_connections", &self.max_connections)
-            .field("event_types", &self.event_types)
             .field("ingest_writers", &self.ingest_writers)
             .field("openai_api_key", &self.openai_api_key.as_ref().map(|_| "<hidden>"))
             .field("openai_base_url", &self.openai_base_url)
@@ -225,7 +236,6 @@ impl std::fmt::Debug for Config {
             .field("stripe_webhook_tolerance_seconds", &self.stripe_webhook_tolerance_seconds)
             .field("stripe_secret_key", &self.stripe_secret_key.as_ref().map(|_| "<hidden>"))
             .field("stripe_api_base", &self.stripe_api_base)
-            .field("stripe_price_id", &self.stripe_price_id)
             .field("delivery", &self.delivery)
             .finish()
     }
@@ -266,7 +276,8 @@ mod tests {
             database_url: "postgres://tally:s3cret@db/tally".into(),
             database_max_connections: 5,
             billing_timezone: "Asia/Tokyo".into(),
-            default_usage_limit: UsageLimit(None),
+            meters_file: None,
+            meters: Default::default(),
             public_url: "https://tally.example".into(),
             trust_forwarded_for: false,
             alert_webhook_allow_private: false,
@@ -276,7 +287,6 @@ mod tests {
             body_read_timeout_secs: 30,
             max_header_bytes: 16_384,
             max_connections: 4_096,
-            event_types: vec!["ai_token_consumed".into()],
             ingest_writers: 2,
             openai_api_key: Some("sk-s3cret".into()),
             openai_base_url: "http://127.0.0.1:9".into(),
@@ -285,7 +295,6 @@ mod tests {
             stripe_webhook_tolerance_seconds: 300,
             stripe_secret_key: Some("sk_test_s3cret".into()),
             stripe_api_base: "http://127.0.0.1:12111".into(),
-            stripe_price_id: None,
             delivery: DeliveryConfig::default(),
         };
         assert_eq!(config.stripe_webhook_secrets(), ["whsec_a", "whsec_b"]);

@@ -186,6 +186,14 @@ pub enum Problem {
     NoStripeCustomer,
     /// As many CSV exports as this instance allows are being downloaded; try again shortly.
     ExportsBusy,
+    /// An alert amount that is not a positive number (of units, or of money in the meter's currency).
+    AlertAmount,
+    /// A money alert on a meter whose price Tally does not know.
+    AlertNoPrice,
+    /// More alerts than one user may set.
+    AlertTooMany {
+        max: i64,
+    },
     /// PostgreSQL is down, restarting, read-only or out of disk. A commit whose answer was lost may have happened:
     /// the message says how to retry without counting twice.
     DatabaseUnavailable,
@@ -241,6 +249,9 @@ impl Problem {
             Problem::AlreadySubscribed => td_string!(locale, problem_already_subscribed).to_string(),
             Problem::NoStripeCustomer => td_string!(locale, problem_no_stripe_customer).to_string(),
             Problem::ExportsBusy => td_string!(locale, problem_exports_busy).to_string(),
+            Problem::AlertAmount => td_string!(locale, problem_alert_amount).to_string(),
+            Problem::AlertNoPrice => td_string!(locale, problem_alert_no_price).to_string(),
+            Problem::AlertTooMany { max } => td_string!(locale, problem_alert_too_many, max = *max).to_string(),
             Problem::DatabaseUnavailable => td_string!(locale, problem_database_unavailable).to_string(),
         }
     }
@@ -652,6 +663,9 @@ mod tests {
             Problem::AlreadySubscribed,
             Problem::NoStripeCustomer,
             Problem::ExportsBusy,
+            Problem::AlertAmount,
+            Problem::AlertNoPrice,
+            Problem::AlertTooMany { max: 20 },
             Problem::DatabaseUnavailable,
         ]
     }

@@ -31,16 +31,53 @@ const ZERO_DECIMAL: &[&str] =
 /// Currencies with three decimals.
 const THREE_DECIMAL: &[&str] = &["bhd", "jod", "kwd", "omr", "tnd"];
 
-/// An amount in minor units of its currency: `190 usd` → `$1.90`, `1500 jpy` → `¥1,500` (`1,500円` in Japanese).
-pub fn money(lang: Lang, amount_minor: i64, currency: &str) -> String {
-    let currency = currency.to_ascii_lowercase();
-    let decimals: u32 = if ZERO_DECIMAL.contains(&currency.as_str()) {
+/// Digits of `currency`'s minor unit: 0 for JPY, 3 for KWD, 2 for most.
+fn decimals(currency: &str) -> u32 {
+    if ZERO_DECIMAL.contains(&currency) {
         0
-    } else if THREE_DECIMAL.contains(&currency.as_str()) {
+    } else if THREE_DECIMAL.contains(&currency) {
         3
     } else {
         2
-    };
+    }
+}
+
+/// A positive whole number as a person types it: `50000`, `50,000` or `50_000`; `None` otherwise.
+pub fn parse_count(text: &str) -> Option<i64> {
+    let digits: String = text.trim().chars().filter(|c| !matches!(c, ',' | '_')).collect();
+    if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse::<i64>().ok().filter(|n| *n > 0)
+}
+
+/// A positive amount of `currency` as a person types it (`1,500`, `¥1500`, `1500円`, `12.50`, `$12.5`), in its
+/// minor unit; `None` when it is not one, or has more decimals than the currency has (¥1.5 is not an amount).
+pub fn parse_money(text: &str, currency: &str) -> Option<i64> {
+    let currency = currency.to_ascii_lowercase();
+    let places = decimals(&currency) as usize;
+    let cleaned: String = text
+        .trim()
+        .trim_start_matches(['¥', '$', '€', '£', '￥'])
+        .trim_end_matches('円')
+        .trim()
+        .chars()
+        .filter(|c| !matches!(c, ',' | '_'))
+        .collect();
+    let (whole, fraction) = cleaned.split_once('.').unwrap_or((&cleaned, ""));
+    if whole.is_empty() || fraction.len() > places || !whole.chars().chain(fraction.chars()).all(|c| c.is_ascii_digit())
+    {
+        return None;
+    }
+    let scale = 10_i64.checked_pow(places as u32)?;
+    let fraction: i64 = if fraction.is_empty() { 0 } else { format!("{fraction:0<places$}").parse().ok()? };
+    whole.parse::<i64>().ok()?.checked_mul(scale)?.checked_add(fraction).filter(|n| *n > 0)
+}
+
+/// An amount in minor units of its currency: `190 usd` → `$1.90`, `1500 jpy` → `¥1,500` (`1,500円` in Japanese).
+pub fn money(lang: Lang, amount_minor: i64, currency: &str) -> String {
+    let currency = currency.to_ascii_lowercase();
+    let decimals = decimals(&currency);
     let scale = 10_i64.pow(decimals);
     let whole = thousands(amount_minor.abs() / scale);
     let sign = if amount_minor < 0 { "-" } else { "" };
@@ -93,6 +130,23 @@ mod tests {
         assert_eq!(money(Lang::En, 7, "eur"), "€0.07");
         assert_eq!(money(Lang::En, -250, "gbp"), "-£2.50");
         assert_eq!(money(Lang::Ja, 100, "krw"), "100 KRW");
+    }
+
+    #[test]
+    fn typed_amounts_are_read_in_the_currencys_minor_unit() {
+        assert_eq!(parse_money("1,500", "jpy"), Some(1_500));
+        assert_eq!(parse_money("¥1500", "jpy"), Some(1_500));
+        assert_eq!(parse_money("1500円", "JPY"), Some(1_500));
+        assert_eq!(parse_money("1.5", "jpy"), None, "the yen has no minor unit");
+        assert_eq!(parse_money("12.5", "usd"), Some(1_250));
+        assert_eq!(parse_money("$0.07", "usd"), Some(7));
+        assert_eq!(parse_money("0", "usd"), None);
+        assert_eq!(parse_money("-5", "usd"), None);
+        assert_eq!(parse_money("ten", "usd"), None);
+        assert_eq!(parse_money("99999999999999999999", "jpy"), None);
+        assert_eq!(parse_count("50,000"), Some(50_000));
+        assert_eq!(parse_count("0"), None);
+        assert_eq!(parse_count("1.5"), None);
     }
 
     #[test]

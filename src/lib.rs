@@ -30,11 +30,15 @@ pub mod connections;
 #[cfg(feature = "ssr")]
 pub mod db;
 #[cfg(feature = "ssr")]
+pub mod meters;
+#[cfg(feature = "ssr")]
 pub mod openapi;
 #[cfg(feature = "ssr")]
 pub mod outbound;
 #[cfg(feature = "ssr")]
 pub mod page_errors;
+#[cfg(feature = "ssr")]
+pub mod pricing;
 #[cfg(feature = "ssr")]
 pub mod retry;
 #[cfg(feature = "ssr")]

@@ -40,7 +40,7 @@ impl AppState {
     pub fn new(leptos_options: LeptosOptions, pool: PgPool, config: Config) -> AppState {
         let config = Arc::new(config);
         let clock = Arc::new(PeriodClock::new(config.billing_timezone.clone()));
-        let writer = UsageWriter::start(pool.clone(), clock.clone(), config.ingest_writers);
+        let writer = UsageWriter::start(pool.clone(), clock.clone(), config.meters.clone(), config.ingest_writers);
         // Outbound HTTP (the AI provider, Stripe); one client, so connections are reused.
         let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60)).build().unwrap_or_default();
         let usage = UsageState {

@@ -15,7 +15,7 @@ test.describe("in Japanese (Accept-Language: ja)", () => {
     await expect(page.getByRole("heading", { level: 1 })).toHaveText("Tally にログイン");
     await logIn(page, email);
     await expect(page.getByTestId("usage-used")).toHaveText("1,234,567");
-    await expect(page.locator(".usage-meter__label")).toHaveText("今期の AI トークン");
+    await expect(page.locator(".usage-meter__label")).toHaveText("今期のAIトークン");
     await expect(page.getByTestId("usage-period")).toContainText("請求期間");
     await expect(page.getByTestId("usage-period")).toContainText("年");
     await expect(page.getByTestId("history-caption")).toContainText("合計 1,234,567 トークン");
@@ -47,7 +47,7 @@ test.describe("in Japanese (Accept-Language: ja)", () => {
     await waitForHydration(page);
     await expect(page.locator(".usage-meter__label")).toHaveText("AI tokens this period");
     await page.getByTestId("language").click();
-    await expect(page.locator(".usage-meter__label")).toHaveText("今期の AI トークン");
+    await expect(page.locator(".usage-meter__label")).toHaveText("今期のAIトークン");
   });
 });
 
@@ -106,6 +106,6 @@ test.describe("with JavaScript disabled", () => {
     await page.getByTestId("submit").click();
     await expect(page.locator(".usage-meter__label")).toHaveText("AI tokens this period");
     await page.getByTestId("language").click();
-    await expect(page.locator(".usage-meter__label")).toHaveText("今期の AI トークン");
+    await expect(page.locator(".usage-meter__label")).toHaveText("今期のAIトークン");
   });
 });

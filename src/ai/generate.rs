@@ -47,22 +47,24 @@ pub struct Reservation {
 /// is recorded (or the call failed).
 pub async fn reserve(state: &AiState, user_id: Uuid, prompt: &str) -> Result<Reservation, AppError> {
     let mut tx = state.pool.begin().await?;
-    let limit = sqlx::query_scalar!("SELECT usage_limit FROM users WHERE id = $1 FOR UPDATE", user_id)
-        .fetch_optional(&mut *tx)
-        .await?;
+    let catalog = &state.config.meters;
+    let event_type = &catalog.primary().event_type;
+    let limit = sqlx::query_scalar!(
+        "SELECT effective_usage_limit(id, $2, $3) FROM users WHERE id = $1 FOR UPDATE",
+        user_id,
+        event_type,
+        catalog.default_limit(event_type)
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
     let Some(limit) = limit.ok_or(AppError::Unauthorized)? else {
         return Ok(Reservation { id: None, max_completion_tokens: MAX_COMPLETION_TOKENS });
     };
     // Read on the locked transaction's own connection: calls waiting for the lock hold connections too.
-    let used = crate::usage::totals::summary_at(
-        &mut *tx,
-        &state.clock,
-        user_id,
-        crate::usage::AI_TOKENS_EVENT,
-        chrono::Utc::now(),
-    )
-    .await?
-    .map_or(0, |summary| summary.used);
+    let used =
+        crate::usage::totals::summary_at(&mut *tx, &state.clock, catalog, user_id, event_type, chrono::Utc::now())
+            .await?
+            .map_or(0, |summary| summary.used);
     sqlx::query!("DELETE FROM ai_reservations WHERE user_id = $1 AND expires_at <= now()", user_id)
         .execute(&mut *tx)
         .await?;

@@ -73,7 +73,6 @@ pub struct Generation {
 #[server(endpoint = "ai/generate", input = server_fn::codec::Json)]
 pub async fn generate(prompt: String) -> Result<Generation, AppError> {
     use crate::usage::writer::{LimitPolicy, NewEvent};
-    use crate::usage::AI_TOKENS_EVENT;
 
     let state = AiState::current()?;
     crate::auth::caller::require_json(&crate::auth::caller::request_headers().await?)?;
@@ -101,7 +100,8 @@ pub async fn generate(prompt: String) -> Result<Generation, AppError> {
         }
     };
     let event = NewEvent {
-        event_type: AI_TOKENS_EVENT.to_owned(),
+        // The catalog's primary meter (`ai_token_consumed` as shipped).
+        event_type: state.config.meters.primary().event_type.clone(),
         quantity: completion.total_tokens,
         metadata: serde_json::json!({
             "model": completion.model,

@@ -117,7 +117,7 @@ pub fn check_new_password(password: &str) -> Result<(), Problem> {
     }
 }
 
-/// Creates an account with the configured default usage limit and signs it in.
+/// Creates an account (its limits are the meters' defaults) and signs it in.
 #[server(endpoint = "auth/signup")]
 pub async fn signup(email: String, password: String) -> Result<(), AppError> {
     let state = AuthState::current()?;
@@ -127,7 +127,7 @@ pub async fn signup(email: String, password: String) -> Result<(), AppError> {
     throttle::begin_signup(&state.pool, ip, throttle::SignupLimits::from_config(&state.config)).await?;
     // No Stripe call here: the delivery worker creates the customers of new accounts (and Checkout its user's), so
     // sign-up never waits for Stripe and accounts depend on no other domain.
-    let user_id = users::register(&state.pool, &email, &password, state.config.default_usage_limit.0).await?;
+    let user_id = users::register(&state.pool, &email, &password, &[]).await?;
     session::sign_in(user_id).await?;
     leptos_axum::redirect("/");
     Ok(())

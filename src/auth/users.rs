@@ -8,26 +8,33 @@ use super::{check_new_password, normalize_email, password, CurrentUser};
 use crate::error::Problem;
 
 /// Creates an account after validating the email and password; a taken email is refused with
-/// [`Problem::AccountExists`] (409).
+/// [`Problem::AccountExists`] (409). `own_limits` are limits of its own per event type (`None`: unlimited); every
+/// other meter applies its default limit (`meters.toml`).
 pub async fn register(
     pool: &PgPool,
     email: &str,
     new_password: &str,
-    usage_limit: Option<i64>,
+    own_limits: &[(String, Option<i64>)],
 ) -> Result<Uuid, AuthError> {
     let email = normalize_email(email)?;
     check_new_password(new_password)?;
-    if usage_limit.is_some_and(|limit| limit <= 0) {
+    if own_limits.iter().any(|(_, limit)| limit.is_some_and(|limit| limit <= 0)) {
         return Err(AuthError::Invalid("usage limit must be positive".into()));
     }
     let password_hash = password::hash(new_password.to_owned()).await?;
     let id = Uuid::new_v4();
+    let (types, limits): (Vec<String>, Vec<Option<i64>>) = own_limits.iter().cloned().unzip();
+    // One statement: the account and its own limits exist together or not at all.
     sqlx::query!(
-        "INSERT INTO users (id, email, password_hash, usage_limit) VALUES ($1, $2, $3, $4)",
+        "WITH account AS (INSERT INTO users (id, email, password_hash) VALUES ($1, $2, $3) RETURNING id)
+         INSERT INTO usage_limits (user_id, event_type, usage_limit)
+         SELECT account.id, own.event_type, own.usage_limit
+         FROM account CROSS JOIN unnest($4::text[], $5::bigint[]) AS own (event_type, usage_limit)",
         id,
         &email,
         password_hash,
-        usage_limit
+        &types,
+        &limits as &[Option<i64>]
     )
     .execute(pool)
     .await
@@ -56,29 +63,79 @@ pub async fn find(pool: &PgPool, id: Uuid) -> Result<Option<CurrentUser>, AuthEr
     Ok(sqlx::query_as!(CurrentUser, "SELECT id, email FROM users WHERE id = $1", id).fetch_optional(pool).await?)
 }
 
-/// Sets an account's usage limit (`None`: unlimited) and, when given, its warning share.
+/// What an account's limit on one event type becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitChoice {
+    /// A limit of its own (`None`: unlimited).
+    Own(Option<i64>),
+    /// The meter's default (`meters.toml`) again.
+    Default,
+}
+
+/// Sets an account's limit on `event_type` and, when given, its warning share (one for all its meters).
 pub async fn set_limit(
     pool: &PgPool,
     email: &str,
-    usage_limit: Option<i64>,
+    event_type: &str,
+    choice: LimitChoice,
     warning_percent: Option<i16>,
 ) -> Result<(), AuthError> {
     let email = normalize_email(email)?;
-    let updated = sqlx::query!(
-        "UPDATE users SET usage_limit = $2, usage_warning_percent = COALESCE($3, usage_warning_percent)
-         WHERE email = $1",
+    let (own, limit) = match choice {
+        LimitChoice::Own(limit) => (true, limit),
+        LimitChoice::Default => (false, None),
+    };
+    // One statement: the warning share and the limit change together, under the row lock writers check limits by.
+    let found = sqlx::query_scalar!(
+        r#"WITH account AS (
+               UPDATE users SET usage_warning_percent = COALESCE($3, usage_warning_percent)
+               WHERE email = $1 RETURNING id
+           ), cleared AS (
+               DELETE FROM usage_limits l USING account
+               WHERE l.user_id = account.id AND l.event_type = $2 AND NOT $4
+           ), own AS (
+               INSERT INTO usage_limits (user_id, event_type, usage_limit)
+               SELECT id, $2, $5 FROM account WHERE $4
+               ON CONFLICT (user_id, event_type) DO UPDATE SET usage_limit = EXCLUDED.usage_limit
+           )
+           SELECT count(*) AS "found!" FROM account"#,
         &email,
-        usage_limit,
-        warning_percent
+        event_type,
+        warning_percent,
+        own,
+        limit
     )
-    .execute(pool)
-    .await?
-    .rows_affected();
-    if updated == 1 {
+    .fetch_one(pool)
+    .await?;
+    if found == 1 {
         Ok(())
     } else {
         Err(AuthError::Invalid(format!("no account for {email}")))
     }
+}
+
+/// An account's limit on each meter of `catalog` (`effective_usage_limit`: its own, else the meter's default;
+/// `None`: unlimited), and whether it is its own.
+pub async fn limits(
+    pool: &PgPool,
+    catalog: &crate::meters::Catalog,
+    user_id: Uuid,
+) -> Result<Vec<(String, Option<i64>, bool)>, AuthError> {
+    let (types, defaults): (Vec<String>, Vec<Option<i64>>) =
+        catalog.meters().iter().map(|m| (m.event_type.clone(), m.limit)).unzip();
+    let rows = sqlx::query!(
+        r#"SELECT m.event_type AS "event_type!", effective_usage_limit($1, m.event_type, m.default_limit) AS "limit",
+                  EXISTS (SELECT 1 FROM usage_limits l WHERE l.user_id = $1 AND l.event_type = m.event_type)
+                      AS "own!"
+           FROM unnest($2::text[], $3::bigint[]) WITH ORDINALITY AS m (event_type, default_limit, position)
+           ORDER BY m.position"#,
+        user_id,
+        &types,
+        &defaults as &[Option<i64>]
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|row| (row.event_type, row.limit, row.own)).collect())
 }
 
 /// The id of the account with this email, if any.

@@ -91,6 +91,10 @@ pub async fn apply(tx: &mut Transaction<'_, Postgres>, envelope: &Envelope) -> R
             subscription(tx, envelope).await
         }
         "checkout.session.completed" => checkout_completed(tx, envelope).await,
+        "price.updated" => {
+            let changed = super::prices::updated(&mut **tx, &envelope.object, envelope.created).await?;
+            Ok(if changed { Outcome::Applied } else { Outcome::Ignored })
+        }
         // Both name the events Stripe could not count; their details are fetched by the worker.
         "v1.billing.meter.error_report_triggered" | "v1.billing.meter.no_meter_found" => {
             meter_error_report(tx, envelope).await

@@ -64,7 +64,7 @@ pub async fn overview(pool: &PgPool, user_id: Uuid, timezone: &str) -> Result<Bi
 pub async fn open_checkout(
     state: &super::BillingState,
     stripe: &super::stripe::StripeClient,
-    price_id: &str,
+    price_ids: &[String],
     user_id: Uuid,
 ) -> Result<String, AppError> {
     let mut tx = state.pool.begin().await?;
@@ -102,7 +102,7 @@ pub async fn open_checkout(
         user_id: &user_id.to_string(),
         email: &email,
         customer: customer.as_deref(),
-        price_id,
+        price_ids,
         success_url: &success_url,
         cancel_url: &cancel_url,
         idempotency_key: &idempotency_key,

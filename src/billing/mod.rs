@@ -37,14 +37,14 @@ impl BillingState {
     }
 
     /// Fills in what the configuration decides: whether usage is being sent to Stripe, and whether to offer
-    /// "Subscribe" (Checkout configured and no live subscription).
-    pub fn complete(&self, overview: &mut BillingOverview) {
+    /// "Subscribe" (Stripe configured, a metered price saved by `tally stripe setup`, no live subscription).
+    pub fn complete(&self, overview: &mut BillingOverview, priced: bool) {
         overview.sync.stripe_configured = self.stripe.is_some();
         let live = overview
             .subscription
             .as_ref()
             .is_some_and(|s| crate::usage::period::LIVE_STATUSES.contains(&s.status.as_str()));
-        overview.can_subscribe = self.stripe.is_some() && self.config.stripe_price_id.is_some() && !live;
+        overview.can_subscribe = self.stripe.is_some() && priced && !live;
         overview.can_manage = self.stripe.is_some() && overview.has_customer;
     }
 }
@@ -59,6 +59,8 @@ pub mod error;
 pub mod events;
 #[cfg(feature = "ssr")]
 pub mod history;
+#[cfg(feature = "ssr")]
+pub mod prices;
 #[cfg(feature = "ssr")]
 pub mod reconcile;
 #[cfg(feature = "ssr")]
@@ -151,7 +153,10 @@ pub async fn get_billing_overview() -> Result<BillingOverview, AppError> {
     // This period's events: what the customer is about to be billed for.
     let period = crate::usage::period::current(&state.usage, user_id).await?;
     overview.sync = status::for_user(&state.pool, user_id, period.period()).await?;
-    state.complete(&mut overview);
+    let priced = sqlx::query_scalar!(r#"SELECT EXISTS (SELECT 1 FROM meter_prices) AS "priced!""#)
+        .fetch_one(&state.pool)
+        .await?;
+    state.complete(&mut overview, priced);
     Ok(overview)
 }
 
@@ -183,14 +188,18 @@ pub async fn open_billing_portal() -> Result<(), AppError> {
 pub async fn start_checkout() -> Result<(), AppError> {
     let state = BillingState::current()?;
     let user_id = crate::auth::session::require_user_id().await?;
-    let (Some(stripe), Some(price_id)) = (state.stripe.as_ref(), state.config.stripe_price_id.as_deref()) else {
+    let Some(stripe) = state.stripe.as_ref() else {
         return Err(AppError::Refused(crate::error::Problem::StripeNotConfigured));
     };
+    let items = prices::subscription_items(&state.pool, &state.config.meters).await?;
+    if items.is_empty() {
+        return Err(AppError::Refused(crate::error::Problem::StripeNotConfigured));
+    }
     // Checkout subscribes the user's own customer (the worker creates missing ones too, but not necessarily yet).
     if state.config.delivery.create_customers {
         customers::ensure(&state.pool, stripe, user_id).await?;
     }
-    let url = history::open_checkout(&state, stripe, price_id, user_id).await?;
+    let url = history::open_checkout(&state, stripe, &items, user_id).await?;
     leptos_axum::redirect(&url);
     Ok(())
 }

@@ -3,7 +3,7 @@
 use crate::billing::error::BillingError;
 #[cfg(doc)]
 use crate::billing::stripe::Meter;
-use crate::billing::stripe::{NewMeteredPrice, StripeClient};
+use crate::billing::stripe::{NewMeteredPrice, Price, StripeClient};
 
 /// What `tally stripe setup` creates (or finds).
 #[derive(Debug, Clone)]
@@ -12,22 +12,20 @@ pub struct SetupPlan {
     pub event_name: String,
     pub meter_display_name: String,
     pub product_name: String,
-    /// Lower-case ISO 4217.
-    pub currency: String,
-    /// Per token, in the currency's smallest unit (yen for JPY, which has no minor unit): ¥0.05 per 1,000
-    /// tokens is `0.00005`. Stripe multiplies by the period's sum and rounds the line once.
-    pub unit_amount_decimal: String,
+    /// The price to create when none has `lookup_key` yet (`meters.toml`): Stripe multiplies the period's sum by
+    /// it and rounds the line once. `None`: setup only finds one.
+    pub price: Option<crate::pricing::Price>,
     /// Finds the price again on the next run.
     pub lookup_key: String,
 }
 
-/// The ids to put in `.env`, and whether this run created them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What setup found or created, and whether this run created it.
+#[derive(Debug, Clone)]
 pub struct SetupResult {
     pub meter_id: String,
     pub meter_created: bool,
-    pub price_id: String,
-    pub product_id: String,
+    /// The price, as Stripe has it (what `meter_prices` keeps).
+    pub price: Price,
     pub price_created: bool,
 }
 
@@ -45,7 +43,7 @@ pub async fn setup(stripe: &StripeClient, plan: &SetupPlan) -> Result<SetupResul
                 return Err(BillingError::Invalid(format!(
                     "Stripe's meter {} for event {:?} would not bill Tally's usage correctly: {}. A meter cannot be \
                      changed once created: deactivate it in Stripe's dashboard and choose another event name \
-                     (--event-name, TALLY_EVENT_TYPES), then run setup again.",
+                     (event_type in meters.toml), then run setup again.",
                     meter.id,
                     plan.event_name,
                     differences.join("; ")
@@ -60,25 +58,46 @@ pub async fn setup(stripe: &StripeClient, plan: &SetupPlan) -> Result<SetupResul
         }
     };
     if let Some(price) = stripe.find_price(&plan.lookup_key).await? {
-        return Ok(SetupResult {
-            meter_id,
-            meter_created,
-            price_id: price.id,
-            product_id: price.product,
-            price_created: false,
-        });
+        let meter = price.recurring.as_ref().and_then(|r| r.meter.as_deref());
+        if meter != Some(meter_id.as_str()) {
+            return Err(BillingError::Invalid(format!(
+                "Stripe's price {} (lookup key {:?}) bills meter {}, not {meter_id} of event {:?}: give this meter \
+                 another lookup_key in meters.toml, or move the key in Stripe's dashboard",
+                price.id,
+                plan.lookup_key,
+                meter.unwrap_or("none"),
+                plan.event_name
+            )));
+        }
+        return Ok(SetupResult { meter_id, meter_created, price, price_created: false });
     }
+    let configured = plan.price.as_ref().ok_or_else(|| {
+        BillingError::Invalid(format!(
+            "no Stripe price has lookup key {:?} and meters.toml gives {:?} no price to create one",
+            plan.lookup_key, plan.event_name
+        ))
+    })?;
+    let unit_amount_decimal = match (configured.billing_scheme.as_str(), &configured.unit_amount_decimal) {
+        ("per_unit", Some(amount)) if configured.transform_quantity.is_none() => amount,
+        _ => {
+            return Err(BillingError::Invalid(format!(
+                "setup creates per-unit prices only; create the tiered or transformed price of {:?} in Stripe's \
+                 dashboard with lookup key {:?} (setup then finds it and Tally reads it)",
+                plan.event_name, plan.lookup_key
+            )))
+        }
+    };
     let product_key = format!("tally-setup-product-{}", plan.lookup_key);
     let product = stripe.create_product(&plan.product_name, &product_key).await?;
-    let price = NewMeteredPrice {
+    let new_price = NewMeteredPrice {
         product: &product,
         meter: &meter_id,
-        currency: &plan.currency,
-        unit_amount_decimal: &plan.unit_amount_decimal,
+        currency: &configured.currency,
+        unit_amount_decimal,
         lookup_key: &plan.lookup_key,
         nickname: &plan.meter_display_name,
     };
     let price_key = format!("tally-setup-price-{}", plan.lookup_key);
-    let price = stripe.create_metered_price(&price, &price_key).await?;
-    Ok(SetupResult { meter_id, meter_created, price_id: price.id, product_id: product, price_created: true })
+    let price = stripe.create_metered_price(&new_price, &price_key).await?;
+    Ok(SetupResult { meter_id, meter_created, price, price_created: true })
 }

@@ -176,12 +176,13 @@ impl StripeClient {
         decode(&self.post("/v1/billing/meters", &params, key).await?)
     }
 
-    /// The active price with this `lookup_key`, if there is one.
+    /// The active price with this `lookup_key`, if there is one (with its tiers, which Stripe lists only when
+    /// asked).
     pub async fn find_price(&self, lookup_key: &str) -> Result<Option<Price>, StripeError> {
-        let list =
-            self.get("/v1/prices", &[("lookup_keys[0]", lookup_key.to_owned()), ("active", "true".into())]).await?;
-        let prices: Vec<Price> = decode(&list["data"])?;
-        Ok(prices.into_iter().next())
+        let query =
+            [("lookup_keys[0]", lookup_key.to_owned()), ("active", "true".into()), ("expand[0]", "data.tiers".into())];
+        let list = self.get("/v1/prices", &query).await?;
+        list["data"].as_array().and_then(|prices| prices.first()).map(Price::from_json).transpose()
     }
 
     /// Creates a product.
@@ -201,7 +202,7 @@ impl StripeClient {
             ("lookup_key", price.lookup_key.to_owned()),
             ("nickname", price.nickname.to_owned()),
         ];
-        decode(&self.post("/v1/prices", &params, key).await?)
+        Price::from_json(&self.post("/v1/prices", &params, key).await?)
     }
 
     /// The usage Stripe has aggregated for `customer` on `meter` in `[start, end)` (unix seconds, whole minutes).
@@ -238,17 +239,21 @@ impl StripeClient {
         self.get(&format!("/v2/core/events/{id}"), &[]).await
     }
 
-    /// Creates a Checkout Session subscribing a customer to `price_id` and returns its id and URL. `client_reference_id`
+    /// Creates a Checkout Session subscribing a customer to `price_ids` (one item per meter) and returns its id and
+    /// URL. `client_reference_id`
     /// comes back in `checkout.session.completed`, which links the customer to the user.
     pub async fn create_checkout_session(&self, checkout: &Checkout<'_>) -> Result<(String, String), StripeError> {
-        let mut params = vec![
+        let items: Vec<String> = (0..checkout.price_ids.len()).map(|i| format!("line_items[{i}][price]")).collect();
+        let mut params: Vec<(&str, String)> = vec![
             ("mode", "subscription".to_owned()),
-            // A metered price takes no quantity.
-            ("line_items[0][price]", checkout.price_id.to_owned()),
             ("client_reference_id", checkout.user_id.to_owned()),
             ("success_url", checkout.success_url.to_owned()),
             ("cancel_url", checkout.cancel_url.to_owned()),
         ];
+        // Metered prices take no quantity.
+        for (name, price) in items.iter().zip(checkout.price_ids) {
+            params.push((name, price.clone()));
+        }
         match checkout.customer {
             Some(customer) => params.push(("customer", customer.to_owned())),
             None => params.push(("customer_email", checkout.email.to_owned())),
@@ -376,13 +381,32 @@ impl Meter {
     }
 }
 
-/// A Stripe price.
+/// A Stripe price: the fields Tally reads, and the whole object as Stripe sent it (what `meter_prices` keeps and
+/// `crate::pricing` computes costs from).
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct Price {
     pub id: String,
     pub product: String,
     #[serde(default)]
     pub lookup_key: Option<String>,
+    #[serde(default)]
+    pub recurring: Option<PriceRecurring>,
+    #[serde(skip)]
+    pub json: Value,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct PriceRecurring {
+    #[serde(default)]
+    pub meter: Option<String>,
+}
+
+impl Price {
+    pub fn from_json(json: &Value) -> Result<Price, StripeError> {
+        let mut price: Price = decode(json)?;
+        price.json = json.clone();
+        Ok(price)
+    }
 }
 
 /// What [`StripeClient::create_metered_price`] creates.
@@ -408,7 +432,8 @@ pub struct Checkout<'a> {
     pub user_id: &'a str,
     pub email: &'a str,
     pub customer: Option<&'a str>,
-    pub price_id: &'a str,
+    /// One metered price per meter.
+    pub price_ids: &'a [String],
     pub success_url: &'a str,
     pub cancel_url: &'a str,
     pub idempotency_key: &'a str,

@@ -18,7 +18,8 @@ use crate::usage::{AlertsOverview, UsageHistory, UsageSummary};
 #[serde(rename_all = "camelCase")]
 pub struct DashboardData {
     pub user: CurrentUser,
-    pub summary: UsageSummary,
+    /// The meters shown: the primary one, and each other with usage this period.
+    pub meters: Vec<UsageSummary>,
     pub alerts: AlertsOverview,
     /// The current period's history.
     pub history: UsageHistory,

@@ -11,7 +11,8 @@ use super::DashboardData;
 use crate::auth::{ApiKeyInfo, CurrentUser};
 use crate::billing::{BillingCycle, BillingOverview, BillingState, SubscriptionInfo};
 use crate::usage::period::LIVE_STATUSES;
-use crate::usage::{AlertsOverview, DayUsage, PeriodChoice, UsageAlert, UsageHistory, UsageSummary, AI_TOKENS_EVENT};
+use crate::usage::summary::{meter_params, summarize, MeterRow, PeriodFacts};
+use crate::usage::{AlertMeter, AlertsOverview, DayUsage, PeriodAlerts, PeriodChoice, UsageHistory, UsageSummary};
 
 /// `user_id`'s dashboard at `at`, or `None` when the account no longer exists.
 pub async fn dashboard(
@@ -20,9 +21,11 @@ pub async fn dashboard(
     at: DateTime<Utc>,
 ) -> Result<Option<DashboardData>, sqlx::Error> {
     let timezone = &state.config.billing_timezone;
+    let catalog = &state.config.meters;
+    let (types, defaults) = meter_params(catalog, None);
     let Some(row) = sqlx::query!(
         r#"WITH u AS (
-               SELECT id, email, usage_limit, usage_warning_percent, alert_webhook_url, alert_webhook_secret,
+               SELECT id, email, usage_warning_percent, alert_webhook_url, alert_webhook_secret,
                       stripe_customer_id IS NOT NULL AS has_customer
                FROM users WHERE id = $1
            ), p AS (
@@ -31,20 +34,22 @@ pub async fn dashboard(
                       to_char((b.period_end - interval '1 microsecond') AT TIME ZONE $3, 'YYYY-MM-DD') AS last_day
                FROM billing_period_at($1, $2, $3, $4) AS b
            )
-           SELECT u.email, u.usage_limit, u.usage_warning_percent, u.has_customer AS "has_customer!", u.alert_webhook_url, u.alert_webhook_secret,
+           SELECT u.email, u.usage_warning_percent, u.has_customer AS "has_customer!", u.alert_webhook_url, u.alert_webhook_secret,
                   p.start AS "period_start!: DateTime<Utc>", p."end" AS "period_end!: DateTime<Utc>",
                   p.kind AS "period_kind!", p.first_day AS "first_day!", p.last_day AS "last_day!",
-                  coalesce((SELECT sum(t.quantity) FROM usage_period_totals t
-                            WHERE t.user_id = u.id AND t.event_type = $5 AND t.period_kind = p.kind
-                              AND t.period_start = p.start AND t.period_end = p."end"), 0)::bigint AS "used!",
+                  -- Every meter of the catalog, as `usage::totals::summaries_at` reads them.
                   coalesce((SELECT json_agg(json_build_object(
-                                'threshold', a.threshold, 'used', a.used, 'usageLimit', a.usage_limit,
-                                'crossedAt', a.crossed_at,
-                                'crossedLocal', to_char(a.crossed_at AT TIME ZONE $3, 'YYYY-MM-DD HH24:MI'))
-                              ORDER BY a.threshold)
-                            FROM usage_alerts a
-                            WHERE a.user_id = u.id AND a.event_type = $5 AND a.period_start = p.start), '[]')
-                      AS "alerts!: Json<Vec<UsageAlert>>",
+                                'eventType', m.event_type,
+                                'limit', effective_usage_limit(u.id, m.event_type, m.default_limit),
+                                'used', coalesce((SELECT sum(t.quantity) FROM usage_period_totals t
+                                                  WHERE t.user_id = u.id AND t.event_type = m.event_type
+                                                    AND t.period_kind = p.kind AND t.period_start = p.start
+                                                    AND t.period_end = p."end"), 0)::bigint,
+                                'price', (SELECT mp.price FROM meter_prices mp WHERE mp.event_type = m.event_type))
+                              ORDER BY m.position)
+                            FROM unnest($7::text[], $8::bigint[]) WITH ORDINALITY
+                                 AS m (event_type, default_limit, position)), '[]') AS "meters!: Json<Vec<MeterRow>>",
+                  usage_alerts_json(u.id, p.start, $3) AS "alerts!: Json<PeriodAlerts>",
                   coalesce((SELECT json_agg(json_build_object(
                                 'periodStart', c.period_start, 'periodEnd', c.period_end,
                                 'firstDay', c.first_day, 'lastDay', c.last_day) ORDER BY c.period_start DESC)
@@ -68,6 +73,7 @@ pub async fn dashboard(
                       AS "cycles!: Json<Vec<BillingCycle>>",
                   (SELECT count(*) FROM subscriptions s WHERE s.user_id = u.id AND s.status = ANY($4))
                       AS "live_subscriptions!",
+                  EXISTS (SELECT 1 FROM meter_prices) AS "priced!",
                   m.events AS "events!", m.pending AS "pending!", m.awaiting_customer AS "awaiting_customer!",
                   m.failed AS "failed!", m.expired AS "expired!", m.last_failure, m.last_retry_error,
                   m.reported AS "reported!", m.last_report,
@@ -81,8 +87,10 @@ pub async fn dashboard(
         at as _,
         timezone,
         LIVE_STATUSES as _,
-        AI_TOKENS_EVENT,
-        crate::billing::history::SHOWN_CYCLES
+        &catalog.primary().event_type,
+        crate::billing::history::SHOWN_CYCLES,
+        &types,
+        &defaults as &[Option<i64>]
     )
     .fetch_optional(&state.pool)
     .await?
@@ -95,17 +103,20 @@ pub async fn dashboard(
         first_day: row.first_day.clone(),
         last_day: row.last_day.clone(),
     };
-    let summary = UsageSummary {
-        event_type: AI_TOKENS_EVENT.to_owned(),
-        used: row.used,
-        limit: row.usage_limit,
-        warning_percent: row.usage_warning_percent,
-        period_start: row.period_start,
-        period_end: row.period_end,
-        period_first_day: row.first_day,
-        period_last_day: row.last_day,
+    let period = PeriodFacts {
+        start: row.period_start,
+        end: row.period_end,
+        first_day: row.first_day,
+        last_day: row.last_day,
         timezone: timezone.clone(),
     };
+    let meters: Vec<UsageSummary> = row
+        .meters
+        .0
+        .into_iter()
+        .map(|meter| summarize(catalog, meter, &period, row.usage_warning_percent, at))
+        .collect();
+    let PeriodAlerts { alerts, rules } = row.alerts.0;
     let sync = crate::billing::status::SyncCounts {
         events: row.events,
         pending: row.pending,
@@ -126,12 +137,13 @@ pub async fn dashboard(
         duplicate_subscription: row.live_subscriptions > 1,
         sync: sync.into(),
     };
-    state.complete(&mut billing);
+    state.complete(&mut billing, row.priced);
     Ok(Some(DashboardData {
         user: CurrentUser { id: user_id, email: row.email },
-        summary,
         alerts: AlertsOverview {
-            alerts: row.alerts.0,
+            alerts,
+            rules,
+            meters: AlertMeter::all(&meters),
             timezone: timezone.clone(),
             webhook_url: row.alert_webhook_url,
             webhook_secret: row.alert_webhook_secret,
@@ -142,6 +154,7 @@ pub async fn dashboard(
             days: row.days.0,
             timezone: timezone.clone(),
         },
+        meters: crate::usage::summary::shown(catalog, meters),
         billing,
         api_keys: row.api_keys.0,
     }))

@@ -79,19 +79,31 @@ pub fn refresh_soon() {
     }
 }
 
-/// Whether a live stream message (a usage summary as JSON text) says something the page does not show yet: another
-/// total or another period than the meter region's `data-used` and `data-period`. Read with the browser's own JSON
-/// parser; anything unreadable counts as a change.
+/// Whether a live stream message (the shown meters' summaries, a JSON array) says something the page does not show
+/// yet: another meter, or another total or period than a meter's `data-used` and `data-period`. Read with the
+/// browser's own JSON parser; anything unreadable counts as a change.
 pub fn differs_from_page(message: &JsValue) -> bool {
     let read = || -> Option<bool> {
-        let summary = js_sys::JSON::parse(&message.as_string()?).ok()?;
-        let field = |name: &str| js_sys::Reflect::get(&summary, &JsValue::from_str(name)).ok();
-        let used = field("used")?.as_f64()? as i64;
-        let period = field("periodStart")?.as_string()?;
-        let meter = web_sys::window()?.document()?.query_selector("[data-region=meter]").ok()??;
-        let shown_used = meter.get_attribute("data-used")?.parse::<i64>().ok()?;
-        let shown_period = meter.get_attribute("data-period")?;
-        Some(used != shown_used || period != shown_period)
+        let meters = js_sys::JSON::parse(&message.as_string()?).ok()?.dyn_into::<js_sys::Array>().ok()?;
+        let document = web_sys::window()?.document()?;
+        if document.query_selector_all("[data-meter]").ok()?.length() != meters.length() {
+            return Some(true);
+        }
+        for summary in meters.iter() {
+            let field = |name: &str| js_sys::Reflect::get(&summary, &JsValue::from_str(name)).ok();
+            let event_type = field("eventType")?.as_string()?;
+            let used = field("used")?.as_f64()? as i64;
+            let period = field("periodStart")?.as_string()?;
+            let Some(meter) = document.query_selector(&format!("[data-meter=\"{event_type}\"]")).ok()? else {
+                return Some(true);
+            };
+            let shown_used = meter.get_attribute("data-used")?.parse::<i64>().ok()?;
+            let shown_period = meter.get_attribute("data-period")?;
+            if used != shown_used || period != shown_period {
+                return Some(true);
+            }
+        }
+        Some(false)
     };
     read().unwrap_or(true)
 }

@@ -70,7 +70,7 @@ fn Dashboard(data: DashboardData, history: Result<UsageHistory, AppError>) -> im
             </ActionForm>
         </header>
         <section class="card">
-            <UsageCard summary=data.summary />
+            <UsageCard meters=data.meters />
             <LiveUpdates
                 refresh=td_string!(locale, refresh).to_string()
                 refreshing=td_string!(locale, refreshing).to_string()
@@ -102,22 +102,27 @@ fn Dashboard(data: DashboardData, history: Result<UsageHistory, AppError>) -> im
     }
 }
 
-/// The meter and its period: the region the live island re-reads when the total changes. `data-used` and
-/// `data-period` tell the island what the page shows, so a stream message that changes nothing costs no re-read.
+/// The meters and their period: the region the live island re-reads when a total changes. Each meter's
+/// `data-used` and `data-period` tell the island what the page shows, so a stream message that changes nothing
+/// costs no re-read.
 #[component]
-fn UsageCard(summary: UsageSummary) -> impl IntoView {
+fn UsageCard(meters: Vec<UsageSummary>) -> impl IntoView {
     let locale = use_i18n().get_locale_untracked();
-    let first = crate::i18n::day(locale, &summary.period_first_day);
-    let last = crate::i18n::day(locale, &summary.period_last_day);
-    let tz = summary.timezone;
-    // The period as the stream's JSON writes it (serde's RFC 3339), so the island can compare the two as text.
-    let period = serde_json::to_value(summary.period_start).ok().and_then(|v| v.as_str().map(str::to_owned));
-    view! {
-        <div data-region="meter" data-used=summary.used.to_string() data-period=period>
-            <UsageMeter used=summary.used limit=summary.limit />
+    // Every meter shares the user's billing period.
+    let period = meters.first().map(|summary| {
+        let first = crate::i18n::day(locale, &summary.period_first_day);
+        let last = crate::i18n::day(locale, &summary.period_last_day);
+        let tz = summary.timezone.clone();
+        view! {
             <p class="usage-period" data-testid="usage-period">
                 {td!(locale, billing_period, first = move || first.clone(), last = move || last.clone(), tz = move || tz.clone())}
             </p>
+        }
+    });
+    view! {
+        <div data-region="meters" class="usage-meters">
+            {meters.into_iter().map(|summary| view! { <UsageMeter summary /> }).collect_view()}
+            {period}
         </div>
     }
 }

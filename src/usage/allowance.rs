@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use tower_sessions::Session;
 
 use super::meter::{limit_reached, MeterFill};
-use super::{UsageState, UsageSummary, AI_TOKENS_EVENT};
+use super::{UsageState, UsageSummary};
 use crate::error::AppError;
 
 /// Where the allowance is answered.
@@ -38,6 +38,11 @@ pub struct Allowance {
     /// a live subscription, else the calendar month in the billing time zone).
     pub period_start: DateTime<Utc>,
     pub period_end: DateTime<Utc>,
+    /// What the period's usage costs so far, in the minor unit of `currency` (yen for JPY), rounded as the
+    /// invoice line will be; `null` when the meter has no known price.
+    pub cost_so_far: Option<i64>,
+    /// Lower-case ISO 4217 of `costSoFar`.
+    pub currency: Option<String>,
 }
 
 impl From<UsageSummary> for Allowance {
@@ -53,6 +58,8 @@ impl From<UsageSummary> for Allowance {
             percent: fill.map(|fill| fill.percent),
             warning: limited.is_some_and(|allowance| allowance.warning()),
             limit_reached: limit_reached(summary.used, summary.limit),
+            cost_so_far: summary.cost.as_ref().map(|cost| cost.so_far),
+            currency: summary.cost.map(|cost| cost.currency),
             event_type: summary.event_type,
             used: summary.used,
             limit: summary.limit,
@@ -71,7 +78,7 @@ pub struct AllowanceQuery {
 /// The handler: an API key (`Authorization: Bearer …`) or a signed-in session.
 #[utoipa::path(
     get, path = "/api/usage/allowance", tag = "usage",
-    params(("eventType" = Option<String>, Query, description = "The metered event type (default ai_token_consumed)")),
+    params(("eventType" = Option<String>, Query, description = "A metered event type of the catalog (default: the primary meter, ai_token_consumed)")),
     responses(
         (status = 200, description = "Where the caller stands in the current billing period", body = Allowance),
         (status = 401, description = "No session and no valid API key", body = crate::error::WireError),
@@ -85,18 +92,21 @@ pub async fn allowance(
     session: Session,
     Query(query): Query<AllowanceQuery>,
 ) -> Result<Json<Allowance>, AppError> {
-    let event_type = query.event_type.as_deref().unwrap_or(AI_TOKENS_EVENT);
-    if event_type != AI_TOKENS_EVENT {
+    let catalog = &state.config.meters;
+    let event_type = query.event_type.as_deref().unwrap_or(&catalog.primary().event_type);
+    if !catalog.contains(event_type) {
         return Err(AppError::Invalid(format!(
-            "unknown eventType {:?}: this server meters {AI_TOKENS_EVENT}",
-            crate::error::excerpt(event_type)
+            "unknown eventType \"{}\" (metered: {})",
+            crate::error::excerpt(event_type),
+            catalog.event_types().join(", ")
         )));
     }
     let user = match crate::auth::caller::api_key_of(&headers)? {
         Some(hash) => crate::auth::api_key::owner(&state.pool, hash).await?,
         None => crate::auth::session::user_of(&session).await?.ok_or(AppError::Unauthorized)?,
     };
-    let summary = super::current_summary(&state, user).await?.ok_or(AppError::Unauthorized)?;
+    let meters = super::current_meters(&state, user, Some(event_type)).await?.ok_or(AppError::Unauthorized)?;
+    let summary = meters.into_iter().next().ok_or(AppError::Internal)?;
     Ok(Json(summary.into()))
 }
 
@@ -106,9 +116,11 @@ mod tests {
 
     fn summary(used: i64, limit: Option<i64>) -> UsageSummary {
         UsageSummary {
-            event_type: AI_TOKENS_EVENT.into(),
+            event_type: crate::usage::AI_TOKENS_EVENT.into(),
+            label: Default::default(),
             used,
             limit,
+            cost: None,
             warning_percent: 80,
             period_start: DateTime::UNIX_EPOCH,
             period_end: DateTime::UNIX_EPOCH,

@@ -103,8 +103,8 @@ async fn listen(pool: PgPool, hub: LiveHub) {
     }
 }
 
-/// `GET /api/usage/live`: the signed-in user's usage summary now, then after every change, as server-sent
-/// events (`event: usage`, JSON data). Browsers' `EventSource` reconnects by itself.
+/// `GET /api/usage/live`: the signed-in user's shown meters (a JSON array of usage summaries) now, then after every
+/// change, as server-sent events (`event: usage`). Browsers' `EventSource` reconnects by itself.
 pub async fn stream(
     State(state): State<UsageState>,
     session: Session,
@@ -117,8 +117,11 @@ pub async fn stream(
             tokio::time::sleep(COALESCE).await;
             changes.borrow_and_update();
         }
-        let event = match super::current_summary(&state, user).await {
-            Ok(Some(summary)) => Event::default().event("usage").json_data(&summary).ok()?,
+        let event = match super::current_meters(&state, user, None).await {
+            Ok(Some(meters)) => {
+                let shown = super::summary::shown(&state.config.meters, meters);
+                Event::default().event("usage").json_data(&shown).ok()?
+            }
             // The account is gone: end the stream.
             Ok(None) => return None,
             Err(err) => {

@@ -23,6 +23,8 @@ pub mod period;
 #[cfg(feature = "ssr")]
 pub mod record;
 #[cfg(feature = "ssr")]
+pub mod summary;
+#[cfg(feature = "ssr")]
 pub mod totals;
 #[cfg(feature = "ssr")]
 pub mod writer;
@@ -80,10 +82,14 @@ pub const AI_TOKENS_EVENT: &str = "ai_token_consumed";
 #[serde(rename_all = "camelCase")]
 pub struct UsageSummary {
     pub event_type: String,
+    /// The meter's words, from the catalog (`meters.toml`).
+    pub label: MeterLabel,
     /// Sum of the quantities recorded in the period.
     pub used: i64,
     /// The user's limit per period; `None` for no limit.
     pub limit: Option<i64>,
+    /// What the period's usage costs so far, and a forecast; `None` when the meter has no known price.
+    pub cost: Option<UsageCost>,
     /// The share of the limit, in percent, from which API answers carry `warning: true` (`users.usage_warning_percent`).
     pub warning_percent: i16,
     /// First instant of the period (inclusive).
@@ -95,6 +101,34 @@ pub struct UsageSummary {
     pub period_last_day: String,
     /// The billing time zone the days above are in.
     pub timezone: String,
+}
+
+/// A meter's label and unit name in both languages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MeterLabel {
+    pub en: String,
+    pub ja: String,
+    pub unit_en: String,
+    pub unit_ja: String,
+}
+
+/// The period's charge for one meter, as the invoice will state it (`src/pricing.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageCost {
+    /// Lower-case ISO 4217.
+    pub currency: String,
+    /// The charge for the usage so far, in the currency's minor unit (yen for JPY), rounded once as Stripe
+    /// rounds the invoice line.
+    pub so_far: i64,
+    /// The charge at the period's end if usage continues at the period's pace so far; `None` while less than a
+    /// tenth of the period has passed.
+    pub forecast: Option<i64>,
+    /// The usage that forecast assumes.
+    pub forecast_used: Option<i64>,
+    /// The price of one unit in the minor unit, as Stripe writes it (`"0.00005"`), for per-unit prices.
+    pub unit_amount: Option<String>,
 }
 
 /// A billing period a user can look at.
@@ -128,10 +162,11 @@ pub struct UsageHistory {
     pub timezone: String,
 }
 
-/// A usage alert: the user's usage reached `threshold` % of their limit in the current period.
+/// A usage alert: the user's usage of a meter reached `threshold` % of its limit in the current period.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UsageAlert {
+    pub event_type: String,
     pub threshold: i16,
     /// When it was crossed, in the billing time zone (`YYYY-MM-DD HH:MM`).
     pub crossed_local: String,
@@ -140,18 +175,79 @@ pub struct UsageAlert {
     pub crossed_at: DateTime<Utc>,
 }
 
-/// The current period's alerts and where they are sent.
+/// An alert the user set on a meter: at `amount` units, or at `amount` of money (the meter's currency, minor
+/// unit), with its crossing in the current period if it happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertRuleInfo {
+    pub id: Uuid,
+    pub event_type: String,
+    /// `units` or `money`.
+    pub unit: String,
+    pub amount: i64,
+    /// The period's usage (and cost, for money alerts) when it was reached; `None` before.
+    pub used: Option<i64>,
+    pub cost: Option<i64>,
+    pub crossed_at: Option<DateTime<Utc>>,
+    pub crossed_local: Option<String>,
+}
+
+/// A meter an alert can be set on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertMeter {
+    pub event_type: String,
+    pub label: MeterLabel,
+    /// The currency its price bills in; `None` without a known price (then alerts are set in units only).
+    pub currency: Option<String>,
+}
+
+/// The alerts of a period as stored (`usage_alerts_json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PeriodAlerts {
+    /// By meter, lowest threshold first.
+    pub alerts: Vec<UsageAlert>,
+    pub rules: Vec<AlertRuleInfo>,
+}
+
+/// The current period's alerts, the alerts the user set, and where they are sent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AlertsOverview {
-    /// Lowest threshold first.
+    /// By meter, lowest threshold first.
     pub alerts: Vec<UsageAlert>,
+    pub rules: Vec<AlertRuleInfo>,
+    /// Every meter of the catalog, for labels and the form that adds an alert.
+    pub meters: Vec<AlertMeter>,
     /// The billing time zone `crossed_local` is in.
     pub timezone: String,
     /// The URL alerts are POSTed to, if set.
     pub webhook_url: Option<String>,
     /// The secret they are signed with (shown to its owner only).
     pub webhook_secret: Option<String>,
+}
+
+impl AlertsOverview {
+    /// The label of `event_type`'s meter (its name when the catalog no longer has it).
+    pub fn meter(&self, event_type: &str) -> Option<&AlertMeter> {
+        self.meters.iter().find(|m| m.event_type == event_type)
+    }
+}
+
+#[cfg(feature = "ssr")]
+impl AlertMeter {
+    /// One per meter of `summaries` (all the catalog's, in order).
+    pub fn all(summaries: &[UsageSummary]) -> Vec<AlertMeter> {
+        summaries
+            .iter()
+            .map(|s| AlertMeter {
+                event_type: s.event_type.clone(),
+                label: s.label.clone(),
+                currency: s.cost.as_ref().map(|c| c.currency.clone()),
+            })
+            .collect()
+    }
 }
 
 /// One usage event as a caller sends it (an element of a batch's `events`).
@@ -281,7 +377,7 @@ pub async fn record_usage(
     let input = EventInput { event_type, quantity, metadata, idempotency_key, occurred_at };
     let now = state.time.now();
     let explicit = input.occurred_at.is_some();
-    let event = match record::validate(input, &state.config.event_types, now) {
+    let event = match record::validate(input, state.config.meters.event_types(), now) {
         Ok(event) => event,
         Err(problem) => return Err(refusal(&state, caller, AppError::Invalid(problem)).await),
     };
@@ -334,7 +430,7 @@ pub async fn record_usage_batch(events: Vec<EventInput>) -> Result<BatchReceipt,
     let mut problems = Vec::new();
     for (index, input) in events.into_iter().enumerate() {
         let own_time = input.occurred_at.is_some();
-        match record::validate(input, &state.config.event_types, now) {
+        match record::validate(input, state.config.meters.event_types(), now) {
             Ok(event) => {
                 if own_time {
                     explicit.push((index, event.occurred_at));
@@ -383,20 +479,36 @@ impl From<writer::Allowance> for AllowanceInfo {
     }
 }
 
-/// The signed-in user's AI token usage in the current billing period.
+/// The signed-in user's usage of the primary meter (AI tokens) in the current billing period.
 #[server(endpoint = "usage/summary")]
 pub async fn get_usage_summary() -> Result<UsageSummary, AppError> {
     let state = UsageState::current()?;
     let user_id = crate::auth::session::require_user_id().await?;
+    let primary = state.config.meters.primary().event_type.clone();
     // A session whose account was deleted is no session.
-    current_summary(&state, user_id).await?.ok_or(AppError::Unauthorized)
+    let meters = current_meters(&state, user_id, Some(&primary)).await?.ok_or(AppError::Unauthorized)?;
+    meters.into_iter().next().ok_or(AppError::Internal)
 }
 
-/// `user_id`'s AI token usage in their current billing period; `None` when the account does not exist. One
-/// statement: the period lookup is part of it (the live stream re-reads this after every change).
+/// The signed-in user's meters the dashboard shows (the primary one, and each other with usage this period).
+#[server(endpoint = "usage/meters")]
+pub async fn get_usage_meters() -> Result<Vec<UsageSummary>, AppError> {
+    let state = UsageState::current()?;
+    let user_id = crate::auth::session::require_user_id().await?;
+    let meters = current_meters(&state, user_id, None).await?.ok_or(AppError::Unauthorized)?;
+    Ok(summary::shown(&state.config.meters, meters))
+}
+
+/// `user_id`'s usage of every meter (or only `only`) in their current billing period; `None` when the account
+/// does not exist. One statement: the period lookup is part of it (the live stream re-reads this after every
+/// change).
 #[cfg(feature = "ssr")]
-pub async fn current_summary(state: &UsageState, user_id: Uuid) -> Result<Option<UsageSummary>, AppError> {
-    Ok(totals::summary_at(&state.pool, &state.clock, user_id, AI_TOKENS_EVENT, Utc::now()).await?)
+pub async fn current_meters(
+    state: &UsageState,
+    user_id: Uuid,
+    only: Option<&str>,
+) -> Result<Option<Vec<UsageSummary>>, AppError> {
+    Ok(totals::summaries_at(&state.pool, &state.clock, &state.config.meters, user_id, only, Utc::now()).await?)
 }
 
 /// Per-day usage of one of the signed-in user's periods (`period`: its start, RFC 3339; default the current one).
@@ -406,36 +518,111 @@ pub async fn get_usage_history(period: Option<String>) -> Result<UsageHistory, A
     let user_id = crate::auth::session::require_user_id().await?;
     let (selected, periods) = history::periods(&state, user_id, period.as_deref()).await?;
     let timezone = state.config.billing_timezone.clone();
-    let days = history::daily(&state.pool, user_id, AI_TOKENS_EVENT, &selected, &timezone).await?;
+    let primary = &state.config.meters.primary().event_type;
+    let days = history::daily(&state.pool, user_id, primary, &selected, &timezone).await?;
     Ok(UsageHistory { periods, selected, days, timezone })
 }
 
-/// The alerts of the signed-in user's current period, and their alert webhook settings.
+/// The alerts of the signed-in user's current period, the alerts they set, and their alert webhook settings.
 #[server(endpoint = "usage/alerts")]
 pub async fn get_alerts() -> Result<AlertsOverview, AppError> {
     let state = UsageState::current()?;
     let user_id = crate::auth::session::require_user_id().await?;
-    let period = period::current(&state, user_id).await?;
-    let alerts = sqlx::query_as!(
-        UsageAlert,
-        r#"SELECT threshold, used, usage_limit, crossed_at AS "crossed_at: _",
-                  to_char(crossed_at AT TIME ZONE $4, 'YYYY-MM-DD HH24:MI') AS "crossed_local!"
-           FROM usage_alerts
-           WHERE user_id = $1 AND event_type = $2 AND period_start = $3 ORDER BY threshold"#,
+    let meters = current_meters(&state, user_id, None).await?.ok_or(AppError::Unauthorized)?;
+    let period_start = meters.first().map(|m| m.period_start).ok_or(AppError::Internal)?;
+    let row = sqlx::query!(
+        r#"SELECT alert_webhook_url, alert_webhook_secret,
+                  usage_alerts_json(id, $2, $3) AS "alerts!: sqlx::types::Json<PeriodAlerts>"
+           FROM users WHERE id = $1"#,
         user_id,
-        AI_TOKENS_EVENT,
-        period.start as _,
+        period_start as _,
         &state.config.billing_timezone
     )
-    .fetch_all(&state.pool)
+    .fetch_optional(&state.pool)
+    .await?
+    .ok_or(AppError::Unauthorized)?;
+    let PeriodAlerts { alerts, rules } = row.alerts.0;
+    Ok(AlertsOverview {
+        alerts,
+        rules,
+        meters: AlertMeter::all(&meters),
+        timezone: state.config.billing_timezone.clone(),
+        webhook_url: row.alert_webhook_url,
+        webhook_secret: row.alert_webhook_secret,
+    })
+}
+
+/// Most alerts one user may set (they are checked in every recording transaction of the user).
+#[cfg(feature = "ssr")]
+const MAX_ALERT_RULES: i64 = 20;
+
+/// Adds an alert on one of the signed-in user's meters: at `amount` units (`unit = units`), or at `amount` of
+/// money in the meter's currency (`unit = money`, e.g. `1500` or `1,500` yen, `12.50` dollars).
+#[server(endpoint = "usage/alert-rule")]
+pub async fn add_alert_rule(
+    #[server(rename = "eventType")] event_type: String,
+    unit: String,
+    amount: String,
+) -> Result<(), AppError> {
+    use crate::error::Problem;
+
+    let state = UsageState::current()?;
+    let user_id = crate::auth::session::require_user_id().await?;
+    if !state.config.meters.contains(&event_type) {
+        return Err(AppError::Invalid(format!("unknown meter \"{}\"", crate::error::excerpt(&event_type))));
+    }
+    let amount = match unit.as_str() {
+        "units" => crate::format::parse_count(&amount),
+        "money" => {
+            let meters = current_meters(&state, user_id, Some(&event_type)).await?.ok_or(AppError::Unauthorized)?;
+            let currency = meters.into_iter().next().and_then(|m| m.cost).map(|c| c.currency);
+            let currency = currency.ok_or(AppError::Refused(Problem::AlertNoPrice))?;
+            crate::format::parse_money(&amount, &currency)
+        }
+        _ => {
+            return Err(AppError::Invalid(format!(
+                "unit must be units or money, not \"{}\"",
+                crate::error::excerpt(&unit)
+            )))
+        }
+    }
+    .ok_or(AppError::Refused(Problem::AlertAmount))?;
+    let mut tx = state.pool.begin().await?;
+    // Counted under the user's row lock, so two forms sent at once cannot pass the cap together.
+    let count = sqlx::query_scalar!(
+        r#"SELECT (SELECT count(*) FROM usage_alert_rules WHERE user_id = u.id) AS "count!"
+           FROM users u WHERE u.id = $1 FOR NO KEY UPDATE"#,
+        user_id
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(AppError::Unauthorized)?;
+    if count >= MAX_ALERT_RULES {
+        return Err(AppError::Refused(Problem::AlertTooMany { max: MAX_ALERT_RULES }));
+    }
+    sqlx::query!(
+        "INSERT INTO usage_alert_rules (user_id, event_type, unit, amount) VALUES ($1, $2, $3, $4)
+         ON CONFLICT DO NOTHING",
+        user_id,
+        event_type,
+        unit,
+        amount
+    )
+    .execute(&mut *tx)
     .await?;
-    let webhook = sqlx::query!("SELECT alert_webhook_url, alert_webhook_secret FROM users WHERE id = $1", user_id)
-        .fetch_optional(&state.pool)
-        .await?
-        .ok_or(AppError::Unauthorized)?;
-    let (webhook_url, webhook_secret) = (webhook.alert_webhook_url, webhook.alert_webhook_secret);
-    let timezone = state.config.billing_timezone.clone();
-    Ok(AlertsOverview { alerts, timezone, webhook_url, webhook_secret })
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Removes one of the signed-in user's alerts (another user's id changes nothing).
+#[server(endpoint = "usage/alert-rule-remove")]
+pub async fn remove_alert_rule(id: Uuid) -> Result<(), AppError> {
+    let state = UsageState::current()?;
+    let user_id = crate::auth::session::require_user_id().await?;
+    sqlx::query!("DELETE FROM usage_alert_rules WHERE id = $1 AND user_id = $2", id, user_id)
+        .execute(&state.pool)
+        .await?;
+    Ok(())
 }
 
 /// Sets (or, with an empty `url`, removes) the URL the signed-in user's alerts are POSTed to. The signing secret

@@ -23,53 +23,74 @@ use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use super::period::{self, PeriodClock, Span};
+use super::summary::{meter_params, summarize, MeterRow, PeriodFacts};
 use super::UsageSummary;
+use crate::meters::Catalog;
+use sqlx::types::Json;
 
-/// `user_id`'s usage of `event_type` with their limit, in the billing period containing `at` — the live
-/// subscription's, else the calendar month of `clock`'s time zone — or `None` when the user does not exist. One
-/// statement: the meter's read, which the live stream runs after every change and the AI route before every call.
-pub async fn summary_at<'e>(
+/// `user_id`'s usage of each meter of `catalog` (or only of `only`) with their limits and costs, in the billing
+/// period containing `at` — the live subscription's, else the calendar month of `clock`'s time zone — or `None`
+/// when the user does not exist. One statement: the meters' read, which the live stream runs after every change
+/// and the AI route before every call.
+pub async fn summaries_at<'e>(
     db: impl sqlx::PgExecutor<'e>,
     clock: &PeriodClock,
+    catalog: &Catalog,
     user_id: Uuid,
-    event_type: &str,
+    only: Option<&str>,
     at: DateTime<Utc>,
-) -> Result<Option<UsageSummary>, sqlx::Error> {
+) -> Result<Option<Vec<UsageSummary>>, sqlx::Error> {
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
-            "SELECT u.usage_limit, u.usage_warning_percent, p.start, p.\"end\", p.first_day, p.last_day,
-                    COALESCE((SELECT sum(t.quantity)
-                              FROM usage_period_totals t
-                              WHERE t.user_id = u.id AND t.event_type = $5 AND t.period_kind = p.kind
-                                AND t.period_start = p.start AND t.period_end = p.\"end\"), 0)::bigint
+            "SELECT u.usage_warning_percent, p.start, p.\"end\", p.first_day, p.last_day,
+                    coalesce((SELECT json_agg(json_build_object(
+                                  'eventType', m.event_type,
+                                  'limit', effective_usage_limit(u.id, m.event_type, m.default_limit),
+                                  'used', coalesce((SELECT sum(t.quantity)
+                                                    FROM usage_period_totals t
+                                                    WHERE t.user_id = u.id AND t.event_type = m.event_type
+                                                      AND t.period_kind = p.kind AND t.period_start = p.start
+                                                      AND t.period_end = p.\"end\"), 0)::bigint,
+                                  'price', (SELECT mp.price FROM meter_prices mp WHERE mp.event_type = m.event_type))
+                                ORDER BY m.position)
+                              FROM unnest($5::text[], $6::bigint[]) WITH ORDINALITY
+                                   AS m (event_type, default_limit, position)), '[]')
              FROM users u
              CROSS JOIN LATERAL ({}) AS p
              WHERE u.id = $1",
             period::PERIOD_AT
         )
     });
-    type Row = (Option<i64>, i16, DateTime<Utc>, DateTime<Utc>, String, String, i64);
+    type Row = (i16, DateTime<Utc>, DateTime<Utc>, String, String, Json<Vec<MeterRow>>);
+    let (types, defaults) = meter_params(catalog, only);
     let row: Option<Row> = sqlx::query_as(SQL.as_str())
         .bind(user_id)
         .bind(at)
         .bind(&clock.timezone)
         .bind(crate::usage::period::LIVE_STATUSES)
-        .bind(event_type)
+        .bind(&types)
+        .bind(&defaults)
         .fetch_optional(db)
         .await?;
-    Ok(row.map(|(limit, warning_percent, period_start, period_end, period_first_day, period_last_day, used)| {
-        UsageSummary {
-            event_type: event_type.to_owned(),
-            used,
-            limit,
-            warning_percent,
-            period_start,
-            period_end,
-            period_first_day,
-            period_last_day,
-            timezone: clock.timezone.clone(),
-        }
+    Ok(row.map(|(warning_percent, start, end, first_day, last_day, meters)| {
+        let period = PeriodFacts { start, end, first_day, last_day, timezone: clock.timezone.clone() };
+        meters.0.into_iter().map(|row| summarize(catalog, row, &period, warning_percent, at)).collect()
     }))
+}
+
+/// `user_id`'s usage of one meter (see [`summaries_at`]); `None` when the user does not exist or `event_type` is
+/// not in the catalog.
+pub async fn summary_at<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    clock: &PeriodClock,
+    catalog: &Catalog,
+    user_id: Uuid,
+    event_type: &str,
+    at: DateTime<Utc>,
+) -> Result<Option<UsageSummary>, sqlx::Error> {
+    Ok(summaries_at(db, clock, catalog, user_id, Some(event_type), at)
+        .await?
+        .and_then(|meters| meters.into_iter().next()))
 }
 
 /// Recounts `user_id`'s subscription counters for `span` from the events, after Stripe announced or changed a

@@ -120,7 +120,7 @@ async fn an_exhausted_limit_refuses_before_calling_the_provider(pool: PgPool) {
     let app = app_with(pool, config);
     let cookie = app.signup("ada@example.com").await;
     let user = app.user_id("ada@example.com").await;
-    sqlx::query("UPDATE users SET usage_limit = 10").execute(&app.pool).await.unwrap();
+    crate::support::set_token_limit(&app.pool, None, Some(10)).await;
     app.insert_usage(user, "ai_token_consumed", 10, &chrono::Utc::now().to_rfc3339()).await;
 
     let reply = app.post_json(GENERATE, r#"{"prompt": "hi"}"#, &[("cookie", &cookie)]).await;
@@ -152,11 +152,7 @@ async fn concurrent_calls_cannot_overshoot_the_limit(pool: PgPool) {
     let cookie = app.signup("ada@example.com").await;
     let prompt = "How are billing periods cut?";
     let per_call = tally::ai::generate::complete_offline(prompt).total_tokens;
-    sqlx::query("UPDATE users SET usage_limit = $1")
-        .bind(per_call * 3 + per_call / 2)
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    crate::support::set_token_limit(&app.pool, None, Some(per_call * 3 + per_call / 2)).await;
     let calls: Vec<_> = (0..10)
         .map(|_| {
             let (app, cookie) = (app.clone(), cookie.clone());
@@ -191,7 +187,7 @@ async fn an_online_call_may_produce_no_more_than_the_limit_leaves(pool: PgPool) 
     config.openai_base_url = url;
     let app = app_with(pool, config);
     let cookie = app.signup("ada@example.com").await;
-    sqlx::query("UPDATE users SET usage_limit = 200").execute(&app.pool).await.unwrap();
+    crate::support::set_token_limit(&app.pool, None, Some(200)).await;
     let reply = app.post_json(GENERATE, r#"{"prompt": "hi"}"#, &[("cookie", &cookie)]).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     let max_tokens = seen.lock().unwrap()[0].1["max_tokens"].as_i64().unwrap();

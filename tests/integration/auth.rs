@@ -12,12 +12,15 @@ async fn signup_creates_an_account_with_a_hashed_password_and_signs_in(pool: PgP
         app.post_form("/api/auth/signup", &[("email", " Ada@Example.com "), ("password", PASSWORD)], None).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
 
-    let (email, hash, limit): (String, String, Option<i64>) =
-        sqlx::query_as("SELECT email, password_hash, usage_limit FROM users").fetch_one(&app.pool).await.unwrap();
+    let (email, hash, id): (String, String, uuid::Uuid) =
+        sqlx::query_as("SELECT email, password_hash, id FROM users").fetch_one(&app.pool).await.unwrap();
+    // No limit of its own: the meter's default applies.
+    let limits = tally::auth::users::limits(&app.pool, &app.state.config.meters, id).await.unwrap();
+    let limit = limits.iter().find(|(event_type, ..)| event_type == tally::usage::AI_TOKENS_EVENT).unwrap();
     assert_eq!(email, "ada@example.com");
     assert!(hash.starts_with("$argon2id$"), "stored hash is Argon2id: {hash}");
     assert!(!hash.contains(PASSWORD));
-    assert_eq!(limit, Some(DEFAULT_LIMIT));
+    assert_eq!((limit.1, limit.2), (Some(DEFAULT_LIMIT), false));
 
     let cookie = reply.session_cookie_header().expect("session cookie");
     assert!(cookie.contains("HttpOnly"), "{cookie}");

@@ -333,7 +333,7 @@ async fn two_checkouts_at_once_open_one_session_and_a_second_subscription_is_fla
     let mut config = crate::support::config();
     config.stripe_secret_key = Some(DEFAULT_SECRET_KEY.into());
     config.stripe_api_base = s.double_base.clone();
-    config.stripe_price_id = Some("price_metered".into());
+    crate::support::save_price(&pool, AI_TOKENS_EVENT, "price_metered", "0.00005").await;
     let app = crate::support::app_with(pool, config);
     let cookie = app.signup("tabs@example.com").await;
     let user = app.user_id("tabs@example.com").await;
@@ -482,12 +482,7 @@ async fn cancel_mid_period_then_keep_using_keeps_the_meter_and_the_limit_whole(p
     let used = meter_is_whole(&s, user, "used after cancelling", "calendar").await;
 
     // The hard limit reads the same counter: room for exactly `limit - used`.
-    sqlx::query("UPDATE users SET usage_limit = $2 WHERE id = $1")
-        .bind(user)
-        .bind(used + 10)
-        .execute(&s.app.pool)
-        .await
-        .unwrap();
+    crate::support::set_token_limit(&s.app.pool, Some(user), Some(used + 10)).await;
     let submit = |quantity: i64| {
         let event = NewEvent {
             event_type: AI_TOKENS_EVENT.into(),
@@ -523,7 +518,10 @@ async fn meter_is_whole(s: &Scenario, user: Uuid, step: &str, expected_kind: &st
     let applying = tally::usage::period::for_user(pool, clock, user, Utc::now()).await.unwrap();
     assert_eq!(applying.kind, expected_kind, "{step}");
     let summary =
-        tally::usage::totals::summary_at(pool, clock, user, AI_TOKENS_EVENT, Utc::now()).await.unwrap().unwrap();
+        tally::usage::totals::summary_at(pool, clock, &crate::support::catalog(), user, AI_TOKENS_EVENT, Utc::now())
+            .await
+            .unwrap()
+            .unwrap();
     let recount = crate::support::recount(pool, user, AI_TOKENS_EVENT, &applying).await;
     assert_eq!((summary.period_start, summary.period_end), (applying.start, applying.end), "{step}");
     assert_eq!(summary.used, recount, "{step}: the meter counts the whole period that applies");

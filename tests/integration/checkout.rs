@@ -39,11 +39,12 @@ async fn stripe(status: StatusCode, body: Value, should_retry: Option<&'static s
     (url, seen)
 }
 
-fn with_stripe(pool: PgPool, base: &str) -> TestApp {
+async fn with_stripe(pool: PgPool, base: &str) -> TestApp {
+    crate::support::save_price(&pool, tally::usage::AI_TOKENS_EVENT, "price_metered_1", "0.00005").await;
+    crate::support::save_price(&pool, "image_generated", "price_images_1", "3").await;
     let mut config = config();
     config.stripe_secret_key = Some("sk_test_checkout".into());
     config.stripe_api_base = base.into();
-    config.stripe_price_id = Some("price_metered_1".into());
     // This fake Stripe answers Checkout only: no customers are made first, so Checkout gets the email.
     config.delivery.create_customers = false;
     app_with(pool, config)
@@ -54,7 +55,7 @@ async fn subscribe_opens_a_checkout_session_for_the_metered_price(pool: PgPool) 
     let session =
         json!({"id": "cs_test_1", "object": "checkout.session", "url": "https://checkout.stripe.com/c/pay/cs_test_1"});
     let (base, seen) = stripe(StatusCode::OK, session, None).await;
-    let app = with_stripe(pool, &base);
+    let app = with_stripe(pool, &base).await;
     let cookie = app.signup("ada@example.com").await;
     let user = app.user_id("ada@example.com").await;
     assert_eq!(app.post_form("/api/billing/overview", &[], Some(&cookie)).await.json()["canSubscribe"], true);
@@ -71,6 +72,7 @@ async fn subscribe_opens_a_checkout_session_for_the_metered_price(pool: PgPool) 
     let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     assert_eq!(field("mode").as_deref(), Some("subscription"));
     assert_eq!(field("line_items[0][price]").as_deref(), Some("price_metered_1"));
+    assert_eq!(field("line_items[1][price]").as_deref(), Some("price_images_1"), "one item per meter");
     assert_eq!(field("line_items[0][quantity]"), None, "metered prices take no quantity");
     assert_eq!(field("client_reference_id"), Some(user.to_string()));
     assert_eq!(field("customer_email").as_deref(), Some("ada@example.com"));
@@ -81,7 +83,7 @@ async fn subscribe_opens_a_checkout_session_for_the_metered_price(pool: PgPool) 
 async fn a_linked_customer_is_passed_and_a_live_subscription_hides_the_offer(pool: PgPool) {
     let session = json!({"id": "cs_test_2", "url": "https://checkout.stripe.com/c/pay/cs_test_2"});
     let (base, seen) = stripe(StatusCode::OK, session, None).await;
-    let app = with_stripe(pool, &base);
+    let app = with_stripe(pool, &base).await;
     let cookie = app.signup("ada@example.com").await;
     sqlx::query("UPDATE users SET stripe_customer_id = 'cus_ada'").execute(&app.pool).await.unwrap();
     app.post_form("/api/billing/checkout", &[], Some(&cookie)).await;
@@ -104,7 +106,7 @@ async fn stripe_errors_are_a_short_502(pool: PgPool) {
     let error = json!({"error": {"type": "invalid_request_error", "code": "resource_missing",
                                  "message": "No such price: 'price_metered_1'", "param": "line_items[0][price]"}});
     let (base, _) = stripe(StatusCode::BAD_REQUEST, error, Some("false")).await;
-    let app = with_stripe(pool, &base);
+    let app = with_stripe(pool, &base).await;
     let cookie = app.signup("ada@example.com").await;
     let reply = app.post_form("/api/billing/checkout", &[], Some(&cookie)).await;
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY);

@@ -23,11 +23,35 @@ fn tally(pool: &PgPool, args: &[&str]) -> Output {
 /// Runs `tally` with extra environment; Stripe settings a developer's shell may hold are cleared first.
 fn tally_with(pool: &PgPool, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tally"));
-    command.args(args).env("DATABASE_URL", database_url(pool)).env("TALLY_DEFAULT_USAGE_LIMIT", "25000");
-    for name in ["STRIPE_SECRET_KEY", "STRIPE_API_BASE", "STRIPE_PRICE_ID"] {
+    command.args(args).env("DATABASE_URL", database_url(pool)).env("TALLY_METERS_FILE", meters_file());
+    for name in ["STRIPE_SECRET_KEY", "STRIPE_API_BASE"] {
         command.env_remove(name);
     }
     command.envs(env.iter().copied()).output().expect("run tally")
+}
+
+/// A catalog whose token meter has a default limit of 25,000, written once per test binary.
+fn meters_file() -> String {
+    static FILE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!("tally-cli-meters-{}.toml", std::process::id()));
+        let text = include_str!("../../meters.toml").replace("limit = 1_000_000", "limit = 25_000");
+        std::fs::write(&path, text).expect("write the catalog");
+        path.display().to_string()
+    })
+    .clone()
+}
+
+/// `email`'s own limit on `event_type`: `None` without a row (the meter's default), `Some(None)` for unlimited.
+async fn own_limit(pool: &PgPool, email: &str, event_type: &str) -> Option<Option<i64>> {
+    sqlx::query_scalar(
+        "SELECT l.usage_limit FROM usage_limits l JOIN users u ON u.id = l.user_id WHERE u.email = $1 AND l.event_type = $2",
+    )
+    .bind(email)
+    .bind(event_type)
+    .fetch_optional(pool)
+    .await
+    .unwrap()
 }
 
 fn text(output: &Output) -> String {
@@ -42,19 +66,15 @@ async fn user_create_stores_an_account_with_its_limit(pool: PgPool) {
     );
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("created account ops@example.com"), "{}", text(&out));
-    let limit: Option<i64> = sqlx::query_scalar("SELECT usage_limit FROM users WHERE email = 'ops@example.com'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(limit, Some(1_000));
+    assert_eq!(own_limit(&pool, "ops@example.com", "ai_token_consumed").await, Some(Some(1_000)));
 
     let out = tally(&pool, &["user", "create", "--email", "default@example.com", "--password", "operator password"]);
     assert!(out.status.success(), "{}", text(&out));
-    let limit: Option<i64> = sqlx::query_scalar("SELECT usage_limit FROM users WHERE email = 'default@example.com'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(limit, Some(25_000), "TALLY_DEFAULT_USAGE_LIMIT applies");
+    assert_eq!(own_limit(&pool, "default@example.com", "ai_token_consumed").await, None, "no limit of its own");
+    assert!(text(&out).contains("limit 25000 per period"), "the catalog's default applies: {}", text(&out));
+    let shown = tally(&pool, &["user", "show", "--email", "default@example.com"]);
+    assert!(text(&shown).contains("limit of ai_token_consumed: 25000 (the meter's default)"), "{}", text(&shown));
+    assert!(text(&shown).contains("limit of image_generated: 500 (the meter's default)"), "{}", text(&shown));
 }
 
 #[sqlx::test(migrator = "tally::db::MIGRATOR")]
@@ -174,14 +194,28 @@ async fn user_set_limit_changes_the_limit_and_warning_share(pool: PgPool) {
         &["user", "set-limit", "--email", "ops@example.com", "--limit", "5000", "--warning-percent", "95"],
     );
     assert!(out.status.success(), "{}", text(&out));
-    let row: (Option<i64>, i16) =
-        sqlx::query_as("SELECT usage_limit, usage_warning_percent FROM users").fetch_one(&pool).await.unwrap();
-    assert_eq!(row, (Some(5000), 95));
+    let warning = || async {
+        sqlx::query_scalar::<_, i16>("SELECT usage_warning_percent FROM users").fetch_one(&pool).await.unwrap()
+    };
+    assert_eq!(
+        (own_limit(&pool, "ops@example.com", "ai_token_consumed").await, warning().await),
+        (Some(Some(5000)), 95)
+    );
 
     assert!(tally(&pool, &["user", "set-limit", "--email", "ops@example.com", "--limit", "none"]).status.success());
-    let row: (Option<i64>, i16) =
-        sqlx::query_as("SELECT usage_limit, usage_warning_percent FROM users").fetch_one(&pool).await.unwrap();
-    assert_eq!(row, (None, 95), "the warning share stays unless given");
+    assert_eq!(own_limit(&pool, "ops@example.com", "ai_token_consumed").await, Some(None));
+    assert_eq!(warning().await, 95, "the warning share stays unless given");
+
+    // Each meter has its own limit; `default` gives the meter's default back.
+    let images = ["user", "set-limit", "--email", "ops@example.com", "--event-type", "image_generated", "--limit", "7"];
+    assert!(tally(&pool, &images).status.success());
+    assert_eq!(own_limit(&pool, "ops@example.com", "image_generated").await, Some(Some(7)));
+    assert_eq!(own_limit(&pool, "ops@example.com", "ai_token_consumed").await, Some(None), "the other meter's stays");
+    assert!(tally(&pool, &["user", "set-limit", "--email", "ops@example.com", "--limit", "default"]).status.success());
+    assert_eq!(own_limit(&pool, "ops@example.com", "ai_token_consumed").await, None);
+    let unknown =
+        tally(&pool, &["user", "set-limit", "--email", "ops@example.com", "--event-type", "nope", "--limit", "5"]);
+    assert!(!unknown.status.success() && text(&unknown).contains("no meter \"nope\""), "{}", text(&unknown));
 
     let bad =
         tally(&pool, &["user", "set-limit", "--email", "ops@example.com", "--limit", "5", "--warning-percent", "0"]);
@@ -223,12 +257,24 @@ async fn setup_worker_and_reconcile_from_the_command_line(pool: PgPool) {
 
     let first = run(&["stripe", "setup"]).await.unwrap();
     assert!(first.status.success(), "{}", text(&first));
+    let saved = || async {
+        sqlx::query_as::<_, (String, String, serde_json::Value)>(
+            "SELECT event_type, stripe_price_id, price FROM meter_prices ORDER BY event_type",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    let prices = saved().await;
+    assert_eq!(prices.len(), 2, "a meter and a price per meter of the catalog: {}", text(&first));
+    assert_eq!(prices[0].0, "ai_token_consumed");
+    assert_eq!(prices[0].2["unit_amount_decimal"], "0.00005", "Stripe's price is kept as Stripe has it");
+    assert_eq!(prices[1].2["unit_amount_decimal"], "3");
     let second = run(&["stripe", "setup"]).await.unwrap();
-    assert!(text(&second).contains("(found)"), "{}", text(&second));
-    let price = String::from_utf8_lossy(&first.stdout).trim().to_owned();
-    assert!(price.starts_with("STRIPE_PRICE_ID=price_"), "{price}");
-    assert_eq!(String::from_utf8_lossy(&second.stdout).trim(), price, "the same price both times");
-    assert_eq!((double.state().meters, double.state().prices), (1, 1));
+    assert!(text(&second).contains("(found)") && !text(&second).contains("(created)"), "{}", text(&second));
+    assert_eq!(saved().await, prices, "the same prices both times");
+    assert_eq!((double.state().meters, double.state().prices), (2, 2));
+    let token_price = prices[0].1.clone();
 
     let app = crate::support::app(pool.clone());
     app.signup("cli-delivery@example.com").await;
@@ -253,12 +299,13 @@ async fn setup_worker_and_reconcile_from_the_command_line(pool: PgPool) {
         sqlx::query(
             "INSERT INTO invoice_lines (stripe_invoice_id, line_id, user_id, stripe_customer_id, stripe_price_id,
                                         period_start, period_end, quantity, invoice_status)
-             VALUES ($1, 'il_1', $2, $3, NULL, now() - interval '1 day', now() + interval '1 day', $4, 'open')",
+             VALUES ($1, 'il_1', $2, $3, $5, now() - interval '1 day', now() + interval '1 day', $4, 'open')",
         )
         .bind(invoice)
         .bind(user)
         .bind(customer.clone())
         .bind(quantity)
+        .bind(token_price.clone())
         .execute(&pool)
     };
     invoice_line("in_matching", 600).await.unwrap();
@@ -304,4 +351,25 @@ async fn user_show_prints_the_account_and_its_events_by_delivery_state(pool: PgP
     let missing = tally(&pool, &["user", "show", "--email", "nobody@example.com"]);
     assert!(!missing.status.success());
     assert!(text(&missing).contains("no account for nobody@example.com"), "{}", text(&missing));
+}
+
+/// A meter catalog that cannot be used stops every command with the reason, naming the file; nothing runs on a
+/// guess.
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn a_broken_meter_catalog_is_refused_with_its_reason(pool: PgPool) {
+    let path = std::env::temp_dir().join(format!("tally-bad-meters-{}.toml", std::process::id()));
+    std::fs::write(&path, "[[meter]]\nevent_type = \"x\"\nlabel = { en = \"X\", ja = \"X\" }\nunit = { en = \"u\", ja = \"u\" }\nlimit = 0\n").unwrap();
+    let out = tally_with(&pool, &["migrate"], &[("TALLY_METERS_FILE", path.to_str().unwrap())]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("limit must be positive") && text(&out).contains(path.to_str().unwrap()),
+        "{}",
+        text(&out)
+    );
+    let missing = tally_with(&pool, &["migrate"], &[("TALLY_METERS_FILE", "/nonexistent/meters.toml")]);
+    assert!(
+        !missing.status.success() && text(&missing).contains("cannot read the meter catalog"),
+        "{}",
+        text(&missing)
+    );
 }

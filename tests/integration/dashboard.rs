@@ -36,7 +36,14 @@ async fn open_download(
 }
 
 /// The `used` of the next `usage` event on the stream, waiting at most `within`.
+/// The token meter's total in the stream's next message.
 async fn next_used(stream: &mut axum::body::BodyDataStream, within: Duration) -> Option<i64> {
+    let meters = next_meters(stream, within).await?;
+    meters.iter().find(|m| m["eventType"] == AI_TOKENS_EVENT)?["used"].as_i64()
+}
+
+/// The shown meters (`eventType` → used) in the stream's next message.
+async fn next_meters(stream: &mut axum::body::BodyDataStream, within: Duration) -> Option<Vec<serde_json::Value>> {
     use futures::StreamExt;
     let deadline = tokio::time::Instant::now() + within;
     let mut text = String::new();
@@ -47,7 +54,7 @@ async fn next_used(stream: &mut axum::body::BodyDataStream, within: Duration) ->
             let event: String = text.drain(..end + 2).collect();
             if event.contains("event: usage") {
                 let data = event.lines().find_map(|l| l.strip_prefix("data: "))?;
-                return serde_json::from_str::<serde_json::Value>(data).ok()?["used"].as_i64();
+                return serde_json::from_str::<serde_json::Value>(data).ok()?.as_array().cloned();
             }
         }
     }
@@ -83,6 +90,13 @@ async fn the_live_stream_sends_the_total_then_every_change_within_a_second(pool:
     assert_eq!(next_used(&mut first, Duration::from_millis(300)).await, None);
     let (_, theirs) = open_stream(&app, Some(&stranger_cookie)).await;
     assert_eq!(next_used(&mut theirs.unwrap(), Duration::from_secs(2)).await, Some(999));
+
+    // A second meter joins the stream once the period has usage of it, with its own total and cost.
+    app.insert_usage(user, "image_generated", 3, &now()).await;
+    let meters = next_meters(&mut first, Duration::from_secs(1)).await.expect("a message");
+    let kinds: Vec<&str> = meters.iter().filter_map(|m| m["eventType"].as_str()).collect();
+    assert_eq!(kinds, [AI_TOKENS_EVENT, "image_generated"]);
+    assert_eq!((meters[1]["used"].as_i64(), meters[1]["cost"]["soFar"].as_i64()), (Some(3), Some(9)), "¥3 an image");
 }
 
 /// The process id of this database's `LISTEN` connection other than `except`, once there is one.
@@ -299,7 +313,7 @@ async fn thresholds_fire_once_each_even_under_concurrent_writes_and_webhooks_arr
     let app = crate::support::app_with(pool.clone(), local_alerts_config());
     let cookie = app.signup("alerts@example.com").await;
     let user = app.user_id("alerts@example.com").await;
-    sqlx::query("UPDATE users SET usage_limit = 1000 WHERE id = $1").bind(user).execute(&pool).await.unwrap();
+    crate::support::set_token_limit(&pool, Some(user), Some(1000)).await;
     let (url, seen) = receiver().await;
     let set = app.post_form("/api/usage/alert-webhook", &[("url", &url)], Some(&cookie)).await;
     assert_eq!(set.status, StatusCode::OK, "{}", set.body);
@@ -369,7 +383,7 @@ async fn an_alert_webhook_the_receiver_refuses_is_retried_until_it_is_taken(pool
     let app = crate::support::app_with(pool.clone(), local_alerts_config());
     let cookie = app.signup("retry-alert@example.com").await;
     let user = app.user_id("retry-alert@example.com").await;
-    sqlx::query("UPDATE users SET usage_limit = 100 WHERE id = $1").bind(user).execute(&pool).await.unwrap();
+    crate::support::set_token_limit(&pool, Some(user), Some(100)).await;
     // Nothing listens on this port at first.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
@@ -417,7 +431,7 @@ async fn alerts_are_never_sent_to_a_private_address_whatever_the_stored_url(pool
     let app = app(pool.clone());
     let cookie = app.signup("ssrf@example.com").await;
     let user = app.user_id("ssrf@example.com").await;
-    sqlx::query("UPDATE users SET usage_limit = 100 WHERE id = $1").bind(user).execute(&pool).await.unwrap();
+    crate::support::set_token_limit(&pool, Some(user), Some(100)).await;
     let (url, seen) = receiver().await;
     let refused = app.post_form("/api/usage/alert-webhook", &[("url", &url)], Some(&cookie)).await;
     assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", refused.body);
@@ -452,7 +466,7 @@ async fn the_language_link_sets_the_locale_cookie_without_javascript(pool: PgPoo
     let set = reply.headers[header::SET_COOKIE].to_str().unwrap().to_owned();
     assert!(set.starts_with("i18n_pref_locale=ja;"), "{set}");
     let page = app.get("/", Some(&format!("{cookie}; i18n_pref_locale=ja"))).await;
-    assert!(page.body.contains("今期の AI トークン"), "the cookie picks Japanese");
+    assert!(page.body.contains("今期のAIトークン"), "the cookie picks Japanese");
     assert!(page.body.contains("<html lang=\"ja\""), "and the document says so");
     assert_eq!(app.get("/language/xx", Some(&cookie)).await.status, StatusCode::UNPROCESSABLE_ENTITY);
 }

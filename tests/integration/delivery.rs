@@ -522,15 +522,15 @@ async fn setup_creates_the_meter_and_price_once_and_reconcile_finds_differences(
         event_name: AI_TOKENS_EVENT.into(),
         meter_display_name: "AI tokens".into(),
         product_name: "Tally AI tokens".into(),
-        currency: "jpy".into(),
-        unit_amount_decimal: "0.00005".into(),
+        price: crate::support::catalog().get(AI_TOKENS_EVENT).and_then(|m| m.price.clone()),
         lookup_key: "tally_ai_tokens".into(),
     };
     let first = tally::billing::setup::setup(&stripe, &plan).await.unwrap();
     assert!(first.meter_created && first.price_created);
     let second = tally::billing::setup::setup(&stripe, &plan).await.unwrap();
     assert!(!second.meter_created && !second.price_created);
-    assert_eq!((&second.meter_id, &second.price_id), (&first.meter_id, &first.price_id));
+    assert_eq!((&second.meter_id, &second.price.id), (&first.meter_id, &first.price.id));
+    assert_eq!(second.price.json["unit_amount_decimal"], "0.00005", "the price as Stripe has it, to keep");
     let state = double.state();
     assert_eq!((state.meters, state.products, state.prices), (1, 1, 1), "a second run creates nothing");
 
@@ -590,8 +590,7 @@ async fn setup_refuses_an_existing_meter_that_would_not_bill_right_saying_what_d
         event_name: event_name.into(),
         meter_display_name: "AI tokens".into(),
         product_name: "Tally AI tokens".into(),
-        currency: "jpy".into(),
-        unit_amount_decimal: "0.00005".into(),
+        price: crate::support::catalog().get(AI_TOKENS_EVENT).and_then(|m| m.price.clone()),
         lookup_key: format!("tally_{event_name}"),
     };
     // (event name, the meter's settings that differ from Tally's, what setup must say)

@@ -26,7 +26,15 @@ async fn stored_events(app: &TestApp) -> i64 {
 
 async fn period_total(app: &TestApp, user: Uuid) -> (i64, i64) {
     let period = crate::support::calendar_month(&app.pool, chrono::Utc::now(), "Asia/Tokyo").await;
-    let summary = totals::summary_at(&app.pool, &app.state.clock, user, AI_TOKENS_EVENT, chrono::Utc::now()).await;
+    let summary = totals::summary_at(
+        &app.pool,
+        &app.state.clock,
+        &app.state.config.meters,
+        user,
+        AI_TOKENS_EVENT,
+        chrono::Utc::now(),
+    )
+    .await;
     let summary = summary.unwrap().unwrap();
     assert_eq!(summary.period_start, period.start, "the counters read are the recounted period's");
     let counters = summary.used;
@@ -195,7 +203,7 @@ async fn racing_requests_with_one_idempotency_key_record_once(pool: PgPool) {
 async fn the_hard_limit_holds_under_concurrent_requests(pool: PgPool) {
     let app = app(pool);
     let (user, auth) = customer(&app, "svc@example.com").await;
-    sqlx::query("UPDATE users SET usage_limit = 1000 WHERE id = $1").bind(user).execute(&app.pool).await.unwrap();
+    crate::support::set_token_limit(&app.pool, Some(user), Some(1000)).await;
     let body = json!({"eventType": "ai_token_consumed", "quantity": 100}).to_string();
     let headers = [("authorization", auth.as_str())];
     let replies = join_all((0..50).map(|_| app.post_json(RECORD, &body, &headers))).await;
@@ -212,7 +220,7 @@ async fn the_hard_limit_holds_under_concurrent_requests(pool: PgPool) {
 async fn a_request_past_the_limit_is_refused_with_the_allowance_left(pool: PgPool) {
     let app = app(pool);
     let (user, auth) = customer(&app, "svc@example.com").await;
-    sqlx::query("UPDATE users SET usage_limit = 1000 WHERE id = $1").bind(user).execute(&app.pool).await.unwrap();
+    crate::support::set_token_limit(&app.pool, Some(user), Some(1000)).await;
     let auth = [("authorization", auth.as_str())];
     let reply = app.post_json(RECORD, r#"{"eventType": "ai_token_consumed", "quantity": 800}"#, &auth).await;
     let allowance = &reply.json()["allowance"];
@@ -289,7 +297,7 @@ async fn a_batch_with_one_bad_event_stores_nothing_and_names_it(pool: PgPool) {
 async fn a_batch_past_the_limit_is_refused_whole(pool: PgPool) {
     let app = app(pool);
     let (user, auth) = customer(&app, "svc@example.com").await;
-    sqlx::query("UPDATE users SET usage_limit = 100 WHERE id = $1").bind(user).execute(&app.pool).await.unwrap();
+    crate::support::set_token_limit(&app.pool, Some(user), Some(100)).await;
     let batch = json!({"events": vec![json!({"eventType": "ai_token_consumed", "quantity": 30}); 4]});
     let reply = app.post_json(BATCH, &batch.to_string(), &[("authorization", &auth)]).await;
     assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);

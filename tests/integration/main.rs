@@ -15,6 +15,7 @@ mod connections;
 mod dashboard;
 mod delivery;
 mod ingest;
+mod meters;
 mod openapi;
 mod pages;
 mod security;

@@ -56,7 +56,7 @@ async fn the_bar_is_red_from_ninety_percent(pool: PgPool) {
 async fn an_unlimited_account_has_no_bar(pool: PgPool) {
     let app = app(pool);
     let cookie = app.signup("ada@example.com").await;
-    sqlx::query("UPDATE users SET usage_limit = NULL").execute(&app.pool).await.unwrap();
+    crate::support::set_token_limit(&app.pool, None, None).await;
     let html = app.get("/", Some(&cookie)).await.body;
     assert!(html.contains("no limit"));
     assert!(!html.contains(r#"role="progressbar""#));
@@ -203,7 +203,7 @@ async fn the_dashboard_is_server_html_with_islands_and_regions_and_no_hydration_
     for island in ["live", "ai-prompt", "new-api-key"] {
         assert!(html.contains(&format!(r#"data-island="{island}""#)), "island {island}: {html}");
     }
-    for region in ["meter", "alerts", "history", "billing", "keys"] {
+    for region in ["meters", "alerts", "history", "billing", "keys"] {
         assert_eq!(html.matches(&format!(r#"data-region="{region}""#)).count(), 1, "region {region}");
     }
     assert!(html.contains(r#"data-used="1234""#), "the meter region says what it shows");

@@ -9,7 +9,7 @@ use http_body_util::BodyExt;
 use leptos::prelude::LeptosOptions;
 use leptos_axum::AxumRouteListing;
 use sqlx::PgPool;
-use tally::config::{Config, UsageLimit};
+use tally::config::Config;
 use tally::state::AppState;
 use tally::usage::writer::{LimitPolicy, NewEvent};
 use tally::usage::AI_TOKENS_EVENT;
@@ -30,13 +30,35 @@ fn routes() -> Vec<AxumRouteListing> {
     ROUTES.get_or_init(tally::server::routes).clone()
 }
 
+/// The tests' meters: AI tokens (limited to [`DEFAULT_LIMIT`], ¥0.05 per 1,000) and images (unlimited, ¥3 each).
+pub fn catalog() -> tally::meters::Catalog {
+    let toml = format!(
+        r#"
+        [[meter]]
+        event_type = "{AI_TOKENS_EVENT}"
+        label = {{ en = "AI tokens", ja = "AIトークン" }}
+        unit = {{ en = "tokens", ja = "トークン" }}
+        limit = {DEFAULT_LIMIT}
+        price = {{ currency = "jpy", unit_amount_decimal = "0.00005" }}
+
+        [[meter]]
+        event_type = "image_generated"
+        label = {{ en = "Images", ja = "画像生成" }}
+        unit = {{ en = "images", ja = "枚" }}
+        price = {{ currency = "jpy", unit_amount_decimal = "3" }}
+        "#
+    );
+    tally::meters::Catalog::parse(&toml, "the tests' catalog").expect("the tests' catalog is valid")
+}
+
 /// Configuration of the app under test; the database URL is unused because the pool is handed over directly.
 pub fn config() -> Config {
     Config {
         database_url: "postgres://unused".into(),
         database_max_connections: 5,
         billing_timezone: "Asia/Tokyo".into(),
-        default_usage_limit: UsageLimit(Some(DEFAULT_LIMIT)),
+        meters_file: None,
+        meters: std::sync::Arc::new(catalog()),
         public_url: "http://127.0.0.1:3000".into(),
         trust_forwarded_for: false,
         alert_webhook_allow_private: false,
@@ -47,7 +69,6 @@ pub fn config() -> Config {
         body_read_timeout_secs: 30,
         max_header_bytes: 16_384,
         max_connections: 4_096,
-        event_types: vec![AI_TOKENS_EVENT.into(), "image_generated".into()],
         ingest_writers: 2,
         openai_api_key: None,
         openai_base_url: "http://127.0.0.1:9/v1".into(),
@@ -56,7 +77,6 @@ pub fn config() -> Config {
         stripe_webhook_tolerance_seconds: 300,
         stripe_secret_key: None,
         stripe_api_base: "http://127.0.0.1:9".into(),
-        stripe_price_id: None,
         delivery: Default::default(),
     }
 }
@@ -264,4 +284,30 @@ pub async fn recount(
     .fetch_one(pool)
     .await
     .expect("recount")
+}
+
+/// Saves `price_id` as the Stripe price of `event_type`'s meter, as `tally stripe setup` does (a per-unit JPY price).
+pub async fn save_price(pool: &PgPool, event_type: &str, price_id: &str, unit_amount_decimal: &str) {
+    let json = serde_json::json!({
+        "id": price_id, "object": "price", "product": "prod_test", "currency": "jpy", "billing_scheme": "per_unit",
+        "unit_amount_decimal": unit_amount_decimal, "recurring": {"usage_type": "metered", "meter": "mtr_test"}
+    });
+    let price = tally::billing::stripe::Price::from_json(&json).expect("a price");
+    tally::billing::prices::save(pool, event_type, &price).await.expect("save the price");
+}
+
+/// Gives `user` (every account with `None`) a token limit of its own (`None`: unlimited), as `tally user set-limit`
+/// does.
+pub async fn set_token_limit(pool: &PgPool, user: Option<uuid::Uuid>, limit: Option<i64>) {
+    sqlx::query(
+        "INSERT INTO usage_limits (user_id, event_type, usage_limit)
+         SELECT id, $3, $2 FROM users WHERE $1::uuid IS NULL OR id = $1
+         ON CONFLICT (user_id, event_type) DO UPDATE SET usage_limit = EXCLUDED.usage_limit",
+    )
+    .bind(user)
+    .bind(limit)
+    .bind(AI_TOKENS_EVENT)
+    .execute(pool)
+    .await
+    .expect("set the token limit");
 }

@@ -53,15 +53,25 @@ async fn totals_count_only_this_users_events_of_this_type_inside_the_period(pool
 
     let in_november = at("2026-11-15T00:00:00Z");
     let summary =
-        totals::summary_at(&app.pool, &app.state.clock, ada, AI_TOKENS_EVENT, in_november).await.unwrap().unwrap();
+        totals::summary_at(&app.pool, &app.state.clock, &app.state.config.meters, ada, AI_TOKENS_EVENT, in_november)
+            .await
+            .unwrap()
+            .unwrap();
     assert_eq!((summary.period_start, summary.period_end), (november.start, november.end));
     assert_eq!(summary.used, 1_234);
     assert_eq!(summary.limit, Some(DEFAULT_LIMIT));
     assert_eq!(summary.period_first_day, "2026-11-01");
 
-    let nobody = totals::summary_at(&app.pool, &app.state.clock, uuid::Uuid::new_v4(), AI_TOKENS_EVENT, in_november)
-        .await
-        .unwrap();
+    let nobody = totals::summary_at(
+        &app.pool,
+        &app.state.clock,
+        &app.state.config.meters,
+        uuid::Uuid::new_v4(),
+        AI_TOKENS_EVENT,
+        in_november,
+    )
+    .await
+    .unwrap();
     assert_eq!(nobody, None);
 }
 
@@ -75,7 +85,10 @@ async fn totals_are_bigint_sums_beyond_32_bits(pool: PgPool) {
         app.insert_usage(heavy, AI_TOKENS_EVENT, 3_000_000_000, &now).await;
     }
     let summary =
-        totals::summary_at(&app.pool, &app.state.clock, heavy, AI_TOKENS_EVENT, Utc::now()).await.unwrap().unwrap();
+        totals::summary_at(&app.pool, &app.state.clock, &app.state.config.meters, heavy, AI_TOKENS_EVENT, Utc::now())
+            .await
+            .unwrap()
+            .unwrap();
     assert_eq!(summary.used, 9_000_000_000);
 }
 
@@ -225,7 +238,7 @@ async fn the_allowance_answers_an_api_key_from_the_period_counters(pool: PgPool)
     let app = app(pool);
     let cookie = app.signup("ada@example.com").await;
     let ada = app.user_id("ada@example.com").await;
-    sqlx::query("UPDATE users SET usage_limit = 1000 WHERE id = $1").bind(ada).execute(&app.pool).await.unwrap();
+    crate::support::set_token_limit(&app.pool, Some(ada), Some(1000)).await;
     let key = app.api_key("ada@example.com").await;
     let bearer = format!("Bearer {key}");
     app.insert_usage(ada, AI_TOKENS_EVENT, 799, &chrono::Utc::now().to_rfc3339()).await;
@@ -364,7 +377,7 @@ async fn occurred_at_counts_against_its_own_periods_limit(pool: PgPool) {
     let app = app(pool);
     app.signup("ada@example.com").await;
     let ada = app.user_id("ada@example.com").await;
-    sqlx::query("UPDATE users SET usage_limit = 10 WHERE id = $1").bind(ada).execute(&app.pool).await.unwrap();
+    crate::support::set_token_limit(&app.pool, Some(ada), Some(10)).await;
     let key = format!("Bearer {}", app.api_key("ada@example.com").await);
     app.state.usage.time.set("2026-11-30T15:30:00Z".parse().unwrap());
     let record = |at: &'static str, quantity: i64| {

@@ -424,7 +424,8 @@ async fn the_hard_limit_counts_the_subscription_period(pool: PgPool) {
     let app = app(pool);
     app.signup("ada@example.com").await;
     let user = app.user_id("ada@example.com").await;
-    sqlx::query("UPDATE users SET stripe_customer_id = 'cus_period', usage_limit = 100 WHERE id = $1")
+    crate::support::set_token_limit(&app.pool, Some(user), Some(100)).await;
+    sqlx::query("UPDATE users SET stripe_customer_id = 'cus_period' WHERE id = $1")
         .bind(user)
         .execute(&app.pool)
         .await
@@ -480,14 +481,17 @@ async fn the_dashboards_one_read_says_what_each_cards_own_read_says(pool: PgPool
 
     let page = app.post_form("/api/dashboard", &[], Some(&cookie)).await.json();
     assert_eq!(page["user"]["email"], "ada@example.com");
-    assert_eq!(page["summary"]["used"], 45_500, "{page}");
+    assert_eq!(page["meters"][0]["used"], 45_500, "{page}");
+    assert_eq!(page["meters"].as_array().map(Vec::len), Some(1), "no image usage, no image meter: {page}");
     assert_eq!(page["alerts"]["alerts"].as_array().map(Vec::len), Some(2), "80 % and 90 % crossed: {page}");
     assert_eq!(page["billing"]["subscription"]["status"], "active");
     assert_eq!(page["billing"]["cycles"].as_array().map(Vec::len), Some(1));
     assert_eq!(page["apiKeys"].as_array().map(Vec::len), Some(1));
     assert!(page["history"]["periods"].as_array().is_some_and(|p| p.len() >= 2), "{page}");
+    let summary = app.post_form("/api/usage/summary", &[], Some(&cookie)).await.json();
+    assert_eq!(page["meters"][0], summary, "the primary meter: the page's read and /api/usage/summary disagree");
     for (part, path) in [
-        ("summary", "/api/usage/summary"),
+        ("meters", "/api/usage/meters"),
         ("alerts", "/api/usage/alerts"),
         ("history", "/api/usage/history"),
         ("billing", "/api/billing/overview"),
@@ -496,4 +500,40 @@ async fn the_dashboards_one_read_says_what_each_cards_own_read_says(pool: PgPool
         let own = app.post_form(path, &[], Some(&cookie)).await.json();
         assert_eq!(page[part], own, "{part}: the page's read and {path} disagree");
     }
+}
+
+/// `price.updated` refreshes a meter's copy of its Stripe price (keeping the tiers Stripe's payloads leave out);
+/// an event older than the copy, or about another price, changes nothing.
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn price_updated_refreshes_the_meters_price_and_older_events_change_nothing(pool: PgPool) {
+    crate::support::save_price(&pool, "ai_token_consumed", "price_tokens", "0.00005").await;
+    let app = app(pool);
+    let event = |id: &str, created: i64, price: &str, nickname: &str| {
+        json!({
+            "id": id, "object": "event", "type": "price.updated", "created": created, "livemode": false,
+            "api_version": "2025-03-31.basil",
+            "data": { "object": {
+                "id": price, "object": "price", "currency": "jpy", "billing_scheme": "per_unit",
+                "unit_amount_decimal": "0.00005", "nickname": nickname, "active": true
+            } }
+        })
+        .to_string()
+    };
+    let stored = || async {
+        sqlx::query_scalar::<_, Value>("SELECT price FROM meter_prices WHERE event_type = 'ai_token_consumed'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap()
+    };
+    let now = Utc::now().timestamp();
+    assert_eq!(
+        deliver(&app, event("evt_new", now + 5, "price_tokens", "AI tokens (2027)").as_bytes()).await.status,
+        StatusCode::OK
+    );
+    let price = stored().await;
+    assert_eq!(price["nickname"], "AI tokens (2027)");
+    assert_eq!(price["recurring"]["meter"], "mtr_test", "fields the event leaves out are kept");
+    deliver(&app, event("evt_old", now - 3_600, "price_tokens", "stale").as_bytes()).await;
+    deliver(&app, event("evt_other", now + 10, "price_other", "other").as_bytes()).await;
+    assert_eq!(stored().await["nickname"], "AI tokens (2027)", "an older event and another price change nothing");
 }

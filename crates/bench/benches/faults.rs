@@ -87,7 +87,7 @@ impl Lab {
             .env("STRIPE_REQUEST_TIMEOUT_MS", "1500")
             .env("STRIPE_LEASE_MS", "4000")
             .env("STRIPE_POLL_MS", "200")
-            .env("TALLY_DEFAULT_USAGE_LIMIT", "none")
+            .env("TALLY_METERS_FILE", tally_bench::unlimited_meters_file())
             .stdout(Stdio::from(file.try_clone().unwrap()))
             .stderr(Stdio::from(file))
             .spawn()
@@ -518,8 +518,14 @@ async fn instances(lab: &Lab, seconds: u64, count: usize) -> Audit {
         axum::serve(receiver, app).await.unwrap();
     });
     let limit = 100_000_i64;
-    let alerted =
-        tally::auth::users::register(&pool, "alerts@faults.test", "fault suite pw", Some(limit)).await.unwrap();
+    let alerted = tally::auth::users::register(
+        &pool,
+        "alerts@faults.test",
+        "fault suite pw",
+        &[(tally::usage::AI_TOKENS_EVENT.into(), Some(limit))],
+    )
+    .await
+    .unwrap();
     sqlx::query("UPDATE users SET alert_webhook_url = $2, alert_webhook_secret = $3 WHERE id = $1")
         .bind(alerted)
         .bind(&receiver_url)

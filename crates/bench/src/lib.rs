@@ -37,7 +37,8 @@ pub struct Customer {
 
 /// Registers `email` with `password` and an optional usage limit, and gives it an API key.
 pub async fn customer(pool: &PgPool, email: &str, password: &str, limit: Option<i64>) -> Customer {
-    let user_id = tally::auth::users::register(pool, email, password, limit).await.expect("create user");
+    let own = [(tally::usage::AI_TOKENS_EVENT.to_owned(), limit)];
+    let user_id = tally::auth::users::register(pool, email, password, &own).await.expect("create user");
     let (_, secret) = tally::auth::api_key::create(pool, user_id, "load").await.expect("create key");
     Customer { user_id, auth: format!("Bearer {secret}") }
 }
@@ -75,4 +76,19 @@ pub fn p50_p99(sorted: &[Duration]) -> String {
 /// A rate or count rounded to a whole number, with thousands separators.
 pub fn thousands(n: f64) -> String {
     tally::format::thousands(n.round() as i64)
+}
+
+/// The shipped meter catalog without limits (a load must never be refused for its volume), written once to a
+/// temporary file; its path, for `TALLY_METERS_FILE`.
+pub fn unlimited_meters_file() -> String {
+    static FILE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let shipped = include_str!("../../../meters.toml");
+        let unlimited: String =
+            shipped.lines().filter(|line| !line.starts_with("limit")).map(|line| format!("{line}\n")).collect();
+        let path = std::env::temp_dir().join(format!("tally-bench-meters-{}.toml", std::process::id()));
+        std::fs::write(&path, unlimited).expect("write the catalog");
+        path.display().to_string()
+    })
+    .clone()
 }

@@ -433,6 +433,8 @@ fn create_price(inner: &mut Inner, params: &Params) -> Result<Answer, Answer> {
     let price = json!({
         "id": id, "object": "price", "created": now(inner), "active": true, "currency": currency, "product": product,
         "unit_amount": integer(params, "unit_amount")?, "unit_amount_decimal": param(params, "unit_amount_decimal"),
+        "billing_scheme": param(params, "billing_scheme").unwrap_or("per_unit"), "tiers_mode": null,
+        "transform_quantity": null,
         "recurring": recurring, "lookup_key": lookup_key, "nickname": param(params, "nickname"),
         "type": if recurring.is_some() { "recurring" } else { "one_time" }, "livemode": false
     });

@@ -272,6 +272,43 @@ impl StripeDouble {
             .sum()
     }
 
+    /// The invoice Stripe would finalize for `customer`'s subscription period `[start, end)` (unix seconds) on
+    /// `price_id`, in Stripe's shape (basil API): one metered line whose quantity is the period's sum on the
+    /// price's meter ([`StripeDouble::invoiced_quantity`]) and whose amount is the quantity times the price's
+    /// `unit_amount_decimal`, rounded once on the line to the nearest minor unit (halves up). `None` for an
+    /// unknown price or one the double cannot price (not per-unit).
+    pub fn invoice(&self, customer: &str, price_id: &str, start: i64, end: i64, grace_seconds: i64) -> Option<Value> {
+        let (price, event_name) = {
+            let inner = self.lock();
+            let price = inner.prices.iter().find(|p| p["id"] == price_id)?.clone();
+            let meter = price["recurring"]["meter"].as_str()?;
+            let event_name = inner.meters.iter().find(|m| m["id"] == meter)?["event_name"].as_str()?.to_owned();
+            (price, event_name)
+        };
+        let quantity = self.invoiced_quantity(customer, &event_name, start, end, grace_seconds).max(0);
+        let amount = line_amount(quantity, price["unit_amount_decimal"].as_str()?)?;
+        let line = serde_json::json!({
+            "id": format!("il_{price_id}_{start}"), "object": "line_item", "amount": amount,
+            "currency": price["currency"], "quantity": quantity, "livemode": false,
+            "period": { "start": start, "end": end },
+            "parent": {
+                "type": "subscription_item_details",
+                "subscription_item_details": { "proration": false, "subscription_item": null }
+            },
+            "pricing": {
+                "type": "price_details",
+                "price_details": { "price": price_id, "product": price["product"] },
+                "unit_amount_decimal": price["unit_amount_decimal"]
+            }
+        });
+        Some(serde_json::json!({
+            "object": "invoice", "customer": customer, "currency": price["currency"], "status": "draft",
+            "amount_due": amount, "subtotal": amount, "total": amount,
+            "period_start": start, "period_end": end,
+            "lines": { "object": "list", "data": [line], "has_more": false }
+        }))
+    }
+
     /// The sum of accepted values for `customer` and `event_name`.
     pub fn total(&self, customer: &str, event_name: &str) -> i64 {
         self.lock().state.totals.get(customer).and_then(|m| m.get(event_name)).copied().unwrap_or(0)
@@ -287,4 +324,28 @@ pub fn webhook_signature(secret: &str, timestamp: i64, payload: &[u8]) -> String
     mac.update(format!("{timestamp}.").as_bytes());
     mac.update(payload);
     hex::encode(mac.finalize().into_bytes())
+}
+
+/// `quantity` × a decimal string of the minor unit (`"0.00005"`), rounded to the nearest minor unit, halves up: how
+/// Stripe rounds a metered line ("rounded to the nearest whole cent", once per line). `None` for a malformed amount.
+fn line_amount(quantity: i64, unit_amount_decimal: &str) -> Option<i64> {
+    let (whole, fraction) = unit_amount_decimal.split_once('.').unwrap_or((unit_amount_decimal, ""));
+    let digits = format!("{whole}{fraction}");
+    let mantissa: i128 = digits.parse().ok()?;
+    let scale = 10_i128.checked_pow(u32::try_from(fraction.len()).ok()?)?;
+    let exact_times_two = i128::from(quantity).checked_mul(mantissa)?.checked_mul(2)?;
+    // round(x / scale) = floor((2x + scale) / (2 scale)) for x ≥ 0.
+    i64::try_from((exact_times_two + scale) / (2 * scale)).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lines_are_rounded_to_the_nearest_minor_unit_halves_up() {
+        assert_eq!(super::line_amount(85_600, "0.00005"), Some(4));
+        assert_eq!(super::line_amount(10_000, "0.00005"), Some(1));
+        assert_eq!(super::line_amount(9_999, "0.00005"), Some(0));
+        assert_eq!(super::line_amount(7, "3"), Some(21));
+        assert_eq!(super::line_amount(1, "x"), None);
+    }
 }

@@ -11,8 +11,8 @@ pub enum WriteError {
     #[error("unknown or revoked API key, or the account no longer exists")]
     UnknownCaller,
     /// Recording would pass the hard limit of the period; nothing of the submission was recorded.
-    #[error("usage limit reached: {remaining} of {limit} remain this period")]
-    LimitExceeded { limit: i64, remaining: i64 },
+    #[error("usage limit of {event_type} reached: {remaining} of {limit} remain this period")]
+    LimitExceeded { event_type: String, limit: i64, remaining: i64 },
     /// The transaction failed: nothing of the submission was stored.
     #[error("usage commit failed: {0}")]
     Database(Arc<sqlx::Error>),
@@ -31,7 +31,7 @@ impl From<WriteError> for AppError {
     fn from(err: WriteError) -> Self {
         match err {
             WriteError::UnknownCaller => AppError::Unauthorized,
-            WriteError::LimitExceeded { limit, remaining } => AppError::LimitExceeded { limit, remaining },
+            WriteError::LimitExceeded { limit, remaining, .. } => AppError::LimitExceeded { limit, remaining },
             WriteError::Database(ref db) => {
                 AppError::database_unavailable(db).unwrap_or_else(|| AppError::internal(err))
             }
@@ -52,7 +52,11 @@ mod tests {
         let broken = WriteError::from(sqlx::Error::RowNotFound);
         assert_eq!(AppError::from(broken), AppError::Internal);
         assert_eq!(AppError::from(WriteError::UnknownCaller), AppError::Unauthorized);
-        let limit = AppError::from(WriteError::LimitExceeded { limit: 100, remaining: 10 });
+        let limit = AppError::from(WriteError::LimitExceeded {
+            event_type: "image_generated".into(),
+            limit: 100,
+            remaining: 10,
+        });
         assert_eq!(limit, AppError::LimitExceeded { limit: 100, remaining: 10 });
     }
 }

@@ -12,7 +12,7 @@
 //! user's subscription period, else the calendar month), chosen under the users' shared period lock so that a period
 //! change (`period.rs`) never races a writer.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -22,17 +22,16 @@ use uuid::Uuid;
 
 use super::alerts;
 use super::period::{self, PeriodClock};
-use super::AI_TOKENS_EVENT;
 use crate::auth::caller::Caller;
+use crate::meters::Catalog;
 
 mod error;
 mod plan;
 mod sql;
 
-use super::period::Period;
 pub use error::WriteError;
-use plan::{plan, EventPeriods, EventRows};
-use sql::{existing_keys, keys_to_ids, lock_limits_read_periods, period_usage, resolve_callers};
+use plan::{plan, EventPeriods, EventRows, MeterKey};
+use sql::{alert_rules, existing_keys, keys_to_ids, lock_limits_read_periods, period_usage, resolve_callers};
 
 /// Most events one transaction takes (a group always takes at least one whole submission).
 const MAX_GROUP_EVENTS: usize = 2_000;
@@ -58,7 +57,7 @@ pub struct Recorded {
     pub duplicate: bool,
 }
 
-/// Where a user with a hard limit stands after a submission, in the period of its last event.
+/// Where a user with a hard limit stands after a submission, on the meter and in the period of its last event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Allowance {
     pub limit: i64,
@@ -82,7 +81,7 @@ impl Allowance {
 pub struct Outcome {
     /// One entry per submitted event, in order.
     pub events: Vec<Recorded>,
-    /// Present when the user has a hard limit on the limited event type.
+    /// Present when the user has a hard limit on the last event's type.
     pub allowance: Option<Allowance>,
 }
 
@@ -115,11 +114,12 @@ pub struct UsageWriter {
 
 impl UsageWriter {
     /// Starts `writers` writer tasks on the current tokio runtime.
-    pub fn start(pool: PgPool, clock: Arc<PeriodClock>, writers: u16) -> UsageWriter {
+    pub fn start(pool: PgPool, clock: Arc<PeriodClock>, catalog: Arc<Catalog>, writers: u16) -> UsageWriter {
         let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
         let receiver = Arc::new(Mutex::new(receiver));
         for slot in 0..writers {
-            let writer = Writer { slot: slot as i16, pool: pool.clone(), clock: clock.clone() };
+            let writer =
+                Writer { slot: slot as i16, pool: pool.clone(), clock: clock.clone(), catalog: catalog.clone() };
             tokio::spawn(writer.run(receiver.clone()));
         }
         UsageWriter { queue }
@@ -147,6 +147,8 @@ struct Writer {
     slot: i16,
     pool: PgPool,
     clock: Arc<PeriodClock>,
+    /// The meters: their default limits, and their configured prices for money alerts.
+    catalog: Arc<Catalog>,
 }
 
 impl Writer {
@@ -205,18 +207,21 @@ impl Writer {
         let (resolved, mut results) = resolve_callers(&mut tx, group).await?;
         let users: Vec<Uuid> = resolved.iter().map(|r| r.user_id).collect::<BTreeSet<_>>().into_iter().collect();
         period::lock_users_shared(&mut tx, &users).await?;
-        let (limits, periods) = lock_limits_read_periods(&mut tx, &resolved, &self.clock.timezone).await?;
+        let (limits, periods) =
+            lock_limits_read_periods(&mut tx, &resolved, &self.clock.timezone, &self.catalog).await?;
+        let rules = alert_rules(&mut tx, &users).await?;
         // Complete: `lock_limits_read_periods` answers every (user, instant) of the group or fails.
         let period_of = |user: Uuid, event: &NewEvent| -> EventPeriods { periods[&(user, event.occurred_at)] };
-        let mut used = period_usage(&mut tx, &limits, &resolved, &period_of).await?;
+        let watched: HashSet<(Uuid, String)> =
+            limits.keys().cloned().chain(rules.iter().map(|r| (r.user_id, r.event_type.clone()))).collect();
+        let mut used = period_usage(&mut tx, &watched, &resolved, &period_of).await?;
         let used_before = used.clone();
         let mut known = existing_keys(&mut tx, &resolved).await?;
 
         let mut rows = EventRows::default();
         for entry in &resolved {
-            let limit = limits.get(&entry.user_id).copied();
             results[entry.index] =
-                plan(entry.user_id, entry.submission, limit, &mut used, &mut known, &period_of, &mut rows);
+                plan(entry.user_id, entry.submission, &limits, &mut used, &mut known, &period_of, &mut rows);
         }
 
         if !rows.ids.is_empty() {
@@ -232,13 +237,17 @@ impl Writer {
                     }
                 }
             }
-            let caps: HashMap<Uuid, i64> = limits.iter().map(|(user, l)| (*user, l.limit)).collect();
-            // Alerts are kept per (user, period start).
-            let by_start = |totals: &HashMap<(Uuid, Period), i64>| -> HashMap<(Uuid, DateTime<Utc>), i64> {
-                totals.iter().map(|((user, period), used)| ((*user, period.span.start), *used)).collect()
+            let caps: HashMap<(Uuid, String), i64> = limits.iter().map(|(key, l)| (key.clone(), l.limit)).collect();
+            // Alerts are kept per (user, event type, period start).
+            let by_start = |totals: &HashMap<MeterKey, i64>| -> HashMap<alerts::AlertKey, i64> {
+                totals
+                    .iter()
+                    .map(|((user, kind, period), used)| ((*user, kind.clone(), period.span.start), *used))
+                    .collect()
             };
-            alerts::record_crossings(&mut tx, AI_TOKENS_EVENT, &caps, &by_start(&used_before), &by_start(&used))
-                .await?;
+            let (before, after) = (by_start(&used_before), by_start(&used));
+            alerts::record_crossings(&mut tx, &caps, &before, &after).await?;
+            alerts::record_rule_crossings(&mut tx, &self.catalog, &rules, &before, &after).await?;
         }
         tx.commit().await?;
         Ok(results)

@@ -10,9 +10,11 @@ use uuid::Uuid;
 use super::WriteError;
 use super::{Allowance, LimitPolicy, NewEvent, Outcome, Recorded, Submission};
 use crate::usage::period::{Period, Span};
-use crate::usage::AI_TOKENS_EVENT;
 
-/// A user's hard limit, as locked for this transaction.
+/// One meter of one user in one period: what limits, alerts and the usage so far are kept by.
+pub(super) type MeterKey = (Uuid, String, Period);
+
+/// A user's hard limit on one event type, as locked for this transaction.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Limit {
     pub(super) limit: i64,
@@ -30,12 +32,13 @@ pub(super) struct EventPeriods {
 }
 
 /// Decides one submission: duplicates are answered with their first event, the rest is accepted whole (its
-/// rows added to `rows`, its usage to `used`) or refused whole for passing the user's limit.
+/// rows added to `rows`, its usage to `used`) or refused whole for passing one of the user's limits (each event
+/// type has its own).
 pub(super) fn plan(
     user: Uuid,
     submission: &Submission,
-    limit: Option<Limit>,
-    used: &mut HashMap<(Uuid, Period), i64>,
+    limits: &HashMap<(Uuid, String), Limit>,
+    used: &mut HashMap<MeterKey, i64>,
     known: &mut HashMap<UserKey, Uuid>,
     period_of: &impl Fn(Uuid, &NewEvent) -> EventPeriods,
     rows: &mut EventRows,
@@ -59,26 +62,34 @@ pub(super) fn plan(
         }
     }
 
-    // The hard limit: the new usage of each period must fit in what is left of it.
-    let mut added: HashMap<(Uuid, Period), i64> = HashMap::new();
-    for (_, event) in fresh.iter().filter(|(_, e)| e.event_type == AI_TOKENS_EVENT) {
-        *added.entry((user, period_of(user, event).applies)).or_default() += event.quantity;
+    // The hard limits: the new usage of each event type and period must fit in what is left of it.
+    let mut added: HashMap<MeterKey, i64> = HashMap::new();
+    for (_, event) in &fresh {
+        *added.entry((user, event.event_type.clone(), period_of(user, event).applies)).or_default() += event.quantity;
     }
-    let mut allowance = None;
-    if let Some(Limit { limit, warning_percent }) = limit {
-        for (period, quantity) in &added {
-            let before = used.get(period).copied().unwrap_or(0);
-            if submission.policy == LimitPolicy::Enforce && before.saturating_add(*quantity) > limit {
-                return Err(WriteError::LimitExceeded { limit, remaining: (limit - before).max(0) });
+    if submission.policy == LimitPolicy::Enforce {
+        for (key @ (_, event_type, _), quantity) in &added {
+            let Some(Limit { limit, .. }) = limits.get(&(user, event_type.clone())) else { continue };
+            let before = used.get(key).copied().unwrap_or(0);
+            if before.saturating_add(*quantity) > *limit {
+                return Err(WriteError::LimitExceeded {
+                    event_type: event_type.clone(),
+                    limit: *limit,
+                    remaining: (limit - before).max(0),
+                });
             }
         }
-        let current = submission.events.last().map(|e| (user, period_of(user, e).applies));
-        let used_now = current.map_or(0, |p| used.get(&p).copied().unwrap_or(0) + added.get(&p).copied().unwrap_or(0));
-        allowance = Some(Allowance { limit, used: used_now, warning_percent });
     }
+    // Where the caller stands on the meter of the submission's last event.
+    let allowance = submission.events.last().and_then(|last| {
+        let Limit { limit, warning_percent } = *limits.get(&(user, last.event_type.clone()))?;
+        let key = (user, last.event_type.clone(), period_of(user, last).applies);
+        let used_now = used.get(&key).copied().unwrap_or(0) + added.get(&key).copied().unwrap_or(0);
+        Some(Allowance { limit, used: used_now, warning_percent })
+    });
 
-    for (period, quantity) in added {
-        *used.entry(period).or_default() += quantity;
+    for (key, quantity) in added {
+        *used.entry(key).or_default() += quantity;
     }
     known.extend(keys_in_submission);
     for (id, event) in fresh {
@@ -138,9 +149,11 @@ mod tests {
         DateTime::from_timestamp(1_800_000_000 + seconds, 0).unwrap()
     }
 
+    const TOKENS: &str = crate::usage::AI_TOKENS_EVENT;
+
     fn event(quantity: i64, key: Option<&str>) -> NewEvent {
         NewEvent {
-            event_type: AI_TOKENS_EVENT.into(),
+            event_type: TOKENS.into(),
             quantity,
             metadata: serde_json::json!({}),
             idempotency_key: key.map(str::to_owned),
@@ -164,14 +177,18 @@ mod tests {
         EventPeriods { applies: Period { kind: PeriodKind::Subscription, span }, month: span }
     }
 
-    fn key() -> (Uuid, Period) {
-        (USER, period_of(USER, &event(1, None)).applies)
+    fn key() -> MeterKey {
+        (USER, TOKENS.into(), period_of(USER, &event(1, None)).applies)
+    }
+
+    fn token_limit(limit: i64) -> HashMap<(Uuid, String), Limit> {
+        HashMap::from([((USER, TOKENS.to_owned()), Limit { limit, warning_percent: 80 })])
     }
 
     /// What a writer keeps across the submissions of one group: the usage so far, the keys seen, the rows to write.
     #[derive(Default)]
     struct Group {
-        used: HashMap<(Uuid, Period), i64>,
+        used: HashMap<MeterKey, i64>,
         known: HashMap<UserKey, Uuid>,
         rows: EventRows,
     }
@@ -181,10 +198,10 @@ mod tests {
             &mut self,
             events: Vec<NewEvent>,
             policy: LimitPolicy,
-            limit: Option<Limit>,
+            limits: &HashMap<(Uuid, String), Limit>,
         ) -> Result<Outcome, WriteError> {
             let submission = submission(events, policy);
-            plan(USER, &submission, limit, &mut self.used, &mut self.known, &period_of, &mut self.rows)
+            plan(USER, &submission, limits, &mut self.used, &mut self.known, &period_of, &mut self.rows)
         }
     }
 
@@ -193,7 +210,7 @@ mod tests {
         let mut group = Group::default();
         group.known.insert((USER, "stored".to_owned()), Uuid::from_u128(1));
         let events = vec![event(5, Some("stored")), event(7, Some("a")), event(9, Some("a")), event(11, None)];
-        let outcome = group.plan(events, LimitPolicy::Enforce, None).unwrap();
+        let outcome = group.plan(events, LimitPolicy::Enforce, &HashMap::new()).unwrap();
         let answers: Vec<(u128, bool)> = outcome.events.iter().map(|r| (r.id.as_u128(), r.duplicate)).collect();
         assert_eq!(answers, [(1, true), (101, false), (101, true), (103, false)]);
         assert_eq!(group.rows.quantities, [7, 11], "only new events become rows");
@@ -203,18 +220,18 @@ mod tests {
 
     #[test]
     fn past_the_limit_a_submission_is_refused_whole_and_changes_nothing() {
-        let limit = Some(Limit { limit: 100, warning_percent: 80 });
+        let limit = token_limit(100);
         let mut group = Group { used: HashMap::from([(key(), 90)]), ..Group::default() };
-        let refused = group.plan(vec![event(5, Some("k")), event(6, None)], LimitPolicy::Enforce, limit);
-        assert!(matches!(refused, Err(WriteError::LimitExceeded { limit: 100, remaining: 10 })));
+        let refused = group.plan(vec![event(5, Some("k")), event(6, None)], LimitPolicy::Enforce, &limit);
+        assert!(matches!(refused, Err(WriteError::LimitExceeded { limit: 100, remaining: 10, .. })));
         assert_eq!((group.used[&key()], group.rows.ids.len(), group.known.len()), (90, 0, 0));
     }
 
     #[test]
     fn exactly_up_to_the_limit_fits_and_the_allowance_says_so() {
-        let limit = Some(Limit { limit: 100, warning_percent: 80 });
+        let limit = token_limit(100);
         let mut group = Group { used: HashMap::from([(key(), 90)]), ..Group::default() };
-        let outcome = group.plan(vec![event(10, None)], LimitPolicy::Enforce, limit).unwrap();
+        let outcome = group.plan(vec![event(10, None)], LimitPolicy::Enforce, &limit).unwrap();
         let allowance = outcome.allowance.unwrap();
         assert_eq!((allowance.used, allowance.remaining(), allowance.warning()), (100, 0, true));
         assert_eq!(group.used[&key()], 100);
@@ -222,21 +239,28 @@ mod tests {
 
     #[test]
     fn usage_that_already_happened_is_recorded_past_the_limit() {
-        let limit = Some(Limit { limit: 100, warning_percent: 80 });
+        let limit = token_limit(100);
         let mut group = Group { used: HashMap::from([(key(), 90)]), ..Group::default() };
-        let outcome = group.plan(vec![event(50, None)], LimitPolicy::RecordAnyway, limit).unwrap();
+        let outcome = group.plan(vec![event(50, None)], LimitPolicy::RecordAnyway, &limit).unwrap();
         assert_eq!(outcome.allowance.map(|a| (a.used, a.remaining())), Some((140, 0)));
         assert_eq!(group.rows.quantities, [50]);
     }
 
     #[test]
-    fn other_event_types_do_not_count_against_the_token_limit() {
-        let limit = Some(Limit { limit: 10, warning_percent: 80 });
+    fn each_event_type_is_held_to_its_own_limit() {
+        let mut limits = token_limit(10);
+        limits.insert((USER, "image_generated".into()), Limit { limit: 3, warning_percent: 80 });
         let mut group = Group::default();
-        let image = NewEvent { event_type: "image_generated".into(), ..event(1_000, None) };
-        let outcome = group.plan(vec![image], LimitPolicy::Enforce, limit).unwrap();
-        assert_eq!(outcome.events.len(), 1);
-        assert!(group.used.is_empty());
-        assert_eq!(group.rows.period_kinds, ["subscription"]);
+        let image = |n| NewEvent { event_type: "image_generated".into(), ..event(n, None) };
+        // 1,000 images do not touch the token limit, but pass the image limit.
+        let refused = group.plan(vec![image(4)], LimitPolicy::Enforce, &limits);
+        assert!(
+            matches!(&refused, Err(WriteError::LimitExceeded { event_type, limit: 3, remaining: 3 }) if event_type == "image_generated")
+        );
+        let outcome = group.plan(vec![image(3), event(10, None)], LimitPolicy::Enforce, &limits).unwrap();
+        assert_eq!(outcome.allowance.map(|a| (a.limit, a.used)), Some((10, 10)), "the last event's meter");
+        let image_key = (USER, "image_generated".to_owned(), key().2);
+        assert_eq!((group.used[&key()], group.used[&image_key]), (10, 3));
+        assert_eq!(group.rows.period_kinds, ["subscription", "subscription"]);
     }
 }

@@ -1,19 +1,21 @@
 //! The writer's statements: who the callers are, the limits and periods under their locks, the usage so far, the
 //! idempotency keys already stored, and the one statement that inserts a group.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
-use super::plan::{EventPeriods, EventRows, Limit, UserKey};
+use super::plan::{EventPeriods, EventRows, Limit, MeterKey, UserKey};
 use super::WriteError;
 use super::{NewEvent, Outcome, Submission};
 use crate::auth::api_key;
 use crate::auth::caller::Caller;
+use crate::meters::Catalog;
+use crate::usage::alerts::AlertRule;
 use crate::usage::period::{Period, PeriodKind, Span};
-use crate::usage::AI_TOKENS_EVENT;
+use crate::usage::summary::meter_params;
 
 /// A submission whose caller is known to be `user_id`.
 pub(super) struct Resolved<'a> {
@@ -54,16 +56,18 @@ pub(super) async fn resolve_callers<'a>(
     Ok((resolved, results))
 }
 
-/// Locks the group's users that have a hard limit, in id order (no deadlocks between writers), and reads their
-/// limits and the periods of every (user, instant) the group records, in one statement. Users without a limit are
-/// not locked, so their events never wait for another writer. The periods come from `billing_period_at`, the one
-/// statement of the rule, read after the shared period locks are held (the caller took them in an earlier
-/// statement), so no period change can be in flight.
+/// Locks the group's users that have a hard limit on any of the catalog's meters, in id order (no deadlocks
+/// between writers), and reads those limits (`effective_usage_limit`: the account's own, else the meter's default)
+/// and the periods of every (user, instant) the group records, in one statement. Users without a limit are not
+/// locked: their writes need no serialising. Periods come from `billing_period_at`, the one statement of the
+/// rule, read after the shared period locks are held (the caller took them in an earlier statement), so no period
+/// change can be in flight.
 pub(super) async fn lock_limits_read_periods(
     tx: &mut Transaction<'_, Postgres>,
     group: &[Resolved<'_>],
     timezone: &str,
-) -> Result<(HashMap<Uuid, Limit>, HashMap<(Uuid, DateTime<Utc>), EventPeriods>), sqlx::Error> {
+    catalog: &Catalog,
+) -> Result<(HashMap<(Uuid, String), Limit>, HashMap<(Uuid, DateTime<Utc>), EventPeriods>), sqlx::Error> {
     let (mut limits, mut periods) = (HashMap::new(), HashMap::new());
     let instants: BTreeSet<(Uuid, DateTime<Utc>)> =
         group.iter().flat_map(|r| r.submission.events.iter().map(|e| (r.user_id, e.occurred_at))).collect();
@@ -71,61 +75,60 @@ pub(super) async fn lock_limits_read_periods(
         return Ok((limits, periods));
     }
     let (users, times): (Vec<Uuid>, Vec<DateTime<Utc>>) = instants.into_iter().unzip();
+    let (types, defaults) = meter_params(catalog, None);
     let rows = sqlx::query!(
         r#"WITH limited AS (
-             SELECT id, usage_limit, usage_warning_percent FROM users
-             WHERE id = ANY($1) AND usage_limit IS NOT NULL
-             ORDER BY id
-             FOR NO KEY UPDATE
+             SELECT u.id, m.event_type, effective_usage_limit(u.id, m.event_type, m.default_limit) AS usage_limit,
+                    u.usage_warning_percent
+             FROM users u
+             CROSS JOIN unnest($5::text[], $6::bigint[]) AS m (event_type, default_limit)
+             WHERE u.id = ANY($1) AND effective_usage_limit(u.id, m.event_type, m.default_limit) IS NOT NULL
+             ORDER BY u.id
+             FOR NO KEY UPDATE OF u
          )
-         SELECT id AS "user_id!", usage_limit AS "limit?", usage_warning_percent AS "warning_percent?",
+         SELECT id AS "user_id!", event_type AS "event_type?", usage_limit AS "limit?",
+                usage_warning_percent AS "warning_percent?",
                 NULL::bigint AS "position?", NULL::timestamptz AS "start?: DateTime<Utc>",
                 NULL::timestamptz AS "end?: DateTime<Utc>", NULL::text AS "kind?",
                 NULL::timestamptz AS "month_start?: DateTime<Utc>", NULL::timestamptz AS "month_end?: DateTime<Utc>"
          FROM limited
          UNION ALL
          -- Rows name their instant by position: PostgreSQL keeps microseconds, the events' times may hold more.
-         SELECT w.user_id, NULL, NULL, w.position, p.period_start, p.period_end, p.period_kind, p.month_start,
+         SELECT w.user_id, NULL, NULL, NULL, w.position, p.period_start, p.period_end, p.period_kind, p.month_start,
                 p.month_end
          FROM unnest($1::uuid[], $2::timestamptz[]) WITH ORDINALITY AS w (user_id, at, position)
          CROSS JOIN LATERAL billing_period_at(w.user_id, w.at, $3, $4) AS p"#,
         &users,
         &times as _,
         timezone,
-        crate::usage::period::LIVE_STATUSES as _
+        crate::usage::period::LIVE_STATUSES as _,
+        &types,
+        &defaults as &[Option<i64>]
     )
     .fetch_all(&mut **tx)
     .await?;
     for row in rows {
-        let (user, limit, warning_percent, position, start, end, kind, month_start, month_end) = (
-            row.user_id,
+        let at = row.position.and_then(|p| times.get(usize::try_from(p).ok()?.checked_sub(1)?)).copied();
+        match (
+            row.event_type,
             row.limit,
             row.warning_percent,
-            row.position,
+            at,
             row.start,
             row.end,
-            row.kind,
+            row.kind.as_deref().and_then(PeriodKind::parse),
             row.month_start,
             row.month_end,
-        );
-        let at = position.and_then(|p| times.get(usize::try_from(p).ok()?.checked_sub(1)?)).copied();
-        match (
-            limit,
-            warning_percent,
-            at,
-            start,
-            end,
-            kind.as_deref().and_then(PeriodKind::parse),
-            month_start,
-            month_end,
         ) {
-            (Some(limit), Some(warning_percent), ..) => {
-                limits.insert(user, Limit { limit, warning_percent });
+            (Some(event_type), Some(limit), Some(warning_percent), ..) => {
+                limits.insert((row.user_id, event_type), Limit { limit, warning_percent });
             }
-            (_, _, Some(at), Some(start), Some(end), Some(kind), Some(month_start), Some(month_end)) => {
+            (_, _, _, Some(at), Some(start), Some(end), Some(kind), Some(month_start), Some(month_end)) => {
                 let applies = Period { kind, span: Span { start, end } };
-                periods
-                    .insert((user, at), EventPeriods { applies, month: Span { start: month_start, end: month_end } });
+                periods.insert(
+                    (row.user_id, at),
+                    EventPeriods { applies, month: Span { start: month_start, end: month_end } },
+                );
             }
             _ => {}
         }
@@ -137,51 +140,68 @@ pub(super) async fn lock_limits_read_periods(
     Ok((limits, periods))
 }
 
-/// Current totals of the limited event type for the limited users, per (user, period that applies). Read after
-/// the locks are held, so they include every commit of the other writers.
+/// The alerts the group's users set themselves (in units or money), with the Stripe price of their meter when
+/// Tally has read one (the writer prices money alerts with the same rule the meter shows: `usage::summary`).
+pub(super) async fn alert_rules(
+    tx: &mut Transaction<'_, Postgres>,
+    users: &[Uuid],
+) -> Result<Vec<AlertRule>, sqlx::Error> {
+    sqlx::query_as!(
+        AlertRule,
+        r#"SELECT r.id, r.user_id, r.event_type, r.unit, r.amount, p.price AS "price?"
+           FROM usage_alert_rules r LEFT JOIN meter_prices p USING (event_type)
+           WHERE r.user_id = ANY($1)"#,
+        users
+    )
+    .fetch_all(&mut **tx)
+    .await
+}
+
+/// Current totals of the watched meters (limited, or with alerts) per (user, event type, period that applies).
+/// Read after the locks are held, so they include every commit of the other writers.
 pub(super) async fn period_usage(
     tx: &mut Transaction<'_, Postgres>,
-    limits: &HashMap<Uuid, Limit>,
+    watched: &HashSet<(Uuid, String)>,
     group: &[Resolved<'_>],
     period_of: &impl Fn(Uuid, &NewEvent) -> EventPeriods,
-) -> Result<HashMap<(Uuid, Period), i64>, sqlx::Error> {
-    let wanted: BTreeSet<(Uuid, &'static str, DateTime<Utc>, DateTime<Utc>)> = group
+) -> Result<HashMap<MeterKey, i64>, sqlx::Error> {
+    // (user, event type, period kind, start, end)
+    type Wanted<'a> = (Uuid, &'a str, &'static str, DateTime<Utc>, DateTime<Utc>);
+    let wanted: BTreeSet<Wanted> = group
         .iter()
-        .filter(|s| limits.contains_key(&s.user_id))
         .flat_map(|entry| {
-            entry.submission.events.iter().filter(|e| e.event_type == AI_TOKENS_EVENT).map(|event| {
-                let period = period_of(entry.user_id, event).applies;
-                (entry.user_id, period.kind.as_str(), period.span.start, period.span.end)
-            })
+            entry.submission.events.iter().filter(|e| watched.contains(&(entry.user_id, e.event_type.clone()))).map(
+                |event| {
+                    let period = period_of(entry.user_id, event).applies;
+                    (entry.user_id, event.event_type.as_str(), period.kind.as_str(), period.span.start, period.span.end)
+                },
+            )
         })
         .collect();
     if wanted.is_empty() {
         return Ok(HashMap::new());
     }
-    let mut users = Vec::new();
-    let mut kinds = Vec::new();
-    let mut starts = Vec::new();
-    let mut ends = Vec::new();
-    for (user, kind, start, end) in wanted {
+    let (mut users, mut types, mut kinds, mut starts, mut ends) = (vec![], vec![], vec![], vec![], vec![]);
+    for (user, event_type, kind, start, end) in wanted {
         users.push(user);
+        types.push(event_type);
         kinds.push(kind);
         starts.push(start);
         ends.push(end);
     }
     let rows = sqlx::query!(
-        r#"SELECT t.user_id, t.period_kind, t.period_start AS "period_start: DateTime<Utc>",
+        r#"SELECT t.user_id, t.event_type, t.period_kind, t.period_start AS "period_start: DateTime<Utc>",
                   t.period_end AS "period_end: DateTime<Utc>", sum(t.quantity)::bigint AS "used!"
          FROM usage_period_totals t
-         JOIN unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::timestamptz[])
-           AS wanted (user_id, period_kind, period_start, period_end)
-           USING (user_id, period_kind, period_start, period_end)
-         WHERE t.event_type = $5
-         GROUP BY t.user_id, t.period_kind, t.period_start, t.period_end"#,
+         JOIN unnest($1::uuid[], $5::text[], $2::text[], $3::timestamptz[], $4::timestamptz[])
+           AS wanted (user_id, event_type, period_kind, period_start, period_end)
+           USING (user_id, event_type, period_kind, period_start, period_end)
+         GROUP BY t.user_id, t.event_type, t.period_kind, t.period_start, t.period_end"#,
         &users,
         &kinds as &[&str],
         &starts as _,
         &ends as _,
-        AI_TOKENS_EVENT
+        &types as &[&str]
     )
     .fetch_all(&mut **tx)
     .await?;
@@ -189,7 +209,8 @@ pub(super) async fn period_usage(
         .into_iter()
         .filter_map(|row| {
             let span = Span { start: row.period_start, end: row.period_end };
-            Some(((row.user_id, Period { kind: PeriodKind::parse(&row.period_kind)?, span }), row.used))
+            let period = Period { kind: PeriodKind::parse(&row.period_kind)?, span };
+            Some(((row.user_id, row.event_type, period), row.used))
         })
         .collect())
 }
