@@ -20,7 +20,7 @@ test.describe("in Japanese (Accept-Language: ja)", () => {
     await expect(page.getByTestId("usage-period")).toContainText("年");
     await expect(page.getByTestId("history-caption")).toContainText("合計 1,234,567 トークン");
     // The text alternatives are Japanese too: the meter's value, the chart and its bars.
-    await expect(page.getByTestId("usage-bar")).toHaveAttribute("aria-valuetext", "2,000,000 のうち 1,234,567（61%）");
+    await expect(page.getByTestId("usage-bar")).toHaveAttribute("aria-valuetext", "2,000,000 トークンのうち 1,234,567（61%）");
     await expect(page.getByTestId("history-chart")).toHaveAttribute("aria-label", /合計 1,234,567 トークン/);
     await expect(page.locator('[data-testid="history-chart"] rect[data-quantity="1234567"]')).toHaveAttribute(
       "aria-label",
@@ -75,6 +75,8 @@ test("screenshots: desktop and phone, English and Japanese", async ({ browser, r
   const email = uniqueEmail("screens");
   tally("user", "create", "--email", email, "--password", PASSWORD, "--limit", "100000");
   for (const quantity of [18_250, 9_400, 31_800, 26_100]) await recordUsage(request, email, quantity);
+  // A second meter: images, priced per image.
+  await recordUsage(request, email, 7, "image_generated");
   for (const [locale, lang] of [
     ["en-US", "en"],
     ["ja-JP", "ja"],
@@ -86,7 +88,8 @@ test("screenshots: desktop and phone, English and Japanese", async ({ browser, r
       const context = await browser.newContext({ locale, viewport });
       const page = await context.newPage();
       await logIn(page, email);
-      await expect(page.getByTestId("usage-used")).toHaveText("85,550");
+      await expect(page.locator('[data-meter="ai_token_consumed"]').getByTestId("usage-used")).toHaveText("85,550");
+      await expect(page.getByTestId("usage-cost")).toHaveCount(2);
       await waitForHydration(page);
       await page.screenshot({ path: `${shots}/dashboard-${lang}-${device}.png`, fullPage: true });
       await context.close();

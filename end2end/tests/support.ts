@@ -39,10 +39,15 @@ export function apiKeyFor(email: string): string {
 }
 
 /** Records usage for `email` the way a service does: POST /api/usage/record with an API key. */
-export async function recordUsage(request: APIRequestContext, email: string, quantity: number): Promise<void> {
+export async function recordUsage(
+  request: APIRequestContext,
+  email: string,
+  quantity: number,
+  eventType = "ai_token_consumed",
+): Promise<void> {
   const response = await request.post("/api/usage/record", {
     headers: { authorization: `Bearer ${apiKeyFor(email)}` },
-    data: { eventType: "ai_token_consumed", quantity },
+    data: { eventType, quantity },
   });
   expect(response.status(), await response.text()).toBe(200);
 }

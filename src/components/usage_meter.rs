@@ -58,16 +58,30 @@ pub fn UsageMeter(summary: UsageSummary) -> impl IntoView {
     let last_day = crate::i18n::day(locale, &summary.period_last_day);
     let cost = summary.cost.map(|cost| {
         let so_far = money(lang, cost.so_far, &cost.currency);
+        let capped = cost.forecast_capped;
         let forecast = cost.forecast.zip(cost.forecast_used).map(|(amount, forecast_used)| {
-            let text = td_string!(
-                locale,
-                meter_forecast,
-                cost = money(lang, amount, &cost.currency),
-                day = last_day.clone(),
-                used = thousands(forecast_used),
-                unit = unit.clone()
-            )
-            .to_string();
+            let (amount_text, used) = (money(lang, amount, &cost.currency), thousands(forecast_used));
+            let text = if capped {
+                td_string!(
+                    locale,
+                    meter_forecast_capped,
+                    cost = amount_text,
+                    day = last_day.clone(),
+                    used = used,
+                    unit = unit.clone()
+                )
+                .to_string()
+            } else {
+                td_string!(
+                    locale,
+                    meter_forecast,
+                    cost = amount_text,
+                    day = last_day.clone(),
+                    used = used,
+                    unit = unit.clone()
+                )
+                .to_string()
+            };
             view! {
                 <p class="usage-meter__forecast muted" data-testid="usage-forecast" data-amount=amount.to_string()>
                     {text}

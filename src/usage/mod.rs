@@ -127,6 +127,8 @@ pub struct UsageCost {
     pub forecast: Option<i64>,
     /// The usage that forecast assumes.
     pub forecast_used: Option<i64>,
+    /// At the period's pace the hard limit would be reached before its end: the forecast is the limit's cost.
+    pub forecast_capped: bool,
     /// The price of one unit in the minor unit, as Stripe writes it (`"0.00005"`), for per-unit prices.
     pub unit_amount: Option<String>,
 }

@@ -73,12 +73,20 @@ pub fn summarize(
     let cost = rate_for(catalog, &row.event_type, row.price.as_ref()).map(|rate| {
         let elapsed = (at - period.start).num_seconds();
         let length = (period.end - period.start).num_seconds();
-        let forecast_used = crate::pricing::forecast_quantity(row.used, elapsed, length);
+        // The hard limit stops usage at the limit, so no pace takes the period past it (usage recorded past it
+        // regardless, as AI calls are, is already in `used`).
+        let forecast = crate::pricing::forecast_quantity(row.used, elapsed, length);
+        let forecast_capped = forecast.zip(row.limit).is_some_and(|(f, limit)| f > limit.max(row.used));
+        let forecast_used = forecast.map(|f| match row.limit {
+            Some(limit) if forecast_capped => limit.max(row.used),
+            _ => f,
+        });
         UsageCost {
             currency: rate.currency.clone(),
             so_far: rate.cost(row.used),
             forecast: forecast_used.map(|used| rate.cost(used)),
             forecast_used,
+            forecast_capped,
             unit_amount: rate.unit_amount(),
         }
     });

@@ -168,7 +168,12 @@ async fn the_forecast_is_linear_on_the_period_and_waits_for_a_tenth_of_it(pool: 
     };
     let young = read(2).await;
     assert_eq!((young.so_far, young.forecast), (50, None), "after 2 of 30 days: too young to say");
+    // Past the default limit of 50,000 (usage recorded regardless): the limit stops the pace, so no more is forecast.
+    let limited = read(15).await;
+    assert_eq!((limited.forecast_used, limited.forecast, limited.forecast_capped), (Some(1_000_000), Some(50), true));
+    crate::support::set_token_limit(&app.pool, Some(user), None).await;
     let half = read(15).await;
+    assert!(!half.forecast_capped);
     assert_eq!((half.forecast_used, half.forecast), (Some(2_000_000), Some(100)), "linear on the time so far");
     assert_eq!(half.unit_amount.as_deref(), Some("0.00005"));
 }
