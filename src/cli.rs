@@ -19,6 +19,9 @@ fn parse_limit_choice(raw: &str) -> Result<LimitChoice, crate::error::AppError> 
 pub struct Cli {
     #[command(flatten)]
     pub config: Config,
+    /// Print what read commands find as JSON (`user show`, `apikey list`, `stripe status`, `stripe reconcile`).
+    #[arg(long, global = true)]
+    pub json: bool,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -120,12 +123,15 @@ pub enum UserCommand {
         #[arg(long, value_parser = clap::value_parser!(i16).range(1..=100))]
         warning_percent: Option<i16>,
     },
-    /// Create an account.
+    /// Create an account. The password is never an argument (argv is visible to every user of the machine and
+    /// kept in shell histories): it is read from `TALLY_USER_PASSWORD`, from stdin with `--password-stdin`, or
+    /// asked for at the terminal.
     Create {
         #[arg(long)]
         email: String,
+        /// Read the password from the first line of stdin.
         #[arg(long)]
-        password: String,
+        password_stdin: bool,
         /// A limit of its own on the primary meter (`none` for unlimited); default: the meter's (`meters.toml`).
         #[arg(long, value_parser = parse_usage_limit)]
         limit: Option<UsageLimit>,
@@ -148,7 +154,7 @@ pub async fn run(mut cli: Cli) -> anyhow::Result<()> {
         }
         Command::User(UserCommand::Show { email }) => {
             let pool = crate::db::connect(&cli.config).await?;
-            crate::db::migrate(&pool).await?;
+            crate::db::require_schema(&pool).await?;
             let id = crate::auth::users::find_id_by_email(&pool, &email)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no account for {email}"))?;
@@ -164,6 +170,19 @@ pub async fn run(mut cli: Cli) -> anyhow::Result<()> {
                 },
             };
             let sync = crate::billing::status::for_user(&pool, id, all_time).await?;
+            if cli.json {
+                let limits: Vec<_> = limits
+                    .iter()
+                    .map(|(event_type, limit, own)| serde_json::json!({"eventType": event_type, "limit": limit, "own": own}))
+                    .collect();
+                let account = serde_json::json!({
+                    "id": id, "email": email.trim().to_lowercase(), "limits": limits, "stripeCustomer": customer,
+                    "usageEvents": {"delivered": sync.delivered, "pending": sync.pending,
+                                    "awaitingCustomer": sync.awaiting_customer, "failed": sync.failed, "expired": sync.expired},
+                });
+                println!("{account}");
+                return Ok(());
+            }
             println!("account {} ({id})", email.trim().to_lowercase());
             for (event_type, limit, own) in limits {
                 let limit = limit.map_or("none".to_owned(), |l| l.to_string());
@@ -179,7 +198,7 @@ pub async fn run(mut cli: Cli) -> anyhow::Result<()> {
         }
         Command::User(UserCommand::SetLimit { email, limit, event_type, warning_percent }) => {
             let pool = crate::db::connect(&cli.config).await?;
-            crate::db::migrate(&pool).await?;
+            crate::db::require_schema(&pool).await?;
             let catalog = &cli.config.meters;
             let event_type = event_type.unwrap_or_else(|| catalog.primary().event_type.clone());
             if !catalog.contains(&event_type) {
@@ -197,15 +216,16 @@ pub async fn run(mut cli: Cli) -> anyhow::Result<()> {
             println!("{} on {event_type}: {shown}", email.trim().to_lowercase());
             Ok(())
         }
-        Command::User(UserCommand::Create { email, password, limit, if_missing }) => {
+        Command::User(UserCommand::Create { email, password_stdin, limit, if_missing }) => {
             let pool = crate::db::connect(&cli.config).await?;
-            crate::db::migrate(&pool).await?;
+            crate::db::require_schema(&pool).await?;
             if if_missing {
                 if let Some(id) = crate::auth::users::find_id_by_email(&pool, &email).await? {
                     println!("account {} already exists ({id})", email.trim().to_lowercase());
                     return Ok(());
                 }
             }
+            let password = new_password(password_stdin)?;
             let primary = cli.config.meters.primary();
             let own: Vec<(String, Option<i64>)> =
                 limit.map(|limit| (primary.event_type.clone(), limit.0)).into_iter().collect();
@@ -217,8 +237,8 @@ pub async fn run(mut cli: Cli) -> anyhow::Result<()> {
         }
         Command::Stripe(command) => {
             let pool = crate::db::connect(&cli.config).await?;
-            crate::db::migrate(&pool).await?;
-            stripe_command(&pool, &cli.config, command).await
+            crate::db::require_schema(&pool).await?;
+            stripe_command(&pool, &cli.config, command, cli.json).await
         }
         Command::Worker { drain, timeout_seconds } => {
             let pool = crate::db::connect(&cli.config).await?;
@@ -256,13 +276,18 @@ pub async fn run(mut cli: Cli) -> anyhow::Result<()> {
         }
         Command::Apikey(command) => {
             let pool = crate::db::connect(&cli.config).await?;
-            crate::db::migrate(&pool).await?;
-            api_key_command(&pool, command).await
+            crate::db::require_schema(&pool).await?;
+            api_key_command(&pool, command, cli.json).await
         }
     }
 }
 
-async fn stripe_command(pool: &sqlx::PgPool, config: &Config, command: StripeCommand) -> anyhow::Result<()> {
+async fn stripe_command(
+    pool: &sqlx::PgPool,
+    config: &Config,
+    command: StripeCommand,
+    json: bool,
+) -> anyhow::Result<()> {
     use crate::billing::{setup, status};
 
     let stripe = || {
@@ -273,6 +298,10 @@ async fn stripe_command(pool: &sqlx::PgPool, config: &Config, command: StripeCom
     match command {
         StripeCommand::Status => {
             let state = status::read(pool).await?;
+            if json {
+                println!("{}", serde_json::to_string(&state)?);
+                return Ok(());
+            }
             println!("meter events (outbox):");
             if state.outbox.is_empty() {
                 println!("  none recorded yet");
@@ -363,8 +392,10 @@ async fn stripe_command(pool: &sqlx::PgPool, config: &Config, command: StripeCom
             println!("linked {} to {customer}", email.trim().to_lowercase());
         }
         StripeCommand::Retry => {
+            let spinner = progress_spinner("queueing failed meter events again");
             let (requeued, to_settle) =
                 crate::billing::uncertain::retry_failed(pool, crate::clock::Clock::system().now()).await?;
+            spinner.finish_and_clear();
             println!("{requeued} failed meter events queued for delivery again, under new identifiers");
             if to_settle > 0 {
                 println!(
@@ -376,6 +407,7 @@ async fn stripe_command(pool: &sqlx::PgPool, config: &Config, command: StripeCom
         StripeCommand::Setup { product_name } => {
             let stripe = stripe()?;
             let verb = |created: bool| if created { "created" } else { "found" };
+            let bar = progress_bar(config.meters.meters().len(), "meters set up");
             for meter in config.meters.meters() {
                 let plan = setup::SetupPlan {
                     event_name: meter.event_type.clone(),
@@ -386,15 +418,19 @@ async fn stripe_command(pool: &sqlx::PgPool, config: &Config, command: StripeCom
                 };
                 let done = setup::setup(&stripe, &plan).await?;
                 crate::billing::prices::save(pool, &meter.event_type, &done.price).await?;
-                println!(
-                    "{}: meter {} ({}), price {} ({})",
-                    meter.event_type,
-                    done.meter_id,
-                    verb(done.meter_created),
-                    done.price.id,
-                    verb(done.price_created)
-                );
+                bar.inc(1);
+                bar.suspend(|| {
+                    println!(
+                        "{}: meter {} ({}), price {} ({})",
+                        meter.event_type,
+                        done.meter_id,
+                        verb(done.meter_created),
+                        done.price.id,
+                        verb(done.price_created)
+                    )
+                });
             }
+            bar.finish_and_clear();
             println!("the meters bill with these prices; Checkout subscribes new customers to all of them");
         }
         StripeCommand::Reconcile { since } => {
@@ -402,26 +438,13 @@ async fn stripe_command(pool: &sqlx::PgPool, config: &Config, command: StripeCom
                 Some(raw) => parse_since(&raw)?,
                 None => chrono::Utc::now() - chrono::Duration::days(35),
             };
-            let lines = crate::billing::reconcile::meter(pool, &stripe()?, since).await?;
-            let mut differing = 0;
-            println!("Stripe's meter against what Tally delivered, per billing period:");
-            println!("customer                        event              period (UTC)                      tally      stripe  undelivered");
-            for line in &lines {
-                let mark = if line.matches() { "" } else { "  DIFFERS" };
-                differing += usize::from(!line.matches());
-                println!(
-                    "{:<31} {:<18} {} – {} {:>10} {:>11} {:>12}{mark}",
-                    line.customer,
-                    line.event_name,
-                    line.period_start.format("%Y-%m-%d %H:%M"),
-                    line.period_end.format("%Y-%m-%d %H:%M"),
-                    line.delivered,
-                    line.stripe,
-                    line.undelivered
-                );
-            }
-            println!("{} periods compared, {differing} differ", lines.len());
-
+            let bar = progress_bar(0, "billing periods compared with Stripe's meter");
+            let lines = crate::billing::reconcile::meter(pool, &stripe()?, since, &|step| match step {
+                crate::billing::reconcile::Progress::Total(total) => bar.set_length(total as u64),
+                crate::billing::reconcile::Progress::Done => bar.inc(1),
+            })
+            .await?;
+            bar.finish_and_clear();
             // Each priced meter's invoice lines against its event type's deliveries; before setup saved any price,
             // every metered line against the primary meter.
             let priced = crate::billing::prices::by_event_type(pool).await?;
@@ -445,34 +468,17 @@ async fn stripe_command(pool: &sqlx::PgPool, config: &Config, command: StripeCom
                 };
                 checks.extend(crate::billing::reconcile::invoices(pool, &filter).await?);
             }
-            let mut differing_lines = 0;
-            println!();
-            println!("Stripe's invoices against what Tally delivered in each invoiced period:");
-            println!(
-                "invoice                         status  customer                        period (UTC)                      \
-                 invoiced      tally  to next  uncertain  undelivered"
-            );
-            for check in &checks {
-                let mark = if check.matches() { "" } else { "  DIFFERS" };
-                differing_lines += usize::from(!check.matches());
-                println!(
-                    "{:<31} {:<7} {:<31} {} – {} {:>8} {:>10} {:>8} {:>10} {:>12}{mark}",
-                    check.invoice,
-                    check.invoice_status.as_deref().unwrap_or("-"),
-                    check.customer,
-                    check.period_start.format("%Y-%m-%d %H:%M"),
-                    check.period_end.format("%Y-%m-%d %H:%M"),
-                    check.invoiced,
-                    check.delivered,
-                    check.moved_to_next,
-                    check.uncertain,
-                    check.undelivered
-                );
-                if let Some(reason) = check.reason() {
-                    println!("    why: {reason}");
-                }
+            let differing = lines.iter().filter(|line| !line.matches()).count();
+            let differing_lines = checks.iter().filter(|check| !check.matches()).count();
+            if json {
+                let report = serde_json::json!({
+                    "periods": lines, "invoiceLines": checks,
+                    "periodsDiffering": differing, "invoiceLinesDiffering": differing_lines,
+                });
+                println!("{report}");
+            } else {
+                print_reconciliation(&lines, &checks);
             }
-            println!("{} invoice lines compared, {differing_lines} differ", checks.len());
             if differing + differing_lines > 0 {
                 anyhow::bail!(
                     "{differing} periods and {differing_lines} invoice lines differ (Stripe aggregates asynchronously: \
@@ -482,6 +488,101 @@ async fn stripe_command(pool: &sqlx::PgPool, config: &Config, command: StripeCom
         }
     }
     Ok(())
+}
+
+/// The two tables of `tally stripe reconcile`, with the reason under each differing row.
+fn print_reconciliation(
+    lines: &[crate::billing::reconcile::Reconciliation],
+    checks: &[crate::billing::reconcile::InvoiceCheck],
+) {
+    println!("Stripe's meter against what Tally delivered, per billing period:");
+    println!("customer                        event              period (UTC)                      tally      stripe  undelivered");
+    for line in lines {
+        let mark = if line.matches() { "" } else { "  DIFFERS" };
+        let stripe = line.stripe.map_or_else(|| "?".to_owned(), |held| held.to_string());
+        println!(
+            "{:<31} {:<18} {} – {} {:>10} {:>11} {:>12}{mark}",
+            line.customer,
+            line.event_name,
+            line.period_start.format("%Y-%m-%d %H:%M"),
+            line.period_end.format("%Y-%m-%d %H:%M"),
+            line.delivered,
+            stripe,
+            line.undelivered
+        );
+        if let Some(error) = &line.error {
+            println!("    why: Stripe could not be asked (after retries): {error}");
+        }
+    }
+    let differing = lines.iter().filter(|line| !line.matches()).count();
+    println!("{} periods compared, {differing} differ", lines.len());
+    println!();
+    println!("Stripe's invoices against what Tally delivered in each invoiced period:");
+    println!(
+        "invoice                         status  customer                        period (UTC)                      \
+         invoiced      tally  to next  uncertain  undelivered"
+    );
+    for check in checks {
+        let mark = if check.matches() { "" } else { "  DIFFERS" };
+        println!(
+            "{:<31} {:<7} {:<31} {} – {} {:>8} {:>10} {:>8} {:>10} {:>12}{mark}",
+            check.invoice,
+            check.invoice_status.as_deref().unwrap_or("-"),
+            check.customer,
+            check.period_start.format("%Y-%m-%d %H:%M"),
+            check.period_end.format("%Y-%m-%d %H:%M"),
+            check.invoiced,
+            check.delivered,
+            check.moved_to_next,
+            check.uncertain,
+            check.undelivered
+        );
+        if let Some(reason) = check.reason() {
+            println!("    why: {reason}");
+        }
+    }
+    let differing_lines = checks.iter().filter(|check| !check.matches()).count();
+    println!("{} invoice lines compared, {differing_lines} differ", checks.len());
+}
+
+/// A progress bar on stderr for `total` steps; drawn only on a terminal (scripts and CI see nothing of it).
+fn progress_bar(total: usize, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total as u64);
+    let style = indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} ({elapsed})")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_message(what.to_owned());
+    bar
+}
+
+/// A spinner on stderr for a step of unknown length (terminal only).
+fn progress_spinner(what: &str) -> indicatif::ProgressBar {
+    let spinner = indicatif::ProgressBar::new_spinner();
+    spinner.set_message(what.to_owned());
+    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+    spinner
+}
+
+/// The password of a new account: `TALLY_USER_PASSWORD`, else the first line of stdin with `--password-stdin`,
+/// else asked for at the terminal (not echoed). Never an argument: argv is readable by every user of the machine.
+fn new_password(from_stdin: bool) -> anyhow::Result<String> {
+    if let Ok(password) = std::env::var("TALLY_USER_PASSWORD") {
+        return Ok(password);
+    }
+    if from_stdin {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        return Ok(line.trim_end_matches(['\r', '\n']).to_owned());
+    }
+    use std::io::IsTerminal;
+    anyhow::ensure!(
+        std::io::stdin().is_terminal(),
+        "no password: set TALLY_USER_PASSWORD, pass --password-stdin and pipe it in, or run at a terminal to be asked"
+    );
+    let password = rpassword::prompt_password("password for the new account: ")?;
+    let again = rpassword::prompt_password("the same password again: ")?;
+    anyhow::ensure!(password == again, "the two passwords differ; nothing was created");
+    Ok(password)
 }
 
 /// `2026-11-01` (midnight UTC) or an RFC 3339 instant.
@@ -494,7 +595,7 @@ fn parse_since(raw: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
     Ok(day.and_time(chrono::NaiveTime::MIN).and_utc())
 }
 
-async fn api_key_command(pool: &sqlx::PgPool, command: ApiKeyCommand) -> anyhow::Result<()> {
+async fn api_key_command(pool: &sqlx::PgPool, command: ApiKeyCommand, json: bool) -> anyhow::Result<()> {
     use crate::auth::{api_key, users};
 
     let user_of = |email: String| async move {
@@ -507,7 +608,12 @@ async fn api_key_command(pool: &sqlx::PgPool, command: ApiKeyCommand) -> anyhow:
             println!("{secret}");
         }
         ApiKeyCommand::List { email } => {
-            for key in api_key::list(pool, user_of(email).await?).await? {
+            let keys = api_key::list(pool, user_of(email).await?).await?;
+            if json {
+                println!("{}", serde_json::to_string(&keys)?);
+                return Ok(());
+            }
+            for key in keys {
                 let state = match (key.revoked_at, key.last_used_at) {
                     (Some(at), _) => format!("revoked {}", at.format("%Y-%m-%d %H:%M UTC")),
                     (None, Some(at)) => format!("last used {}", at.format("%Y-%m-%d %H:%M UTC")),

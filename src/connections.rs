@@ -43,13 +43,15 @@ impl ConnectionLimits {
     }
 }
 
-/// Serves `app` on `listener` until `shutdown` completes, then lets open connections finish their requests.
-/// Each request carries its peer address as `ConnectInfo<SocketAddr>` (sign-in throttling counts by it).
+/// Serves `app` on `listener` until `shutdown` completes, then stops accepting and lets open connections finish
+/// their requests for at most `grace` (connections still open then are dropped). Each request carries its peer
+/// address as `ConnectInfo<SocketAddr>` (sign-in throttling counts by it).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()>,
+    grace: Duration,
 ) -> std::io::Result<()> {
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -96,6 +98,8 @@ pub async fn serve(
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!("connections still open at the shutdown deadline; closing them");
+    }
     Ok(())
 }

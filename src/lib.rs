@@ -34,6 +34,8 @@ pub mod meters;
 #[cfg(feature = "ssr")]
 pub mod openapi;
 #[cfg(feature = "ssr")]
+pub mod ops;
+#[cfg(feature = "ssr")]
 pub mod outbound;
 #[cfg(feature = "ssr")]
 pub mod page_errors;
@@ -45,6 +47,8 @@ pub mod retry;
 pub mod server;
 #[cfg(feature = "ssr")]
 pub mod state;
+#[cfg(feature = "ssr")]
+pub mod telemetry;
 
 /// Entry point of the browser bundle (Leptos's island loader calls it): gives the page's islands their behaviour.
 #[cfg(feature = "hydrate")]

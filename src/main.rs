@@ -10,12 +10,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> std::process::ExitCode {
     // `.env` is for local runs; real environment variables win over it.
     let _ = dotenvy::dotenv();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,tower_sessions=warn,sqlx=warn".into()),
-        )
-        .init();
+    tally::ops::logs::init();
 
     let cli = tally::cli::Cli::parse();
     match tally::cli::run(cli).await {

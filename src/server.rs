@@ -36,7 +36,9 @@ pub fn router(state: AppState, routes: Vec<AxumRouteListing>) -> Router {
         .with_secure(state.config.secure_cookies())
         .with_expiry(Expiry::OnInactivity(time::Duration::days(crate::auth::session::IDLE_DAYS)));
 
-    Router::new()
+    let metrics_on_public_router = state.config.metrics_addr.is_none();
+    let router = Router::new()
+        .merge(crate::ops::router(metrics_on_public_router))
         .merge(crate::billing::router())
         .merge(crate::usage::router())
         .route("/language/{locale}", axum::routing::get(choose_language))
@@ -108,7 +110,10 @@ pub fn router(state: AppState, routes: Vec<AxumRouteListing>) -> Router {
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'; base-uri 'none'"),
         ))
-        .with_state(state)
+        // Outermost, so they see every answer (the guards' refusals, 413s, panics) with its final status.
+        .layer(middleware::from_fn(crate::ops::count_requests))
+        .with_state(state);
+    crate::ops::add_request_layers(router)
 }
 
 /// A request whose handler panicked gets the JSON 500 of any internal error instead of a dropped connection; the
@@ -218,17 +223,22 @@ fn check_hash_file(options: &LeptosOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Connects, migrates and serves until Ctrl-C or SIGTERM.
+/// Connects, migrates and serves until Ctrl-C or SIGTERM, then shuts down gracefully: readiness turns false and
+/// open live streams end (browsers reconnect elsewhere), no connection is accepted, in-flight requests and the
+/// commits they wait for finish, and the workers end their current step (settling what they claimed), all within
+/// `TALLY_SHUTDOWN_SECONDS`; then the process exits, whatever is left.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    crate::telemetry::handle();
     let leptos_options = leptos_options()?;
     check_hash_file(&leptos_options)?;
     let pool = crate::db::connect(&config).await?;
     crate::db::migrate(&pool).await?;
     crate::db::check_timezone(&pool, &config.billing_timezone).await?;
 
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     let addr = leptos_options.site_addr;
     let worker = match crate::billing::delivery::DeliveryWorker::from_config(pool.clone(), &config) {
-        Some(worker) if config.delivery.run_in_server => Some(tokio::spawn(worker.run())),
+        Some(worker) if config.delivery.run_in_server => Some(tokio::spawn(worker.run_until(stopped.clone()))),
         Some(_) => None,
         None => {
             tracing::info!("STRIPE_SECRET_KEY is not set: usage is recorded and kept pending, not sent to Stripe");
@@ -242,10 +252,28 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             std::time::Duration::from_millis(config.delivery.retry_base_ms),
             std::time::Duration::from_millis(config.delivery.poll_ms),
         )
-        .run(),
+        .run_until(stopped.clone()),
     );
     let limits = crate::connections::ConnectionLimits::from_config(&config);
+    let grace = std::time::Duration::from_secs(config.shutdown_seconds);
+    let metrics_addr = config.metrics_addr;
     let state = AppState::new(leptos_options, pool.clone(), config);
+    let live = state.usage.live.clone();
+    let metrics = match metrics_addr {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            tracing::info!("metrics on http://{addr}/metrics");
+            let app = crate::ops::metrics_router(state.clone());
+            let mut stopped = stopped.clone();
+            Some(tokio::spawn(async move {
+                let until = async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                };
+                axum::serve(listener, app).with_graceful_shutdown(until).await
+            }))
+        }
+        None => None,
+    };
     let app = router(state, routes());
 
     // Expired sessions are deleted in the background, every hour.
@@ -266,14 +294,33 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!("Tally listening on http://{addr}");
-    crate::connections::serve(listener, app, limits, shutdown_signal()).await?;
+    let signalled = std::sync::Arc::new(std::sync::OnceLock::new());
+    let signal = {
+        let signalled = signalled.clone();
+        async move {
+            shutdown_signal().await;
+            let _ = signalled.set(tokio::time::Instant::now());
+            live.shut_down();
+            let _ = stop.send(true);
+        }
+    };
+    crate::connections::serve(listener, app, limits, signal, grace).await?;
+    let deadline = signalled.get().copied().unwrap_or_else(tokio::time::Instant::now) + grace;
     deletion.abort();
     pruning.abort();
-    // In-flight calls are safe to abandon: their leases expire and the identifiers make the retries count once.
-    if let Some(worker) = worker {
-        worker.abort();
+    // The workers end their step; one that is still waiting on Stripe at the deadline is abandoned: its lease
+    // expires and the identifier makes the retry count once.
+    for (name, task) in [("delivery worker", worker), ("alert webhook worker", Some(alerts))] {
+        let Some(mut task) = task else { continue };
+        if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+            tracing::warn!("{name} did not finish within TALLY_SHUTDOWN_SECONDS; stopped");
+            task.abort();
+        }
     }
-    alerts.abort();
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
+    tracing::info!("stopped");
     Ok(())
 }
 

@@ -25,7 +25,7 @@ test.describe("with JavaScript", () => {
 
   test("refresh re-reads the total without reloading the page", async ({ page, request }) => {
     const email = uniqueEmail("refresh");
-    tally("user", "create", "--email", email, "--password", PASSWORD, "--limit", "100000");
+    tally("user", "create", "--email", email, "--limit", "100000");
     await logIn(page, email);
     await expect(page.getByTestId("usage-used")).toHaveText("0");
     await waitForHydration(page);
@@ -42,7 +42,7 @@ test.describe("with JavaScript", () => {
 
   test("a wrong password gets a clear error and no session", async ({ page, context }) => {
     const email = uniqueEmail("wrong");
-    tally("user", "create", "--email", email, "--password", PASSWORD);
+    tally("user", "create", "--email", email);
     await logIn(page, email, "not the password");
 
     await expect(page.getByTestId("form-error")).toHaveText("email or password is incorrect");
@@ -62,7 +62,7 @@ test.describe("with JavaScript", () => {
 
   test("the bar turns red at 90 % of the limit", async ({ page, request }) => {
     const email = uniqueEmail("red");
-    tally("user", "create", "--email", email, "--password", PASSWORD, "--limit", "1000");
+    tally("user", "create", "--email", email, "--limit", "1000");
     await recordUsage(request, email, 899);
     await logIn(page, email);
     const bar = page.locator(".usage-meter__bar");
@@ -79,7 +79,7 @@ test.describe("with JavaScript", () => {
 
   test("sign-out ends the session", async ({ page }) => {
     const email = uniqueEmail("logout");
-    tally("user", "create", "--email", email, "--password", PASSWORD);
+    tally("user", "create", "--email", email);
     await logIn(page, email);
     await expect(page.getByTestId("user-email")).toHaveText(email);
     await waitForHydration(page);
@@ -93,7 +93,7 @@ test.describe("with JavaScript", () => {
 test.describe("AI route and API keys", () => {
   test("a prompt on the dashboard records its tokens and the meter moves", async ({ page }) => {
     const email = uniqueEmail("prompt");
-    tally("user", "create", "--email", email, "--password", PASSWORD, "--limit", "100000");
+    tally("user", "create", "--email", email, "--limit", "100000");
     await logIn(page, email);
     await expect(page.getByTestId("usage-used")).toHaveText("0");
     await waitForHydration(page);
@@ -108,7 +108,7 @@ test.describe("AI route and API keys", () => {
 
   test("an API key made on the dashboard records usage until it is revoked", async ({ page, request }) => {
     const email = uniqueEmail("keys");
-    tally("user", "create", "--email", email, "--password", PASSWORD);
+    tally("user", "create", "--email", email);
     await logIn(page, email);
     await waitForHydration(page);
     await page.getByTestId("key-name").fill("billing job");
@@ -138,7 +138,7 @@ test.describe("with JavaScript disabled", () => {
 
   test("sign-in works and the meter is right from the server HTML alone", async ({ page, request }) => {
     const email = uniqueEmail("nojs");
-    tally("user", "create", "--email", email, "--password", PASSWORD, "--limit", "250000");
+    tally("user", "create", "--email", email, "--limit", "250000");
     await recordUsage(request, email, 234_567);
 
     await page.goto("/login");

@@ -9,7 +9,7 @@ test.describe("in Japanese (Accept-Language: ja)", () => {
 
   test("the browser's language picks Japanese, the toggle switches and the choice persists", async ({ page, request }) => {
     const email = uniqueEmail("ja");
-    tally("user", "create", "--email", email, "--password", PASSWORD, "--limit", "2000000");
+    tally("user", "create", "--email", email, "--limit", "2000000");
     await recordUsage(request, email, 1234567);
     await page.goto("/login");
     await expect(page.getByRole("heading", { level: 1 })).toHaveText("Tally にログイン");
@@ -56,7 +56,7 @@ test.describe("errors in Japanese", () => {
 
   test("a refused sign-in and a taken email are explained in Japanese", async ({ page }) => {
     const email = uniqueEmail("ja-errors");
-    tally("user", "create", "--email", email, "--password", PASSWORD);
+    tally("user", "create", "--email", email);
     await logIn(page, email, "not the password at all");
     await expect(page.getByTestId("form-error")).toHaveText("メールアドレスまたはパスワードが正しくありません");
 
@@ -73,7 +73,7 @@ test.describe("errors in Japanese", () => {
 /** Screenshots for the README: desktop and phone, English and Japanese, of one realistic account. */
 test("screenshots: desktop and phone, English and Japanese", async ({ browser, request }) => {
   const email = uniqueEmail("screens");
-  tally("user", "create", "--email", email, "--password", PASSWORD, "--limit", "100000");
+  tally("user", "create", "--email", email, "--limit", "100000");
   for (const quantity of [18_250, 9_400, 31_800, 26_100]) await recordUsage(request, email, quantity);
   // A second meter: images, priced per image.
   await recordUsage(request, email, 7, "image_generated");
@@ -102,7 +102,7 @@ test.describe("with JavaScript disabled", () => {
 
   test("the language link switches through the server", async ({ page }) => {
     const email = uniqueEmail("nojs-lang");
-    tally("user", "create", "--email", email, "--password", PASSWORD);
+    tally("user", "create", "--email", email);
     await page.goto("/login");
     await page.getByTestId("email").fill(email);
     await page.getByTestId("password").fill(PASSWORD);

@@ -6,7 +6,7 @@ import { PASSWORD, logIn, recordUsage, tally, uniqueEmail, waitForHydration } fr
 
 test("two pages of one user follow usage recorded through the API, without reloading", async ({ browser, request }) => {
   const email = uniqueEmail("live");
-  tally("user", "create", "--email", email, "--password", PASSWORD, "--limit", "1000");
+  tally("user", "create", "--email", email, "--limit", "1000");
   const context = await browser.newContext();
   const first = await context.newPage();
   await logIn(first, email);
@@ -95,7 +95,7 @@ test("the live meter says when its stream is cut, reconnects by itself and shows
   const proxy = await cuttableProxy(baseURL!);
   try {
     const email = uniqueEmail("reconnect");
-    tally("user", "create", "--email", email, "--password", PASSWORD, "--limit", "1000");
+    tally("user", "create", "--email", email, "--limit", "1000");
     await logIn(page, email);
     await expect(page.getByTestId("usage-used")).toHaveText("0");
     // The session cookie belongs to 127.0.0.1 whatever the port: the same dashboard, through the proxy.
@@ -155,7 +155,7 @@ test("the alert webhook reaches a local receiver once per threshold, signed", as
   const hook = await receiver();
   try {
     const email = uniqueEmail("hook");
-    tally("user", "create", "--email", email, "--password", PASSWORD, "--limit", "100");
+    tally("user", "create", "--email", email, "--limit", "100");
     await logIn(page, email);
     await page.getByTestId("alert-url").fill(hook.url);
     await page.getByTestId("alert-url-save").click();
@@ -182,7 +182,7 @@ test("the alert webhook reaches a local receiver once per threshold, signed", as
 
 test("the CSV download holds exactly the recorded events", async ({ page, request }) => {
   const email = uniqueEmail("csv");
-  tally("user", "create", "--email", email, "--password", PASSWORD);
+  tally("user", "create", "--email", email);
   for (const quantity of [11, 22, 33]) await recordUsage(request, email, quantity);
   await logIn(page, email);
   const href = await page.getByTestId("export-csv").getAttribute("href");
@@ -206,7 +206,7 @@ test.describe("with JavaScript disabled", () => {
 
   test("history, alerts and the period selector work from server HTML", async ({ page, request }) => {
     const email = uniqueEmail("nojs-history");
-    tally("user", "create", "--email", email, "--password", PASSWORD, "--limit", "100");
+    tally("user", "create", "--email", email, "--limit", "100");
     await recordUsage(request, email, 90);
     await page.goto("/login");
     await page.getByTestId("email").fill(email);

@@ -31,7 +31,7 @@ for (const words of languages) {
     request,
   }) => {
     const email = uniqueEmail(`cost-${words.locale}`);
-    tally("user", "create", "--email", email, "--password", PASSWORD);
+    tally("user", "create", "--email", email);
     // ¥4.28 of tokens (the invoice rounds the line once: ¥4) and 7 images at ¥3.
     await recordUsage(request, email, 85_600);
     await recordUsage(request, email, 7, "image_generated");

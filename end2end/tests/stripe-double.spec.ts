@@ -76,7 +76,7 @@ test("Stripe's Node SDK drives the double: meters, customers, prices, meter even
 
 test("usage recorded through the API reaches Stripe's meter and the dashboard says so", async ({ page, request }) => {
   const email = uniqueEmail("delivery");
-  tally("user", "create", "--email", email, "--password", PASSWORD);
+  tally("user", "create", "--email", email);
   await recordUsage(request, email, 1234);
   await recordUsage(request, email, 766);
 
@@ -105,7 +105,7 @@ test.describe("in Japanese", () => {
 
   test("Manage billing opens the Stripe customer portal once the account has a customer", async ({ page, request }) => {
     const email = uniqueEmail("portal");
-    tally("user", "create", "--email", email, "--password", PASSWORD);
+    tally("user", "create", "--email", email);
     await logIn(page, email);
     await expect(page.getByTestId("usage-used")).toHaveText("0");
     // The delivery worker gives every account a customer at the double (accounts without one get no button: the

@@ -8,16 +8,17 @@ const databaseUrl = () => {
   return url;
 };
 
-/** Runs the tally CLI against the app's database, as an operator would. */
+export const PASSWORD = "end-to-end password";
+
+/** Runs the tally CLI against the app's database, as an operator would (`user create` takes the password from
+ * TALLY_USER_PASSWORD, never from its arguments). */
 export function tally(...args: string[]): string {
   return execFileSync(resolve(__dirname, "../../target/debug/tally"), args, {
     encoding: "utf8",
     stdio: ["ignore", "pipe", "pipe"],
-    env: { ...process.env, DATABASE_URL: databaseUrl(), RUST_LOG: "warn" },
+    env: { ...process.env, DATABASE_URL: databaseUrl(), RUST_LOG: "warn", TALLY_USER_PASSWORD: PASSWORD },
   });
 }
-
-export const PASSWORD = "end-to-end password";
 
 let counter = 0;
 /** An email no other test uses. */

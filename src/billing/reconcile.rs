@@ -12,10 +12,19 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use crate::billing::error::BillingError;
-use crate::billing::stripe::StripeClient;
+use crate::billing::stripe::{StripeClient, StripeError};
+
+/// What a long comparison reports as it goes (the command line draws a progress bar from it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// How many steps there are.
+    Total(usize),
+    /// One more is done.
+    Done,
+}
 
 /// One customer, meter and billing period: what Tally delivered against what Stripe's meter holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Reconciliation {
     pub customer: String,
     pub event_name: String,
@@ -23,27 +32,45 @@ pub struct Reconciliation {
     pub period_end: DateTime<Utc>,
     /// The delivered sum Tally holds for the compared window.
     pub delivered: i64,
-    /// What Stripe's meter event summaries hold for it.
-    pub stripe: i64,
+    /// What Stripe's meter event summaries hold for it; `None` when Stripe could not be asked (see `error`).
+    pub stripe: Option<i64>,
+    /// Why Stripe's side is unknown: its last answer after retries.
+    pub error: Option<String>,
     /// Usage recorded in the period but not delivered yet (pending, failed, expired or awaiting a customer).
     pub undelivered: i64,
 }
 
 impl Reconciliation {
     pub fn matches(&self) -> bool {
-        self.delivered == self.stripe
+        self.stripe == Some(self.delivered)
     }
+}
+
+/// Stripe calls of a reconciliation: tried this often, backing off from 0.5 s to 8 s, while Stripe's error is
+/// retryable (429, 5xx, network).
+const STRIPE_ATTEMPTS: i32 = 5;
+
+async fn with_retries<T, F, Fut>(operation: F) -> Result<T, StripeError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StripeError>>,
+{
+    let (base, max) = (std::time::Duration::from_millis(500), std::time::Duration::from_secs(8));
+    crate::retry::retrying(STRIPE_ATTEMPTS, base, max, StripeError::is_retryable, operation).await
 }
 
 /// Compares, for every customer, meter and billing period that ends after `since`, the usage Tally delivered with
 /// what Stripe's meter reports. Stripe's summaries take whole minutes, so each period is widened to whole minutes
-/// and Tally's side is summed over the same window.
+/// and Tally's side is summed over the same window. Stripe's calls are retried with backoff; a period Stripe
+/// still cannot answer for is reported with the error (and counts as a difference) and the others are compared:
+/// one bad answer never hides the rest. `progress` is told the number of periods, then each one done.
 pub async fn meter(
     pool: &PgPool,
     stripe: &StripeClient,
     since: DateTime<Utc>,
+    progress: &dyn Fn(Progress),
 ) -> Result<Vec<Reconciliation>, BillingError> {
-    let meters = stripe.list_meters().await?;
+    let meters = with_retries(|| stripe.list_meters()).await?;
     struct DeliveredPeriod {
         customer: String,
         event_name: String,
@@ -66,6 +93,7 @@ pub async fn meter(
     )
     .fetch_all(pool)
     .await?;
+    progress(Progress::Total(periods.len()));
     let mut results = Vec::with_capacity(periods.len());
     for DeliveredPeriod { customer, event_name, period_start, period_end, undelivered } in periods {
         let window_start = period_start.timestamp().div_euclid(60) * 60;
@@ -82,8 +110,12 @@ pub async fn meter(
         .fetch_one(pool)
         .await?;
         let held = match meters.iter().find(|m| m.event_name == event_name) {
-            Some(meter) => stripe.meter_usage(&meter.id, &customer, window_start, window_end).await?,
-            None => 0,
+            Some(meter) => with_retries(|| stripe.meter_usage(&meter.id, &customer, window_start, window_end)).await,
+            None => Ok(0),
+        };
+        let (stripe_held, error) = match held {
+            Ok(held) => (Some(held), None),
+            Err(err) => (None, Some(err.to_string())),
         };
         results.push(Reconciliation {
             customer,
@@ -91,15 +123,17 @@ pub async fn meter(
             period_start,
             period_end,
             delivered,
-            stripe: held,
+            stripe: stripe_held,
+            error,
             undelivered,
         });
+        progress(Progress::Done);
     }
     Ok(results)
 }
 
 /// One metered line of one Stripe invoice against Tally's deliveries for its period.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct InvoiceCheck {
     pub invoice: String,
     /// Stripe's status of the invoice when last seen (`draft` until it is finalized, then `open`, `paid`, ...).

@@ -8,8 +8,8 @@ use crate::billing::error::BillingError;
 /// An account whose Stripe customer could not be created yet: email, attempts, Stripe's answer, next attempt.
 pub type CustomerFailure = (String, i32, Option<String>, Option<DateTime<Utc>>);
 
-/// The sync state, as `tally stripe status` prints it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The sync state, as `tally stripe status` prints it (and `--json` writes it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SyncStatus {
     /// Meter event outbox rows per status, e.g. `("awaiting_customer", 12)`.
     pub outbox: Vec<(String, i64)>,

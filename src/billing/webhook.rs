@@ -40,8 +40,14 @@ pub async fn receive(
     }
     let header = headers.get("stripe-signature").and_then(|v| v.to_str().ok());
     let now = chrono::Utc::now().timestamp();
-    signature::verify(&body, header, &secrets, now, state.config.stripe_webhook_tolerance_seconds)
-        .map_err(|err| AppError::BadRequest(format!("invalid Stripe signature: {err}")))?;
+    let counted = |kind: &str, outcome: &'static str| {
+        metrics::counter!(crate::telemetry::WEBHOOKS, "type" => kind.to_owned(), "outcome" => outcome).increment(1);
+    };
+    if let Err(err) = signature::verify(&body, header, &secrets, now, state.config.stripe_webhook_tolerance_seconds) {
+        // An unverified body's type is not Stripe's word (and would let anyone mint series): not labelled.
+        counted("unverified", "rejected");
+        return Err(AppError::BadRequest(format!("invalid Stripe signature: {err}")));
+    }
     let event: Value =
         serde_json::from_slice(&body).map_err(|_| AppError::BadRequest("event payload is not JSON".into()))?;
     let envelope = events::envelope(&event).map_err(AppError::BadRequest)?;
@@ -63,6 +69,7 @@ pub async fn receive(
     .fetch_optional(&mut *tx)
     .await?;
     if claimed.is_none() {
+        counted(&envelope.kind, "duplicate");
         return Ok(Json(json!({ "received": true, "duplicate": true })));
     }
     let outcome = events::apply(&mut tx, &envelope).await?;
@@ -70,6 +77,7 @@ pub async fn receive(
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
+    counted(&envelope.kind, outcome.as_str());
     if outcome == events::Outcome::Unmatched {
         tracing::warn!(event = %envelope.id, kind = %envelope.kind, "Stripe event for a customer no user has");
     }

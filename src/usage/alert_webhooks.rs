@@ -60,13 +60,22 @@ impl AlertWebhookWorker {
 
     /// Delivers forever.
     pub async fn run(self) {
-        loop {
+        self.run_until(tokio::sync::watch::channel(false).1).await;
+    }
+
+    /// Sends until `stop` turns true, then returns after the step in progress: each step settles what it
+    /// claimed, so no lease is left behind for another instance to wait out.
+    pub async fn run_until(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        while !*stop.borrow() {
             match self.step().await {
                 Ok(sent) if sent > 0 => continue,
                 Ok(_) => {}
                 Err(err) => tracing::warn!(error = %err, "alert webhook step failed; retrying"),
             }
-            tokio::time::sleep(self.poll).await;
+            tokio::select! {
+                () = tokio::time::sleep(self.poll) => {}
+                _ = stop.changed() => {}
+            }
         }
     }
 

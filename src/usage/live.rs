@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,10 +34,35 @@ const COALESCE: Duration = Duration::from_millis(20);
 /// How soon a browser re-opens a stream that broke off.
 const BROWSER_RETRY: Duration = Duration::from_secs(1);
 
-/// The users watched on this instance, each with a change counter.
-#[derive(Clone, Default)]
+/// The users watched on this instance, each with a change counter; whether the LISTEN connection is up; and the
+/// shutdown signal that ends every open stream.
+#[derive(Clone)]
 pub struct LiveHub {
     watched: Arc<Mutex<HashMap<Uuid, watch::Sender<u64>>>>,
+    listening: Arc<AtomicBool>,
+    stopping: watch::Sender<bool>,
+}
+
+impl Default for LiveHub {
+    fn default() -> Self {
+        LiveHub { watched: Arc::default(), listening: Arc::default(), stopping: watch::channel(false).0 }
+    }
+}
+
+/// Counts an open stream in the metrics for as long as it lives.
+struct OpenStream;
+
+impl OpenStream {
+    fn new() -> OpenStream {
+        metrics::gauge!(crate::telemetry::LIVE_STREAMS).increment(1.0);
+        OpenStream
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        metrics::gauge!(crate::telemetry::LIVE_STREAMS).decrement(1.0);
+    }
 }
 
 impl LiveHub {
@@ -53,6 +79,22 @@ impl LiveHub {
         // Forget users nobody watches any more, so the map stays as small as the open streams.
         watched.retain(|_, sender| sender.receiver_count() > 0);
         watched.entry(user).or_insert_with(|| watch::channel(0).0).subscribe()
+    }
+
+    /// Whether the LISTEN connection is up (readiness).
+    pub fn is_listening(&self) -> bool {
+        self.listening.load(Ordering::Relaxed)
+    }
+
+    /// Ends every open stream (their browsers reconnect, to another instance) and refuses new ones: graceful
+    /// shutdown, which would otherwise wait for streams that never end.
+    pub fn shut_down(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Whether [`LiveHub::shut_down`] was called (readiness turns false, so the load balancer drains this instance).
+    pub fn is_shutting_down(&self) -> bool {
+        *self.stopping.borrow()
     }
 
     fn changed(&self, user: Uuid) {
@@ -83,6 +125,7 @@ async fn listen(pool: PgPool, hub: LiveHub) {
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         }
+        hub.listening.store(true, Ordering::Relaxed);
         // Whatever was committed while nobody listened.
         hub.all_changed();
         loop {
@@ -95,6 +138,7 @@ async fn listen(pool: PgPool, hub: LiveHub) {
                 // The connection dropped and was re-established: notifications in between are gone.
                 Ok(None) => hub.all_changed(),
                 Err(err) => {
+                    hub.listening.store(false, Ordering::Relaxed);
                     tracing::warn!(error = %err, "live usage: LISTEN connection lost; reconnecting");
                     break;
                 }
@@ -110,28 +154,40 @@ pub async fn stream(
     session: Session,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppError> {
     let user = crate::auth::session::user_of(&session).await?.ok_or(AppError::Unauthorized)?;
+    if state.live.is_shutting_down() {
+        return Err(AppError::Unavailable("this instance is shutting down; reconnect".into()));
+    }
     let changes = state.live.watch(user);
-    let events = futures::stream::unfold((state, changes, true), move |(state, mut changes, first)| async move {
-        if !first {
-            changes.changed().await.ok()?;
-            tokio::time::sleep(COALESCE).await;
-            changes.borrow_and_update();
-        }
-        let event = match super::current_meters(&state, user, None).await {
-            Ok(Some(meters)) => {
-                let shown = super::summary::shown(&state.config.meters, meters);
-                Event::default().event("usage").json_data(&shown).ok()?
+    let stopping = state.live.stopping.subscribe();
+    let open = OpenStream::new();
+    let events = futures::stream::unfold(
+        (state, changes, stopping, open, true),
+        move |(state, mut changes, mut stopping, open, first)| async move {
+            if !first {
+                // Shutdown ends the stream (the browser reconnects to another instance) instead of holding it.
+                tokio::select! {
+                    changed = changes.changed() => changed.ok()?,
+                    _ = stopping.wait_for(|stop| *stop) => return None,
+                }
+                tokio::time::sleep(COALESCE).await;
+                changes.borrow_and_update();
             }
-            // The account is gone: end the stream.
-            Ok(None) => return None,
-            Err(err) => {
-                tracing::warn!(error = %err, "live usage: summary read failed");
-                Event::default().event("unavailable").data("usage could not be read; retrying")
-            }
-        };
-        // The first event also tells the browser to reconnect after 1 s rather than its default 3 s.
-        let event = if first { event.retry(BROWSER_RETRY) } else { event };
-        Some((Ok(event), (state, changes, false)))
-    });
+            let event = match super::current_meters(&state, user, None).await {
+                Ok(Some(meters)) => {
+                    let shown = super::summary::shown(&state.config.meters, meters);
+                    Event::default().event("usage").json_data(&shown).ok()?
+                }
+                // The account is gone: end the stream.
+                Ok(None) => return None,
+                Err(err) => {
+                    tracing::warn!(error = %err, "live usage: summary read failed");
+                    Event::default().event("unavailable").data("usage could not be read; retrying")
+                }
+            };
+            // The first event also tells the browser to reconnect after 1 s rather than its default 3 s.
+            let event = if first { event.retry(BROWSER_RETRY) } else { event };
+            Some((Ok(event), (state, changes, stopping, open, false)))
+        },
+    );
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }

@@ -4,17 +4,7 @@ use std::process::{Command, Output};
 
 use sqlx::PgPool;
 
-/// DATABASE_URL pointed at the test's own database.
-fn database_url(pool: &PgPool) -> String {
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
-    let database = pool.connect_options().get_database().expect("test database name").to_owned();
-    let (without_query, query) = base.split_once('?').map_or((base.as_str(), None), |(a, q)| (a, Some(q)));
-    let server = without_query.rsplit_once('/').map_or(without_query, |(server, _)| server);
-    match query {
-        Some(query) => format!("{server}/{database}?{query}"),
-        None => format!("{server}/{database}"),
-    }
-}
+use crate::support::database_url;
 
 fn tally(pool: &PgPool, args: &[&str]) -> Output {
     tally_with(pool, args, &[])
@@ -23,7 +13,11 @@ fn tally(pool: &PgPool, args: &[&str]) -> Output {
 /// Runs `tally` with extra environment; Stripe settings a developer's shell may hold are cleared first.
 fn tally_with(pool: &PgPool, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tally"));
-    command.args(args).env("DATABASE_URL", database_url(pool)).env("TALLY_METERS_FILE", meters_file());
+    command
+        .args(args)
+        .env("DATABASE_URL", database_url(pool))
+        .env("TALLY_METERS_FILE", meters_file())
+        .env("TALLY_USER_PASSWORD", "operator password");
     for name in ["STRIPE_SECRET_KEY", "STRIPE_API_BASE"] {
         command.env_remove(name);
     }
@@ -60,15 +54,12 @@ fn text(output: &Output) -> String {
 
 #[sqlx::test(migrator = "tally::db::MIGRATOR")]
 async fn user_create_stores_an_account_with_its_limit(pool: PgPool) {
-    let out = tally(
-        &pool,
-        &["user", "create", "--email", "Ops@Example.com", "--password", "operator password", "--limit", "1_000"],
-    );
+    let out = tally(&pool, &["user", "create", "--email", "Ops@Example.com", "--limit", "1_000"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("created account ops@example.com"), "{}", text(&out));
     assert_eq!(own_limit(&pool, "ops@example.com", "ai_token_consumed").await, Some(Some(1_000)));
 
-    let out = tally(&pool, &["user", "create", "--email", "default@example.com", "--password", "operator password"]);
+    let out = tally(&pool, &["user", "create", "--email", "default@example.com"]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(own_limit(&pool, "default@example.com", "ai_token_consumed").await, None, "no limit of its own");
     assert!(text(&out).contains("limit 25000 per period"), "the catalog's default applies: {}", text(&out));
@@ -79,7 +70,7 @@ async fn user_create_stores_an_account_with_its_limit(pool: PgPool) {
 
 #[sqlx::test(migrator = "tally::db::MIGRATOR")]
 async fn user_create_refuses_duplicates_unless_asked_to_skip_them(pool: PgPool) {
-    let args = ["user", "create", "--email", "ops@example.com", "--password", "operator password"];
+    let args = ["user", "create", "--email", "ops@example.com"];
     assert!(tally(&pool, &args).status.success());
 
     let again = tally(&pool, &args);
@@ -97,16 +88,14 @@ async fn user_create_refuses_duplicates_unless_asked_to_skip_them(pool: PgPool) 
 #[sqlx::test(migrator = "tally::db::MIGRATOR")]
 async fn user_create_rejects_bad_input_with_a_message(pool: PgPool) {
     for (args, message) in [
-        (vec!["--email", "ops@example.com", "--password", "short"], "at least 10 characters"),
-        (vec!["--email", "nope", "--password", "operator password"], "not a valid email"),
-        (
-            vec!["--email", "ops@example.com", "--password", "operator password", "--limit", "0"],
-            "positive whole number",
-        ),
+        (vec!["--email", "ops@example.com"], "at least 10 characters"),
+        (vec!["--email", "nope"], "not a valid email"),
+        (vec!["--email", "ops@example.com", "--limit", "0"], "positive whole number"),
     ] {
         let mut full = vec!["user", "create"];
         full.extend(args);
-        let out = tally(&pool, &full);
+        let password = if message.contains("10 characters") { "short" } else { "operator password" };
+        let out = tally_with(&pool, &full, &[("TALLY_USER_PASSWORD", password)]);
         assert!(!out.status.success());
         assert!(text(&out).contains(message), "{}", text(&out));
     }
@@ -116,9 +105,7 @@ async fn user_create_rejects_bad_input_with_a_message(pool: PgPool) {
 
 #[sqlx::test(migrator = "tally::db::MIGRATOR")]
 async fn apikey_create_list_and_revoke(pool: PgPool) {
-    assert!(tally(&pool, &["user", "create", "--email", "ops@example.com", "--password", "operator password"])
-        .status
-        .success());
+    assert!(tally(&pool, &["user", "create", "--email", "ops@example.com"]).status.success());
     let created = tally(&pool, &["apikey", "create", "--email", "ops@example.com", "--name", "etl"]);
     assert!(created.status.success(), "{}", text(&created));
     let secret = String::from_utf8_lossy(&created.stdout).trim().to_owned();
@@ -151,9 +138,7 @@ async fn apikey_create_list_and_revoke(pool: PgPool) {
 
 #[sqlx::test(migrator = "tally::db::MIGRATOR")]
 async fn stripe_link_moves_waiting_events_and_status_reports_them(pool: PgPool) {
-    assert!(tally(&pool, &["user", "create", "--email", "ops@example.com", "--password", "operator password"])
-        .status
-        .success());
+    assert!(tally(&pool, &["user", "create", "--email", "ops@example.com"]).status.success());
     let user: uuid::Uuid = sqlx::query_scalar("SELECT id FROM users").fetch_one(&pool).await.unwrap();
     let event = uuid::Uuid::new_v4();
     sqlx::query("INSERT INTO usage_events (id, user_id, event_type, quantity) VALUES ($1, $2, 'ai_token_consumed', 5)")
@@ -186,9 +171,7 @@ async fn stripe_link_moves_waiting_events_and_status_reports_them(pool: PgPool) 
 
 #[sqlx::test(migrator = "tally::db::MIGRATOR")]
 async fn user_set_limit_changes_the_limit_and_warning_share(pool: PgPool) {
-    assert!(tally(&pool, &["user", "create", "--email", "ops@example.com", "--password", "operator password"])
-        .status
-        .success());
+    assert!(tally(&pool, &["user", "create", "--email", "ops@example.com"]).status.success());
     let out = tally(
         &pool,
         &["user", "set-limit", "--email", "ops@example.com", "--limit", "5000", "--warning-percent", "95"],
@@ -372,4 +355,95 @@ async fn a_broken_meter_catalog_is_refused_with_its_reason(pool: PgPool) {
         "{}",
         text(&missing)
     );
+}
+
+/// A password is never an argument (argv is visible to every user of the machine): `--password` is refused, the
+/// password comes from TALLY_USER_PASSWORD, from stdin with `--password-stdin`, or a terminal prompt; without any
+/// of them the command says how.
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn passwords_are_never_taken_from_the_command_line(pool: PgPool) {
+    let argv = tally(&pool, &["user", "create", "--email", "argv@example.com", "--password", "operator password"]);
+    assert!(!argv.status.success() && text(&argv).contains("--password"), "{}", text(&argv));
+
+    let run = |stdin: &str, args: &[&str]| {
+        use std::io::Write;
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tally"));
+        command
+            .args(args)
+            .env("DATABASE_URL", database_url(&pool))
+            .env("TALLY_METERS_FILE", meters_file())
+            .env_remove("TALLY_USER_PASSWORD")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = command.spawn().unwrap();
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let piped = run("piped password\n", &["user", "create", "--email", "piped@example.com", "--password-stdin"]);
+    assert!(piped.status.success(), "{}", text(&piped));
+    let nothing = run("", &["user", "create", "--email", "none@example.com"]);
+    assert!(!nothing.status.success() && text(&nothing).contains("TALLY_USER_PASSWORD"), "{}", text(&nothing));
+    let app = crate::support::app(pool.clone());
+    let login =
+        app.post_form("/api/auth/login", &[("email", "piped@example.com"), ("password", "piped password")], None).await;
+    assert!(login.session_cookie().is_some(), "the piped password signs in: {}", login.body);
+}
+
+/// Flags work after the subcommand too, and the read commands answer `--json`.
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn read_commands_answer_json_with_flags_anywhere(pool: PgPool) {
+    assert!(tally(&pool, &["user", "create", "--email", "json@example.com", "--limit", "700"]).status.success());
+    assert!(tally(&pool, &["apikey", "create", "--email", "json@example.com", "--name", "svc"]).status.success());
+    // DATABASE_URL as a flag after the subcommand (the environment's is wrong).
+    let url = database_url(&pool);
+    let shown = tally_with(
+        &pool,
+        &["user", "show", "--email", "json@example.com", "--json", "--database-url", url.as_str()],
+        &[("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")],
+    );
+    assert!(shown.status.success(), "{}", text(&shown));
+    let account: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("JSON");
+    assert_eq!(account["limits"][0]["limit"], 700);
+    assert_eq!(account["limits"][0]["own"], true);
+    let keys: serde_json::Value =
+        serde_json::from_slice(&tally(&pool, &["--json", "apikey", "list", "--email", "json@example.com"]).stdout)
+            .unwrap();
+    assert_eq!(keys[0]["name"], "svc");
+    assert!(keys[0].get("keyHash").is_none(), "never the key's hash");
+    let status: serde_json::Value =
+        serde_json::from_slice(&tally(&pool, &["stripe", "status", "--json"]).stdout).unwrap();
+    assert_eq!(status["unmatched_events"], 0);
+}
+
+/// Only `serve`, `worker` and `migrate` change the schema: a read command against a database that lacks this
+/// release's migrations refuses, saying so, and changes nothing. A database a newer release migrated (additive
+/// migrations) is accepted by every command: rolling deploys and a rollback by one release run.
+#[sqlx::test(migrations = false)]
+async fn only_serve_worker_and_migrate_change_the_schema_and_newer_schemas_are_accepted(pool: PgPool) {
+    let show = tally(&pool, &["user", "show", "--email", "a@example.com"]);
+    assert!(!show.status.success() && text(&show).contains("run `tally migrate`"), "{}", text(&show));
+    let tables: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(tables, 0, "a read command migrated nothing");
+
+    assert!(tally(&pool, &["migrate"]).status.success());
+    // A later release adds a column and records its migration; this binary does not know it.
+    sqlx::query("ALTER TABLE users ADD COLUMN nickname text").execute(&pool).await.unwrap();
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (29991231000001, 'a later release', true, '\\x00', 1)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let again = tally(&pool, &["migrate"]);
+    assert!(again.status.success(), "a newer schema is accepted: {}", text(&again));
+    assert!(tally(&pool, &["user", "create", "--email", "rolled@example.com"]).status.success());
+    let shown = tally(&pool, &["user", "show", "--email", "rolled@example.com"]);
+    assert!(shown.status.success(), "{}", text(&shown));
+    let state = tally::db::schema_state(&pool).await.unwrap();
+    assert_eq!((state.missing.len(), state.newer), (0, vec![29_991_231_000_001]));
 }

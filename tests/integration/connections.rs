@@ -16,7 +16,7 @@ async fn start(pool: PgPool, limits: ConnectionLimits) -> SocketAddr {
     let app = app(pool);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    tokio::spawn(serve(listener, app.router, limits, std::future::pending()));
+    tokio::spawn(serve(listener, app.router, limits, std::future::pending(), Duration::from_secs(20)));
     address
 }
 

@@ -540,10 +540,10 @@ async fn setup_creates_the_meter_and_price_once_and_reconcile_finds_differences(
     record(&app, user, 250).await;
     drain(&worker(&pool, &base, fast_settings())).await;
     let since = chrono::Utc::now() - chrono::Duration::days(40);
-    let lines = tally::billing::reconcile::meter(&pool, &stripe, since).await.unwrap();
+    let lines = tally::billing::reconcile::meter(&pool, &stripe, since, &|_| {}).await.unwrap();
     assert_eq!(lines.len(), 1);
     assert!(lines[0].matches(), "{lines:?}");
-    assert_eq!((lines[0].delivered, lines[0].stripe), (750, 750));
+    assert_eq!((lines[0].delivered, lines[0].stripe), (750, Some(750)));
 
     // Usage Stripe holds that Tally did not send (someone else reporting to the meter) is a difference.
     let stray = tally::billing::stripe::MeterEvent {
@@ -554,9 +554,86 @@ async fn setup_creates_the_meter_and_price_once_and_reconcile_finds_differences(
         timestamp: chrono::Utc::now().timestamp(),
     };
     stripe.create_meter_event(&stray, "stray-key").await.unwrap();
-    let lines = tally::billing::reconcile::meter(&pool, &stripe, since).await.unwrap();
+    let lines = tally::billing::reconcile::meter(&pool, &stripe, since, &|_| {}).await.unwrap();
     assert!(!lines[0].matches());
-    assert_eq!((lines[0].delivered, lines[0].stripe), (750, 751));
+    assert_eq!((lines[0].delivered, lines[0].stripe), (750, Some(751)));
+}
+
+/// Reconciling retries Stripe's passing failures with backoff, and a period Stripe keeps refusing is reported with
+/// its error while every other period is still compared (one bad answer never hides the rest).
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn reconcile_retries_and_reports_every_period_whatever_stripe_answers(pool: PgPool) {
+    use axum::extract::{Path, Query};
+    use axum::routing::get;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    let app = app(pool.clone());
+    let (busy_user, busy) = customer(&app, "busy@example.com").await;
+    let (broken_user, broken) = customer(&app, "broken@example.com").await;
+    for (user, customer, quantity) in [(busy_user, &busy, 40), (broken_user, &broken, 60)] {
+        sqlx::query(
+            "INSERT INTO meter_deliveries (id, identifier, user_id, stripe_customer_id, event_name, period_kind,
+                                            period_start, period_end, event_timestamp, quantity, event_count, status)
+             VALUES (gen_random_uuid(), gen_random_uuid()::text, $1, $2, 'ai_token_consumed', 'calendar',
+                     now() - interval '1 day', now() + interval '1 day', now(), $3, 1, 'delivered')",
+        )
+        .bind(user)
+        .bind(customer)
+        .bind(quantity)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    // A Stripe that answers `busy` with two 500s before the summary, and `broken` with a 400 every time.
+    let calls = Arc::new(AtomicU32::new(0));
+    let summaries = {
+        let (calls, busy, broken) = (calls.clone(), busy.clone(), broken.clone());
+        move |Path(_meter): Path<String>, Query(query): Query<std::collections::HashMap<String, String>>| {
+            let (calls, busy, broken) = (calls.clone(), busy.clone(), broken.clone());
+            async move {
+                let customer = query.get("customer").cloned().unwrap_or_default();
+                let error = |status: u16, message: &str| {
+                    let body = serde_json::json!({"error": {"type": "api_error", "message": message}});
+                    (axum::http::StatusCode::from_u16(status).unwrap(), axum::Json(body))
+                };
+                if customer == broken {
+                    return error(400, "No such customer");
+                }
+                if customer == busy && calls.fetch_add(1, Ordering::SeqCst) < 2 {
+                    return error(500, "try again");
+                }
+                let summary = serde_json::json!({"id": "mes_1", "aggregated_value": 40.0});
+                (axum::http::StatusCode::OK, axum::Json(serde_json::json!({"data": [summary], "has_more": false})))
+            }
+        }
+    };
+    let meters = || async {
+        let meter = serde_json::json!({"id": "mtr_1", "event_name": "ai_token_consumed", "status": "active"});
+        axum::Json(serde_json::json!({"data": [meter], "has_more": false}))
+    };
+    let router = axum::Router::new()
+        .route("/v1/billing/meters", get(meters))
+        .route("/v1/billing/meters/{meter}/event_summaries", get(summaries));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let stripe = tally::billing::stripe::StripeClient::new(reqwest::Client::new(), &base, DEFAULT_SECRET_KEY);
+
+    let done = std::sync::Mutex::new(Vec::new());
+    let since = chrono::Utc::now() - chrono::Duration::days(40);
+    let lines = tally::billing::reconcile::meter(&pool, &stripe, since, &|p| done.lock().unwrap().push(p))
+        .await
+        .expect("a refused period does not abort the comparison");
+    assert_eq!(lines.len(), 2);
+    let line = |customer: &str| lines.iter().find(|l| l.customer == customer).unwrap().clone();
+    assert!(line(&busy).matches(), "two 500s were retried: {:?}", line(&busy));
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    let refused = line(&broken);
+    assert_eq!((refused.stripe, refused.matches()), (None, false));
+    assert!(refused.error.as_deref().unwrap_or_default().contains("No such customer"), "{refused:?}");
+    use tally::billing::reconcile::Progress;
+    assert_eq!(*done.lock().unwrap(), [Progress::Total(2), Progress::Done, Progress::Done]);
 }
 
 /// `tally stripe setup` takes an existing meter for the event name only if it bills Tally's events right; any

@@ -17,6 +17,7 @@ mod delivery;
 mod ingest;
 mod meters;
 mod openapi;
+mod ops;
 mod pages;
 mod security;
 mod stripe_double;

@@ -69,6 +69,9 @@ pub fn config() -> Config {
         body_read_timeout_secs: 30,
         max_header_bytes: 16_384,
         max_connections: 4_096,
+        metrics_token: None,
+        metrics_addr: None,
+        shutdown_seconds: 20,
         ingest_writers: 2,
         openai_api_key: None,
         openai_base_url: "http://127.0.0.1:9/v1".into(),
@@ -310,4 +313,16 @@ pub async fn set_token_limit(pool: &PgPool, user: Option<uuid::Uuid>, limit: Opt
     .execute(pool)
     .await
     .expect("set the token limit");
+}
+
+/// DATABASE_URL pointed at the test's own database (for the `tally` binary the tests run).
+pub fn database_url(pool: &PgPool) -> String {
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let database = pool.connect_options().get_database().expect("test database name").to_owned();
+    let (without_query, query) = base.split_once('?').map_or((base.as_str(), None), |(a, q)| (a, Some(q)));
+    let server = without_query.rsplit_once('/').map_or(without_query, |(server, _)| server);
+    match query {
+        Some(query) => format!("{server}/{database}?{query}"),
+        None => format!("{server}/{database}"),
+    }
 }

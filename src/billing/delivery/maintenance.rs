@@ -132,6 +132,7 @@ impl DeliveryWorker {
         .await?
         .rows_affected();
         if restamped > 0 {
+            metrics::counter!(crate::telemetry::DELIVERY_LATE).increment(restamped);
             tracing::warn!(deliveries = restamped, "usage missed its invoice's deadline; billed on the next invoice");
         }
         Ok(restamped)

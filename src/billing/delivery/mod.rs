@@ -189,13 +189,20 @@ impl DeliveryWorker {
 
     /// Delivers forever: steps while there is work, sleeps `poll_ms` when there is none.
     pub async fn run(self) {
+        self.run_until(tokio::sync::watch::channel(false).1).await;
+    }
+
+    /// Delivers until `stop` turns true, then returns after the step in progress: a step settles every delivery it
+    /// claimed (delivered, retry later, failed or uncertain), so a graceful stop leaves no lease for another
+    /// worker to wait out.
+    pub async fn run_until(self, mut stop: tokio::sync::watch::Receiver<bool>) {
         tracing::info!(
             calls_per_second = self.settings.calls_per_second,
             max_in_flight = self.settings.max_in_flight,
             "meter event delivery worker started"
         );
         let poll = Duration::from_millis(self.settings.poll_ms);
-        loop {
+        while !*stop.borrow() {
             let pause = match self.step().await {
                 Ok(progress) if progress.did_work() => continue,
                 // Work is waiting for the shared budget: come back when it has a call again.
@@ -205,8 +212,12 @@ impl DeliveryWorker {
                     poll
                 }
             };
-            tokio::time::sleep(pause).await;
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                _ = stop.changed() => {}
+            }
         }
+        tracing::info!("meter event delivery worker stopped");
     }
 
     /// Steps until nothing is left to send (deliveries waiting for a retry included) or `deadline` passes.

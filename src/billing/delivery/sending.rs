@@ -80,7 +80,31 @@ impl DeliveryWorker {
             timestamp: delivery.event_timestamp.timestamp(),
         };
         let idempotency_key = format!("{}-attempt-{}", delivery.identifier, delivery.attempts);
+        let started = std::time::Instant::now();
         let result = self.stripe.create_meter_event(&event, &idempotency_key).await;
+        let seconds = started.elapsed().as_secs_f64();
+        if matches!(&result, Err(crate::billing::stripe::StripeError::Api { status: 429, .. })) {
+            metrics::counter!(crate::telemetry::STRIPE_RATE_LIMITED).increment(1);
+        }
+        let outcome = self.judge(delivery, result).await;
+        let label = match &outcome {
+            Ok(Outcome::Delivered) => "delivered",
+            Ok(Outcome::Retry) => "retry",
+            Ok(Outcome::Failed) => "failed",
+            Ok(Outcome::Expired) => "expired",
+            Ok(Outcome::Uncertain) => "uncertain",
+            Err(_) => "error",
+        };
+        metrics::histogram!(crate::telemetry::STRIPE_CALL_SECONDS, "outcome" => label).record(seconds);
+        outcome
+    }
+
+    /// Records how a call ended ([`CallVerdict`]).
+    async fn judge(
+        &self,
+        delivery: Claimed,
+        result: Result<(), crate::billing::stripe::StripeError>,
+    ) -> Result<Outcome, BillingError> {
         match (CallVerdict::of(&result), result) {
             (CallVerdict::Counted, Ok(())) => {
                 self.settle(&delivery, "delivered", None).await?;

@@ -13,6 +13,7 @@
 //! change (`period.rs`) never races a writer.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -110,6 +111,18 @@ struct Submission {
 #[derive(Clone)]
 pub struct UsageWriter {
     queue: mpsc::Sender<Submission>,
+    /// Writer tasks still running (readiness), of `started`.
+    alive: Arc<AtomicUsize>,
+    started: usize,
+}
+
+/// Counts its writer task as running until the task ends (returns or panics).
+struct Running(Arc<AtomicUsize>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl UsageWriter {
@@ -117,12 +130,23 @@ impl UsageWriter {
     pub fn start(pool: PgPool, clock: Arc<PeriodClock>, catalog: Arc<Catalog>, writers: u16) -> UsageWriter {
         let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
         let receiver = Arc::new(Mutex::new(receiver));
+        let alive = Arc::new(AtomicUsize::new(usize::from(writers)));
         for slot in 0..writers {
             let writer =
                 Writer { slot: slot as i16, pool: pool.clone(), clock: clock.clone(), catalog: catalog.clone() };
-            tokio::spawn(writer.run(receiver.clone()));
+            let running = Running(alive.clone());
+            let receiver = receiver.clone();
+            tokio::spawn(async move {
+                let _running = running;
+                writer.run(receiver).await;
+            });
         }
-        UsageWriter { queue }
+        UsageWriter { queue, alive, started: usize::from(writers) }
+    }
+
+    /// (Writer tasks running, writer tasks started): readiness wants at least one.
+    pub fn writers(&self) -> (usize, usize) {
+        (self.alive.load(Ordering::Relaxed), self.started)
     }
 
     /// Records `events` for `caller`, all or nothing, and answers once they are committed. An API key caller is
@@ -175,9 +199,14 @@ impl Writer {
     }
 
     async fn commit_group(&self, group: Vec<Submission>) {
+        let started = std::time::Instant::now();
+        let events: usize = group.iter().map(|s| s.events.len()).sum();
         match self.commit(&group).await {
             Ok(results) => {
+                metrics::histogram!(crate::telemetry::INGEST_GROUP_EVENTS).record(events as f64);
+                metrics::histogram!(crate::telemetry::INGEST_COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
                 for (submission, result) in group.into_iter().zip(results) {
+                    count(&result);
                     let _ = submission.reply.send(result);
                 }
             }
@@ -189,12 +218,15 @@ impl Writer {
                         Ok(mut results) => results.pop().unwrap_or(Err(WriteError::Stopped("answered nothing"))),
                         Err(err) => Err(commit_error(err)),
                     };
+                    count(&result);
                     let _ = submission.reply.send(result);
                 }
             }
             Err(err) => {
                 for submission in group {
-                    let _ = submission.reply.send(Err(commit_error(err.clone())));
+                    let result = Err(commit_error(err.clone()));
+                    count(&result);
+                    let _ = submission.reply.send(result);
                 }
             }
         }
@@ -265,6 +297,24 @@ pub async fn notify_usage(tx: &mut Transaction<'_, Postgres>, users: &[Uuid]) ->
     .fetch_one(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// Counts a submission's answer in the ingest metrics.
+fn count(result: &Result<Outcome, WriteError>) {
+    use crate::telemetry::{INGEST_EVENTS, INGEST_SUBMISSIONS};
+    let outcome = match result {
+        Ok(outcome) => {
+            let duplicates = outcome.events.iter().filter(|e| e.duplicate).count() as u64;
+            metrics::counter!(INGEST_EVENTS, "outcome" => "recorded")
+                .increment(outcome.events.len() as u64 - duplicates);
+            metrics::counter!(INGEST_EVENTS, "outcome" => "duplicate").increment(duplicates);
+            "recorded"
+        }
+        Err(WriteError::LimitExceeded { .. }) => "limit_exceeded",
+        Err(WriteError::UnknownCaller) => "unknown_caller",
+        Err(_) => "failed",
+    };
+    metrics::counter!(INGEST_SUBMISSIONS, "outcome" => outcome).increment(1);
 }
 
 /// The answer for a submission whose transaction failed: nothing of it was stored.
