@@ -230,3 +230,54 @@ async fn sigterm_ends_open_streams_and_exits_promptly(pool: PgPool) {
     );
     assert!(!log.contains(&cookie), "no cookie in the log");
 }
+
+/// Delivery and webhook metrics move: a usage event delivered to the Stripe double is a `delivered` call with its
+/// latency, the outbox backlog falls, and each webhook is counted by type and outcome (an unverified one as
+/// `rejected`, without its claimed type).
+#[sqlx::test(migrator = "tally::db::MIGRATOR")]
+async fn delivery_and_webhook_metrics_move(pool: PgPool) {
+    let (base, _double) = crate::delivery::start_double().await;
+    let app = app(pool.clone());
+    app.signup("delivered@example.com").await;
+    let user = app.user_id("delivered@example.com").await;
+    tally::billing::status::link_customer(&pool, "delivered@example.com", "cus_metrics").await.unwrap();
+    let scrape = || async { app.get("/metrics", None).await.body };
+    let before = scrape().await;
+    app.insert_usage(user, "ai_token_consumed", 5, &chrono::Utc::now().to_rfc3339()).await;
+    let worker = tally::billing::delivery::DeliveryWorker::new(
+        pool.clone(),
+        &base,
+        stripe_double::DEFAULT_SECRET_KEY,
+        crate::delivery::fast_settings(),
+        "Asia/Tokyo",
+    );
+    assert_eq!(worker.drain(Duration::from_secs(30)).await.unwrap().1, 0);
+
+    let body = serde_json::json!({
+        "id": "evt_metrics_1", "object": "event", "type": "product.created", "created": chrono::Utc::now().timestamp(),
+        "livemode": false, "data": { "object": { "id": "prod_1", "object": "product" } }
+    })
+    .to_string();
+    let t = chrono::Utc::now().timestamp();
+    let signature =
+        format!("t={t},v1={}", stripe_double::webhook_signature(crate::support::WEBHOOK_SECRET, t, body.as_bytes()));
+    let webhook = |signature: String| {
+        let request = axum::http::Request::post("/api/stripe/webhook")
+            .header("host", "127.0.0.1:3000")
+            .header("content-type", "application/json")
+            .header("stripe-signature", signature)
+            .body(axum::body::Body::from(body.clone()))
+            .unwrap();
+        app.send(request)
+    };
+    assert_eq!(webhook(signature).await.status, StatusCode::OK);
+    assert_eq!(webhook("t=1,v1=00".into()).await.status, StatusCode::BAD_REQUEST);
+
+    let after = scrape().await;
+    let delivered = |m: &str| sample(m, "tally_stripe_call_duration_seconds_count", &[r#"outcome="delivered""#]);
+    assert!(delivered(&after) > delivered(&before), "{after}");
+    let ignored = |m: &str| sample(m, "tally_webhooks_total", &[r#"type="product.created""#, r#"outcome="ignored""#]);
+    assert_eq!(ignored(&after) - ignored(&before), 1.0);
+    let rejected = |m: &str| sample(m, "tally_webhooks_total", &[r#"type="unverified""#, r#"outcome="rejected""#]);
+    assert!(rejected(&after) > rejected(&before));
+}
