@@ -37,18 +37,7 @@ pub async fn dashboard(
            SELECT u.email, u.usage_warning_percent, u.has_customer AS "has_customer!", u.alert_webhook_url, u.alert_webhook_secret,
                   p.start AS "period_start!: DateTime<Utc>", p."end" AS "period_end!: DateTime<Utc>",
                   p.kind AS "period_kind!", p.first_day AS "first_day!", p.last_day AS "last_day!",
-                  -- Every meter of the catalog, as `usage::totals::summaries_at` reads them.
-                  coalesce((SELECT json_agg(json_build_object(
-                                'eventType', m.event_type,
-                                'limit', effective_usage_limit(u.id, m.event_type, m.default_limit),
-                                'used', coalesce((SELECT sum(t.quantity) FROM usage_period_totals t
-                                                  WHERE t.user_id = u.id AND t.event_type = m.event_type
-                                                    AND t.period_kind = p.kind AND t.period_start = p.start
-                                                    AND t.period_end = p."end"), 0)::bigint,
-                                'price', (SELECT mp.price FROM meter_prices mp WHERE mp.event_type = m.event_type))
-                              ORDER BY m.position)
-                            FROM unnest($7::text[], $8::bigint[]) WITH ORDINALITY
-                                 AS m (event_type, default_limit, position)), '[]') AS "meters!: Json<Vec<MeterRow>>",
+                  usage_meters_json(u.id, p.kind, p.start, p."end", $7, $8) AS "meters!: Json<Vec<MeterRow>>",
                   usage_alerts_json(u.id, p.start, $3) AS "alerts!: Json<PeriodAlerts>",
                   coalesce((SELECT json_agg(json_build_object(
                                 'periodStart', c.period_start, 'periodEnd', c.period_end,

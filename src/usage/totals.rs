@@ -43,18 +43,7 @@ pub async fn summaries_at<'e>(
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
             "SELECT u.usage_warning_percent, p.start, p.\"end\", p.first_day, p.last_day,
-                    coalesce((SELECT json_agg(json_build_object(
-                                  'eventType', m.event_type,
-                                  'limit', effective_usage_limit(u.id, m.event_type, m.default_limit),
-                                  'used', coalesce((SELECT sum(t.quantity)
-                                                    FROM usage_period_totals t
-                                                    WHERE t.user_id = u.id AND t.event_type = m.event_type
-                                                      AND t.period_kind = p.kind AND t.period_start = p.start
-                                                      AND t.period_end = p.\"end\"), 0)::bigint,
-                                  'price', (SELECT mp.price FROM meter_prices mp WHERE mp.event_type = m.event_type))
-                                ORDER BY m.position)
-                              FROM unnest($5::text[], $6::bigint[]) WITH ORDINALITY
-                                   AS m (event_type, default_limit, position)), '[]')
+                    usage_meters_json(u.id, p.kind, p.start, p.\"end\", $5, $6)
              FROM users u
              CROSS JOIN LATERAL ({}) AS p
              WHERE u.id = $1",
