@@ -50,7 +50,8 @@ pub async fn reserve(state: &AiState, user_id: Uuid, prompt: &str) -> Result<Res
     let catalog = &state.config.meters;
     let event_type = &catalog.primary().event_type;
     let limit = sqlx::query_scalar!(
-        "SELECT effective_usage_limit(id, $2, $3) FROM users WHERE id = $1 FOR UPDATE",
+        "SELECT l.usage_limit FROM users u CROSS JOIN LATERAL usage_limit_of(u.id, $2, $3) AS l
+         WHERE u.id = $1 FOR UPDATE OF u",
         user_id,
         event_type,
         catalog.default_limit(event_type)

@@ -114,7 +114,7 @@ pub async fn set_limit(
     }
 }
 
-/// An account's limit on each meter of `catalog` (`effective_usage_limit`: its own, else the meter's default;
+/// An account's limit on each meter of `catalog` (`usage_limit_of`: its own, else the meter's default;
 /// `None`: unlimited), and whether it is its own.
 pub async fn limits(
     pool: &PgPool,
@@ -124,10 +124,11 @@ pub async fn limits(
     let (types, defaults): (Vec<String>, Vec<Option<i64>>) =
         catalog.meters().iter().map(|m| (m.event_type.clone(), m.limit)).unzip();
     let rows = sqlx::query!(
-        r#"SELECT m.event_type AS "event_type!", effective_usage_limit($1, m.event_type, m.default_limit) AS "limit",
-                  EXISTS (SELECT 1 FROM usage_limits l WHERE l.user_id = $1 AND l.event_type = m.event_type)
+        r#"SELECT m.event_type AS "event_type!", l.usage_limit AS "limit",
+                  EXISTS (SELECT 1 FROM usage_limits o WHERE o.user_id = $1 AND o.event_type = m.event_type)
                       AS "own!"
            FROM unnest($2::text[], $3::bigint[]) WITH ORDINALITY AS m (event_type, default_limit, position)
+           CROSS JOIN LATERAL usage_limit_of($1, m.event_type, m.default_limit) AS l
            ORDER BY m.position"#,
         user_id,
         &types,

@@ -37,8 +37,8 @@ pub async fn dashboard(
            SELECT u.email, u.usage_warning_percent, u.has_customer AS "has_customer!", u.alert_webhook_url, u.alert_webhook_secret,
                   p.start AS "period_start!: DateTime<Utc>", p."end" AS "period_end!: DateTime<Utc>",
                   p.kind AS "period_kind!", p.first_day AS "first_day!", p.last_day AS "last_day!",
-                  usage_meters_json(u.id, p.kind, p.start, p."end", $7, $8) AS "meters!: Json<Vec<MeterRow>>",
-                  usage_alerts_json(u.id, p.start, $3) AS "alerts!: Json<PeriodAlerts>",
+                  mtr.meters AS "meters!: Json<Vec<MeterRow>>",
+                  al.alerts AS "alerts!: Json<PeriodAlerts>",
                   coalesce((SELECT json_agg(json_build_object(
                                 'periodStart', c.period_start, 'periodEnd', c.period_end,
                                 'firstDay', c.first_day, 'lastDay', c.last_day) ORDER BY c.period_start DESC)
@@ -71,7 +71,9 @@ pub async fn dashboard(
                                 'createdAt', k.created_at, 'lastUsedAt', k.last_used_at, 'revokedAt', k.revoked_at)
                               ORDER BY k.created_at DESC, k.id)
                             FROM api_keys k WHERE k.user_id = u.id), '[]') AS "api_keys!: Json<Vec<ApiKeyInfo>>"
-           FROM u CROSS JOIN p CROSS JOIN LATERAL meter_sync(u.id, p.start, p."end", p.kind) AS m"#,
+           FROM u CROSS JOIN p CROSS JOIN LATERAL meter_sync(u.id, p.start, p."end", p.kind) AS m
+           CROSS JOIN LATERAL usage_meters_of(u.id, p.kind, p.start, p."end", $7, $8) AS mtr
+           CROSS JOIN LATERAL usage_alerts_of(u.id, p.start, $3) AS al"#,
         user_id,
         at as _,
         timezone,

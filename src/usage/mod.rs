@@ -204,7 +204,7 @@ pub struct AlertMeter {
     pub currency: Option<String>,
 }
 
-/// The alerts of a period as stored (`usage_alerts_json`).
+/// The alerts of a period as stored (`usage_alerts_of`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct PeriodAlerts {
@@ -533,9 +533,9 @@ pub async fn get_alerts() -> Result<AlertsOverview, AppError> {
     let meters = current_meters(&state, user_id, None).await?.ok_or(AppError::Unauthorized)?;
     let period_start = meters.first().map(|m| m.period_start).ok_or(AppError::Internal)?;
     let row = sqlx::query!(
-        r#"SELECT alert_webhook_url, alert_webhook_secret,
-                  usage_alerts_json(id, $2, $3) AS "alerts!: sqlx::types::Json<PeriodAlerts>"
-           FROM users WHERE id = $1"#,
+        r#"SELECT u.alert_webhook_url, u.alert_webhook_secret, a.alerts AS "alerts!: sqlx::types::Json<PeriodAlerts>"
+           FROM users u CROSS JOIN LATERAL usage_alerts_of(u.id, $2, $3) AS a
+           WHERE u.id = $1"#,
         user_id,
         period_start as _,
         &state.config.billing_timezone

@@ -14,7 +14,7 @@ use crate::pricing::{Price, Rate};
 #[serde(rename_all = "camelCase")]
 pub struct MeterRow {
     pub event_type: String,
-    /// The effective limit (`effective_usage_limit`).
+    /// The effective limit (`usage_limit_of`).
     pub limit: Option<i64>,
     pub used: i64,
     /// Stripe's price, from `meter_prices`.

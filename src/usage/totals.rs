@@ -42,10 +42,10 @@ pub async fn summaries_at<'e>(
 ) -> Result<Option<Vec<UsageSummary>>, sqlx::Error> {
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
-            "SELECT u.usage_warning_percent, p.start, p.\"end\", p.first_day, p.last_day,
-                    usage_meters_json(u.id, p.kind, p.start, p.\"end\", $5, $6)
+            "SELECT u.usage_warning_percent, p.start, p.\"end\", p.first_day, p.last_day, m.meters
              FROM users u
              CROSS JOIN LATERAL ({}) AS p
+             CROSS JOIN LATERAL usage_meters_of(u.id, p.kind, p.start, p.\"end\", $5, $6) AS m
              WHERE u.id = $1",
             period::PERIOD_AT
         )

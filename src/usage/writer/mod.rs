@@ -32,7 +32,7 @@ mod sql;
 
 pub use error::WriteError;
 use plan::{plan, EventPeriods, EventRows, MeterKey};
-use sql::{alert_rules, existing_keys, keys_to_ids, lock_limits_read_periods, period_usage, resolve_callers};
+use sql::{existing_keys, keys_to_ids, lock_limits_read_periods, period_usage, resolve_callers};
 
 /// Most events one transaction takes (a group always takes at least one whole submission).
 const MAX_GROUP_EVENTS: usize = 2_000;
@@ -239,9 +239,8 @@ impl Writer {
         let (resolved, mut results) = resolve_callers(&mut tx, group).await?;
         let users: Vec<Uuid> = resolved.iter().map(|r| r.user_id).collect::<BTreeSet<_>>().into_iter().collect();
         period::lock_users_shared(&mut tx, &users).await?;
-        let (limits, periods) =
+        let sql::Locked { limits, periods, rules } =
             lock_limits_read_periods(&mut tx, &resolved, &self.clock.timezone, &self.catalog).await?;
-        let rules = alert_rules(&mut tx, &users).await?;
         // Complete: `lock_limits_read_periods` answers every (user, instant) of the group or fails.
         let period_of = |user: Uuid, event: &NewEvent| -> EventPeriods { periods[&(user, event.occurred_at)] };
         let watched: HashSet<(Uuid, String)> =

@@ -57,9 +57,9 @@ pub(super) async fn resolve_callers<'a>(
 }
 
 /// Locks the group's users that have a hard limit on any of the catalog's meters, in id order (no deadlocks
-/// between writers), and reads those limits (`effective_usage_limit`: the account's own, else the meter's default)
-/// and the periods of every (user, instant) the group records, in one statement. Users without a limit are not
-/// locked: their writes need no serialising. Periods come from `billing_period_at`, the one statement of the
+/// between writers), and reads, in one statement, those limits (`usage_limit_of`: the account's own, else the
+/// meter's default), the periods of every (user, instant) the group records, and the alerts the users set. Users
+/// without a limit are not locked: their writes need no serialising. Periods come from `billing_period_at`, the one statement of the
 /// rule, read after the shared period locks are held (the caller took them in an earlier statement), so no period
 /// change can be in flight.
 pub(super) async fn lock_limits_read_periods(
@@ -67,22 +67,22 @@ pub(super) async fn lock_limits_read_periods(
     group: &[Resolved<'_>],
     timezone: &str,
     catalog: &Catalog,
-) -> Result<(HashMap<(Uuid, String), Limit>, HashMap<(Uuid, DateTime<Utc>), EventPeriods>), sqlx::Error> {
-    let (mut limits, mut periods) = (HashMap::new(), HashMap::new());
+) -> Result<Locked, sqlx::Error> {
+    let mut locked = Locked::default();
     let instants: BTreeSet<(Uuid, DateTime<Utc>)> =
         group.iter().flat_map(|r| r.submission.events.iter().map(|e| (r.user_id, e.occurred_at))).collect();
     if instants.is_empty() {
-        return Ok((limits, periods));
+        return Ok(locked);
     }
     let (users, times): (Vec<Uuid>, Vec<DateTime<Utc>>) = instants.into_iter().unzip();
     let (types, defaults) = meter_params(catalog, None);
     let rows = sqlx::query!(
         r#"WITH limited AS (
-             SELECT u.id, m.event_type, effective_usage_limit(u.id, m.event_type, m.default_limit) AS usage_limit,
-                    u.usage_warning_percent
+             SELECT u.id, m.event_type, l.usage_limit, u.usage_warning_percent
              FROM users u
              CROSS JOIN unnest($5::text[], $6::bigint[]) AS m (event_type, default_limit)
-             WHERE u.id = ANY($1) AND effective_usage_limit(u.id, m.event_type, m.default_limit) IS NOT NULL
+             CROSS JOIN LATERAL usage_limit_of(u.id, m.event_type, m.default_limit) AS l
+             WHERE u.id = ANY($1) AND l.usage_limit IS NOT NULL
              ORDER BY u.id
              FOR NO KEY UPDATE OF u
          )
@@ -90,14 +90,22 @@ pub(super) async fn lock_limits_read_periods(
                 usage_warning_percent AS "warning_percent?",
                 NULL::bigint AS "position?", NULL::timestamptz AS "start?: DateTime<Utc>",
                 NULL::timestamptz AS "end?: DateTime<Utc>", NULL::text AS "kind?",
-                NULL::timestamptz AS "month_start?: DateTime<Utc>", NULL::timestamptz AS "month_end?: DateTime<Utc>"
+                NULL::timestamptz AS "month_start?: DateTime<Utc>", NULL::timestamptz AS "month_end?: DateTime<Utc>",
+                NULL::uuid AS "rule_id?", NULL::text AS "rule_unit?", NULL::bigint AS "rule_amount?",
+                NULL::jsonb AS "price?"
          FROM limited
          UNION ALL
          -- Rows name their instant by position: PostgreSQL keeps microseconds, the events' times may hold more.
          SELECT w.user_id, NULL, NULL, NULL, w.position, p.period_start, p.period_end, p.period_kind, p.month_start,
-                p.month_end
+                p.month_end, NULL, NULL, NULL, NULL
          FROM unnest($1::uuid[], $2::timestamptz[]) WITH ORDINALITY AS w (user_id, at, position)
-         CROSS JOIN LATERAL billing_period_at(w.user_id, w.at, $3, $4) AS p"#,
+         CROSS JOIN LATERAL billing_period_at(w.user_id, w.at, $3, $4) AS p
+         UNION ALL
+         -- The alerts the users set, with their meter's Stripe price (money alerts are priced like the meter).
+         SELECT r.user_id, r.event_type, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, r.id, r.unit, r.amount,
+                mp.price
+         FROM usage_alert_rules r LEFT JOIN meter_prices mp USING (event_type)
+         WHERE r.user_id = ANY($1)"#,
         &users,
         &times as _,
         timezone,
@@ -108,6 +116,12 @@ pub(super) async fn lock_limits_read_periods(
     .fetch_all(&mut **tx)
     .await?;
     for row in rows {
+        if let (Some(id), Some(event_type), Some(unit), Some(amount)) =
+            (row.rule_id, row.event_type.clone(), row.rule_unit, row.rule_amount)
+        {
+            locked.rules.push(AlertRule { id, user_id: row.user_id, event_type, unit, amount, price: row.price });
+            continue;
+        }
         let at = row.position.and_then(|p| times.get(usize::try_from(p).ok()?.checked_sub(1)?)).copied();
         match (
             row.event_type,
@@ -121,11 +135,11 @@ pub(super) async fn lock_limits_read_periods(
             row.month_end,
         ) {
             (Some(event_type), Some(limit), Some(warning_percent), ..) => {
-                limits.insert((row.user_id, event_type), Limit { limit, warning_percent });
+                locked.limits.insert((row.user_id, event_type), Limit { limit, warning_percent });
             }
             (_, _, _, Some(at), Some(start), Some(end), Some(kind), Some(month_start), Some(month_end)) => {
                 let applies = Period { kind, span: Span { start, end } };
-                periods.insert(
+                locked.periods.insert(
                     (row.user_id, at),
                     EventPeriods { applies, month: Span { start: month_start, end: month_end } },
                 );
@@ -133,28 +147,21 @@ pub(super) async fn lock_limits_read_periods(
             _ => {}
         }
     }
-    if periods.len() != times.len() {
+    if locked.periods.len() != times.len() {
         // billing_period_at answers every instant; anything else is a broken schema, not a reason to guess.
-        return Err(sqlx::Error::Protocol(format!("periods for {} of {} instants", periods.len(), times.len())));
+        let found = locked.periods.len();
+        return Err(sqlx::Error::Protocol(format!("periods for {found} of {} instants", times.len())));
     }
-    Ok((limits, periods))
+    Ok(locked)
 }
 
-/// The alerts the group's users set themselves (in units or money), with the Stripe price of their meter when
-/// Tally has read one (the writer prices money alerts with the same rule the meter shows: `usage::summary`).
-pub(super) async fn alert_rules(
-    tx: &mut Transaction<'_, Postgres>,
-    users: &[Uuid],
-) -> Result<Vec<AlertRule>, sqlx::Error> {
-    sqlx::query_as!(
-        AlertRule,
-        r#"SELECT r.id, r.user_id, r.event_type, r.unit, r.amount, p.price AS "price?"
-           FROM usage_alert_rules r LEFT JOIN meter_prices p USING (event_type)
-           WHERE r.user_id = ANY($1)"#,
-        users
-    )
-    .fetch_all(&mut **tx)
-    .await
+/// What the writer reads under the locks, in one statement: the limits (per user and event type), the period of
+/// every (user, instant), and the alerts the users set.
+#[derive(Default)]
+pub(super) struct Locked {
+    pub(super) limits: HashMap<(Uuid, String), Limit>,
+    pub(super) periods: HashMap<(Uuid, DateTime<Utc>), EventPeriods>,
+    pub(super) rules: Vec<AlertRule>,
 }
 
 /// Current totals of the watched meters (limited, or with alerts) per (user, event type, period that applies).
