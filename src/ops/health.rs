@@ -28,7 +28,7 @@ pub struct Readiness {
 pub struct Check {
     pub name: &'static str,
     pub ok: bool,
-    /// What was found, e.g. "19 of 19 applied" or why it failed.
+    /// What was found, e.g. "21 of 21 applied" or why it failed.
     pub detail: String,
 }
 

@@ -303,6 +303,13 @@ async fn setup_worker_and_reconcile_from_the_command_line(pool: PgPool) {
     let table = text(&short);
     assert!(table.contains("2 invoice lines compared, 1 differ"), "{table}");
     assert!(table.contains("in_short") && table.contains("why: Stripe billed less than Tally delivered"), "{table}");
+    // The same comparison as JSON, with the same exit status.
+    let json = run(&["stripe", "reconcile", "--json"]).await.unwrap();
+    assert!(!json.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON on stdout");
+    assert_eq!((report["periodsDiffering"].as_u64(), report["invoiceLinesDiffering"].as_u64()), (Some(0), Some(1)));
+    assert_eq!(report["periods"][0]["stripe"], 600);
+    assert_eq!(report["invoiceLines"].as_array().map(Vec::len), Some(2));
     sqlx::query("DELETE FROM invoice_lines WHERE stripe_invoice_id = 'in_short'").execute(&pool).await.unwrap();
     // Usage Stripe holds that Tally never sent makes the period differ, and the command fail.
     let stripe =
