@@ -6,8 +6,8 @@ use leptos::either::Either;
 use leptos::prelude::*;
 
 use crate::components::ErrorNotice;
-use crate::format::{money, thousands, Lang};
-use crate::i18n::{td, td_string, use_i18n, Locale};
+use crate::format::thousands;
+use crate::i18n::{money, td, td_string, use_i18n};
 use crate::usage::{AddAlertRule, AlertRuleInfo, AlertsOverview, RemoveAlertRule, SetAlertWebhook};
 
 /// Notices and webhook settings. The notices are a region: the live island re-reads them when the total changes,
@@ -27,18 +27,20 @@ pub fn UsageAlerts(overview: AlertsOverview) -> impl IntoView {
 #[component]
 fn Alerts(overview: AlertsOverview, save: ServerAction<SetAlertWebhook>) -> impl IntoView {
     let locale = use_i18n().get_locale_untracked();
-    let lang = if locale == Locale::ja { Lang::Ja } else { Lang::En };
+    let lang = crate::i18n::lang(locale);
     let words = |event_type: &str| -> (String, String) {
         match overview.meter(event_type) {
-            Some(meter) if lang == Lang::Ja => (meter.label.ja.clone(), meter.label.unit_ja.clone()),
-            Some(meter) => (meter.label.en.clone(), meter.label.unit_en.clone()),
+            Some(meter) => {
+                let (label, unit) = meter.label.words(lang);
+                (label.to_owned(), unit.to_owned())
+            }
             None => (event_type.to_owned(), String::new()),
         }
     };
     let currency_of = |event_type: &str| overview.meter(event_type).and_then(|m| m.currency.clone());
     // What an alert the user set is "at": units, or money in its meter's currency.
     let amount_text = |rule: &AlertRuleInfo| match (rule.unit.as_str(), currency_of(&rule.event_type)) {
-        ("money", Some(currency)) => money(lang, rule.amount, &currency),
+        ("money", Some(currency)) => money(locale, rule.amount, &currency),
         _ => format!("{} {}", thousands(rule.amount), words(&rule.event_type).1),
     };
     let tz = overview.timezone.clone();
@@ -80,7 +82,7 @@ fn Alerts(overview: AlertsOverview, save: ServerAction<SetAlertWebhook>) -> impl
         .collect();
     for rule in overview.rules.iter().filter(|rule| rule.crossed_at.is_some()) {
         let (label, unit) = words(&rule.event_type);
-        let cost = rule.cost.zip(currency_of(&rule.event_type)).map(|(cost, currency)| money(lang, cost, &currency));
+        let cost = rule.cost.zip(currency_of(&rule.event_type)).map(|(cost, currency)| money(locale, cost, &currency));
         let used = format!("{} {unit}", thousands(rule.used.unwrap_or_default()));
         let text = td_string!(
             locale,
@@ -131,14 +133,14 @@ fn Alerts(overview: AlertsOverview, save: ServerAction<SetAlertWebhook>) -> impl
         .meters
         .iter()
         .map(|meter| {
-            let label = if lang == Lang::Ja { meter.label.ja.clone() } else { meter.label.en.clone() };
+            let label = meter.label.words(lang).0.to_owned();
             view! { <option value=meter.event_type.clone()>{label}</option> }
         })
         .collect_view();
     // Money alerts are offered when a meter has a price; its currency's sign is shown beside the choice.
     let currencies: Vec<String> = overview.meters.iter().filter_map(|m| m.currency.clone()).collect();
     let money_choice = (!currencies.is_empty()).then(|| {
-        let sign = money(lang, 0, &currencies[0]).replace('0', "");
+        let sign = money(locale, 0, &currencies[0]).replace('0', "");
         view! { <option value="money">{td_string!(locale, alert_unit_money, sign = sign.trim().to_owned()).to_string()}</option> }
     });
     let set = view! {

@@ -3,8 +3,8 @@
 
 use leptos::prelude::*;
 
-use crate::format::{money, thousands, Lang};
-use crate::i18n::{td, td_string, use_i18n, Locale};
+use crate::format::thousands;
+use crate::i18n::{money, td, td_string, use_i18n};
 use crate::usage::meter::MeterFill;
 use crate::usage::UsageSummary;
 
@@ -14,13 +14,10 @@ use crate::usage::UsageSummary;
 #[component]
 pub fn UsageMeter(summary: UsageSummary) -> impl IntoView {
     let locale = use_i18n().get_locale_untracked();
-    let lang = if locale == Locale::ja { Lang::Ja } else { Lang::En };
     let (used, limit) = (summary.used, summary.limit);
     let fill = MeterFill::new(used, limit);
-    let (label, unit) = match lang {
-        Lang::Ja => (summary.label.ja.clone(), summary.label.unit_ja.clone()),
-        Lang::En => (summary.label.en.clone(), summary.label.unit_en.clone()),
-    };
+    let (label, unit) = summary.label.words(crate::i18n::lang(locale));
+    let (label, unit) = (label.to_owned(), unit.to_owned());
     let limit_text = limit.map(thousands).unwrap_or_else(|| td_string!(locale, no_limit).into());
     let label_id = format!("usage-meter-label-{}", summary.event_type);
     let reached = crate::usage::meter::limit_reached(used, limit);
@@ -57,10 +54,10 @@ pub fn UsageMeter(summary: UsageSummary) -> impl IntoView {
     });
     let last_day = crate::i18n::day(locale, &summary.period_last_day);
     let cost = summary.cost.map(|cost| {
-        let so_far = money(lang, cost.so_far, &cost.currency);
+        let so_far = money(locale, cost.so_far, &cost.currency);
         let capped = cost.forecast_capped;
         let forecast = cost.forecast.zip(cost.forecast_used).map(|(amount, forecast_used)| {
-            let (amount_text, used) = (money(lang, amount, &cost.currency), thousands(forecast_used));
+            let (amount_text, used) = (money(locale, amount, &cost.currency), thousands(forecast_used));
             let text = if capped {
                 td_string!(
                     locale,

@@ -113,6 +113,16 @@ pub struct MeterLabel {
     pub unit_ja: String,
 }
 
+impl MeterLabel {
+    /// The label and the unit's name in `lang`.
+    pub fn words(&self, lang: crate::format::Lang) -> (&str, &str) {
+        match lang {
+            crate::format::Lang::Ja => (&self.ja, &self.unit_ja),
+            crate::format::Lang::En => (&self.en, &self.unit_en),
+        }
+    }
+}
+
 /// The period's charge for one meter, as the invoice will state it (`src/pricing.rs`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
