@@ -105,8 +105,7 @@ pub async fn allowance(
         Some(hash) => crate::auth::api_key::owner(&state.pool, hash).await?,
         None => crate::auth::session::user_of(&session).await?.ok_or(AppError::Unauthorized)?,
     };
-    let meters = super::current_meters(&state, user, Some(event_type)).await?.ok_or(AppError::Unauthorized)?;
-    let summary = meters.into_iter().next().ok_or(AppError::Internal)?;
+    let summary = super::current_meter(&state, user, event_type).await?.ok_or(AppError::Unauthorized)?;
     Ok(Json(summary.into()))
 }
 

@@ -172,11 +172,8 @@ pub async fn stream(
                 tokio::time::sleep(COALESCE).await;
                 changes.borrow_and_update();
             }
-            let event = match super::current_meters(&state, user, None).await {
-                Ok(Some(meters)) => {
-                    let shown = super::summary::shown(&state.config.meters, meters);
-                    Event::default().event("usage").json_data(&shown).ok()?
-                }
+            let event = match super::shown_meters(&state, user).await {
+                Ok(Some(shown)) => Event::default().event("usage").json_data(&shown).ok()?,
                 // The account is gone: end the stream.
                 Ok(None) => return None,
                 Err(err) => {

@@ -498,8 +498,7 @@ pub async fn get_usage_summary() -> Result<UsageSummary, AppError> {
     let user_id = crate::auth::session::require_user_id().await?;
     let primary = state.config.meters.primary().event_type.clone();
     // A session whose account was deleted is no session.
-    let meters = current_meters(&state, user_id, Some(&primary)).await?.ok_or(AppError::Unauthorized)?;
-    meters.into_iter().next().ok_or(AppError::Internal)
+    current_meter(&state, user_id, &primary).await?.ok_or(AppError::Unauthorized)
 }
 
 /// The signed-in user's meters the dashboard shows (the primary one, and each other with usage this period).
@@ -507,8 +506,7 @@ pub async fn get_usage_summary() -> Result<UsageSummary, AppError> {
 pub async fn get_usage_meters() -> Result<Vec<UsageSummary>, AppError> {
     let state = UsageState::current()?;
     let user_id = crate::auth::session::require_user_id().await?;
-    let meters = current_meters(&state, user_id, None).await?.ok_or(AppError::Unauthorized)?;
-    Ok(summary::shown(&state.config.meters, meters))
+    shown_meters(&state, user_id).await?.ok_or(AppError::Unauthorized)
 }
 
 /// `user_id`'s usage of every meter (or only `only`) in their current billing period; `None` when the account
@@ -521,6 +519,24 @@ pub async fn current_meters(
     only: Option<&str>,
 ) -> Result<Option<Vec<UsageSummary>>, AppError> {
     Ok(totals::summaries_at(&state.pool, &state.clock, &state.config.meters, user_id, only, Utc::now()).await?)
+}
+
+/// `user_id`'s usage of one meter of the catalog in their current billing period; `None` when the account does
+/// not exist (callers check `event_type` against the catalog first).
+#[cfg(feature = "ssr")]
+pub async fn current_meter(
+    state: &UsageState,
+    user_id: Uuid,
+    event_type: &str,
+) -> Result<Option<UsageSummary>, AppError> {
+    Ok(totals::summary_at(&state.pool, &state.clock, &state.config.meters, user_id, event_type, Utc::now()).await?)
+}
+
+/// The meters the dashboard shows `user_id` ([`summary::shown`]), read now; `None` when the account does not exist.
+#[cfg(feature = "ssr")]
+pub async fn shown_meters(state: &UsageState, user_id: Uuid) -> Result<Option<Vec<UsageSummary>>, AppError> {
+    let meters = current_meters(state, user_id, None).await?;
+    Ok(meters.map(|meters| summary::shown(&state.config.meters, meters)))
 }
 
 /// Per-day usage of one of the signed-in user's periods (`period`: its start, RFC 3339; default the current one).
@@ -586,8 +602,8 @@ pub async fn add_alert_rule(
     let amount = match unit.as_str() {
         "units" => crate::format::parse_count(&amount),
         "money" => {
-            let meters = current_meters(&state, user_id, Some(&event_type)).await?.ok_or(AppError::Unauthorized)?;
-            let currency = meters.into_iter().next().and_then(|m| m.cost).map(|c| c.currency);
+            let meter = current_meter(&state, user_id, &event_type).await?.ok_or(AppError::Unauthorized)?;
+            let currency = meter.cost.map(|c| c.currency);
             let currency = currency.ok_or(AppError::Refused(Problem::AlertNoPrice))?;
             crate::format::parse_money(&amount, &currency)
         }
