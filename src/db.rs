@@ -40,16 +40,14 @@ impl std::fmt::Display for SchemaState {
 
 /// Reads which migrations the database has, without changing anything.
 pub async fn schema_state(pool: &PgPool) -> Result<SchemaState, sqlx::Error> {
-    // `to_regclass`: a database never migrated has no table yet, which is "everything missing", not an error.
-    let applied: Vec<i64> = sqlx::query_scalar(
-        "SELECT version FROM _sqlx_migrations WHERE success AND to_regclass('_sqlx_migrations') IS NOT NULL",
-    )
-    .fetch_all(pool)
-    .await
-    .or_else(|err| match err.as_database_error().and_then(|db| db.code()) {
-        Some(code) if code == "42P01" => Ok(Vec::new()),
-        _ => Err(err),
-    })?;
+    // A database never migrated has no table yet (undefined_table, 42P01): "everything missing", not an error.
+    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+        .fetch_all(pool)
+        .await
+        .or_else(|err| match err.as_database_error().and_then(|db| db.code()) {
+            Some(code) if code == "42P01" => Ok(Vec::new()),
+            _ => Err(err),
+        })?;
     let known: Vec<i64> = MIGRATOR.iter().map(|m| m.version).collect();
     Ok(SchemaState {
         known: known.len(),
