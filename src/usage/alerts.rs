@@ -63,14 +63,9 @@ pub async fn record_crossings(
          )
          INSERT INTO alert_webhooks (id, user_id, url, body)
          SELECT gen_random_uuid(), c.user_id, u.alert_webhook_url,
-                jsonb_build_object(
-                    'type', 'usage.threshold_crossed',
-                    'timestamp', to_char(c.crossed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
-                    'data', jsonb_build_object(
-                        'user_id', c.user_id, 'email', u.email, 'event_type', c.event_type,
-                        'threshold_percent', c.threshold, 'used', c.used, 'limit', c.usage_limit,
-                        'period_start', to_char(c.period_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'))
-                )::text
+                alert_webhook_body('usage.threshold_crossed', c.crossed_at, c.period_start, jsonb_build_object(
+                    'user_id', c.user_id, 'email', u.email, 'event_type', c.event_type,
+                    'threshold_percent', c.threshold, 'used', c.used, 'limit', c.usage_limit))
          FROM crossed c JOIN users u ON u.id = c.user_id
          WHERE u.alert_webhook_url IS NOT NULL"#,
         &users,
@@ -147,14 +142,9 @@ pub async fn record_rule_crossings(
          )
          INSERT INTO alert_webhooks (id, user_id, url, body)
          SELECT gen_random_uuid(), r.user_id, u.alert_webhook_url,
-                jsonb_build_object(
-                    'type', 'usage.alert_reached',
-                    'timestamp', to_char(c.crossed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
-                    'data', jsonb_build_object(
-                        'user_id', r.user_id, 'email', u.email, 'event_type', r.event_type,
-                        'alert_unit', r.unit, 'alert_amount', r.amount, 'used', c.used, 'cost', c.cost,
-                        'period_start', to_char(c.period_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'))
-                )::text
+                alert_webhook_body('usage.alert_reached', c.crossed_at, c.period_start, jsonb_build_object(
+                    'user_id', r.user_id, 'email', u.email, 'event_type', r.event_type,
+                    'alert_unit', r.unit, 'alert_amount', r.amount, 'used', c.used, 'cost', c.cost))
          FROM crossed c JOIN usage_alert_rules r ON r.id = c.rule_id JOIN users u ON u.id = r.user_id
          WHERE u.alert_webhook_url IS NOT NULL"#,
         &ids,
